@@ -1,0 +1,330 @@
+"""Datasets on disk: folders of Parquet files per record kind, a `rejected/` folder, a manifest.
+
+Layout of a dataset directory::
+
+    DIR/_manifest.json                  what the stage read, wrote, removed, and with what config
+    DIR/documents/part-00000.parquet    kept rows, one sub-folder per record kind
+    DIR/conversations/part-00000.parquet
+    DIR/rejected/documents/part-00000.parquet   removed rows, same columns plus `reason`
+
+A writer fills `DIR.tmp-<pid>` and renames it into place only when complete, so a dataset
+directory with a manifest is always whole, and a crash leaves nothing that looks finished.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .records import CORPUS, KINDS, SCHEMA_VERSION, conform, kind_of, rejected_schema
+
+MANIFEST = "_manifest.json"
+REJECTED = "rejected"
+
+
+class DatasetError(Exception):
+    """A dataset that is missing, incomplete or not of the expected shape."""
+
+
+@dataclass
+class StageManifest:
+    stage: str
+    schema_version: str = SCHEMA_VERSION
+    code_version: str = ""
+    config_hash: str = ""
+    inputs: list[dict] = field(default_factory=list)  # [{"path", "fingerprint"}]
+    rows_in: dict[str, int] = field(default_factory=dict)  # per record kind
+    rows_kept: dict[str, int] = field(default_factory=dict)  # input rows accounted for in the output
+    rows_rejected: dict[str, int] = field(default_factory=dict)
+    rows_out: dict[str, int] = field(default_factory=dict)  # rows written (conversion may fan out)
+    rejected_by_reason: dict[str, int] = field(default_factory=dict)
+    files: list[dict] = field(default_factory=list)  # [{"path", "rows", "bytes"}]
+    stats: dict = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+    started_at: str = ""
+    finished_at: str = ""
+    fingerprint: str = ""
+
+    def key(self) -> dict:
+        """What must match for a finished stage to be reused instead of run again."""
+        return {
+            "stage": self.stage,
+            "schema_version": self.schema_version,
+            "code_version": self.code_version,
+            "config_hash": self.config_hash,
+            "inputs": [i["fingerprint"] for i in self.inputs],
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), ensure_ascii=False, indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "StageManifest":
+        known = {f for f in cls.__dataclass_fields__}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def read_manifest(path: str | os.PathLike) -> StageManifest | None:
+    manifest = Path(path) / MANIFEST
+    if not manifest.is_file():
+        return None
+    try:
+        return StageManifest.from_dict(json.loads(manifest.read_text(encoding="utf-8")))
+    except (ValueError, TypeError) as exc:
+        raise DatasetError(f"{manifest}: unreadable manifest ({exc})") from exc
+
+
+def fingerprint(path: str | os.PathLike) -> str:
+    """A short identity of a dataset folder or input file: a finished dataset's own fingerprint,
+    else the names, sizes and modification times of the files under it."""
+    path = Path(path)
+    manifest = read_manifest(path) if path.is_dir() else None
+    if manifest and manifest.fingerprint:
+        return manifest.fingerprint
+    digest = hashlib.sha256()
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    for file in files:
+        stat = file.stat()
+        digest.update(f"{file.relative_to(path) if file != path else file.name}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()[:24]
+
+
+def hash_config(section: object) -> str:
+    text = json.dumps(section, sort_keys=True, ensure_ascii=False, default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:24]
+
+
+def kind_files(path: str | os.PathLike, kind: str) -> list[Path]:
+    """The Parquet files holding rows of `kind` in a dataset folder.
+
+    A plain folder of Parquet files (a user's own data) counts as one kind, told by its columns."""
+    path = Path(path)
+    sub = path / kind
+    if sub.is_dir():
+        return sorted(sub.glob("*.parquet"))
+    loose = sorted(path.glob("*.parquet"))
+    if loose and kind_of(pq.read_schema(loose[0])) == kind:
+        return loose
+    return []
+
+
+def kinds_in(path: str | os.PathLike) -> list[str]:
+    return [kind for kind in (*KINDS, CORPUS) if kind_files(path, kind)]
+
+
+def check_input(path: str | os.PathLike) -> Path:
+    path = Path(path)
+    if not path.exists():
+        raise DatasetError(f"input folder {path} does not exist")
+    if not path.is_dir():
+        raise DatasetError(f"input {path} is not a folder")
+    if not kinds_in(path):
+        raise DatasetError(f"input folder {path} holds no dataset (no Parquet files of a known kind)")
+    return path
+
+
+def iter_batches(path: str | os.PathLike, kind: str, batch_size: int = 1024) -> Iterator[pa.RecordBatch]:
+    for file in kind_files(path, kind):
+        try:
+            parquet = pq.ParquetFile(file)
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise DatasetError(f"{file}: not a readable Parquet file ({exc})") from exc
+        for batch in parquet.iter_batches(batch_size=batch_size):
+            yield batch
+
+
+def read_kind(path: str | os.PathLike, kind: str) -> pa.Table:
+    files = kind_files(path, kind)
+    if not files:
+        return conform(pa.Table.from_pylist([], schema=_plain(kind)), kind)
+    return pa.concat_tables([conform(pq.read_table(f), kind) for f in files], promote_options="permissive")
+
+
+def count_rows(path: str | os.PathLike, kind: str) -> int:
+    return sum(pq.ParquetFile(f).metadata.num_rows for f in kind_files(path, kind))
+
+
+def _plain(kind: str) -> pa.Schema:
+    from .records import SCHEMAS
+
+    return pa.schema([f.with_nullable(True) for f in SCHEMAS[kind]])
+
+
+class _PartWriter:
+    """Writes one record kind as numbered Parquet parts of at most `part_rows` rows."""
+
+    def __init__(self, folder: Path, kind: str, part_rows: int, schema_of):
+        self.folder, self.kind, self.part_rows, self.schema_of = folder, kind, part_rows, schema_of
+        self.writer: pq.ParquetWriter | None = None
+        self.schema: pa.Schema | None = None
+        self.part = 0
+        self.rows_in_part = 0
+        self.rows = 0
+        self.files: list[dict] = []
+
+    def write(self, table: pa.Table) -> None:
+        table = self.schema_of(table)
+        if self.schema is None:
+            self.schema = table.schema
+        elif table.schema != self.schema:
+            table = table.select([n for n in self.schema.names if n in table.schema.names])
+            table = conform_to(table, self.schema)
+        offset = 0
+        while offset < table.num_rows:
+            if self.writer is None:
+                self.folder.mkdir(parents=True, exist_ok=True)
+                name = self.folder / f"part-{self.part:05d}.parquet"
+                self.writer = pq.ParquetWriter(name, self.schema, compression="zstd")
+                self.files.append({"path": str(name), "rows": 0})
+            take = min(self.part_rows - self.rows_in_part, table.num_rows - offset)
+            self.writer.write_table(table.slice(offset, take))
+            offset += take
+            self.rows_in_part += take
+            self.rows += take
+            self.files[-1]["rows"] += take
+            if self.rows_in_part >= self.part_rows:
+                self._close_part()
+
+    def _close_part(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+            self.part += 1
+            self.rows_in_part = 0
+
+    def close(self) -> None:
+        self._close_part()
+
+
+def conform_to(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    columns = []
+    for f in schema:
+        if f.name in table.schema.names:
+            col = table.column(f.name)
+            columns.append(col.cast(f.type) if col.type != f.type else col)
+        else:
+            columns.append(pa.nulls(table.num_rows, f.type))
+    return pa.Table.from_arrays(columns, schema=schema)
+
+
+class DatasetWriter:
+    """Builds a dataset in a temporary folder and moves it into place on `commit`."""
+
+    def __init__(self, output: str | os.PathLike, manifest: StageManifest, part_rows: int = 50_000):
+        self.output = Path(output)
+        self.tmp = self.output.with_name(f"{self.output.name}.tmp-{os.getpid()}")
+        if self.tmp.exists():
+            shutil.rmtree(self.tmp)
+        self.tmp.mkdir(parents=True)
+        self.manifest = manifest
+        self.manifest.started_at = self.manifest.started_at or _now()
+        self.part_rows = part_rows
+        self._kept: dict[str, _PartWriter] = {}
+        self._rejected: dict[str, _PartWriter] = {}
+        self.reasons: Counter[str] = Counter()
+        self._t0 = time.perf_counter()
+
+    @property
+    def folder(self) -> Path:
+        """Where files that are not record parts (reports, indexes) go while the stage runs."""
+        return self.tmp
+
+    def write(self, kind: str, rows: pa.Table | pa.RecordBatch) -> None:
+        if rows.num_rows == 0:
+            return
+        if kind not in self._kept:
+            self._kept[kind] = _PartWriter(self.tmp / kind, kind, self.part_rows, lambda t: conform(t, kind))
+        self._kept[kind].write(_as_table(rows))
+
+    def reject(self, kind: str, rows: pa.Table | pa.RecordBatch) -> None:
+        """Rows removed by the stage; each must carry a `reason`."""
+        if rows.num_rows == 0:
+            return
+        table = _as_table(rows)
+        if "reason" not in table.schema.names:
+            raise ValueError("rejected rows need a reason column")
+        if kind not in self._rejected:
+            self._rejected[kind] = _PartWriter(
+                self.tmp / REJECTED / kind, kind, self.part_rows, lambda t: _conform_rejected(t, kind)
+            )
+        self._rejected[kind].write(table)
+        for reason in table.column("reason").to_pylist():
+            self.reasons[reason.split(":", 1)[0] if reason else "unknown"] += 1
+
+    def rows_written(self, kind: str) -> int:
+        return self._kept[kind].rows if kind in self._kept else 0
+
+    def rows_rejected(self, kind: str) -> int:
+        return self._rejected[kind].rows if kind in self._rejected else 0
+
+    def commit(self) -> StageManifest:
+        for part_writer in (*self._kept.values(), *self._rejected.values()):
+            part_writer.close()
+        m = self.manifest
+        m.rows_out = {k: w.rows for k, w in self._kept.items()}
+        m.rows_rejected = {**{k: 0 for k in m.rows_in}, **{k: w.rows for k, w in self._rejected.items()}}
+        if not m.rows_kept:
+            m.rows_kept = {k: m.rows_in.get(k, 0) - m.rows_rejected.get(k, 0) for k in m.rows_in}
+        m.rejected_by_reason = dict(sorted(self.reasons.items()))
+        files = []
+        for part_writer in (*self._kept.values(), *self._rejected.values()):
+            for entry in part_writer.files:
+                path = Path(entry["path"])
+                files.append(
+                    {"path": str(path.relative_to(self.tmp)), "rows": entry["rows"], "bytes": path.stat().st_size}
+                )
+        m.files = sorted(files, key=lambda f: f["path"])
+        m.timings.setdefault("seconds", round(time.perf_counter() - self._t0, 3))
+        m.finished_at = _now()
+        m.fingerprint = hash_config({"key": m.key(), "files": m.files})
+        (self.tmp / MANIFEST).write_text(m.to_json(), encoding="utf-8")
+        replace_folder(self.tmp, self.output)
+        return m
+
+    def abort(self) -> None:
+        for part_writer in (*self._kept.values(), *self._rejected.values()):
+            try:
+                part_writer.close()
+            except Exception:  # noqa: BLE001 - cleaning up after a failure already being raised
+                pass
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def __enter__(self) -> "DatasetWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            self.abort()
+
+
+def replace_folder(new: Path, target: Path) -> None:
+    """Put `new` at `target`; an older `target` is moved aside first and removed after."""
+    old = target.with_name(f"{target.name}.old-{os.getpid()}")
+    if target.exists():
+        target.rename(old)
+    new.rename(target)
+    if old.exists():
+        shutil.rmtree(old)
+
+
+def _as_table(rows: pa.Table | pa.RecordBatch) -> pa.Table:
+    return pa.Table.from_batches([rows]) if isinstance(rows, pa.RecordBatch) else rows
+
+
+def _conform_rejected(table: pa.Table, kind: str) -> pa.Table:
+    reason = table.column("reason")
+    body = conform(table.drop_columns(["reason"]), kind, extra=False)
+    return body.append_column(rejected_schema(kind).field("reason"), reason.cast(pa.string()))
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")

@@ -1,0 +1,168 @@
+"""The nouns of the corpus: record kinds, their Arrow schemas and stable ids."""
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Iterable, Mapping, Sequence
+
+import pyarrow as pa
+
+SCHEMA_VERSION = "1.0"
+
+# Source classes of HuatuoGPT-II's priority sampling, most general first.
+CATEGORIES = ("web", "literature", "encyclopedia", "books", "sft")
+ROLES = ("system", "user", "assistant")
+FORMATS = ("chat", "text")
+
+# Dataset kinds: each is a sub-folder of a dataset directory.
+DOCUMENTS = "documents"
+CONVERSATIONS = "conversations"
+PAGES = "pages"
+CORPUS = "corpus"
+KINDS = (DOCUMENTS, CONVERSATIONS, PAGES)
+
+MESSAGE_TYPE = pa.struct([("role", pa.string()), ("content", pa.string())])
+MESSAGES_TYPE = pa.list_(MESSAGE_TYPE)
+
+DOCUMENT_SCHEMA = pa.schema(
+    [
+        pa.field("id", pa.string(), nullable=False),
+        pa.field("text", pa.string(), nullable=False),
+        pa.field("source", pa.string(), nullable=False),
+        pa.field("category", pa.string(), nullable=False),
+        pa.field("url", pa.string()),
+        pa.field("title", pa.string()),
+        pa.field("lang", pa.string()),
+        pa.field("meta", pa.string()),
+    ]
+)
+
+CONVERSATION_SCHEMA = pa.schema(
+    [
+        pa.field("id", pa.string(), nullable=False),
+        pa.field("messages", MESSAGES_TYPE, nullable=False),
+        pa.field("source", pa.string(), nullable=False),
+        pa.field("category", pa.string(), nullable=False),
+        # Provenance: the document or dataset record this conversation came from.
+        pa.field("origin_id", pa.string()),
+        pa.field("meta", pa.string()),
+    ]
+)
+
+# A fetched web page before extraction.
+PAGE_SCHEMA = pa.schema(
+    [
+        pa.field("url", pa.string(), nullable=False),
+        pa.field("final_url", pa.string()),
+        pa.field("status", pa.int32()),
+        pa.field("fetched_at", pa.string()),
+        pa.field("content_type", pa.string()),
+        pa.field("charset", pa.string()),
+        pa.field("body", pa.string()),
+        pa.field("content_hash", pa.string()),
+        pa.field("source", pa.string(), nullable=False),
+        pa.field("category", pa.string(), nullable=False),
+    ]
+)
+
+CORPUS_SCHEMA = pa.schema(
+    [
+        pa.field("id", pa.string(), nullable=False),
+        pa.field("position", pa.int64(), nullable=False),
+        pa.field("source", pa.string(), nullable=False),
+        pa.field("category", pa.string(), nullable=False),
+        pa.field("format", pa.string(), nullable=False),
+        pa.field("messages", MESSAGES_TYPE),
+        pa.field("text", pa.string()),
+        pa.field("meta", pa.string()),
+    ]
+)
+
+SCHEMAS = {
+    DOCUMENTS: DOCUMENT_SCHEMA,
+    CONVERSATIONS: CONVERSATION_SCHEMA,
+    PAGES: PAGE_SCHEMA,
+    CORPUS: CORPUS_SCHEMA,
+}
+
+REQUIRED = {
+    DOCUMENTS: ("id", "text", "source", "category"),
+    CONVERSATIONS: ("id", "messages", "source", "category"),
+    PAGES: ("url", "source", "category"),
+    CORPUS: ("id", "position", "source", "category", "format"),
+}
+
+REASON_FIELD = pa.field("reason", pa.string(), nullable=False)
+
+
+def rejected_schema(kind: str) -> pa.Schema:
+    """A rejected row keeps every column of its kind, plus why it was removed."""
+    return SCHEMAS[kind].append(REASON_FIELD)
+
+
+def content_id(*parts: str) -> str:
+    """A stable id derived from content: the same parts always give the same id."""
+    digest = hashlib.blake2b(digest_size=10)
+    for part in parts:
+        digest.update(part.encode("utf-8"))
+        digest.update(b"\x00")
+    return digest.hexdigest()
+
+
+def document_id(source: str, text: str) -> str:
+    return content_id("doc", source, text)
+
+
+def conversation_id(source: str, messages: Sequence[Mapping[str, str]]) -> str:
+    return content_id("conv", source, *(f"{m['role']}:{m['content']}" for m in messages))
+
+
+def dumps_meta(meta: Mapping | None) -> str | None:
+    if not meta:
+        return None
+    return json.dumps(meta, ensure_ascii=False, sort_keys=True)
+
+
+def loads_meta(meta: str | None) -> dict:
+    return json.loads(meta) if meta else {}
+
+
+def conversation_text(messages: Iterable[Mapping[str, str]]) -> str:
+    """All the words of a conversation, one turn a line: what dedup and decontamination read."""
+    return "\n".join(m["content"] for m in messages)
+
+
+def kind_of(schema: pa.Schema) -> str | None:
+    """Which record kind a table's columns make it, or None."""
+    names = set(schema.names)
+    for kind in (CORPUS, CONVERSATIONS, DOCUMENTS, PAGES):
+        if set(REQUIRED[kind]) <= names:
+            return kind
+    return None
+
+
+def conform(table: pa.Table | pa.RecordBatch, kind: str, extra: bool = True) -> pa.Table:
+    """Cast a table to a kind's schema: missing optional columns are added as nulls, stage-added
+    columns are kept after them (when `extra`), a missing required column is an error."""
+    schema = SCHEMAS[kind]
+    if isinstance(table, pa.RecordBatch):
+        table = pa.Table.from_batches([table])
+    missing = [name for name in REQUIRED[kind] if name not in table.schema.names]
+    if missing:
+        raise ValueError(f"{kind} rows need column(s) {', '.join(missing)}")
+    columns, fields = [], []
+    for field in schema:
+        if field.name in table.schema.names:
+            column = table.column(field.name)
+            if column.type != field.type:
+                column = column.cast(field.type)
+        else:
+            column = pa.nulls(table.num_rows, field.type)
+        columns.append(column)
+        fields.append(field.with_nullable(True) if field.name not in REQUIRED[kind] else field)
+    if extra:
+        for field in table.schema:
+            if field.name not in schema.names:
+                columns.append(table.column(field.name))
+                fields.append(field)
+    return pa.Table.from_arrays(columns, schema=pa.schema(fields))
