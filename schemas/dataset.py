@@ -231,6 +231,7 @@ class DatasetWriter:
         self._kept: dict[str, _PartWriter] = {}
         self._rejected: dict[str, _PartWriter] = {}
         self.reasons: Counter[str] = Counter()
+        self._extra_files: list[dict] = []
         self._t0 = time.perf_counter()
 
     @property
@@ -260,6 +261,10 @@ class DatasetWriter:
         for reason in table.column("reason").to_pylist():
             self.reasons[reason.split(":", 1)[0] if reason else "unknown"] += 1
 
+    def add_file(self, name: str, rows: int) -> None:
+        """Record a file the stage wrote itself into `folder` (shards, exports)."""
+        self._extra_files.append({"path": name, "rows": rows, "bytes": (self.tmp / name).stat().st_size})
+
     def rows_written(self, kind: str) -> int:
         return self._kept[kind].rows if kind in self._kept else 0
 
@@ -272,8 +277,8 @@ class DatasetWriter:
         m = self.manifest
         m.rows_out = {k: w.rows for k, w in self._kept.items()}
         m.rows_rejected = {**{k: 0 for k in m.rows_in}, **{k: w.rows for k, w in self._rejected.items()}}
-        if not m.rows_kept:
-            m.rows_kept = {k: m.rows_in.get(k, 0) - m.rows_rejected.get(k, 0) for k in m.rows_in}
+        for kind, rows in m.rows_in.items():
+            m.rows_kept.setdefault(kind, rows - m.rows_rejected.get(kind, 0))
         m.rejected_by_reason = dict(sorted(self.reasons.items()))
         files = []
         for part_writer in (*self._kept.values(), *self._rejected.values()):
@@ -282,7 +287,7 @@ class DatasetWriter:
                 files.append(
                     {"path": str(path.relative_to(self.tmp)), "rows": entry["rows"], "bytes": path.stat().st_size}
                 )
-        m.files = sorted(files, key=lambda f: f["path"])
+        m.files = sorted(files + self._extra_files, key=lambda f: f["path"])
         m.timings.setdefault("seconds", round(time.perf_counter() - self._t0, 3))
         m.finished_at = _now()
         m.fingerprint = hash_config({"key": m.key(), "files": m.files})

@@ -120,7 +120,7 @@ def conversation_id(source: str, messages: Sequence[Mapping[str, str]]) -> str:
 def dumps_meta(meta: Mapping | None) -> str | None:
     if not meta:
         return None
-    return json.dumps(meta, ensure_ascii=False, sort_keys=True)
+    return json.dumps(meta, ensure_ascii=False)
 
 
 def loads_meta(meta: str | None) -> dict:

@@ -1,0 +1,165 @@
+"""`flows`: run the corpus build or any one stage from a shell.
+
+    flows list
+    flows run build-corpus [--config FILE] [--workdir DIR] [--engine local|spark]
+    flows run crawl|ingest [--config FILE] --output DIR
+    flows run STAGE --input DIR [--input DIR ...] --output DIR [--config FILE]
+
+Errors a user can fix (a bad config, a missing input, an unreadable file) are one line on
+stderr: exit code 2 for configuration and arguments, 1 for a failed run.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from .runtime import prepare_environment
+
+from .pipeline_info import FLOWS
+
+STAGES = tuple(name for name in FLOWS if name != "build-corpus")
+
+
+class UsageError(Exception):
+    pass
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="flows", description="Build an instruction corpus from Traditional Chinese Medicine text.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("list", help="name the flows and what each does")
+    run = commands.add_parser("run", help="run build-corpus or one stage")
+    run.add_argument("flow", choices=("build-corpus", *STAGES), metavar="FLOW", help="build-corpus or a stage: " + ", ".join(STAGES))
+    run.add_argument("--config", help="build config (TOML); default: the embedded sample build")
+    run.add_argument("--input", action="append", default=[], help="input dataset folder (repeatable)")
+    run.add_argument("--output", help="output dataset folder")
+    run.add_argument("--workdir", default="tcm-corpus-build", help="build-corpus: where stages and shards go")
+    run.add_argument("--engine", choices=("local", "spark"), help="override [engine] kind")
+    run.add_argument("--format", action="append", choices=("sharegpt", "alpaca", "jsonl"), help="export: format (repeatable)")
+    run.add_argument("--json", action="store_true", help="print the result as JSON")
+    return parser
+
+
+def _preflight(args, config) -> None:
+    """Check what can be checked before any work starts, so mistakes cost one line, not a run."""
+    from schemas.dataset import DatasetError, check_input
+
+    if args.flow == "build-corpus":
+        if args.input or args.output:
+            raise UsageError("build-corpus takes --workdir, not --input/--output")
+    elif not args.output:
+        raise UsageError(f"{args.flow} needs --output DIR")
+    if args.flow not in ("build-corpus", "crawl", "ingest") and not args.input:
+        raise UsageError(f"{args.flow} needs at least one --input DIR")
+    for path in args.input:
+        try:
+            check_input(path)
+        except DatasetError as exc:
+            raise UsageError(str(exc)) from None
+    if args.flow in ("build-corpus", "ingest"):
+        _check_sources(config)
+
+
+def _check_sources(config) -> None:
+    from transforms.importers import list_files
+
+    for source in config.sources:
+        if source.kind == "crawl":
+            if source.site_dir is not None and not source.site_dir.is_dir():
+                raise UsageError(f"source {source.name}: site_dir {source.site_dir} does not exist")
+            continue
+        if not source.path.exists():
+            raise UsageError(f"source {source.name}: path {source.path} does not exist")
+        files = list_files(source.path, source.format)
+        if not files:
+            raise UsageError(f"source {source.name}: no {source.format} files at {source.path}")
+        for file in files:
+            if not os.access(file, os.R_OK):
+                raise UsageError(f"source {source.name}: file {file} cannot be read (permission denied)")
+    for path in config.decontaminate.benchmarks:
+        if not path.is_file():
+            raise UsageError(f"decontaminate.benchmarks: {path} does not exist")
+
+
+def _run(args) -> dict:
+    from . import pipeline
+
+    if args.flow == "build-corpus":
+        return pipeline.build_corpus(config=args.config, workdir=args.workdir, engine=args.engine)
+    if args.flow == "crawl":
+        return pipeline.crawl_flow(output=args.output, config=args.config)
+    if args.flow == "ingest":
+        return pipeline.ingest_flow(output=args.output, config=args.config, inputs=args.input)
+    if args.flow == "export":
+        return pipeline.export_flow(inputs=args.input, output=args.output, config=args.config, formats=args.format)
+    return pipeline.STAGE_FLOWS[args.flow](inputs=args.input, output=args.output, config=args.config, engine=args.engine)
+
+
+def _print_result(flow: str, result: dict) -> None:
+    stages = result.get("stages", {flow: result})
+    for name, summary in stages.items():
+        ledger = ", ".join(
+            f"{kind} {n}→{summary['rows_kept'].get(kind, 0)}" + (f" (-{summary['rows_rejected'][kind]})" if summary["rows_rejected"].get(kind) else "")
+            for kind, n in summary["rows_in"].items()
+        )
+        note = " [skipped: already done]" if summary.get("skipped") else ""
+        print(f"{name:>14}: {ledger or '-'}{note}")
+    if "corpus" in result:
+        print(f"corpus: {result['corpus']} ({result['seconds']} s)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command == "list":
+        from .pipeline_info import describe
+
+        print(describe())
+        return 0
+    prepare_environment()
+    from .config import ConfigError, load_config
+
+    try:
+        config = load_config(args.config)
+        _preflight(args, config)
+    except (ConfigError, UsageError) as exc:
+        print(f"flows: error: {exc}", file=sys.stderr)
+        return 2
+    known = _known_failures()
+    try:
+        result = _run(args)
+    except known as exc:
+        print(f"flows: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("flows: interrupted; finished stages are kept and a re-run resumes after them", file=sys.stderr)
+        return 130
+    if args.json:
+        print(json.dumps(result, ensure_ascii=False, indent=2, default=str))
+    else:
+        _print_result(args.flow, result)
+    return 0
+
+
+def _known_failures() -> tuple[type[BaseException], ...]:
+    from schemas.dataset import DatasetError
+    from transforms.importers import SourceError
+
+    from .config import ConfigError
+    from .pipeline import ValidationFailed
+
+    failures: list[type[BaseException]] = [ConfigError, DatasetError, SourceError, ValidationFailed]
+    try:
+        from crawlers.run import CrawlError
+
+        failures.append(CrawlError)
+    except ImportError:
+        pass
+    return tuple(failures)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

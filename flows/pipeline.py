@@ -1,0 +1,331 @@
+"""Prefect flows: one flow per stage, runnable alone, and `build-corpus`, which runs them in order.
+
+A stage whose output manifest matches its inputs, config section and code version is skipped,
+so re-running a build after a crash redoes only the stages that had not finished.
+"""
+from __future__ import annotations
+
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Callable, Optional
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NONE
+
+from schemas import CATEGORIES, CORPUS
+from schemas.dataset import StageManifest, check_input, fingerprint, hash_config, read_manifest
+from transforms import stages
+from transforms.engine import LocalEngine
+
+from .config import BuildConfig, load_config
+from .pipeline_info import FLOWS
+
+DESCRIPTIONS = FLOWS
+
+
+class ValidationFailed(Exception):
+    """A dataset broke a hard expectation; the message names it and shows examples."""
+
+
+def code_version() -> str:
+    try:
+        return metadata.version("tcm-corpus")
+    except metadata.PackageNotFoundError:
+        return "dev"
+
+
+def make_engine(config: BuildConfig, kind: Optional[str] = None):
+    kind = kind or config.engine.kind
+    if kind == "spark":
+        from transforms.spark import SparkEngine
+
+        return SparkEngine(config.engine.master, config.engine.spark, config.engine.batch_rows)
+    return LocalEngine(config.engine.workers, config.engine.batch_rows)
+
+
+def _expected(stage: str, config_section: object, inputs: list[Path]) -> StageManifest:
+    return StageManifest(
+        stage=stage,
+        code_version=code_version(),
+        config_hash=hash_config(config_section),
+        inputs=[{"path": str(p), "fingerprint": fingerprint(p)} for p in inputs],
+    )
+
+
+@task(name="stage", task_run_name="{stage}", cache_policy=NONE)
+def _stage_task(stage: str, work: Callable[[StageManifest], StageManifest], manifest: StageManifest) -> StageManifest:
+    return work(manifest)
+
+
+@task(name="crawl-sites", task_run_name="crawl", cache_policy=NONE, retries=1, retry_delay_seconds=5)
+def _crawl_task(work: Callable[[StageManifest], StageManifest], manifest: StageManifest) -> StageManifest:
+    return work(manifest)
+
+
+def _run(stage: str, output: Path, config_section: object, inputs: list[Path], work, task_fn=None) -> dict:
+    """Skip the stage if its output is finished for these inputs and config; else run it."""
+    logger = get_run_logger()
+    expected = _expected(stage, config_section, inputs)
+    existing = read_manifest(output)
+    if existing and existing.key() == expected.key() and not existing.stats.get("failed"):
+        logger.info("%s: finished before for these inputs and config, skipped (%s)", stage, output)
+        return {**_summary(existing), "skipped": True}
+    started = time.perf_counter()
+    manifest = task_fn(work, expected) if task_fn else _stage_task(stage, work, expected)
+    summary = {**_summary(manifest), "skipped": False, "seconds": round(time.perf_counter() - started, 2)}
+    logger.info("%s: %s", stage, _ledger_line(manifest))
+    return summary
+
+
+def _summary(manifest: StageManifest) -> dict:
+    return {
+        "stage": manifest.stage,
+        "rows_in": manifest.rows_in,
+        "rows_kept": manifest.rows_kept,
+        "rows_rejected": manifest.rows_rejected,
+        "rows_out": manifest.rows_out,
+        "rejected_by_reason": manifest.rejected_by_reason,
+        "stats": manifest.stats,
+    }
+
+
+def _ledger_line(manifest: StageManifest) -> str:
+    parts = [
+        f"{kind} {n} in, {manifest.rows_kept.get(kind, 0)} kept, {manifest.rows_rejected.get(kind, 0)} rejected"
+        for kind, n in manifest.rows_in.items()
+    ]
+    out = ", ".join(f"{n} {kind}" for kind, n in manifest.rows_out.items())
+    return "; ".join(parts) + (f" -> {out} written" if out else "")
+
+
+def _inputs(paths: list[str]) -> list[Path]:
+    return [check_input(p) for p in paths]
+
+
+# -- stage flows ------------------------------------------------------------------------------
+
+
+@flow(name="crawl", description=DESCRIPTIONS["crawl"])
+def crawl_flow(output: str, config: Optional[str] = None) -> dict:
+    from contextlib import ExitStack
+
+    from crawlers.localsite import serve_folder
+    from crawlers.run import run_crawl
+
+    cfg = load_config(config)
+    sources = [s for s in cfg.sources if s.kind == "crawl"]
+    section = {"crawl": cfg.section("crawl"), "sources": [s.model_dump(mode="json") for s in sources]}
+
+    def work(manifest: StageManifest) -> StageManifest:
+        with ExitStack() as stack:
+            specs = []
+            for source in sources:
+                start_urls = list(source.start_urls)
+                if source.site_dir is not None:
+                    base = stack.enter_context(serve_folder(source.site_dir))
+                    start_urls = [base.rstrip("/") + "/" + url.lstrip("/") for url in start_urls]
+                specs.append(
+                    {
+                        "name": source.name,
+                        "category": source.category,
+                        "start_urls": start_urls,
+                        "allowed_domains": [] if source.site_dir is not None else source.allowed_domains,
+                        "allow": source.allow,
+                        "deny": source.deny,
+                        "max_depth": source.max_depth,
+                        "max_pages": source.max_pages,
+                    }
+                )
+            return run_crawl(specs, output, manifest, cfg.section("crawl"))
+
+    return _run("crawl", Path(output), section, [], work, task_fn=_crawl_task)
+
+
+@flow(name="ingest", description=DESCRIPTIONS["ingest"])
+def ingest_flow(output: str, config: Optional[str] = None, inputs: Optional[list[str]] = None) -> dict:
+    cfg = load_config(config)
+    sources = [s for s in cfg.sources if s.kind in ("files", "dataset")]
+    pages = _inputs(inputs or [])
+    source_dicts = [
+        {"name": s.name, "category": s.category, "path": str(s.path), "format": s.format, "encoding": s.encoding}
+        for s in sources
+    ]
+    params = {
+        "min_chars": cfg.clean.min_chars,
+        "batch_rows": cfg.engine.batch_rows,
+        "extract_rules": {s.name: s.extract for s in cfg.sources if s.kind == "crawl" and s.extract},
+    }
+    section = {"sources": source_dicts, "params": params}
+    fingerprints = [Path(s["path"]) for s in source_dicts] + pages
+
+    def work(manifest: StageManifest) -> StageManifest:
+        return stages.run_ingest(source_dicts, pages, output, params, manifest)
+
+    return _run("ingest", Path(output), section, fingerprints, work)
+
+
+def _simple_stage(stage: str, section_name: str, runner) -> Callable:
+    @flow(name=stage, description=DESCRIPTIONS[stage])
+    def stage_flow(inputs: list[str], output: str, config: Optional[str] = None, engine: Optional[str] = None) -> dict:
+        cfg = load_config(config)
+        paths = _inputs(inputs)
+        params = cfg.section(section_name)
+        chosen = make_engine(cfg, engine)
+
+        def work(manifest: StageManifest) -> StageManifest:
+            return runner(paths, output, params, manifest, chosen)
+
+        return _run(stage, Path(output), params, paths, work)
+
+    stage_flow.__name__ = f"{stage}_flow"
+    return stage_flow
+
+
+clean_flow = _simple_stage("clean", "clean", stages.run_clean)
+dedup_flow = _simple_stage("dedup", "dedup", stages.run_dedup)
+convert_flow = _simple_stage("convert", "convert", stages.run_convert)
+
+
+@flow(name="decontaminate", description=DESCRIPTIONS["decontaminate"])
+def decontaminate_flow(inputs: list[str], output: str, config: Optional[str] = None, engine: Optional[str] = None) -> dict:
+    from transforms.importers.benchmarks import load_benchmark
+
+    cfg = load_config(config)
+    paths = _inputs(inputs)
+    params = cfg.section("decontaminate")
+    chosen = make_engine(cfg, engine)
+    references = list(cfg.decontaminate.benchmarks)
+
+    def work(manifest: StageManifest) -> StageManifest:
+        items = [item for path in references for item in load_benchmark(path)]
+        result = stages.run_decontaminate(paths, output, params, manifest, chosen, items)
+        hits = stages.contamination_hits(result)
+        if hits:
+            get_run_logger().warning("decontaminate: removed %s", hits)
+        return result
+
+    return _run("decontaminate", Path(output), params, paths + references, work)
+
+
+@flow(name="sample", description=DESCRIPTIONS["sample"])
+def sample_flow(inputs: list[str], output: str, config: Optional[str] = None, engine: Optional[str] = None) -> dict:
+    cfg = load_config(config)
+    paths = _inputs(inputs)
+    params = cfg.section("sample")
+
+    def work(manifest: StageManifest) -> StageManifest:
+        return stages.run_sample(paths, output, params, manifest, manifest.config_hash)
+
+    return _run("sample", Path(output), params, paths, work)
+
+
+@flow(name="validate", description=DESCRIPTIONS["validate"])
+def validate_flow(inputs: list[str], output: str, config: Optional[str] = None, engine: Optional[str] = None) -> dict:
+    from quality import validate_dataset
+    from schemas.dataset import DatasetWriter
+
+    cfg = load_config(config)
+    paths = _inputs(inputs)
+    params = cfg.section("validate")
+    options = {
+        "categories": list(CATEGORIES),
+        "languages": params["languages"],
+        "min_chars": params["min_chars"],
+        "max_chars": params["max_chars"],
+    }
+
+    def work(manifest: StageManifest) -> StageManifest:
+        with DatasetWriter(output, manifest) as writer:
+            reports = []
+            for number, path in enumerate(paths):
+                results_dir = writer.folder / (path.name or f"input-{number}")
+                reports.extend(validate_dataset(path, options=options, results_dir=results_dir))
+            for report in reports:
+                manifest.rows_in[report.kind] = manifest.rows_in.get(report.kind, 0) + report.rows
+                get_run_logger().info("validate: %s", report.summary())
+            failures = [r for r in reports if not r.success]
+            manifest.stats["reports"] = [
+                {"kind": r.kind, "rows": r.rows, "success": r.success, "summary": r.summary()} for r in reports
+            ]
+            manifest.stats["failed"] = bool(failures)
+            result = writer.commit()
+        if failures and params["fail_on_error"]:
+            raise ValidationFailed("; ".join(r.summary() for r in failures))
+        return result
+
+    return _run("validate", Path(output), params, paths, work)
+
+
+@flow(name="export", description=DESCRIPTIONS["export"])
+def export_flow(inputs: list[str], output: str, config: Optional[str] = None, engine: Optional[str] = None, formats: Optional[list[str]] = None) -> dict:
+    cfg = load_config(config)
+    paths = _inputs(inputs)
+    chosen = formats or cfg.export.formats
+
+    def work(manifest: StageManifest) -> StageManifest:
+        return stages.run_export(paths, output, chosen, manifest)
+
+    return _run("export", Path(output), {"formats": chosen}, paths, work)
+
+
+STAGE_FLOWS = {
+    "crawl": crawl_flow,
+    "ingest": ingest_flow,
+    "clean": clean_flow,
+    "dedup": dedup_flow,
+    "decontaminate": decontaminate_flow,
+    "convert": convert_flow,
+    "sample": sample_flow,
+    "validate": validate_flow,
+    "export": export_flow,
+}
+
+
+# -- the whole build --------------------------------------------------------------------------
+
+
+@flow(name="build-corpus", description=DESCRIPTIONS["build-corpus"])
+def build_corpus(config: Optional[str] = None, workdir: str = "tcm-corpus-build", engine: Optional[str] = None) -> dict:
+    logger = get_run_logger()
+    cfg = load_config(config)
+    root = Path(workdir).resolve()
+    staged = root / "stages"
+    corpus = root / "corpus"
+    started = time.perf_counter()
+    results: dict[str, dict] = {}
+
+    page_inputs: list[str] = []
+    if any(s.kind == "crawl" for s in cfg.sources):
+        results["crawl"] = crawl_flow(str(staged / "crawl"), config)
+        page_inputs = [str(staged / "crawl")]
+    results["ingest"] = ingest_flow(str(staged / "ingest"), config, page_inputs)
+    previous = staged / "ingest"
+    for stage in ("clean", "dedup", "decontaminate", "convert"):
+        results[stage] = STAGE_FLOWS[stage]([str(previous)], str(staged / stage), config, engine)
+        previous = staged / stage
+    results["sample"] = sample_flow([str(previous)], str(corpus), config, engine)
+    results["validate"] = validate_flow([str(corpus)], str(staged / "validate"), config, engine)
+    if cfg.export.formats:
+        results["export"] = export_flow([str(corpus)], str(staged / "export"), config, engine)
+
+    seconds = round(time.perf_counter() - started, 2)
+    report = build_summary(results, corpus, seconds)
+    logger.info("build-corpus finished in %.1f s: %s rows in %s", seconds, results["sample"]["rows_out"].get(CORPUS, 0), corpus)
+    try:
+        create_markdown_artifact(report, key="build-corpus-summary", description="Funnel of the corpus build")
+    except Exception as exc:  # noqa: BLE001 - an artifact is a convenience, never a reason to fail a build
+        logger.warning("could not publish the summary artifact: %s", exc)
+    return {"workdir": str(root), "corpus": str(corpus), "seconds": seconds, "stages": results}
+
+
+def build_summary(results: dict[str, dict], corpus: Path, seconds: float) -> str:
+    lines = [f"# Corpus build\n\nShards in `{corpus}`, built in {seconds} s.\n", "| stage | in | kept | rejected | out | skipped |", "|---|---|---|---|---|---|"]
+    for stage, summary in results.items():
+        fmt = lambda counts: ", ".join(f"{k} {v}" for k, v in counts.items()) or "-"  # noqa: E731
+        lines.append(
+            f"| {stage} | {fmt(summary['rows_in'])} | {fmt(summary['rows_kept'])} | {fmt(summary['rows_rejected'])} "
+            f"| {fmt(summary['rows_out'])} | {'yes' if summary.get('skipped') else 'no'} |"
+        )
+    return "\n".join(lines)

@@ -1,0 +1,19 @@
+"""Names and one-line descriptions of the flows, readable without importing Prefect."""
+
+FLOWS = {
+    "build-corpus": "run every stage, from sources to validated shards",
+    "crawl": "fetch the configured web sources into raw pages",
+    "ingest": "import books, monographs and dialogue datasets; extract documents from pages",
+    "clean": "normalise Unicode, convert traditional to simplified, reject empty and short texts",
+    "dedup": "remove exact duplicates (normalised text)",
+    "decontaminate": "remove rows that contain evaluation items",
+    "convert": "turn structured documents into conversations; pass dialogues through",
+    "sample": "order everything by priority sampling into Parquet shards with a manifest",
+    "validate": "check datasets with Great Expectations suites",
+    "export": "write the corpus in trainer formats (sharegpt, alpaca, jsonl)",
+}
+
+
+def describe() -> str:
+    width = max(len(name) for name in FLOWS)
+    return "\n".join(f"{name:<{width}}  {text}" for name, text in FLOWS.items())

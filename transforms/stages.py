@@ -1,0 +1,359 @@
+"""Each stage of the build as a function over datasets on disk, run by an engine.
+
+A stage reads its input dataset folders, writes one output dataset through a DatasetWriter (a
+temporary folder renamed into place), and fills the manifest's ledger: for every record kind it
+reads, rows in = rows kept + rows rejected. Orchestration (skipping finished stages, logging,
+retries) belongs to the caller; nothing here knows about Prefect.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from schemas import CONVERSATIONS, CORPUS, DOCUMENTS, PAGES, SCHEMA_VERSION
+from schemas.dataset import DatasetWriter, StageManifest, iter_batches, kinds_in, read_kind
+
+from . import clean, dedup
+from .convert import convert_documents
+from .decontaminate import ContaminationIndex, decontaminate_batch
+from .engine import LocalEngine
+from .sample import priority_order, to_corpus_rows, with_positions
+
+TEXT_KINDS = (DOCUMENTS, CONVERSATIONS)
+Progress = Callable[[str, int], None]
+
+
+def _batches(inputs: Iterable[Path], kind: str, rows: int):
+    for path in inputs:
+        yield from iter_batches(path, kind, rows)
+
+
+def _present(inputs: list[Path], kinds: Iterable[str]) -> list[str]:
+    found = {kind for path in inputs for kind in kinds_in(path)}
+    return [kind for kind in kinds if kind in found]
+
+
+def _count(manifest: StageManifest, field: str, kind: str, n: int) -> None:
+    counts = getattr(manifest, field)
+    counts[kind] = counts.get(kind, 0) + n
+
+
+def _pass_through(inputs: list[Path], writer: DatasetWriter, manifest: StageManifest, kinds: Iterable[str], rows: int) -> None:
+    for kind in _present(inputs, kinds):
+        for batch in _batches(inputs, kind, rows):
+            writer.write(kind, batch)
+            _count(manifest, "rows_in", kind, batch.num_rows)
+
+
+# -- clean ------------------------------------------------------------------------------------
+
+
+def _clean_step(batch, context):
+    kind, params = context
+    return clean.STEPS[kind](batch, params)
+
+
+def run_map_stage(step, inputs, output, manifest, engine, kinds, context_of, progress: Progress | None = None):
+    """Run `step` over every batch of each kind; each result is (kept, rejected)."""
+    with DatasetWriter(output, manifest) as writer:
+        for kind in _present(inputs, kinds):
+            for kept, rejected in engine.map(step, _batches(inputs, kind, engine.batch_rows), context_of(kind)):
+                writer.write(kind, kept)
+                writer.reject(kind, rejected)
+                _count(manifest, "rows_in", kind, kept.num_rows + rejected.num_rows)
+                if progress:
+                    progress(kind, kept.num_rows + rejected.num_rows)
+        _pass_through(inputs, writer, manifest, [k for k in (PAGES,) if k not in kinds], engine.batch_rows)
+        return writer.commit()
+
+
+def run_clean(inputs, output, params, manifest, engine: LocalEngine, progress=None) -> StageManifest:
+    return run_map_stage(_clean_step, inputs, output, manifest, engine, TEXT_KINDS, lambda kind: (kind, params), progress)
+
+
+# -- dedup ------------------------------------------------------------------------------------
+
+
+def _keys_step(batch, kind):
+    return dedup.dedup_keys(batch, kind)
+
+
+def run_dedup(inputs, output, params, manifest, engine: LocalEngine, progress=None) -> StageManifest:
+    with DatasetWriter(output, manifest) as writer:
+        groups = {}
+        for kind in _present(inputs, TEXT_KINDS):
+            keys = engine.map(_keys_step, _batches(inputs, kind, engine.batch_rows), kind)
+            duplicate_of = dedup.choose_survivors(keys, params.get("keep", "first"))
+            groups[kind] = len(set(duplicate_of.values()))
+            for batch in _batches(inputs, kind, engine.batch_rows):
+                kept, rejected = dedup.split_duplicates(batch, duplicate_of)
+                writer.write(kind, kept)
+                writer.reject(kind, rejected)
+                _count(manifest, "rows_in", kind, batch.num_rows)
+                if progress:
+                    progress(kind, batch.num_rows)
+        manifest.stats["duplicate_groups"] = groups
+        return writer.commit()
+
+
+# -- decontaminate ----------------------------------------------------------------------------
+
+
+def _decontaminate_step(batch, context):
+    kind, index, action = context
+    return decontaminate_batch(batch, kind, index, action)
+
+
+def run_decontaminate(inputs, output, params, manifest, engine: LocalEngine, items: list[dict], progress=None) -> StageManifest:
+    index = ContaminationIndex.build(
+        items, params.get("ngram", 13), params.get("min_overlap", 0.5), params.get("min_question_chars", 8)
+    )
+    manifest.stats["reference_items"] = len(index.items)
+    manifest.stats["benchmarks"] = dict(Counter(item[0] for item in index.items))
+    result = run_map_stage(
+        _decontaminate_step,
+        inputs,
+        output,
+        manifest,
+        engine,
+        TEXT_KINDS,
+        lambda kind: (kind, index, params.get("action", "remove")),
+        progress,
+    )
+    return result
+
+
+def contamination_hits(manifest: StageManifest) -> dict[str, int]:
+    return {k: v for k, v in manifest.rejected_by_reason.items() if k.startswith("contaminated")}
+
+
+# -- convert ----------------------------------------------------------------------------------
+
+
+def _convert_step(batch, params):
+    return convert_documents(batch, params)
+
+
+def run_convert(inputs, output, params, manifest, engine: LocalEngine, progress=None) -> StageManifest:
+    if params.get("backend", "template") != "template":
+        raise ValueError(f"convert.backend {params['backend']!r} cannot run in this build; use 'template'")
+    with DatasetWriter(output, manifest) as writer:
+        converted = 0
+        for result in engine.map(_convert_step, _batches(inputs, DOCUMENTS, engine.batch_rows), params):
+            writer.write(CONVERSATIONS, result[CONVERSATIONS])
+            writer.write(DOCUMENTS, result[DOCUMENTS])
+            writer.reject(DOCUMENTS, result["rejected"])
+            n = result["converted"] + result[DOCUMENTS].num_rows + result["rejected"].num_rows
+            _count(manifest, "rows_in", DOCUMENTS, n)
+            converted += result["converted"]
+            if progress:
+                progress(DOCUMENTS, n)
+        produced = writer.rows_written(CONVERSATIONS)
+        # Native conversations pass through as they are.
+        native = 0
+        for batch in _batches(inputs, CONVERSATIONS, engine.batch_rows):
+            writer.write(CONVERSATIONS, batch)
+            _count(manifest, "rows_in", CONVERSATIONS, batch.num_rows)
+            native += batch.num_rows
+        manifest.stats.update(
+            {
+                "documents_converted": converted,
+                "conversations_from_documents": produced,
+                "conversations_native": native,
+                "documents_left_as_text": writer.rows_written(DOCUMENTS),
+            }
+        )
+        return writer.commit()
+
+
+# -- sample -----------------------------------------------------------------------------------
+
+
+def corpus_items(inputs: list[Path]) -> pa.Table:
+    tables = []
+    for path in inputs:
+        for kind in (CONVERSATIONS, DOCUMENTS):
+            if kind in kinds_in(path):
+                tables.append(to_corpus_rows(read_kind(path, kind), kind))
+    if not tables:
+        return to_corpus_rows(read_kind(inputs[0], DOCUMENTS), DOCUMENTS)
+    return pa.concat_tables(tables)
+
+
+def run_sample(inputs, output, params, manifest, config_hash: str, progress=None) -> StageManifest:
+    """Order everything by priority sampling and write shards `part-NNNNN.parquet` in that order,
+    with `manifest.json` describing them."""
+    items = corpus_items(inputs)
+    for kind in TEXT_KINDS:
+        n = sum(1 for c in items.column("format").to_pylist() if c == ("chat" if kind == CONVERSATIONS else "text"))
+        if n:
+            manifest.rows_in[kind] = n
+    expanded, order = priority_order(items, params)
+    shard_rows = int(params.get("shard_rows", 100_000))
+    with DatasetWriter(output, manifest) as writer:
+        shards = []
+        for number, start in enumerate(range(0, len(order), shard_rows)):
+            chunk = with_positions(expanded.take(pa.array(order[start : start + shard_rows])), start)
+            path = writer.folder / f"part-{number:05d}.parquet"
+            pq.write_table(chunk, path, compression="zstd", row_group_size=min(shard_rows, 10_000))
+            shards.append({"path": path.name, "rows": chunk.num_rows, "sha256": _sha256(path), "bytes": path.stat().st_size})
+            writer.add_file(path.name, chunk.num_rows)
+            if progress:
+                progress(CORPUS, chunk.num_rows)
+        ordered = expanded.take(pa.array(order))
+        corpus_manifest = {
+            "schema_version": SCHEMA_VERSION,
+            "config_hash": config_hash,
+            "rows": len(order),
+            "sampling": {k: params.get(k) for k in ("mode", "weights", "source_weights", "sft_epochs", "seed")},
+            "counts": {
+                "category": dict(Counter(ordered.column("category").to_pylist())),
+                "source": dict(Counter(ordered.column("source").to_pylist())),
+                "format": dict(Counter(ordered.column("format").to_pylist())),
+            },
+            "sampling_curve": sampling_curve(ordered.column("category").to_pylist()),
+            "shards": shards,
+        }
+        (writer.folder / "manifest.json").write_text(json.dumps(corpus_manifest, ensure_ascii=False, indent=2), encoding="utf-8")
+        manifest.rows_out[CORPUS] = len(order)
+        manifest.stats["shards"] = len(shards)
+        return writer.commit()
+
+
+def sampling_curve(categories: list[str], buckets: int = 100) -> list[dict[str, float]]:
+    """Share of each category in each 1% of training positions."""
+    n = len(categories)
+    if n == 0:
+        return []
+    names = sorted(set(categories))
+    edges = np.linspace(0, n, min(buckets, n) + 1).astype(int)
+    curve = []
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        counts = Counter(categories[lo:hi])
+        curve.append({name: round(counts.get(name, 0) / max(1, hi - lo), 4) for name in names})
+    return curve
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+# -- export -----------------------------------------------------------------------------------
+
+EXPORT_ROLES = {"system": "system", "user": "human", "assistant": "gpt"}
+
+
+def export_record(row: dict, fmt: str) -> tuple[str, dict]:
+    """(file stem, record) of one corpus row in a trainer's format. Plain text rows go to a
+    `pretrain` file ({"text"}) in the chat formats, which have no place for them."""
+    messages = row.get("messages") or []
+    if fmt == "jsonl":
+        return "corpus", {k: row[k] for k in ("id", "position", "source", "category", "format", "messages", "text", "meta")}
+    if row["format"] == "text":
+        return "pretrain", {"id": row["id"], "text": row["text"]}
+    system = messages[0]["content"] if messages and messages[0]["role"] == "system" else None
+    turns = messages[1:] if system is not None else messages
+    if fmt == "sharegpt":
+        record = {"id": row["id"], "conversations": [{"from": EXPORT_ROLES[m["role"]], "value": m["content"]} for m in turns]}
+        if system:
+            record["system"] = system
+        return "sharegpt", record
+    pairs = [(turns[i]["content"], turns[i + 1]["content"]) for i in range(0, len(turns) - 1, 2)]
+    *history, (instruction, output) = pairs
+    record = {"instruction": instruction, "input": "", "output": output, "history": [list(p) for p in history]}
+    if system:
+        record["system"] = system
+    return "alpaca", record
+
+
+def run_export(inputs, output, formats: list[str], manifest: StageManifest, progress=None) -> StageManifest:
+    with DatasetWriter(output, manifest) as writer:
+        handles = {}
+        counts: Counter = Counter()
+        try:
+            for fmt in formats:
+                for path in inputs:
+                    for batch in iter_batches(path, CORPUS, 4096):
+                        if fmt == formats[0]:
+                            _count(manifest, "rows_in", CORPUS, batch.num_rows)
+                        for row in batch.to_pylist():
+                            stem, record = export_record(row, fmt)
+                            name = f"{fmt}.jsonl" if stem in (fmt, "corpus") else f"{fmt}-{stem}.jsonl"
+                            if name not in handles:
+                                handles[name] = open(writer.folder / name, "w", encoding="utf-8")
+                            handles[name].write(json.dumps(record, ensure_ascii=False) + "\n")
+                            counts[name] += 1
+        finally:
+            for handle in handles.values():
+                handle.close()
+        for name, rows in sorted(counts.items()):
+            writer.add_file(name, rows)
+        manifest.stats["files"] = dict(counts)
+        return writer.commit()
+
+
+# -- ingest -----------------------------------------------------------------------------------
+
+
+def run_ingest(sources: list[dict], page_inputs: list[Path], output, params, manifest, progress=None) -> StageManifest:
+    """Import the file and dataset sources, and extract documents from crawled pages.
+
+    Each source is {"name", "category", "path", "format", "encoding"}; crawled pages come from
+    the crawl stage's dataset, with per-source extraction rules in params["extract_rules"]."""
+    from .extract import pages_to_documents
+    from .importers import SourceError, import_file, list_files
+
+    flush_rows = int(params.get("batch_rows", 2048))
+    with DatasetWriter(output, manifest) as writer:
+        kept: dict[str, list[dict]] = {DOCUMENTS: [], CONVERSATIONS: []}
+        removed: dict[str, list[dict]] = {DOCUMENTS: [], CONVERSATIONS: []}
+
+        def flush(force: bool = False) -> None:
+            for kind in kept:
+                if kept[kind] and (force or len(kept[kind]) >= flush_rows):
+                    writer.write(kind, pa.Table.from_pylist(kept[kind]))
+                    kept[kind] = []
+                if removed[kind] and (force or len(removed[kind]) >= flush_rows):
+                    writer.reject(kind, pa.Table.from_pylist(removed[kind]))
+                    removed[kind] = []
+
+        files_read = {}
+        for source in sources:
+            path = Path(source["path"])
+            files = list_files(path, source["format"])
+            if not files:
+                raise SourceError(f"source {source['name']}: no {source['format']} files at {path}")
+            files_read[source["name"]] = len(files)
+            for file in files:
+                for item in import_file(file, source["format"], source["name"], source["category"], {"encoding": source.get("encoding", "auto")}):
+                    _count(manifest, "rows_in", item.kind, 1)
+                    if item.reason:
+                        removed[item.kind].append({**item.row, "reason": item.reason})
+                    else:
+                        kept[item.kind].append(item.row)
+                flush()
+                if progress:
+                    progress(DOCUMENTS, 0)
+        flush(force=True)
+
+        extract_params = {"min_chars": params.get("min_chars", 20), "rules": params.get("extract_rules", {})}
+        for path in page_inputs:
+            for batch in iter_batches(path, PAGES, flush_rows):
+                documents, rejected_pages = pages_to_documents(batch, extract_params)
+                writer.write(DOCUMENTS, documents)
+                writer.reject(PAGES, rejected_pages)
+                _count(manifest, "rows_in", PAGES, batch.num_rows)
+                _count(manifest, "rows_kept", PAGES, documents.num_rows)
+        manifest.stats["files_read"] = files_read
+        return writer.commit()
