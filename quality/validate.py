@@ -1,0 +1,317 @@
+"""Validate datasets against their kind's Great Expectations suite; keep the results as JSON and
+as a static Data Docs site.
+
+Each call runs in its own ephemeral GX context: nothing is read from or written to a GX project
+folder, and two validations never share state.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+# Before the import: registering its expectations, GX logs hundreds of DEBUG lines.
+logging.getLogger("great_expectations").setLevel(logging.WARNING)
+
+import great_expectations as gx  # noqa: E402
+import pandas as pd  # noqa: E402
+import pyarrow as pa  # noqa: E402
+from great_expectations.core import ExpectationSuiteValidationResult  # noqa: E402
+from great_expectations.data_context.types.base import ProgressBarsConfig  # noqa: E402
+from great_expectations.data_context.types.resource_identifiers import (  # noqa: E402
+    ExpectationSuiteIdentifier,
+    ValidationResultIdentifier,
+)
+from great_expectations.expectations.row_conditions import deserialize_row_condition  # noqa: E402
+
+from schemas.dataset import DatasetError, kinds_in, read_kind  # noqa: E402
+
+from .suites import (  # noqa: E402
+    EMPTY_TURNS,
+    ROLES_OK,
+    TEXT_CHARS,
+    TURNS,
+    Options,
+    build_suite,
+    conform_for_validation,
+    validation_frame,
+)
+from .turns import empty_turns, role_sequence  # noqa: E402
+
+log = logging.getLogger(__name__)
+
+DATA_DOCS = "data_docs"
+DOCS_SITE = "tcm_quality"
+DATASOURCE = "tcm_corpus"
+EXAMPLES = 5
+# Values short enough to show as they are; a failure on any other column shows the rows instead.
+VALUE_COLUMNS = frozenset({"id", "source", "category", "format", "lang", "position", "url", "status"})
+TEXT_PREVIEW = 40
+
+
+def _quiet_gx_logs() -> None:
+    """GX logs store and renderer steps at INFO, and pins some of its loggers at INFO (a temporary
+    folder for every ephemeral context); a pipeline's log wants only GX's warnings."""
+    logging.getLogger("great_expectations").setLevel(logging.WARNING)
+    for name, gx_logger in list(logging.root.manager.loggerDict.items()):
+        if name.startswith("great_expectations.") and isinstance(gx_logger, logging.Logger):
+            if logging.NOTSET < gx_logger.level < logging.WARNING:
+                gx_logger.setLevel(logging.WARNING)
+
+
+_quiet_gx_logs()
+
+
+@dataclass
+class ExpectationFailure:
+    expectation: str  # e.g. "expect_column_values_to_be_unique(id)"
+    kind: str  # dataset kind validated
+    unexpected_count: int  # rows that broke it; 0 for a check of the whole column (min, max, row count)
+    examples: list  # up to 5 failing values, rows ({"id": ...}), or the observed value of a whole-column check
+
+
+@dataclass
+class ValidationReport:
+    kind: str
+    rows: int
+    success: bool
+    evaluated: int
+    failures: list[ExpectationFailure] = field(default_factory=list)
+    results_path: str | None = None
+    docs_path: str | None = None
+    seconds: float = 0.0
+
+    @property
+    def met(self) -> int:
+        return self.evaluated - len(self.failures)
+
+    def summary(self) -> str:
+        line = f"{self.kind}: {self.rows} rows, {self.met}/{self.evaluated} expectations met"
+        if not self.failures:
+            return line
+        first = self.failures[0]
+        line += f"; failed {first.expectation}"
+        if first.unexpected_count:
+            line += f": {first.unexpected_count} unexpected"
+        if first.examples:
+            line += f", e.g. {_short(first.examples)}"
+        if len(self.failures) > 1:
+            line += f" (+{len(self.failures) - 1} more failing)"
+        return line
+
+
+def validate_kind(
+    table_or_dataframe: pa.Table | pa.RecordBatch | pd.DataFrame,
+    kind: str,
+    *,
+    options: Mapping | None = None,
+    results_dir: Path | None = None,
+) -> ValidationReport:
+    """Validate one table of rows of `kind` (documents, conversations, pages, corpus)."""
+    run = QualityRun(options=options, results_dir=results_dir)
+    report = run.validate(table_or_dataframe, kind)
+    run.build_docs()
+    return report
+
+
+def validate_dataset(
+    path: Path, *, options: Mapping | None = None, results_dir: Path | None = None
+) -> list[ValidationReport]:
+    """Validate every kind of rows a dataset folder holds (a stage's output, or a corpus folder of
+    part files); one report per kind, and one Data Docs site for them all."""
+    path = Path(path)
+    kinds = kinds_in(path) if path.is_dir() else []
+    if not kinds:
+        raise DatasetError(f"{path} holds no dataset to validate (no Parquet files of a known kind)")
+    run = QualityRun(options=options, results_dir=results_dir)
+    reports = [run.validate(read_kind(path, kind), kind) for kind in kinds]
+    run.build_docs()
+    return reports
+
+
+class QualityRun:
+    """One ephemeral GX context; each kind validated through it becomes a page of one docs site."""
+
+    def __init__(self, *, options: Mapping | None = None, results_dir: Path | None = None):
+        self.options = Options.from_mapping(options)
+        self.results_dir = Path(results_dir) if results_dir is not None else None
+        self.context = gx.get_context(mode="ephemeral")
+        self.context.variables.progress_bars = ProgressBarsConfig(globally=False)
+        self.datasource = self.context.data_sources.add_pandas(DATASOURCE)
+        self.reports: list[tuple[ValidationReport, ValidationResultIdentifier]] = []
+        if self.results_dir is not None:
+            self.results_dir.mkdir(parents=True, exist_ok=True)
+            self.context.add_data_docs_site(
+                site_name=DOCS_SITE,
+                site_config={
+                    "class_name": "SiteBuilder",
+                    "store_backend": {
+                        "class_name": "TupleFilesystemStoreBackend",
+                        "base_directory": str(self.results_dir / DATA_DOCS),
+                    },
+                    "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
+                },
+            )
+
+    def validate(self, table_or_dataframe: pa.Table | pa.RecordBatch | pd.DataFrame, kind: str) -> ValidationReport:
+        started = time.perf_counter()
+        table = _as_table(table_or_dataframe)
+        suite = build_suite(kind, self.options, table.num_rows)
+        table = conform_for_validation(table, kind)
+        frame = validation_frame(table, kind)
+
+        if any(suite.name == kind for suite in self.context.suites.all()):
+            raise ValueError(f"{kind} was already validated in this run")
+        suite = self.context.suites.add(suite)
+        batch = self.datasource.add_dataframe_asset(kind).add_batch_definition_whole_dataframe(kind)
+        definition = self.context.validation_definitions.add(gx.ValidationDefinition(name=kind, data=batch, suite=suite))
+        result = definition.run(
+            batch_parameters={"dataframe": frame},
+            # A few more than shown, since duplicates of one value collapse into one example.
+            result_format={"result_format": "SUMMARY", "partial_unexpected_count": 4 * EXAMPLES},
+        )
+
+        order = {expectation.id: i for i, expectation in enumerate(suite.expectations)}
+        outcomes = sorted(result.results, key=lambda r: order.get(r.expectation_config.id, len(order)))
+        failures = [_failure(outcome, kind, table) for outcome in outcomes if not outcome.success]
+        report = ValidationReport(
+            kind=kind,
+            rows=table.num_rows,
+            success=bool(result.success),
+            evaluated=len(outcomes),
+            failures=failures,
+        )
+        if self.results_dir is not None:
+            results_path = self.results_dir / f"{kind}.json"
+            results_path.write_text(
+                json.dumps(result.to_json_dict(), ensure_ascii=False, indent=2, default=str), encoding="utf-8"
+            )
+            report.results_path = str(results_path)
+        report.seconds = round(time.perf_counter() - started, 3)
+        self.reports.append((report, _result_identifier(result, kind)))
+        log.info("%s", report.summary())
+        return report
+
+    def build_docs(self) -> Path | None:
+        """Render the Data Docs site of this run and point each report at its own page."""
+        if self.results_dir is None or not self.reports:
+            return None
+        self.context.build_data_docs(site_names=[DOCS_SITE])
+        index = self.results_dir / DATA_DOCS / "index.html"
+        for report, identifier in self.reports:
+            page = self.context.get_docs_sites_urls(resource_identifier=identifier, site_name=DOCS_SITE)
+            url = page[0]["site_url"] if page else None
+            report.docs_path = _file_path(url) if url else str(index)
+        return index
+
+
+def _as_table(rows: pa.Table | pa.RecordBatch | pd.DataFrame) -> pa.Table:
+    if isinstance(rows, pa.Table):
+        return rows
+    if isinstance(rows, pa.RecordBatch):
+        return pa.Table.from_batches([rows])
+    if isinstance(rows, pd.DataFrame):
+        return pa.Table.from_pandas(rows, preserve_index=False)
+    raise TypeError(f"cannot validate a {type(rows).__name__}; give an Arrow table or a pandas DataFrame")
+
+
+def _result_identifier(result: ExpectationSuiteValidationResult, kind: str) -> ValidationResultIdentifier:
+    # The same identifier ValidationDefinition.run stores the result under: batch id is "<source>-<asset>".
+    return ValidationResultIdentifier(
+        expectation_suite_identifier=ExpectationSuiteIdentifier(name=kind),
+        run_id=result.meta["run_id"],
+        batch_identifier=f"{DATASOURCE}-{kind}",
+    )
+
+
+def _file_path(url: str) -> str:
+    return url[len("file://"):] if url.startswith("file://") else url
+
+
+def expectation_name(config) -> str:
+    """`expect_column_values_to_be_unique(id)`, with the row condition when there is one."""
+    column = config.kwargs.get("column")
+    name = f"{config.type}({column or ''})"
+    condition = config.kwargs.get("row_condition")
+    if condition:
+        # Stored results hold the condition as a dict; its Condition object reads "format == text".
+        name += f" where {deserialize_row_condition(condition)!r}"
+    return name
+
+
+def _failure(outcome, kind: str, table: pa.Table) -> ExpectationFailure:
+    config = outcome.expectation_config
+    name = expectation_name(config)
+    details = outcome.result or {}
+    exception = outcome.exception_info or {}
+    if exception.get("raised_exception"):
+        return ExpectationFailure(name, kind, 0, [f"error: {exception.get('exception_message')}"])
+    column = config.kwargs.get("column")
+    count = int(details.get("unexpected_count") or 0)
+    if "observed_value" in details and "unexpected_count" not in details:
+        examples = [{"observed": _plain(details["observed_value"]), "expected": _expected_range(config.kwargs)}]
+    elif column in VALUE_COLUMNS and config.type != "expect_column_values_to_not_be_null":
+        examples = _distinct(_plain(value) for value in details.get("partial_unexpected_list") or [])
+    else:
+        rows = details.get("partial_unexpected_index_list") or []
+        examples = _distinct(_describe_row(table, int(row), column) for row in rows[: 4 * EXAMPLES])
+    return ExpectationFailure(name, kind, count, examples[:EXAMPLES])
+
+
+def _expected_range(kwargs: Mapping) -> list:
+    # GX stores bounds as floats; a row count or position reads better as the integer it is.
+    return [int(v) if isinstance(v, float) and v.is_integer() else v for v in (kwargs.get("min_value"), kwargs.get("max_value"))]
+
+
+def _describe_row(table: pa.Table, row: int, column: str | None) -> dict:
+    """A failing row as its id, and what the failed check looked at."""
+    described: dict[str, Any] = {}
+    for key in ("id", "url"):
+        if key in table.schema.names and table.column(key)[row].is_valid:
+            described[key] = table.column(key)[row].as_py()
+            break
+    else:
+        described["row"] = row
+    if column in (TURNS, ROLES_OK, EMPTY_TURNS):
+        conversation = table.column("messages")[row].as_py()
+        described["roles"] = role_sequence(conversation)
+        if column == EMPTY_TURNS:
+            described["empty_turns"] = int(empty_turns(table.column("messages").slice(row, 1))[0])
+    elif column == TEXT_CHARS:
+        text = table.column("text")[row].as_py()
+        described["chars"] = None if text is None else len(text)
+        if text is not None:
+            described["text"] = text if len(text) <= TEXT_PREVIEW else text[:TEXT_PREVIEW] + "…"
+    return described
+
+
+def _distinct(values) -> list:
+    seen, distinct = set(), []
+    for value in values:
+        key = json.dumps(value, sort_keys=True, default=str)
+        if key not in seen:
+            seen.add(key)
+            distinct.append(value)
+    return distinct
+
+
+def _plain(value):
+    """A JSON-ready Python value from whatever numpy or Arrow scalar GX handed back."""
+    if hasattr(value, "as_py"):
+        return value.as_py()
+    if hasattr(value, "item") and not isinstance(value, (list, dict, str)):
+        return value.item()
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    return value
+
+
+def _short(examples: list, width: int = 160) -> str:
+    text = ", ".join(json.dumps(example, ensure_ascii=False, default=str) for example in examples)
+    return text if len(text) <= width else text[: width - 1] + "…"

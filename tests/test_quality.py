@@ -1,0 +1,277 @@
+"""Dataset validation: each kind's suite passes good rows, names the broken rule with examples,
+and keeps its results as JSON and a Data Docs site."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from quality import ValidationReport, validate_dataset, validate_kind
+from quality.turns import empty_turns, roles_in_order
+from schemas.dataset import DatasetWriter, StageManifest
+from schemas.records import (
+    CONVERSATIONS,
+    CORPUS,
+    DOCUMENTS,
+    MESSAGES_TYPE,
+    SCHEMAS,
+    conversation_id,
+    document_id,
+)
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+CMTMEDQA = SHARED_DATA / "instructions" / "cmtmedqa_test.json"
+
+
+def rows_of(kind: str, rows: list[dict]) -> pa.Table:
+    schema = pa.schema([f.with_nullable(True) for f in SCHEMAS[kind]])
+    return pa.Table.from_pylist(rows, schema=schema)
+
+
+def turns(*pairs: tuple[str, str]) -> list[dict]:
+    return [{"role": role, "content": content} for role, content in pairs]
+
+
+def document(text: str, category: str = "books", **extra) -> dict:
+    return {"id": document_id("本草纲目", text), "text": text, "source": "本草纲目", "category": category, **extra}
+
+
+def conversation(messages: list[dict], category: str = "sft", **extra) -> dict:
+    return {"id": conversation_id("cmtmedqa", messages), "messages": messages, "source": "cmtmedqa", "category": category, **extra}
+
+
+def corpus_rows(count: int) -> list[dict]:
+    rows = []
+    for position in range(count):
+        if position % 2:
+            rows.append({"format": "text", "text": f"人参，味甘微寒。第{position}条", "category": "books"})
+        else:
+            rows.append({"format": "chat", "messages": turns(("user", f"问{position}"), ("assistant", f"答{position}")), "category": "sft"})
+        rows[-1].update(id=f"c{position:04d}", position=position, source="mixed")
+    return rows
+
+
+GOOD_DOCUMENTS = [document("人参，味甘微寒，主补五脏。"), document("黄芪，味甘微温。", category="literature", lang="zh")]
+GOOD_CONVERSATIONS = [
+    conversation(turns(("user", "失眠多梦怎么办？"), ("assistant", "可考虑酸枣仁汤，请遵医嘱。"))),
+    conversation(
+        turns(("system", "你是中医师。"), ("user", "舌苔白腻？"), ("assistant", "多属湿浊。"), ("user", "如何调理？"), ("assistant", "健脾化湿。"))
+    ),
+]
+
+
+def failure_named(report: ValidationReport, expectation: str):
+    named = [f for f in report.failures if f.expectation == expectation]
+    assert named, f"{expectation} not among failures: {[f.expectation for f in report.failures]}"
+    return named[0]
+
+
+@pytest.mark.parametrize(
+    "kind, rows",
+    [(DOCUMENTS, GOOD_DOCUMENTS), (CONVERSATIONS, GOOD_CONVERSATIONS), (CORPUS, corpus_rows(6))],
+)
+def test_good_rows_meet_every_expectation(kind, rows):
+    report = validate_kind(rows_of(kind, rows), kind)
+    assert report.success, report.summary()
+    assert report.failures == []
+    assert report.rows == len(rows)
+    assert report.evaluated >= 7
+    assert report.summary() == f"{kind}: {len(rows)} rows, {report.evaluated}/{report.evaluated} expectations met"
+    assert report.results_path is None and report.docs_path is None
+
+
+def test_duplicate_id_is_named_with_the_id():
+    twice = GOOD_DOCUMENTS + [GOOD_DOCUMENTS[0]]
+    report = validate_kind(rows_of(DOCUMENTS, twice), DOCUMENTS)
+    assert not report.success
+    failure = failure_named(report, "expect_column_values_to_be_unique(id)")
+    assert failure.kind == DOCUMENTS
+    assert failure.unexpected_count == 2
+    assert failure.examples == [GOOD_DOCUMENTS[0]["id"]]
+    assert "expect_column_values_to_be_unique(id)" in report.summary()
+    assert GOOD_DOCUMENTS[0]["id"] in report.summary()
+
+
+def test_unknown_category_is_named_with_the_value():
+    rows = GOOD_CONVERSATIONS + [conversation(turns(("user", "问"), ("assistant", "答")), category="forum")]
+    report = validate_kind(rows_of(CONVERSATIONS, rows), CONVERSATIONS)
+    failure = failure_named(report, "expect_column_values_to_be_in_set(category)")
+    assert failure.unexpected_count == 1
+    assert failure.examples == ["forum"]
+    # A category list from the build's configuration replaces the default one.
+    assert validate_kind(rows_of(CONVERSATIONS, rows), CONVERSATIONS, options={"categories": ["sft", "forum"]}).success
+
+
+def test_two_user_turns_in_a_row_break_the_role_order():
+    broken = conversation(turns(("user", "头痛"), ("user", "还发热"), ("assistant", "可能外感风热。")))
+    report = validate_kind(rows_of(CONVERSATIONS, GOOD_CONVERSATIONS + [broken]), CONVERSATIONS)
+    assert [f.expectation for f in report.failures] == ["expect_column_values_to_be_in_set(roles_ok)"]
+    failure = report.failures[0]
+    assert failure.unexpected_count == 1
+    assert failure.examples == [{"id": broken["id"], "roles": ["user", "user", "assistant"]}]
+    assert "roles_ok" in report.summary() and broken["id"] in report.summary()
+
+
+def test_empty_turn_and_missing_messages_are_reported():
+    blank = conversation(turns(("user", "咳嗽"), ("assistant", "  ")))
+    missing = {"id": "no-messages", "messages": None, "source": "cmtmedqa", "category": "sft"}
+    report = validate_kind(rows_of(CONVERSATIONS, GOOD_CONVERSATIONS + [blank, missing]), CONVERSATIONS)
+    empty = failure_named(report, "expect_column_values_to_be_between(empty_turns)")
+    assert empty.examples == [{"id": blank["id"], "roles": ["user", "assistant"], "empty_turns": 1}]
+    absent = failure_named(report, "expect_column_values_to_not_be_null(turns)")
+    assert absent.examples == [{"id": "no-messages", "roles": []}]
+
+
+def test_corpus_with_a_gap_in_positions_fails_on_the_last_position():
+    rows = corpus_rows(5)
+    rows[-1]["position"] = 7
+    report = validate_kind(rows_of(CORPUS, rows), CORPUS)
+    assert [f.expectation for f in report.failures] == ["expect_column_max_to_be_between(position)"]
+    failure = report.failures[0]
+    assert failure.examples == [{"observed": 7, "expected": [4, 4]}]
+    assert "expect_column_max_to_be_between(position)" in report.summary()
+    assert '"observed": 7' in report.summary()
+
+
+def test_corpus_rows_must_carry_the_body_of_their_format():
+    rows = corpus_rows(4)
+    rows[0]["messages"] = None  # a chat row without turns
+    rows[1]["text"] = None  # a text row without text
+    rows[2]["format"] = "audio"
+    report = validate_kind(rows_of(CORPUS, rows), CORPUS)
+    names = {f.expectation for f in report.failures}
+    assert names == {
+        "expect_column_values_to_not_be_null(turns) where format == chat",
+        "expect_column_values_to_be_in_set(roles_ok)",
+        "expect_column_values_to_not_be_null(text_chars) where format == text",
+        "expect_column_values_to_be_in_set(format)",
+    }
+    assert failure_named(report, "expect_column_values_to_be_in_set(format)").examples == ["audio"]
+
+
+def test_text_length_and_language_follow_the_options():
+    rows = GOOD_DOCUMENTS + [document("短", lang="ja"), document("")]
+    report = validate_kind(rows_of(DOCUMENTS, rows), DOCUMENTS, options={"languages": ["zh"], "min_chars": 2})
+    length = failure_named(report, "expect_column_values_to_be_between(text_chars)")
+    assert length.unexpected_count == 2
+    assert {example["chars"] for example in length.examples} == {0, 1}
+    assert failure_named(report, "expect_column_values_to_be_in_set(lang)").examples == ["ja"]
+    # Without a language list, `lang` is not checked; a row without `lang` is never flagged.
+    assert validate_kind(rows_of(DOCUMENTS, GOOD_DOCUMENTS + [document("黄连，味苦寒。", lang="ja")]), DOCUMENTS).success
+
+
+def test_a_missing_required_column_is_reported_not_raised():
+    table = rows_of(DOCUMENTS, GOOD_DOCUMENTS).drop_columns(["category"])
+    report = validate_kind(table, DOCUMENTS)
+    failure = failure_named(report, "expect_column_values_to_not_be_null(category)")
+    assert failure.unexpected_count == len(GOOD_DOCUMENTS)
+    assert failure.examples[0] == {"id": GOOD_DOCUMENTS[0]["id"]}
+
+
+def test_pandas_rows_are_validated_like_arrow_rows():
+    frame = pd.DataFrame(GOOD_CONVERSATIONS + [GOOD_CONVERSATIONS[0]])
+    report = validate_kind(frame, CONVERSATIONS)
+    assert [f.expectation for f in report.failures] == ["expect_column_values_to_be_unique(id)"]
+
+
+def test_wrong_options_and_kinds_are_refused():
+    table = rows_of(DOCUMENTS, GOOD_DOCUMENTS)
+    with pytest.raises(ValueError, match="unknown validation option"):
+        validate_kind(table, DOCUMENTS, options={"max_length": 3})
+    with pytest.raises(ValueError, match="no quality suite"):
+        validate_kind(table, "shards")
+
+
+def test_results_json_and_data_docs_are_written(tmp_path):
+    rows = GOOD_DOCUMENTS + [GOOD_DOCUMENTS[0]]
+    report = validate_kind(rows_of(DOCUMENTS, rows), DOCUMENTS, results_dir=tmp_path / "quality")
+    results = json.loads(Path(report.results_path).read_text(encoding="utf-8"))
+    assert Path(report.results_path) == tmp_path / "quality" / "documents.json"
+    assert results["success"] is False
+    assert results["statistics"]["evaluated_expectations"] == report.evaluated
+    failed = [r["expectation_config"]["type"] for r in results["results"] if not r["success"]]
+    assert failed == ["expect_column_values_to_be_unique"]
+
+    index = tmp_path / "quality" / "data_docs" / "index.html"
+    page = Path(report.docs_path)
+    assert index.is_file()
+    assert page.is_file() and page.suffix == ".html" and (tmp_path / "quality" / "data_docs") in page.parents
+    html = page.read_text(encoding="utf-8")
+    assert "values must be unique" in html
+    assert GOOD_DOCUMENTS[0]["id"] in html
+
+
+def test_a_dataset_folder_is_validated_kind_by_kind(tmp_path):
+    stage = tmp_path / "stages" / "convert"
+    with DatasetWriter(stage, StageManifest(stage="convert")) as writer:
+        writer.write(DOCUMENTS, rows_of(DOCUMENTS, GOOD_DOCUMENTS))
+        writer.write(CONVERSATIONS, rows_of(CONVERSATIONS, GOOD_CONVERSATIONS + [GOOD_CONVERSATIONS[1]]))
+        writer.commit()
+    reports = validate_dataset(stage, results_dir=tmp_path / "quality")
+    assert [(r.kind, r.rows, r.success) for r in reports] == [(DOCUMENTS, 2, True), (CONVERSATIONS, 3, False)]
+    assert {Path(r.results_path).name for r in reports} == {"documents.json", "conversations.json"}
+    assert all(Path(r.docs_path).is_file() for r in reports)
+    index = (tmp_path / "quality" / "data_docs" / "index.html").read_text(encoding="utf-8")
+    assert "documents" in index and "conversations" in index
+
+
+def test_a_corpus_folder_of_part_files_is_found_by_its_columns(tmp_path):
+    rows = rows_of(CORPUS, corpus_rows(10))
+    folder = tmp_path / "corpus"
+    folder.mkdir()
+    pq.write_table(rows.slice(0, 6), folder / "part-00000.parquet")
+    pq.write_table(rows.slice(6), folder / "part-00001.parquet")
+    [report] = validate_dataset(folder)
+    assert (report.kind, report.rows, report.success) == (CORPUS, 10, True), report.summary()
+
+
+def test_role_order_and_empty_turn_rules():
+    conversations = [
+        turns(("user", "q"), ("assistant", "a")),
+        turns(("system", "s"), ("user", "q"), ("assistant", "a"), ("user", "q"), ("assistant", "a")),
+        turns(("user", "q"), ("user", "q"), ("assistant", "a")),  # two user turns
+        turns(("user", "q")),  # nobody answers
+        turns(("user", "q"), ("assistant", "a"), ("user", "q")),  # the user speaks last
+        turns(("assistant", "a"), ("user", "q")),  # the assistant speaks first
+        turns(("system", "s"), ("system", "s"), ("user", "q"), ("assistant", "a")),  # a second system turn
+        turns(("user", "q"), ("doctor", "a")),  # an unknown role
+        turns(("system", "s")),
+        [],
+        None,
+        turns(("user", "q"), ("assistant", " \n")),
+        [{"role": "user", "content": None}, {"role": "assistant", "content": "a"}],
+    ]
+    messages = pa.array(conversations, type=MESSAGES_TYPE)
+    assert roles_in_order(messages).tolist() == [True, True] + [False] * 9 + [True, True]
+    assert empty_turns(messages).tolist() == [0] * 11 + [1, 1]
+    # Slices and chunked columns, as Parquet reads them, give the same judgments row by row.
+    chunked = pa.chunked_array([messages.slice(0, 5), messages.slice(5)])
+    assert roles_in_order(chunked).tolist() == roles_in_order(messages).tolist()
+    assert empty_turns(messages.slice(10, 3)).tolist() == [0, 1, 1]
+
+
+def cmtmedqa_conversations(limit: int) -> list[dict]:
+    """Real doctor-patient dialogues: each history pair, then the last instruction and its answer."""
+    records = json.loads(CMTMEDQA.read_text(encoding="utf-8"))[:limit]
+    rows = []
+    for record in records:
+        messages = []
+        for question, answer in record.get("history") or []:
+            messages += turns(("user", question), ("assistant", answer))
+        question = "\n".join(part for part in (record["instruction"], record.get("input")) if part)
+        messages += turns(("user", question), ("assistant", record["output"]))
+        rows.append(conversation(messages, meta=json.dumps({"cate1": record.get("cate1")}, ensure_ascii=False)))
+    return rows
+
+
+@pytest.mark.skipif(not CMTMEDQA.is_file(), reason=f"real dialogues not found at {CMTMEDQA}")
+def test_real_cmtmedqa_dialogues_validate(tmp_path):
+    rows = cmtmedqa_conversations(50)
+    report = validate_kind(rows_of(CONVERSATIONS, rows), CONVERSATIONS, results_dir=tmp_path)
+    assert report.rows == 50
+    assert report.success, report.summary()
+    assert Path(report.docs_path).is_file()
