@@ -28,7 +28,7 @@ class SourceConfig(Section):
     category: Category
     # files / dataset
     path: Optional[Path] = None
-    format: Optional[Literal["book", "text", "monograph", "terms", "instructions", "html"]] = None
+    format: Optional[Literal["book", "text", "monograph", "terms", "instructions"]] = None
     encoding: str = "auto"
     # crawl
     start_urls: list[str] = []
@@ -82,6 +82,8 @@ class DedupConfig(Section):
 class DecontaminateConfig(Section):
     benchmarks: list[Path] = []
     ngram: int = Field(13, ge=4)
+    # Share of an item's own n-grams that must occur in a row for the row to contain the item.
+    min_overlap: float = Field(0.5, gt=0, le=1)
     action: Literal["remove", "flag"] = "remove"
     # An item whose question is shorter than the n-gram is matched on the whole question.
     min_question_chars: int = Field(8, ge=1)

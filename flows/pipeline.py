@@ -166,7 +166,9 @@ def ingest_flow(output: str, config: Optional[str] = None, inputs: Optional[list
     return _run("ingest", Path(output), section, fingerprints, work)
 
 
-def _simple_stage(stage: str, section_name: str, runner) -> Callable:
+def _simple_stage(stage: str, section_name: str) -> Callable:
+    """A flow for a stage that reads datasets and one config section: `transforms.stages.run_<stage>`."""
+
     @flow(name=stage, description=DESCRIPTIONS[stage])
     def stage_flow(inputs: list[str], output: str, config: Optional[str] = None, engine: Optional[str] = None) -> dict:
         cfg = load_config(config)
@@ -175,7 +177,7 @@ def _simple_stage(stage: str, section_name: str, runner) -> Callable:
         chosen = make_engine(cfg, engine)
 
         def work(manifest: StageManifest) -> StageManifest:
-            return runner(paths, output, params, manifest, chosen)
+            return getattr(stages, f"run_{stage}")(paths, output, params, manifest, chosen)
 
         return _run(stage, Path(output), params, paths, work)
 
@@ -183,9 +185,9 @@ def _simple_stage(stage: str, section_name: str, runner) -> Callable:
     return stage_flow
 
 
-clean_flow = _simple_stage("clean", "clean", stages.run_clean)
-dedup_flow = _simple_stage("dedup", "dedup", stages.run_dedup)
-convert_flow = _simple_stage("convert", "convert", stages.run_convert)
+clean_flow = _simple_stage("clean", "clean")
+dedup_flow = _simple_stage("dedup", "dedup")
+convert_flow = _simple_stage("convert", "convert")
 
 
 @flow(name="decontaminate", description=DESCRIPTIONS["decontaminate"])

@@ -127,9 +127,20 @@ def check_input(path: str | os.PathLike) -> Path:
         raise DatasetError(f"input folder {path} does not exist")
     if not path.is_dir():
         raise DatasetError(f"input {path} is not a folder")
-    if not kinds_in(path):
+    try:
+        kinds = kinds_in(path)
+        for kind in kinds:
+            for file in kind_files(path, kind):
+                pq.read_metadata(file)  # the footer only: cheap, and it catches truncated files
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise DatasetError(f"input folder {path}: a Parquet file cannot be read ({_first_line(exc)})") from None
+    if not kinds:
         raise DatasetError(f"input folder {path} holds no dataset (no Parquet files of a known kind)")
     return path
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
 
 
 def iter_batches(path: str | os.PathLike, kind: str, batch_size: int = 1024) -> Iterator[pa.RecordBatch]:
@@ -275,7 +286,7 @@ class DatasetWriter:
         for part_writer in (*self._kept.values(), *self._rejected.values()):
             part_writer.close()
         m = self.manifest
-        m.rows_out = {k: w.rows for k, w in self._kept.items()}
+        m.rows_out = {**m.rows_out, **{k: w.rows for k, w in self._kept.items()}}
         m.rows_rejected = {**{k: 0 for k in m.rows_in}, **{k: w.rows for k, w in self._rejected.items()}}
         for kind, rows in m.rows_in.items():
             m.rows_kept.setdefault(kind, rows - m.rows_rejected.get(kind, 0))

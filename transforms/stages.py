@@ -289,7 +289,7 @@ def run_export(inputs, output, formats: list[str], manifest: StageManifest, prog
                             _count(manifest, "rows_in", CORPUS, batch.num_rows)
                         for row in batch.to_pylist():
                             stem, record = export_record(row, fmt)
-                            name = f"{fmt}.jsonl" if stem in (fmt, "corpus") else f"{fmt}-{stem}.jsonl"
+                            name = f"{stem}.jsonl" if stem in (fmt, "corpus") else f"{fmt}-{stem}.jsonl"
                             if name not in handles:
                                 handles[name] = open(writer.folder / name, "w", encoding="utf-8")
                             handles[name].write(json.dumps(record, ensure_ascii=False) + "\n")

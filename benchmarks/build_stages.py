@@ -1,0 +1,131 @@
+"""Time build-corpus stage by stage on the shared data and print the figures.
+
+    python benchmarks/build_stages.py [--shared ../shared/data] [--workdir DIR] [--books N] [--workers W]
+
+Uses the real files beside the repository: the ancient books (GB18030), the pharmacopoeia
+monographs, the instruction datasets and the evaluation sets. Prints, per stage, rows in and out,
+seconds, rows/s and MB/s of input text; then the whole run and the peak memory of this process
+and its workers.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def write_config(shared: Path, folder: Path, books: int | None, workers: int) -> Path:
+    book_dir = shared / "corpus" / "ancient-books"
+    if books:
+        book_dir = folder / "books"
+        book_dir.mkdir(parents=True, exist_ok=True)
+        for path in sorted((shared / "corpus" / "ancient-books").glob("*.txt"))[:books]:
+            os.symlink(path, book_dir / path.name)
+    instructions = shared / "instructions"
+    benchmarks = sorted(p for p in (shared / "benchmarks").iterdir() if p.is_file())
+    config = f"""
+name = "shared-data-benchmark"
+
+[[sources]]
+name = "ancient-books"
+kind = "files"
+path = "{book_dir}"
+format = "book"
+category = "books"
+
+[[sources]]
+name = "pharmacopoeia"
+kind = "files"
+path = "{shared / 'corpus' / 'pharmacopoeia' / '2022年中药药典.txt'}"
+format = "monograph"
+category = "encyclopedia"
+
+[[sources]]
+name = "cmtmedqa"
+kind = "dataset"
+path = "{instructions / 'cmtmedqa_test.json'}"
+format = "instructions"
+category = "sft"
+
+[[sources]]
+name = "huatuo26m"
+kind = "dataset"
+path = "{instructions / 'huatuo26m_test.json'}"
+format = "instructions"
+category = "sft"
+
+[[sources]]
+name = "tcm-qr"
+kind = "dataset"
+path = "{instructions / 'tcm_qr.json'}"
+format = "instructions"
+category = "sft"
+
+[decontaminate]
+benchmarks = [{", ".join(json.dumps(str(p)) for p in benchmarks)}]
+
+[sample]
+shard_rows = 20000
+
+[engine]
+workers = {workers}
+"""
+    path = folder / "benchmark.toml"
+    path.write_text(config, encoding="utf-8")
+    return path
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shared", type=Path, default=REPO.parent / "shared" / "data")
+    parser.add_argument("--workdir", type=Path)
+    parser.add_argument("--books", type=int, help="only the first N books")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    args = parser.parse_args()
+    if not args.shared.is_dir():
+        sys.exit(f"shared data not found at {args.shared}")
+
+    sys.path.insert(0, str(REPO))
+    from flows.runtime import prepare_environment
+
+    prepare_environment()
+    folder = Path(tempfile.mkdtemp(prefix="tcm-bench-"))
+    workdir = args.workdir or folder / "work"
+    if workdir.exists():
+        shutil.rmtree(workdir)
+    config = write_config(args.shared, folder, args.books, args.workers)
+    input_mb = sum(p.stat().st_size for p in Path(folder / "books" if args.books else args.shared / "corpus" / "ancient-books").glob("*.txt")) / 1e6
+
+    from flows.pipeline import build_corpus
+
+    started = time.perf_counter()
+    result = build_corpus(config=str(config), workdir=str(workdir))
+    total = time.perf_counter() - started
+
+    print(f"\nbuild-corpus on {args.shared} ({input_mb:.1f} MB of books, {args.workers} worker(s))")
+    print(f"{'stage':>14} {'rows in':>10} {'rows out':>10} {'seconds':>8} {'rows/s':>10}")
+    for stage, summary in result["stages"].items():
+        rows_in = sum(summary["rows_in"].values())
+        rows_out = sum(summary["rows_out"].values())
+        seconds = summary.get("seconds", 0.0)
+        rate = rows_in / seconds if seconds else 0.0
+        print(f"{stage:>14} {rows_in:>10} {rows_out:>10} {seconds:>8.2f} {rate:>10.0f}")
+    ingest = result["stages"]["ingest"]
+    if ingest.get("seconds"):
+        print(f"ingest of books + datasets: {input_mb / ingest['seconds']:.2f} MB/s of book text (all sources in that time)")
+    self_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    child_peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    print(f"total {total:.1f} s (with Prefect overhead); peak RSS {self_peak:.0f} MB (driver), {child_peak:.0f} MB (largest worker)")
+    print(f"output: {result['corpus']}")
+
+
+if __name__ == "__main__":
+    main()
