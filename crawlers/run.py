@@ -1,0 +1,145 @@
+"""Runs a crawl of named sources into a pages dataset.
+
+`run_crawl` is what the flows call. It starts Scrapy in a fresh child process
+(`python -m crawlers.run SPEC.json`), because Twisted's reactor cannot be restarted inside one
+process and the caller is a long-lived worker. The child writes the dataset; the parent returns
+its manifest or raises CrawlError with the child's last words."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from dataclasses import asdict
+from pathlib import Path
+
+from schemas.dataset import StageManifest, read_manifest
+
+from .spiders.site import crawl_source
+
+DEFAULT_SETTINGS = {
+    "user_agent": "tcm-corpus/0.1 (+https://example.invalid/tcm-corpus)",
+    "download_timeout": 15,
+    "max_page_bytes": 5 * 1024 * 1024,
+    "obey_robots": True,
+    "concurrency": 8,
+    "autothrottle": True,
+    "jobdir": None,
+    "log_file": None,  # keep the crawl's Scrapy log here; otherwise it is discarded
+}
+SCRAPY_NAMES = {
+    "user_agent": "USER_AGENT",
+    "download_timeout": "DOWNLOAD_TIMEOUT",
+    "max_page_bytes": "DOWNLOAD_MAXSIZE",
+    "obey_robots": "ROBOTSTXT_OBEY",
+    "concurrency": "CONCURRENT_REQUESTS",
+    "autothrottle": "AUTOTHROTTLE_ENABLED",
+    "jobdir": "JOBDIR",
+    "log_file": "LOG_FILE",
+}
+PACKAGE_ROOT = Path(__file__).resolve().parent.parent
+
+
+class CrawlError(RuntimeError):
+    """A crawl that did not produce its dataset."""
+
+
+def run_crawl(
+    sources: list[dict],
+    output: str | Path,
+    manifest: StageManifest,
+    settings: dict | None = None,
+) -> StageManifest:
+    """Crawl `sources` into the pages dataset at `output` and return its manifest."""
+    if not sources:
+        raise ValueError("run_crawl needs at least one source")
+    spec = {
+        "sources": [crawl_source(s) for s in sources],
+        "output": str(Path(output).resolve()),
+        "manifest": asdict(manifest),
+        "scrapy_settings": scrapy_settings(settings),
+    }
+    with tempfile.TemporaryDirectory(prefix="tcm-crawl-spec-") as tmp:
+        spec_path, log_path = Path(tmp) / "spec.json", Path(tmp) / "stderr.log"
+        spec_path.write_text(json.dumps(spec, ensure_ascii=False), encoding="utf-8")
+        # The child imports this package even when the caller found it on its own sys.path.
+        import_path = [str(PACKAGE_ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(import_path)}
+        with log_path.open("wb") as stderr:
+            child = subprocess.run(
+                [sys.executable, "-m", "crawlers.run", str(spec_path)],
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr, env=env,
+            )
+        if child.returncode != 0:
+            raise CrawlError(last_line(log_path) or f"crawl process exited with status {child.returncode}")
+    result = read_manifest(spec["output"])
+    if result is None:
+        raise CrawlError(f"crawl finished without writing {spec['output']}")
+    return result
+
+
+def scrapy_settings(settings: dict | None) -> dict:
+    """The crawl settings a configuration may give, as Scrapy settings."""
+    settings = settings or {}
+    unknown = set(settings) - set(DEFAULT_SETTINGS)
+    if unknown:
+        raise ValueError(f"unknown crawl setting(s): {', '.join(sorted(unknown))}")
+    merged = {**DEFAULT_SETTINGS, **settings}
+    scrapy = {SCRAPY_NAMES[key]: value for key, value in merged.items() if value is not None}
+    for key in ("jobdir", "log_file"):
+        if merged[key] is not None:
+            scrapy[SCRAPY_NAMES[key]] = str(Path(merged[key]).resolve())
+    if merged["jobdir"] is not None and Path(merged["jobdir"]).exists() and not Path(merged["jobdir"]).is_dir():
+        raise ValueError(f"crawl jobdir {merged['jobdir']} is not a folder")
+    return scrapy
+
+
+def last_line(path: Path) -> str:
+    lines = [line.strip() for line in path.read_text(encoding="utf-8", errors="replace").splitlines()]
+    return next((line for line in reversed(lines) if line), "")
+
+
+def crawl(spec: dict) -> str:
+    """Run the crawl described by `spec` in this process; returns the pipeline's outcome."""
+    from scrapy.crawler import CrawlerProcess
+    from scrapy.settings import Settings
+
+    from .pipelines import OUTCOME
+    from .spiders.site import SiteSpider
+
+    settings = Settings()
+    settings.setmodule("crawlers.settings", priority="project")
+    settings.update(spec["scrapy_settings"], priority="cmdline")
+    settings.set("PAGES_OUTPUT", spec["output"], priority="cmdline")
+    settings.set("PAGES_MANIFEST", spec["manifest"], priority="cmdline")
+    process = CrawlerProcess(settings)
+    crawler = process.create_crawler(SiteSpider)
+    failures: list[str] = []
+    running = process.crawl(crawler, sources=spec["sources"])
+    running.addErrback(lambda failure: failures.append(f"{failure.type.__name__}: {failure.value}"))
+    process.start()
+    if failures:
+        return failures[0]
+    return crawler.stats.get_value(OUTCOME) or "crawl ended without a result"
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .pipelines import COMMITTED
+
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        print("usage: python -m crawlers.run SPEC.json", file=sys.stderr)
+        return 2
+    try:
+        outcome = crawl(json.loads(Path(args[0]).read_text(encoding="utf-8")))
+    except Exception as exc:  # noqa: BLE001 - the parent wants one line, not a traceback
+        outcome = f"{type(exc).__name__}: {exc}"
+    if outcome != COMMITTED:
+        print("crawl failed: " + " ".join(str(outcome).split()), file=sys.stderr, flush=True)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

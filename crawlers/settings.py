@@ -1,0 +1,55 @@
+"""Scrapy settings of the crawl room: polite, bounded, breadth-first crawling of named sources.
+
+`crawlers.run` starts from these and overrides the few that a corpus configuration may set
+(user agent, timeout, size limit, robots, concurrency, AutoThrottle, JOBDIR)."""
+
+BOT_NAME = "tcm-corpus"
+SPIDER_MODULES = ["crawlers.spiders"]
+NEWSPIDER_MODULE = "crawlers.spiders"
+
+USER_AGENT = "tcm-corpus/0.1 (+https://example.invalid/tcm-corpus)"
+ROBOTSTXT_OBEY = True
+
+CONCURRENT_REQUESTS = 8
+CONCURRENT_REQUESTS_PER_DOMAIN = 4
+DOWNLOAD_TIMEOUT = 15
+DOWNLOAD_MAXSIZE = 5 * 1024 * 1024
+DOWNLOAD_WARNSIZE = 0
+
+# Start gently and let observed latency set the pace; Scrapy's own 5 s start is slow for small sites.
+AUTOTHROTTLE_ENABLED = True
+AUTOTHROTTLE_START_DELAY = 1.0
+AUTOTHROTTLE_MAX_DELAY = 30.0
+AUTOTHROTTLE_TARGET_CONCURRENCY = 2.0
+
+RETRY_ENABLED = True
+RETRY_TIMES = 2
+RETRY_HTTP_CODES = [500, 502, 503, 504, 522, 524, 408, 429]
+# Seconds before the first retry of a request, doubled for each further one (crawlers.middlewares).
+RETRY_BACKOFF_BASE = 0.5
+
+# Breadth first, so that a page budget (max_pages) is spent on the pages nearest the seeds.
+DEPTH_PRIORITY = 1
+SCHEDULER_DISK_QUEUE = "scrapy.squeues.PickleFifoDiskQueue"
+SCHEDULER_MEMORY_QUEUE = "scrapy.squeues.FifoMemoryQueue"
+
+# Depth and page budgets are per source and enforced by the spider.
+DEPTH_LIMIT = 0
+REDIRECT_MAX_TIMES = 10
+COOKIES_ENABLED = False
+TELNETCONSOLE_ENABLED = False
+LOG_LEVEL = "INFO"
+LOGSTATS_INTERVAL = 60.0
+
+DOWNLOADER_MIDDLEWARES = {
+    "scrapy.downloadermiddlewares.offsite.OffsiteMiddleware": None,
+    "crawlers.middlewares.SourceDomainsMiddleware": 50,
+    "crawlers.middlewares.RetryBackoffMiddleware": 560,
+}
+ITEM_PIPELINES = {
+    "crawlers.pipelines.PageDatasetPipeline": 300,
+}
+
+# Where the pipeline writes; set by crawlers.run for each crawl.
+PAGES_OUTPUT = None
+PAGES_MANIFEST = {}

@@ -1,0 +1,314 @@
+"""The site spider: crawls each named source from its seeds, within its domains, depth and page
+budget, and turns every URL it requests into exactly one page record, kept or rejected."""
+from __future__ import annotations
+
+import codecs
+import hashlib
+import re
+from datetime import datetime, timezone
+from typing import Any, AsyncIterator, Iterator
+from urllib.parse import urljoin, urlsplit
+
+import parsel
+import scrapy
+from scrapy.exceptions import (
+    CannotResolveHostError,
+    DownloadCancelledError,
+    DownloadConnectionRefusedError,
+    DownloadFailedError,
+    DownloadTimeoutError,
+    IgnoreRequest,
+    ResponseDataLossError,
+)
+from scrapy.linkextractors import IGNORED_EXTENSIONS
+from scrapy.spidermiddlewares.httperror import HttpError
+from twisted.internet.error import ConnectError, ConnectionDone, ConnectionLost
+from twisted.internet.error import TimeoutError as TwistedTimeout
+from twisted.python.failure import Failure
+from w3lib.url import canonicalize_url
+
+from schemas.records import CATEGORIES
+
+from ..middlewares import OffsiteRequest, RedirectSeen, in_domains
+
+KEPT_TYPES = ("text/html", "text/plain")
+# Links to archives, images, audio, video and office files are not followed.
+IGNORED_SUFFIXES = frozenset(IGNORED_EXTENSIONS)
+SOURCE_KEYS = {"name", "category", "start_urls", "allowed_domains", "allow", "deny", "max_depth", "max_pages"}
+
+
+def crawl_source(source: dict) -> dict:
+    """A source as the spider uses it: checked, with defaults filled in and domains derived."""
+    unknown = set(source) - SOURCE_KEYS
+    if unknown:
+        raise ValueError(f"crawl source {source.get('name')!r}: unknown key(s) {', '.join(sorted(unknown))}")
+    name = source.get("name")
+    if not name:
+        raise ValueError("crawl source without a name")
+    if source.get("category") not in CATEGORIES:
+        raise ValueError(f"crawl source {name!r}: category must be one of {', '.join(CATEGORIES)}")
+    start_urls = [canonical_url(u) for u in source.get("start_urls") or []]
+    if not start_urls or any(urlsplit(u).scheme not in ("http", "https") for u in start_urls):
+        raise ValueError(f"crawl source {name!r}: start_urls must be a non-empty list of http(s) URLs")
+    domains = source.get("allowed_domains") or sorted({urlsplit(u).hostname for u in start_urls})
+    for key in ("allow", "deny"):
+        for pattern in source.get(key) or []:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"crawl source {name!r}: bad {key} pattern {pattern!r} ({exc})") from exc
+    return {
+        "name": name,
+        "category": source["category"],
+        "start_urls": start_urls,
+        "allowed_domains": [d.lower() for d in domains],
+        "allow": list(source.get("allow") or []),
+        "deny": list(source.get("deny") or []),
+        "max_depth": int(source.get("max_depth", 3)),
+        "max_pages": int(source.get("max_pages", 1000)),
+    }
+
+
+def canonical_url(url: str) -> str:
+    """One spelling per page: sorted query, normalised escapes, no fragment."""
+    return canonicalize_url(url, keep_fragments=False)
+
+
+class SiteSpider(scrapy.Spider):
+    name = "site"
+
+    def __init__(self, sources: list[dict], **kwargs: Any):
+        super().__init__(**kwargs)
+        # Links are kept within their source's domains here, redirects by SourceDomainsMiddleware.
+        self.sources = {s["name"]: s for s in map(crawl_source, sources)}
+        self.link_rules = {
+            name: ([re.compile(p) for p in s["allow"]], [re.compile(p) for p in s["deny"]])
+            for name, s in self.sources.items()
+        }
+
+    @property
+    def requested(self) -> dict[str, set[str]]:
+        """Canonical URLs requested so far, per source; kept in the spider state so that a crawl
+        resumed from JOBDIR neither refetches nor overspends its page budget."""
+        if not hasattr(self, "state"):
+            self.state = {}
+        return self.state.setdefault("requested", {})
+
+    def requested_before(self, url: str) -> bool:
+        return any(url in urls for urls in self.requested.values())
+
+    def claim(self, url: str, source: dict) -> bool:
+        """Record `url` as requested for `source`; False if the crawl has requested it already."""
+        url = canonical_url(url)
+        if self.requested_before(url):
+            return False
+        self.requested.setdefault(source["name"], set()).add(url)
+        return True
+
+    async def start(self) -> AsyncIterator[scrapy.Request]:
+        for source in self.sources.values():
+            for url in source["start_urls"]:
+                request = self.page_request(url, source, depth=0)
+                if request is not None:
+                    yield request
+
+    def page_request(self, url: str, source: dict, depth: int) -> scrapy.Request | None:
+        if self.requested_before(url):
+            return None
+        if len(self.requested.get(source["name"], ())) >= source["max_pages"]:
+            self.crawler.stats.inc_value(f"pages/budget_skipped/{source['name']}")
+            return None
+        self.claim(url, source)
+        return scrapy.Request(
+            url,
+            callback=self.parse_page,
+            errback=self.page_failed,
+            meta={"source": source["name"], "link_depth": depth},
+        )
+
+    def parse_page(self, response: scrapy.http.Response) -> Iterator[dict | scrapy.Request]:
+        source = self.sources[response.meta["source"]]
+        content_type = response.headers.get(b"Content-Type", b"").decode("latin-1").strip()
+        mime = content_type.split(";", 1)[0].strip().lower() or sniff_type(response.body)
+        if mime not in KEPT_TYPES:
+            yield page_record(response.request, source, "not_html", response)
+            return
+        body, charset = decode_page(response.body, header_charset(content_type))
+        yield page_record(response.request, source, None, response, body=body, charset=charset)
+        depth = response.meta["link_depth"]
+        if mime == "text/html" and depth < source["max_depth"]:
+            for url in self.page_links(body, response.url, source):
+                request = self.page_request(url, source, depth + 1)
+                if request is not None:
+                    yield request
+
+    def page_failed(self, failure: Failure) -> Iterator[dict]:
+        request = failure.request
+        response = failure.value.response if failure.check(HttpError) else None
+        yield page_record(request, self.sources[request.meta["source"]], failure_reason(failure), response)
+
+    def page_links(self, html: str, page_url: str, source: dict) -> Iterator[str]:
+        allow, deny = self.link_rules[source["name"]]
+        selector = parsel.Selector(text=html)
+        base = urljoin(page_url, (selector.css("base::attr(href)").get() or "").strip())
+        for href in selector.css("a::attr(href), area::attr(href)").getall():
+            href = href.strip()
+            if not href or href.startswith("#"):
+                continue
+            url = canonical_url(urljoin(base, href))
+            parts = urlsplit(url)
+            if parts.scheme not in ("http", "https") or not in_domains(url, source["allowed_domains"]):
+                continue
+            if parts.path.rsplit(".", 1)[-1].lower() in IGNORED_SUFFIXES:
+                continue
+            if (allow and not any(p.search(url) for p in allow)) or any(p.search(url) for p in deny):
+                continue
+            yield url
+
+
+def page_record(
+    request: scrapy.Request,
+    source: dict,
+    reason: str | None,
+    response: scrapy.http.Response | None = None,
+    body: str | None = None,
+    charset: str | None = None,
+) -> dict:
+    """One row of the pages dataset; `reason` is None for a kept page."""
+    raw = response.body if response is not None and body is not None else None
+    content_type = response.headers.get(b"Content-Type") if response is not None else None
+    return {
+        # The URL as the crawl asked for it, before any redirect.
+        "url": (request.meta.get("redirect_urls") or [request.url])[0],
+        "final_url": response.url if response is not None else request.url,
+        "status": response.status if response is not None else None,
+        "fetched_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "content_type": content_type.decode("latin-1") if content_type else None,
+        "charset": charset,
+        "body": body,
+        "content_hash": hashlib.sha256(raw).hexdigest() if raw is not None else None,
+        "source": source["name"],
+        "category": source["category"],
+        "reason": reason,
+    }
+
+
+def failure_reason(failure: Failure) -> str:
+    """Why the crawl gave up on a request, as a short rejection reason."""
+    if failure.check(HttpError):
+        return f"http_status:{failure.value.response.status}"
+    if failure.check(DownloadTimeoutError, TwistedTimeout):
+        return "timeout"
+    if failure.check(DownloadCancelledError):
+        return "too_large"  # the only cancellation Scrapy makes itself is for DOWNLOAD_MAXSIZE
+    if failure.check(CannotResolveHostError):
+        return "dns"
+    if failure.check(
+        DownloadConnectionRefusedError, DownloadFailedError, ResponseDataLossError,
+        ConnectError, ConnectionDone, ConnectionLost,
+    ):
+        return "connection"
+    if failure.check(RedirectSeen):
+        return "redirect_seen"
+    if failure.check(OffsiteRequest):
+        return "offsite_redirect" if failure.request.meta.get("redirect_urls") else "offsite"
+    if failure.check(IgnoreRequest):
+        message = str(failure.value)
+        # Scrapy tells its reasons for ignoring a request only by message (pinned by tests/test_crawl.py).
+        if message.startswith("Forbidden by robots.txt"):
+            return "robots"
+        if message.startswith("max redirections"):
+            return "too_many_redirects"
+        return "ignored"
+    return f"error:{failure.type.__name__}"
+
+
+# --- character sets -------------------------------------------------------------------------
+
+BOMS = ((codecs.BOM_UTF8, "utf-8"), (codecs.BOM_UTF16_LE, "utf-16-le"), (codecs.BOM_UTF16_BE, "utf-16-be"))
+# GBK and GB2312 are subsets of GB18030; servers often name the smaller one for the larger.
+WIDER = {"gbk": "gb18030", "gb2312": "gb18030", "ascii": "utf-8"}
+# Labels browsers accept that Python does not know.
+LABELS = {"x-gbk": "gbk", "x-x-big5": "big5"}
+# Big5 as sites actually write it includes Microsoft's extensions.
+DECODER = {"big5": "cp950"}
+# A Western single-byte charset in a header is often a server default that the page's meta corrects.
+WEAK_HEADER = {"iso8859-1", "cp1252"}
+DETECT = ("utf-8", "gb18030", "big5")
+META_CHARSET = re.compile(rb"""<meta[^>]+?charset\s*=\s*["']?\s*([A-Za-z0-9_.:\-]+)""", re.IGNORECASE)
+HEADER_CHARSET = re.compile(r"""charset\s*=\s*["']?([^;"'\s]+)""", re.IGNORECASE)
+# Characters that a wrong guess between GB18030 and Big5 produces and real Chinese prose rarely has:
+# kana, Hangul, box drawing, Greek and Cyrillic, CJK extension A, private use.
+UNLIKELY = re.compile(
+    "[\u0370-\u04ff\u2500-\u257f\u3040-\u30ff\u3400-\u4dbf\uac00-\ud7af\ue000-\uf8ff\U00010000-\U0010ffff]"
+)
+
+
+def charset_name(label: str | bytes | None) -> str | None:
+    """The codec a charset label means, or None for an unknown label."""
+    if not label:
+        return None
+    if isinstance(label, bytes):
+        label = label.decode("ascii", "ignore")
+    label = label.strip().strip("'\"").lower()
+    try:
+        name = codecs.lookup(LABELS.get(label, label)).name
+    except LookupError:
+        return None
+    return WIDER.get(name, name)
+
+
+def header_charset(content_type: str) -> str | None:
+    match = HEADER_CHARSET.search(content_type or "")
+    return match.group(1) if match else None
+
+
+def meta_charset(body: bytes) -> str | None:
+    match = META_CHARSET.search(body[:4096])
+    return match.group(1).decode("ascii") if match else None
+
+
+def decode_page(body: bytes, header_label: str | None = None) -> tuple[str, str]:
+    """Decode a page: byte-order mark, else a declared charset that decodes cleanly (header, then
+    <meta>) or nearly so, else detection (UTF-8, GB18030, Big5); never fails.
+    Returns (text, charset used)."""
+    for bom, name in BOMS:
+        if body.startswith(bom):
+            return body[len(bom):].decode(name, "replace"), name
+    header, meta = charset_name(header_label), charset_name(meta_charset(body))
+    if header in WEAK_HEADER and meta:
+        header = None
+    declared = [c for c in dict.fromkeys((header, meta)) if c]
+    for name in declared:
+        text = _decode_strict(body, name)
+        if text is not None:
+            return text, name
+    for name in declared:
+        # A page true to its declaration but for a few bad bytes: most of its non-ASCII decodes.
+        text = body.decode(DECODER.get(name, name), "replace")
+        if text.count("\ufffd") <= 0.05 * sum(1 for ch in text if ord(ch) > 127):
+            return text, name
+    clean = [(name, text) for name in DETECT if (text := _decode_strict(body, name)) is not None]
+    if clean:
+        # UTF-8 decoding cleanly is near proof; between the two Chinese codecs, fewer odd characters wins.
+        name, text = min(clean, key=lambda c: (c[0] != "utf-8", len(UNLIKELY.findall(c[1]))))
+        return text, name
+    candidates = list(dict.fromkeys([*declared, *DETECT]))
+    decoded = [(name, body.decode(DECODER.get(name, name), "replace")) for name in candidates]
+    name, text = min(decoded, key=lambda c: c[1].count("\ufffd"))
+    return text, name
+
+
+def _decode_strict(body: bytes, name: str) -> str | None:
+    try:
+        return body.decode(DECODER.get(name, name))
+    except (UnicodeDecodeError, LookupError):
+        return None
+
+
+def sniff_type(body: bytes) -> str:
+    """A content type for a response that sent none."""
+    head = body[:1024].lstrip().lower()
+    if head.startswith((b"<!doctype html", b"<html")) or b"<html" in head:
+        return "text/html"
+    return "application/octet-stream"
