@@ -47,6 +47,8 @@ def _preflight(args, config) -> None:
     """Check what can be checked before any work starts, so mistakes cost one line, not a run."""
     from schemas.dataset import DatasetError, check_input
 
+    if (args.engine or config.engine.kind) == "spark":
+        raise UsageError("the spark engine is not available in this version of tcm-corpus; use --engine local")
     if args.flow == "build-corpus":
         if args.input or args.output:
             raise UsageError("build-corpus takes --workdir, not --input/--output")

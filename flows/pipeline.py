@@ -38,10 +38,8 @@ def code_version() -> str:
 
 def make_engine(config: BuildConfig, kind: Optional[str] = None):
     kind = kind or config.engine.kind
-    if kind == "spark":
-        from transforms.spark import SparkEngine
-
-        return SparkEngine(config.engine.master, config.engine.spark, config.engine.batch_rows)
+    if kind != "local":
+        raise ValueError(f"engine {kind!r} is not available in this version of tcm-corpus; use 'local'")
     return LocalEngine(config.engine.workers, config.engine.batch_rows)
 
 
