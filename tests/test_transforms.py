@@ -67,12 +67,22 @@ def test_exact_dedup_names_the_survivor_and_ignores_script_and_punctuation():
     batch = docs(["黃耆，味甘。", "黄耆味甘", "当归味甘辛", "黄耆 味甘！！"])
     duplicate_of = choose_survivors([dedup_keys(batch, "documents")], "first")
     ids = batch.column("id").to_pylist()
-    assert duplicate_of == {ids[1]: ids[0], ids[3]: ids[0]}
-    kept, rejected = split_duplicates(batch, duplicate_of)
+    assert duplicate_of == {1: ids[0], 3: ids[0]}
+    kept, rejected = split_duplicates(batch, duplicate_of, 0)
     assert kept.column("id").to_pylist() == [ids[0], ids[2]]
     assert set(rejected.column("reason").to_pylist()) == {f"exact_duplicate_of:{ids[0]}"}
     longest = choose_survivors([dedup_keys(batch, "documents")], "longest")
     assert set(longest.values()) == {ids[3]}
+
+
+def test_exact_dedup_removes_a_copy_that_shares_the_survivors_id():
+    # The same chapter in two books of one source: same content-derived id, still one copy kept.
+    first, second = docs(["味甘，无毒。主明目，益气。"]), docs(["味甘，无毒。主明目，益气。"])
+    keys = [dedup_keys(first, "documents"), dedup_keys(second, "documents")]
+    duplicate_of = choose_survivors(keys, "first")
+    assert duplicate_of == {1: first.column("id")[0].as_py()}
+    kept, rejected = split_duplicates(second, duplicate_of, 1)
+    assert kept.num_rows == 0 and rejected.num_rows == 1
 
 
 QUESTION = "患者男，四十五岁，恶寒发热，头身疼痛，无汗而喘，舌苔薄白，脉浮紧。治疗应首选的方剂是"

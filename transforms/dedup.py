@@ -38,40 +38,40 @@ def dedup_keys(batch: pa.RecordBatch | pa.Table, kind: str) -> pa.Table:
     )
 
 
-def choose_survivors(keys: Iterable[pa.Table], keep: str = "first") -> dict[str, str]:
-    """Map each duplicate row's id to the id of the copy that survives.
+def choose_survivors(keys: Iterable[pa.Table], keep: str = "first") -> dict[int, str]:
+    """Map the position (row number across all key tables, in input order) of each duplicate row
+    to the id of the copy that survives.
 
-    `first` keeps the earliest row (input order: source order of the config); `longest` keeps
-    the longest text, the earliest among equals. Rows absent from the map survive."""
-    best: dict[bytes, tuple[int, int, str]] = {}  # key -> (-length or 0, order, id)
-    members: dict[bytes, list[str]] = {}
-    order = 0
+    Decided by position, not id: two copies can share an id (the same text from two files of one
+    source). `first` keeps the earliest row; `longest` keeps the longest text, the earliest among
+    equals. Rows absent from the map survive."""
+    best: dict[bytes, tuple[int, int, str]] = {}  # key -> (-length or 0, position, id)
+    losers: dict[bytes, list[int]] = {}
+    position = 0
     for table in keys:
         for row_id, key, length in zip(
             table.column("id").to_pylist(), table.column("key").to_pylist(), table.column("length").to_pylist()
         ):
-            rank = (-length if keep == "longest" else 0, order, row_id)
-            order += 1
+            rank = (-length if keep == "longest" else 0, position, row_id)
+            position += 1
             if key not in best:
                 best[key] = rank
-                continue
-            members.setdefault(key, []).append(best[key][2] if rank < best[key] else row_id)
-            if rank < best[key]:
+            elif rank < best[key]:
+                losers.setdefault(key, []).append(best[key][1])
                 best[key] = rank
-    duplicate_of: dict[str, str] = {}
-    for key, ids in members.items():
-        survivor = best[key][2]
-        for row_id in ids:
-            if row_id != survivor:
-                duplicate_of[row_id] = survivor
-    return duplicate_of
+            else:
+                losers.setdefault(key, []).append(rank[1])
+    return {loser: best[key][2] for key, positions in losers.items() for loser in positions}
 
 
-def split_duplicates(batch: pa.RecordBatch | pa.Table, duplicate_of: dict[str, str]) -> tuple[pa.Table, pa.Table]:
+def split_duplicates(
+    batch: pa.RecordBatch | pa.Table, duplicate_of: dict[int, str], offset: int
+) -> tuple[pa.Table, pa.Table]:
+    """(kept, rejected) of a batch whose first row is at `offset` in the input order."""
     table = batch if isinstance(batch, pa.Table) else pa.Table.from_batches([batch])
-    ids = table.column("id").to_pylist()
-    mask = pa.array([row_id in duplicate_of for row_id in ids])
+    positions = range(offset, offset + table.num_rows)
+    mask = pa.array([p in duplicate_of for p in positions])
     rejected = table.filter(mask)
-    reasons = [f"exact_duplicate_of:{duplicate_of[i]}" for i in ids if i in duplicate_of]
+    reasons = [f"exact_duplicate_of:{duplicate_of[p]}" for p in positions if p in duplicate_of]
     rejected = rejected.append_column("reason", pa.array(reasons, pa.string()))
     return table.filter(pc.invert(mask)), rejected

@@ -45,13 +45,6 @@ def _count(manifest: StageManifest, field: str, kind: str, n: int) -> None:
     counts[kind] = counts.get(kind, 0) + n
 
 
-def _pass_through(inputs: list[Path], writer: DatasetWriter, manifest: StageManifest, kinds: Iterable[str], rows: int) -> None:
-    for kind in _present(inputs, kinds):
-        for batch in _batches(inputs, kind, rows):
-            writer.write(kind, batch)
-            _count(manifest, "rows_in", kind, batch.num_rows)
-
-
 # -- clean ------------------------------------------------------------------------------------
 
 
@@ -70,7 +63,6 @@ def run_map_stage(step, inputs, output, manifest, engine, kinds, context_of, pro
                 _count(manifest, "rows_in", kind, kept.num_rows + rejected.num_rows)
                 if progress:
                     progress(kind, kept.num_rows + rejected.num_rows)
-        _pass_through(inputs, writer, manifest, [k for k in (PAGES,) if k not in kinds], engine.batch_rows)
         return writer.commit()
 
 
@@ -92,8 +84,10 @@ def run_dedup(inputs, output, params, manifest, engine: LocalEngine, progress=No
             keys = engine.map(_keys_step, _batches(inputs, kind, engine.batch_rows), kind)
             duplicate_of = dedup.choose_survivors(keys, params.get("keep", "first"))
             groups[kind] = len(set(duplicate_of.values()))
+            offset = 0
             for batch in _batches(inputs, kind, engine.batch_rows):
-                kept, rejected = dedup.split_duplicates(batch, duplicate_of)
+                kept, rejected = dedup.split_duplicates(batch, duplicate_of, offset)
+                offset += batch.num_rows
                 writer.write(kind, kept)
                 writer.reject(kind, rejected)
                 _count(manifest, "rows_in", kind, batch.num_rows)
@@ -145,9 +139,15 @@ def run_convert(inputs, output, params, manifest, engine: LocalEngine, progress=
     if params.get("backend", "template") != "template":
         raise ValueError(f"convert.backend {params['backend']!r} cannot run in this build; use 'template'")
     with DatasetWriter(output, manifest) as writer:
-        converted = 0
+        converted = repeated = 0
+        produced_ids: set[str] = set()
         for result in engine.map(_convert_step, _batches(inputs, DOCUMENTS, engine.batch_rows), params):
-            writer.write(CONVERSATIONS, result[CONVERSATIONS])
+            # Two entries can yield the same question and answer (an entry printed twice).
+            conversations = result[CONVERSATIONS]
+            ids = conversations.column("id").to_pylist()
+            fresh = [i not in produced_ids and not produced_ids.add(i) for i in ids]
+            repeated += fresh.count(False)
+            writer.write(CONVERSATIONS, conversations.filter(pa.array(fresh, pa.bool_())))
             writer.write(DOCUMENTS, result[DOCUMENTS])
             writer.reject(DOCUMENTS, result["rejected"])
             n = result["converted"] + result[DOCUMENTS].num_rows + result["rejected"].num_rows
@@ -166,6 +166,7 @@ def run_convert(inputs, output, params, manifest, engine: LocalEngine, progress=
             {
                 "documents_converted": converted,
                 "conversations_from_documents": produced,
+                "repeated_conversations_not_written": repeated,
                 "conversations_native": native,
                 "documents_left_as_text": writer.rows_written(DOCUMENTS),
             }
@@ -329,6 +330,7 @@ def run_ingest(sources: list[dict], page_inputs: list[Path], output, params, man
                     removed[kind] = []
 
         files_read = {}
+        seen_ids: dict[str, set[str]] = {DOCUMENTS: set(), CONVERSATIONS: set()}
         for source in sources:
             path = Path(source["path"])
             files = list_files(path, source["format"])
@@ -338,13 +340,16 @@ def run_ingest(sources: list[dict], page_inputs: list[Path], output, params, man
             for file in files:
                 for item in import_file(file, source["format"], source["name"], source["category"], {"encoding": source.get("encoding", "auto")}):
                     _count(manifest, "rows_in", item.kind, 1)
+                    row_id = item.row.get("id")
+                    if not item.reason and row_id in seen_ids[item.kind]:
+                        # The same content again in another file of the source: one id, one row.
+                        item.reason = f"repeated_record:{row_id}"
                     if item.reason:
                         removed[item.kind].append({**item.row, "reason": item.reason})
                     else:
+                        seen_ids[item.kind].add(row_id)
                         kept[item.kind].append(item.row)
                 flush()
-                if progress:
-                    progress(DOCUMENTS, 0)
         flush(force=True)
 
         extract_params = {"min_chars": params.get("min_chars", 20), "rules": params.get("extract_rules", {})}
