@@ -48,6 +48,8 @@ def _preflight(args, config) -> None:
 
     if (args.engine or config.engine.kind) == "spark":
         raise UsageError("the spark engine is not available in this version of tcm-corpus; use --engine local")
+    if config.convert.backend != "template" and args.flow in ("build-corpus", "convert"):
+        raise UsageError(f"convert.backend {config.convert.backend!r} is not available in this version of tcm-corpus; use 'template'")
     if args.flow == "build-corpus":
         if args.input or args.output:
             raise UsageError("build-corpus takes --workdir, not --input/--output")
