@@ -24,5 +24,6 @@ from .records import (  # noqa: F401
     dumps_meta,
     kind_of,
     loads_meta,
+    nullable_schema,
     rejected_schema,
 )

@@ -25,7 +25,7 @@ from typing import Iterator
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .records import CORPUS, KINDS, SCHEMA_VERSION, conform, kind_of, rejected_schema
+from .records import CORPUS, KINDS, SCHEMA_VERSION, conform, kind_of, nullable_schema, rejected_schema
 
 MANIFEST = "_manifest.json"
 REJECTED = "rejected"
@@ -156,18 +156,12 @@ def iter_batches(path: str | os.PathLike, kind: str, batch_size: int = 1024) -> 
 def read_kind(path: str | os.PathLike, kind: str) -> pa.Table:
     files = kind_files(path, kind)
     if not files:
-        return conform(pa.Table.from_pylist([], schema=_plain(kind)), kind)
+        return conform(pa.Table.from_pylist([], schema=nullable_schema(kind)), kind)
     return pa.concat_tables([conform(pq.read_table(f), kind) for f in files], promote_options="permissive")
 
 
 def count_rows(path: str | os.PathLike, kind: str) -> int:
     return sum(pq.ParquetFile(f).metadata.num_rows for f in kind_files(path, kind))
-
-
-def _plain(kind: str) -> pa.Schema:
-    from .records import SCHEMAS
-
-    return pa.schema([f.with_nullable(True) for f in SCHEMAS[kind]])
 
 
 class _PartWriter:

@@ -95,6 +95,11 @@ REQUIRED = {
 REASON_FIELD = pa.field("reason", pa.string(), nullable=False)
 
 
+def nullable_schema(kind: str) -> pa.Schema:
+    """A kind's schema with every field nullable: for building tables before `conform` checks them."""
+    return pa.schema([f.with_nullable(True) for f in SCHEMAS[kind]])
+
+
 def rejected_schema(kind: str) -> pa.Schema:
     """A rejected row keeps every column of its kind, plus why it was removed."""
     return SCHEMAS[kind].append(REASON_FIELD)

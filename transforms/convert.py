@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-from schemas import CONVERSATIONS, DOCUMENTS, conform, conversation_id, dumps_meta, loads_meta
+from schemas import CONVERSATIONS, DOCUMENTS, conform, conversation_id, dumps_meta, loads_meta, nullable_schema
 
 TEMPLATE_VERSION = "template-1"
 
@@ -98,7 +98,7 @@ def convert_documents(batch: pa.RecordBatch | pa.Table, params: dict) -> dict[st
                 }
             )
     out = {
-        CONVERSATIONS: conform(pa.Table.from_pylist(produced, schema=_plain(CONVERSATIONS)), CONVERSATIONS),
+        CONVERSATIONS: conform(pa.Table.from_pylist(produced, schema=nullable_schema(CONVERSATIONS)), CONVERSATIONS),
         DOCUMENTS: table.filter(pa.array([False] * table.num_rows)) if not as_text else _rows_like(table, as_text),
         "rejected": _rows_like(table, rejected_rows, reason=True),
         "converted": table.num_rows - len(as_text) - len(rejected_rows),
@@ -110,9 +110,3 @@ def _rows_like(table: pa.Table, rows: list[dict], reason: bool = False) -> pa.Ta
     schema = table.schema.append(pa.field("reason", pa.string())) if reason else table.schema
     schema = pa.schema([f.with_nullable(True) for f in schema])
     return pa.Table.from_pylist(rows, schema=schema)
-
-
-def _plain(kind: str) -> pa.Schema:
-    from schemas import SCHEMAS
-
-    return pa.schema([f.with_nullable(True) for f in SCHEMAS[kind]])

@@ -15,7 +15,7 @@ import hashlib
 import numpy as np
 import pyarrow as pa
 
-from schemas import CONVERSATIONS, CORPUS_SCHEMA, DOCUMENTS, conform, dumps_meta, loads_meta
+from schemas import CONVERSATIONS, CORPUS, CORPUS_SCHEMA, DOCUMENTS, conform, dumps_meta, loads_meta, nullable_schema
 
 _MASK = np.uint64(0xFFFFFFFFFFFFFFFF)
 
@@ -124,4 +124,4 @@ def priority_order(items: pa.Table, params: dict) -> tuple[pa.Table, np.ndarray]
 def with_positions(table: pa.Table, start: int) -> pa.Table:
     positions = pa.array(np.arange(start, start + table.num_rows, dtype=np.int64))
     table = table.add_column(1, "position", positions)
-    return table.select(CORPUS_SCHEMA.names).cast(pa.schema([f.with_nullable(True) for f in CORPUS_SCHEMA]))
+    return table.select(CORPUS_SCHEMA.names).cast(nullable_schema(CORPUS))

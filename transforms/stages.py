@@ -198,17 +198,17 @@ def run_sample(inputs, output, params, manifest, config_hash: str, progress=None
             manifest.rows_in[kind] = n
     expanded, order = priority_order(items, params)
     shard_rows = int(params.get("shard_rows", 100_000))
+    ordered = expanded.take(pa.array(order))
     with DatasetWriter(output, manifest) as writer:
         shards = []
         for number, start in enumerate(range(0, len(order), shard_rows)):
-            chunk = with_positions(expanded.take(pa.array(order[start : start + shard_rows])), start)
+            chunk = with_positions(ordered.slice(start, shard_rows), start)
             path = writer.folder / f"part-{number:05d}.parquet"
             pq.write_table(chunk, path, compression="zstd", row_group_size=min(shard_rows, 10_000))
             shards.append({"path": path.name, "rows": chunk.num_rows, "sha256": _sha256(path), "bytes": path.stat().st_size})
             writer.add_file(path.name, chunk.num_rows)
             if progress:
                 progress(CORPUS, chunk.num_rows)
-        ordered = expanded.take(pa.array(order))
         corpus_manifest = {
             "schema_version": SCHEMA_VERSION,
             "config_hash": config_hash,
