@@ -55,6 +55,10 @@ def _clean_step(batch, context):
 
 def run_map_stage(step, inputs, output, manifest, engine, kinds, context_of, progress: Progress | None = None):
     """Run `step` over every batch of each kind; each result is (kept, rejected)."""
+    if engine.name == "spark":
+        from .spark import stages as spark_stages
+
+        return spark_stages.run_map_stage(step, inputs, output, manifest, engine, kinds, context_of, progress)
     with DatasetWriter(output, manifest) as writer:
         for kind in _present(inputs, kinds):
             for kept, rejected in engine.map(step, _batches(inputs, kind, engine.batch_rows), context_of(kind)):
@@ -78,6 +82,10 @@ def _keys_step(batch, kind):
 
 
 def run_dedup(inputs, output, params, manifest, engine: LocalEngine, progress=None) -> StageManifest:
+    if engine.name == "spark":
+        from .spark import stages as spark_stages
+
+        return spark_stages.run_dedup(inputs, output, params, manifest, engine, progress)
     with DatasetWriter(output, manifest) as writer:
         groups = {}
         for kind in _present(inputs, TEXT_KINDS):
@@ -188,9 +196,13 @@ def corpus_items(inputs: list[Path]) -> pa.Table:
     return pa.concat_tables(tables)
 
 
-def run_sample(inputs, output, params, manifest, config_hash: str, progress=None) -> StageManifest:
+def run_sample(inputs, output, params, manifest, config_hash: str, progress=None, engine=None) -> StageManifest:
     """Order everything by priority sampling and write shards `part-NNNNN.parquet` in that order,
     with `manifest.json` describing them."""
+    if engine is not None and engine.name == "spark":
+        from .spark import sampling as spark_sampling
+
+        return spark_sampling.run_sample(inputs, output, params, manifest, config_hash, engine, progress)
     items = corpus_items(inputs)
     for kind in TEXT_KINDS:
         n = sum(1 for c in items.column("format").to_pylist() if c == ("chat" if kind == CONVERSATIONS else "text"))
