@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 
 from .runtime import prepare_environment
@@ -46,8 +47,8 @@ def _preflight(args, config) -> None:
     """Check what can be checked before any work starts, so mistakes cost one line, not a run."""
     from schemas.dataset import DatasetError, check_input
 
-    if (args.engine or config.engine.kind) == "spark":
-        raise UsageError("the spark engine is not available in this version of tcm-corpus; use --engine local")
+    if (args.engine or config.engine.kind) == "spark" and not (os.environ.get("JAVA_HOME") or shutil.which("java")):
+        raise UsageError("the spark engine needs Java 17 or newer: set JAVA_HOME or put java on PATH")
     if config.convert.backend != "template" and args.flow in ("build-corpus", "convert"):
         raise UsageError(f"convert.backend {config.convert.backend!r} is not available in this version of tcm-corpus; use 'template'")
     if args.flow == "build-corpus":

@@ -36,10 +36,20 @@ def code_version() -> str:
         return "dev"
 
 
-def make_engine(config: BuildConfig, kind: Optional[str] = None):
+# Stages with no Spark implementation run on the local engine when the build runs on Spark.
+LOCAL_ONLY_STAGES = ("convert",)
+
+
+def make_engine(config: BuildConfig, kind: Optional[str] = None, stage: Optional[str] = None):
+    """The engine a stage runs on. A Spark engine builds its session from `[engine]` when the
+    stage's task first needs it, so the Spark job runs inside that Prefect task."""
     kind = kind or config.engine.kind
-    if kind != "local":
-        raise ValueError(f"engine {kind!r} is not available in this version of tcm-corpus; use 'local'")
+    if kind == "spark" and stage not in LOCAL_ONLY_STAGES:
+        from transforms.spark import SparkEngine
+
+        return SparkEngine(config.engine.master, config.engine.spark, config.engine.batch_rows)
+    if kind not in ("local", "spark"):
+        raise ValueError(f"unknown engine {kind!r}; use 'local' or 'spark'")
     return LocalEngine(config.engine.workers, config.engine.batch_rows)
 
 
@@ -172,7 +182,7 @@ def _simple_stage(stage: str, section_name: str) -> Callable:
         cfg = load_config(config)
         paths = _inputs(inputs)
         params = cfg.section(section_name)
-        chosen = make_engine(cfg, engine)
+        chosen = make_engine(cfg, engine, stage)
 
         def work(manifest: StageManifest) -> StageManifest:
             return getattr(stages, f"run_{stage}")(paths, output, params, manifest, chosen)
@@ -195,7 +205,7 @@ def decontaminate_flow(inputs: list[str], output: str, config: Optional[str] = N
     cfg = load_config(config)
     paths = _inputs(inputs)
     params = cfg.section("decontaminate")
-    chosen = make_engine(cfg, engine)
+    chosen = make_engine(cfg, engine, "decontaminate")
     references = list(cfg.decontaminate.benchmarks)
 
     def work(manifest: StageManifest) -> StageManifest:
@@ -215,8 +225,10 @@ def sample_flow(inputs: list[str], output: str, config: Optional[str] = None, en
     paths = _inputs(inputs)
     params = cfg.section("sample")
 
+    chosen = make_engine(cfg, engine, "sample")
+
     def work(manifest: StageManifest) -> StageManifest:
-        return stages.run_sample(paths, output, params, manifest, manifest.config_hash)
+        return stages.run_sample(paths, output, params, manifest, manifest.config_hash, engine=chosen)
 
     return _run("sample", Path(output), params, paths, work)
 

@@ -19,6 +19,8 @@ DEFAULT_SETTINGS = {
     "spark.sql.parquet.compression.codec": "zstd",
     # Spark's `_SUCCESS` marker is not part of the dataset layout; the manifest is.
     "spark.hadoop.mapreduce.fileoutputcommitter.marksuccessfuljobs": "false",
+    # Local paths without Hadoop's `.crc` side files, which are not part of the layout either.
+    "spark.hadoop.fs.file.impl": "org.apache.hadoop.fs.RawLocalFileSystem",
 }
 
 
@@ -32,7 +34,10 @@ def build_session(master: str = "local[2]", settings: Mapping[str, str] | None =
         os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     from pyspark.sql import SparkSession
 
-    builder = SparkSession.builder.appName(app_name).master(master)
+    builder = SparkSession.builder.appName(app_name)
+    if "PYSPARK_GATEWAY_PORT" not in os.environ:
+        # Under spark-submit the JVM came first and its --master rules; else the config's master.
+        builder = builder.master(master)
     for key, value in {**DEFAULT_SETTINGS, **(settings or {}), **REQUIRED_SETTINGS}.items():
         builder = builder.config(key, str(value))
     spark = builder.getOrCreate()

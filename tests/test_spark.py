@@ -1,0 +1,189 @@
+"""The Spark engine against the local engine: same input, config and seed, same result.
+
+One SparkSession (local[2]) for the whole test session. The input is real: classical books from
+the shared data (two of them imported twice, under two source names, so exact duplicates with
+different ids exist) and real doctor-patient dialogues, written as many small Parquet parts so
+that Spark's size-ordered scan would scramble the row order if the engine did not keep it.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+
+from schemas import CONVERSATIONS, CORPUS, DOCUMENTS
+from schemas.dataset import DatasetWriter, StageManifest, read_kind
+from transforms import stages
+from transforms.engine import LocalEngine
+
+pytest.importorskip("pyspark")
+
+BOOKS = ["118-增订医方歌诀.txt", "121-医方歌括.txt", "219-跌打损伤方.txt", "251-金疮秘传禁方.txt"]
+COPIED_BOOKS = ["121-医方歌括.txt", "219-跌打损伤方.txt"]
+CLEAN = {"opencc": "t2s", "unicode_form": "NFKC", "min_chars": 80, "min_han_ratio": 0.0, "min_turn_chars": 1}
+SAMPLE = {
+    "mode": "priority",
+    "weights": {"web": 32, "literature": 16, "encyclopedia": 8, "books": 4, "sft": 1},
+    "source_weights": {},
+    "sft_epochs": 3,
+    "shard_rows": 70,
+    "seed": 7,
+}
+
+
+@pytest.fixture(scope="session")
+def spark_engine():
+    from transforms.spark import SparkEngine, build_session
+
+    # Few shuffle partitions: the test data is small, and a task costs a second on a busy machine.
+    session = build_session("local[2]", {"spark.sql.shuffle.partitions": "4", "spark.ui.enabled": "false"})
+    yield SparkEngine("local[2]", batch_rows=64, session=session)
+    session.stop()
+
+
+@pytest.fixture(scope="session")
+def corpus_input(tmp_path_factory, shared_data) -> Path:
+    """Ingested books (two imported twice) and dialogues, re-written as parts of 23 rows."""
+    root = tmp_path_factory.mktemp("spark-input")
+    folder = root / "books"
+    copies = root / "copies"
+    folder.mkdir()
+    copies.mkdir()
+    books = shared_data / "corpus" / "ancient-books"
+    for name in BOOKS:
+        os.symlink(books / name, folder / name)
+    for name in COPIED_BOOKS:
+        os.symlink(books / name, copies / name)
+    sources = [
+        {"name": "classics", "category": "books", "path": str(folder), "format": "book", "encoding": "auto"},
+        {"name": "classics-reprint", "category": "literature", "path": str(copies), "format": "book", "encoding": "auto"},
+        {"name": "dialogues", "category": "sft", "path": str(shared_data / "instructions" / "mtcmb_tcm_chgd.jsonl"), "format": "instructions", "encoding": "auto"},
+    ]
+    stages.run_ingest(sources, [], root / "ingest", {"min_chars": 20}, StageManifest(stage="ingest"))
+    parts = root / "input"
+    with DatasetWriter(parts, StageManifest(stage="input"), part_rows=23) as writer:
+        for kind in (DOCUMENTS, CONVERSATIONS):
+            table = read_kind(root / "ingest", kind)
+            writer.write(kind, table)
+            writer.manifest.rows_in[kind] = table.num_rows
+        writer.commit()
+    return parts
+
+
+def _ids(path: Path, kind: str, rejected: bool = False) -> list:
+    table = read_kind(path / "rejected" if rejected else path, kind)
+    if rejected:
+        if "reason" not in table.schema.names:  # nothing rejected of this kind
+            return []
+        return list(zip(table.column("id").to_pylist(), table.column("reason").to_pylist()))
+    return table.column("id").to_pylist()
+
+
+def _ledger(manifest: StageManifest) -> dict:
+    return {k: getattr(manifest, k) for k in ("rows_in", "rows_kept", "rows_rejected", "rows_out", "rejected_by_reason")}
+
+
+def _rows_per_folder(manifest: StageManifest) -> dict:
+    rows: dict = {}
+    for entry in manifest.files:
+        folder = entry["path"].rsplit("/", 1)[0]
+        rows[folder] = rows.get(folder, 0) + entry["rows"]
+    return rows
+
+
+def _assert_same_dataset(local: Path, spark: Path, local_manifest: StageManifest, spark_manifest: StageManifest) -> None:
+    assert _ledger(spark_manifest) == _ledger(local_manifest)
+    for kind in local_manifest.rows_in:
+        # Same rows kept, in the same order, with the same columns and values.
+        assert read_kind(spark, kind).to_pylist() == read_kind(local, kind).to_pylist()
+        assert _ids(spark, kind, rejected=True) == _ids(local, kind, rejected=True)
+        assert spark_manifest.rows_in[kind] == spark_manifest.rows_kept[kind] + spark_manifest.rows_rejected[kind]
+    # Part sizes may differ (Spark writes a part per input part); folders and rows per folder may not.
+    assert _rows_per_folder(spark_manifest) == _rows_per_folder(local_manifest)
+    # The layout is the dataset contract only: no Spark markers, checksums or staging folders.
+    names = sorted(str(p.relative_to(spark)) for p in spark.rglob("*") if p.is_file())
+    assert names == sorted(["_manifest.json", *(f["path"] for f in spark_manifest.files)])
+    assert not list(spark.parent.glob(f"{spark.name}.tmp-*"))
+
+
+@pytest.fixture(scope="session")
+def cleaned(tmp_path_factory, corpus_input, spark_engine):
+    root = tmp_path_factory.mktemp("spark-clean")
+    results = {}
+    for name, engine in (("local", LocalEngine(1, 64)), ("spark", spark_engine)):
+        manifest = stages.run_clean([corpus_input], root / name, CLEAN, StageManifest(stage="clean"), engine)
+        results[name] = (root / name, manifest)
+    return results
+
+
+def test_clean_keeps_the_same_rows_on_both_engines(cleaned):
+    (local, local_manifest), (spark, spark_manifest) = cleaned["local"], cleaned["spark"]
+    _assert_same_dataset(local, spark, local_manifest, spark_manifest)
+    assert spark_manifest.rows_rejected[DOCUMENTS] > 0  # the books' short chapters
+    assert set(spark_manifest.rows_in) == {DOCUMENTS, CONVERSATIONS}
+
+
+@pytest.mark.parametrize("keep", ["first", "longest"])
+def test_exact_dedup_keeps_the_same_copies_on_both_engines(tmp_path, cleaned, spark_engine, keep):
+    # Each engine deduplicates its own clean output: the whole chain must agree, row order included.
+    params = {"method": "exact", "keep": keep}
+    local = stages.run_dedup([cleaned["local"][0]], tmp_path / "local", params, StageManifest(stage="dedup"), LocalEngine(1, 64))
+    spark = stages.run_dedup([cleaned["spark"][0]], tmp_path / "spark", params, StageManifest(stage="dedup"), spark_engine)
+    _assert_same_dataset(tmp_path / "local", tmp_path / "spark", local, spark)
+    assert spark.stats["duplicate_groups"] == local.stats["duplicate_groups"]
+    assert spark.rejected_by_reason.get("exact_duplicate_of", 0) > 0
+    survivors = {reason.split(":", 1)[1] for _, reason in _ids(tmp_path / "spark", DOCUMENTS, rejected=True)}
+    assert survivors <= set(_ids(tmp_path / "spark", DOCUMENTS))
+
+
+def test_decontamination_ships_the_index_to_executors(tmp_path, cleaned, spark_engine):
+    text = read_kind(cleaned["local"][0], DOCUMENTS).column("text")[5].as_py()
+    items = [{"benchmark": "exam", "item": "q1", "question": text[10:60]}, {"benchmark": "exam", "item": "q2", "question": "与本语料无关的一道考题题干文字"}]
+    params = {"ngram": 13, "min_overlap": 0.5, "min_question_chars": 8, "action": "remove"}
+    local = stages.run_decontaminate([cleaned["local"][0]], tmp_path / "local", params, StageManifest(stage="d"), LocalEngine(1, 64), items)
+    spark = stages.run_decontaminate([cleaned["local"][0]], tmp_path / "spark", params, StageManifest(stage="d"), spark_engine, items)
+    _assert_same_dataset(tmp_path / "local", tmp_path / "spark", local, spark)
+    assert ("contaminated" in spark.rejected_by_reason) and spark.stats == local.stats
+
+
+def test_priority_sample_has_the_same_order_and_shards(tmp_path, cleaned, spark_engine):
+    inputs = [cleaned["local"][0]]
+    local = stages.run_sample(inputs, tmp_path / "local", SAMPLE, StageManifest(stage="sample"), "c0ffee")
+    spark = stages.run_sample(inputs, tmp_path / "spark", SAMPLE, StageManifest(stage="sample"), "c0ffee", engine=spark_engine)
+    assert _ledger(spark) == _ledger(local)
+    ordered = read_kind(tmp_path / "spark", CORPUS)
+    assert ordered.column("id").to_pylist() == read_kind(tmp_path / "local", CORPUS).column("id").to_pylist()
+    assert ordered.column("position").to_pylist() == list(range(ordered.num_rows))
+    assert ordered.to_pylist() == read_kind(tmp_path / "local", CORPUS).to_pylist()
+    local_shards = json.loads((tmp_path / "local" / "manifest.json").read_text(encoding="utf-8"))
+    spark_shards = json.loads((tmp_path / "spark" / "manifest.json").read_text(encoding="utf-8"))
+    assert [(s["path"], s["rows"]) for s in spark_shards.pop("shards")] == [(s["path"], s["rows"]) for s in local_shards.pop("shards")]
+    assert spark_shards == local_shards  # counts, sampling curve, parameters
+    assert ordered.num_rows > SAMPLE["shard_rows"] * 2
+    assert {"books", "literature", "sft"} <= set(ordered.column("category").to_pylist())
+
+
+def test_a_step_that_loses_rows_breaks_the_ledger(tmp_path, corpus_input, spark_engine):
+    from transforms.spark.stages import LedgerError
+
+    def _drop_first_row(batch, kind):  # defined here so that Spark ships it by value
+        table = pa.Table.from_batches([batch])
+        return table.slice(1), table.slice(0, 0).append_column("reason", pa.array([], pa.string()))
+
+    with pytest.raises(LedgerError, match="rows in"):
+        stages.run_map_stage(_drop_first_row, [corpus_input], tmp_path / "out", StageManifest(stage="x"), spark_engine, (DOCUMENTS,), lambda kind: kind)
+    assert not (tmp_path / "out").exists() and not list(tmp_path.glob("out.tmp-*"))
+
+
+def test_preflight_asks_for_java_in_one_line(monkeypatch):
+    from flows.cli import UsageError, _preflight
+    from flows.config import load_config
+
+    monkeypatch.delenv("JAVA_HOME", raising=False)
+    monkeypatch.setenv("PATH", "")
+    args = type("Args", (), {"engine": "spark", "flow": "build-corpus", "input": [], "output": None})()
+    with pytest.raises(UsageError, match="needs Java 17"):
+        _preflight(args, load_config())
