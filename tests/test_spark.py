@@ -187,3 +187,77 @@ def test_preflight_asks_for_java_in_one_line(monkeypatch):
     args = type("Args", (), {"engine": "spark", "flow": "build-corpus", "input": [], "output": None})()
     with pytest.raises(UsageError, match="needs Java 17"):
         _preflight(args, load_config())
+
+
+# -- MinHash near-duplicates --------------------------------------------------------------------
+
+
+def _reference_clusters(table: pa.Table, params: dict) -> dict[str, str]:
+    """The local rule, from transforms.minhash alone: id -> reason of every rejected row."""
+    import numpy as np
+
+    from transforms import dedup, minhash
+
+    settings = minhash.MinHashParams.from_threshold(params["threshold"], num_perm=params["num_perm"], ngram=params["ngram"], seed=params["seed"])
+    keys = dedup.dedup_keys(table, DOCUMENTS)
+    digests, lengths = keys.column("key").to_pylist(), keys.column("length").to_pylist()
+    signatures = minhash.signatures(dedup.text_of(table, DOCUMENTS), settings)
+    parent = list(range(table.num_rows))
+
+    def find(x):
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    first_of_key: dict = {}
+    for row, digest in enumerate(digests):
+        parent[find(row)] = find(first_of_key.setdefault(digest, row))
+    a, b = minhash.candidate_pairs(minhash.band_hashes(signatures, settings))
+    for x, y in zip(a.tolist(), b.tolist()):
+        if digests[x] != digests[y] and minhash.estimated_jaccard(signatures[x], signatures[y]) >= settings.threshold:
+            parent[find(y)] = find(x)
+    clusters: dict[int, list[int]] = {}
+    for row in range(table.num_rows):
+        clusters.setdefault(find(row), []).append(row)
+    ids, reasons = table.column("id").to_pylist(), {}
+    for members in clusters.values():
+        kept = min(members, key=lambda r: (-lengths[r], r))  # keep = ["longest", "first"]
+        for row in members:
+            if row != kept:
+                label = "exact_duplicate_of" if digests[row] == digests[kept] else "near_duplicate_of"
+                reasons[ids[row]] = f"{label}:{ids[kept]}"
+    return reasons
+
+
+def test_minhash_clusters_match_the_local_rule(tmp_path, cleaned, spark_engine):
+    documents = read_kind(cleaned["local"][0], DOCUMENTS)
+    long_rows = [row for row in documents.to_pylist() if len(row["text"]) > 200][:8]
+    # Near copies: a character dropped every 100, new ids, another source.
+    near = [{**row, "id": f"near-{n}", "source": "reprint-near", "text": "".join(c for i, c in enumerate(row["text"]) if i % 100 != 50)} for n, row in enumerate(long_rows)]
+    table = pa.concat_tables([documents, pa.Table.from_pylist(near, schema=documents.schema)])
+    with DatasetWriter(tmp_path / "input", StageManifest(stage="input"), part_rows=23) as writer:
+        writer.write(DOCUMENTS, table)
+        writer.manifest.rows_in[DOCUMENTS] = table.num_rows
+        writer.commit()
+    params = {"method": "minhash", "keep": ["longest", "first"], "threshold": 0.8, "num_perm": 128, "ngram": 5, "seed": 1}
+    manifest = stages.run_dedup([tmp_path / "input"], tmp_path / "spark", params, StageManifest(stage="dedup"), spark_engine)
+    expected = _reference_clusters(read_kind(tmp_path / "input", DOCUMENTS), params)
+    got = dict(_ids(tmp_path / "spark", DOCUMENTS, rejected=True))
+    assert got == expected
+    assert {"exact_duplicate_of", "near_duplicate_of"} <= set(manifest.rejected_by_reason)
+    assert manifest.rows_in[DOCUMENTS] == table.num_rows == manifest.rows_kept[DOCUMENTS] + manifest.rows_rejected[DOCUMENTS]
+    kept = _ids(tmp_path / "spark", DOCUMENTS)
+    assert kept == [i for i in table.column("id").to_pylist() if i not in expected]  # dataset order kept
+    assert 0 < manifest.stats["near_duplicates"][DOCUMENTS]["near_pairs_similar"] <= manifest.stats["near_duplicates"][DOCUMENTS]["near_pairs_checked"]
+
+
+def test_connected_components_of_a_long_chain(spark_engine):
+    from transforms.spark.near_dedup import connected_components
+
+    spark = spark_engine.session
+    # A path 0-1-...-40 in shuffled edge order, and a separate triangle: two components.
+    edges = [(i, i + 1) for i in range(40)] + [(100, 101), (101, 102), (102, 100)]
+    frame = spark.createDataFrame(sorted(edges, key=lambda e: (e[0] * 7919) % 113), "a long, b long")
+    roots = dict(connected_components(frame).collect())
+    assert roots == {**{i: 0 for i in range(41)}, 100: 100, 101: 100, 102: 100}

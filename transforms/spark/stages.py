@@ -6,8 +6,8 @@ and a flag), and are written as the two parts of the dataset. The context goes t
 once, as a broadcast variable.
 
 Exact dedup: keys from `dedup.dedup_keys` in `mapInArrow`, the survivor of each key chosen by a
-window in the same order as `dedup.choose_survivors` (longest first when asked, then dataset
-position).
+window ordered by the keep policy (`keep.keep_order`), dataset position breaking ties, as
+`dedup.choose_survivors` does. MinHash near-duplicates: `near_dedup`.
 """
 from __future__ import annotations
 
@@ -168,64 +168,85 @@ def _with_dedup_keys(batches, kind: str, columns: list[str]):
         yield from table.append_column("_tcm_key", key).append_column("_tcm_length", keys.column("length").cast(pa.int64())).to_batches()
 
 
-def survivor_order(keep: str):
-    """The window order of `dedup.choose_survivors`: longest first when asked, then position."""
-    from pyspark.sql import functions as F
-
-    first = F.col("_tcm_length").desc() if keep == "longest" else F.lit(0)
-    return [first, F.col(FILE_ORDINAL), F.col(ROW_INDEX)]
-
-
 def run_dedup(inputs, output, params, manifest: StageManifest, engine, progress: Progress | None = None) -> StageManifest:
-    from pyspark import StorageLevel
-    from pyspark.sql import Window
-    from pyspark.sql import functions as F
-    from pyspark.sql.types import BinaryType, LongType, StructField, StructType
-
+    """Exact dedup, or exact plus MinHash near-duplicates (`method = "minhash"`), on Spark."""
     method = params.get("method", "exact")
-    if method != "exact":
-        raise ValueError(f"dedup.method {method!r} has no Spark implementation here")
-    keep = params.get("keep", "first")
+    if method not in ("exact", "minhash"):
+        raise ValueError(f"dedup.method {method!r} has no Spark implementation")
+    if (params.get("paragraphs") or {}).get("enabled"):
+        raise ValueError("dedup.paragraphs has no Spark implementation; set dedup.paragraphs.enabled = false to dedup on Spark")
+    if params.get("index_path"):
+        raise ValueError("dedup.index_path has no Spark implementation; leave it unset to dedup on Spark")
     spark = engine.session
     store = HadoopStore(spark)
     with SparkDatasetWriter(spark, output, manifest) as writer:
-        groups = {}
+        groups, near = {}, {}
         for kind in kinds_in(store, [str(p) for p in inputs], TEXT_KINDS):
             files = input_files(store, inputs, kind)
-            raw = read_files(spark, files)
-            columns = raw.columns
-            rows = with_order(spark, raw, files)
-            rows_in = rows.count()
-            schema = StructType([*rows.schema.fields, StructField("_tcm_key", BinaryType()), StructField("_tcm_length", LongType())])
-            keyed = rows.mapInArrow(functools.partial(_with_dedup_keys, kind=kind, columns=columns), schema)
-            window = Window.partitionBy("_tcm_key").orderBy(*survivor_order(keep))
-            decided = (
-                keyed.withColumn("_tcm_rank", F.row_number().over(window))
-                .withColumn("_tcm_survivor", F.first("id").over(window))
-                .withColumn("_tcm_copies", F.count("*").over(Window.partitionBy("_tcm_key")))
-                .orderBy(*ORDER_COLUMNS)  # back to dataset order, so `first` means the same downstream
-                .persist(StorageLevel.DISK_ONLY)
-            )
-            try:
-                is_kept = F.col("_tcm_rank") == 1
-                tally = decided.groupBy(F.spark_partition_id().alias("task"), is_kept.alias("kept")).agg(
-                    F.count("*").alias("rows"), F.sum(F.when(is_kept & (F.col("_tcm_copies") > 1), 1).otherwise(0)).alias("groups")
-                ).collect()
-                kept_by_task = {t: n for t, k, n, _ in tally if k}
-                rejected_by_task = {t: n for t, k, n, _ in tally if not k}
-                kept = writer.write(kind, decided.filter(is_kept).select(*columns), None, kept_by_task)
-                reason = F.concat(F.lit("exact_duplicate_of:"), F.col("_tcm_survivor")).alias("reason")
-                rejected = writer.reject(
-                    kind, decided.filter(~is_kept).select(*columns, reason), None, rejected_by_task,
-                    Counter({"exact_duplicate_of": sum(rejected_by_task.values())}),
-                )
-                groups[kind] = int(sum(g for _, _, _, g in tally))
-            finally:
-                decided.unpersist()
+            if method == "minhash":
+                from .near_dedup import run_minhash_dedup
+
+                rows_in, kept, rejected, stats = run_minhash_dedup(spark, writer, kind, files, params)
+                groups[kind] = stats["clusters"]
+                near[kind] = stats
+            else:
+                rows_in, kept, rejected, groups[kind] = _exact_dedup(spark, writer, kind, files, params)
             if kept + rejected != rows_in:
                 raise LedgerError(f"{kind}: {rows_in} rows in, but {kept} kept + {rejected} rejected")
             manifest.rows_in[kind] = manifest.rows_in.get(kind, 0) + rows_in
             if progress:
                 progress(kind, rows_in)
         manifest.stats["duplicate_groups"] = groups
+        if near:
+            manifest.stats["near_duplicates"] = near
         return writer.commit()
+
+
+def _exact_dedup(spark, writer: SparkDatasetWriter, kind: str, files: list[str], params: dict):
+    """One window over the exact key: the first row by the keep policy survives. Returns
+    (rows in, kept, rejected, duplicate groups)."""
+    from pyspark import StorageLevel
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+    from pyspark.sql.types import BinaryType, LongType, StructField, StructType
+
+    from .keep import NODE, keep_order
+
+    keep = params.get("keep", "first")
+    keep = [keep] if isinstance(keep, str) else list(keep)
+    quality_column = params.get("quality_column", "quality_score")
+    raw = read_files(spark, files)
+    columns = raw.columns
+    rows = with_order(spark, raw, files)
+    rows_in = rows.count()
+    schema = StructType([*rows.schema.fields, StructField("_tcm_key", BinaryType()), StructField("_tcm_length", LongType())])
+    keyed = rows.mapInArrow(functools.partial(_with_dedup_keys, kind=kind, columns=columns), schema).select(
+        "*",
+        (F.col(FILE_ORDINAL) * F.lit(1 << 32) + F.col(ROW_INDEX)).alias(NODE),
+        (F.col(quality_column) if quality_column in columns else F.lit(None)).cast("double").alias("_tcm_quality"),
+        F.col("source").alias("_tcm_source"),
+    )
+    window = Window.partitionBy("_tcm_key").orderBy(*keep_order(keep, params.get("source_priority", [])))
+    decided = (
+        keyed.withColumn("_tcm_rank", F.row_number().over(window))
+        .withColumn("_tcm_survivor", F.first("id").over(window))
+        .withColumn("_tcm_copies", F.count("*").over(Window.partitionBy("_tcm_key")))
+        .orderBy(*ORDER_COLUMNS)  # back to dataset order, so `first` means the same downstream
+        .persist(StorageLevel.DISK_ONLY)
+    )
+    try:
+        is_kept = F.col("_tcm_rank") == 1
+        tally = decided.groupBy(F.spark_partition_id().alias("task"), is_kept.alias("kept")).agg(
+            F.count("*").alias("rows"), F.sum(F.when(is_kept & (F.col("_tcm_copies") > 1), 1).otherwise(0)).alias("groups")
+        ).collect()
+        kept_by_task = {t: n for t, k, n, _ in tally if k}
+        rejected_by_task = {t: n for t, k, n, _ in tally if not k}
+        kept = writer.write(kind, decided.filter(is_kept).select(*columns), None, kept_by_task)
+        reason = F.concat(F.lit("exact_duplicate_of:"), F.col("_tcm_survivor")).alias("reason")
+        rejected = writer.reject(
+            kind, decided.filter(~is_kept).select(*columns, reason), None, rejected_by_task,
+            Counter({"exact_duplicate_of": sum(rejected_by_task.values())}),
+        )
+    finally:
+        decided.unpersist()
+    return rows_in, kept, rejected, int(sum(g for _, _, _, g in tally))
