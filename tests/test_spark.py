@@ -39,7 +39,7 @@ def spark_engine():
     from transforms.spark import SparkEngine, build_session
 
     # Few shuffle partitions: the test data is small, and a task costs a second on a busy machine.
-    session = build_session("local[2]", {"spark.sql.shuffle.partitions": "4", "spark.ui.enabled": "false"})
+    session = build_session("local[2]", {"spark.sql.shuffle.partitions": "2", "spark.default.parallelism": "2", "spark.ui.enabled": "false"})
     yield SparkEngine("local[2]", batch_rows=64, session=session)
     session.stop()
 
@@ -256,8 +256,8 @@ def test_connected_components_of_a_long_chain(spark_engine):
     from transforms.spark.near_dedup import connected_components
 
     spark = spark_engine.session
-    # A path 0-1-...-40 in shuffled edge order, and a separate triangle: two components.
-    edges = [(i, i + 1) for i in range(40)] + [(100, 101), (101, 102), (102, 100)]
+    # A path 0-1-...-12 in shuffled edge order, and a separate triangle: two components.
+    edges = [(i, i + 1) for i in range(12)] + [(100, 101), (101, 102), (102, 100)]
     frame = spark.createDataFrame(sorted(edges, key=lambda e: (e[0] * 7919) % 113), "a long, b long")
     roots = dict(connected_components(frame).collect())
-    assert roots == {**{i: 0 for i in range(41)}, 100: 100, 101: 100, 102: 100}
+    assert roots == {**{i: 0 for i in range(13)}, 100: 100, 101: 100, 102: 100}
