@@ -47,7 +47,7 @@ def make_engine(config: BuildConfig, kind: Optional[str] = None, stage: Optional
     if kind == "spark" and stage not in LOCAL_ONLY_STAGES:
         from transforms.spark import SparkEngine
 
-        return SparkEngine(config.engine.master, config.engine.spark, config.engine.batch_rows)
+        return SparkEngine(config.engine.master, config.engine.spark, config.engine.batch_rows, checkpoint_dir=config.engine.checkpoint_dir)
     if kind not in ("local", "spark"):
         raise ValueError(f"unknown engine {kind!r}; use 'local' or 'spark'")
     return LocalEngine(config.engine.workers, config.engine.batch_rows)

@@ -144,7 +144,8 @@ def test_decontamination_ships_the_index_to_executors(tmp_path, cleaned, spark_e
     items = [{"benchmark": "exam", "item": "q1", "question": text[10:60]}, {"benchmark": "exam", "item": "q2", "question": "与本语料无关的一道考题题干文字"}]
     params = {"ngram": 13, "min_overlap": 0.5, "min_question_chars": 8, "action": "remove"}
     local = stages.run_decontaminate([cleaned["local"][0]], tmp_path / "local", params, StageManifest(stage="d"), LocalEngine(1, 64), items)
-    spark = stages.run_decontaminate([cleaned["local"][0]], tmp_path / "spark", params, StageManifest(stage="d"), spark_engine, items)
+    # Spark reads and writes through Hadoop's FileSystem: a URI (here file://) works as well as a path.
+    spark = stages.run_decontaminate([cleaned["local"][0].as_uri()], (tmp_path / "spark").as_uri(), params, StageManifest(stage="d"), spark_engine, items)
     _assert_same_dataset(tmp_path / "local", tmp_path / "spark", local, spark)
     assert ("contaminated" in spark.rejected_by_reason) and spark.stats == local.stats
 
@@ -261,3 +262,20 @@ def test_connected_components_of_a_long_chain(spark_engine):
     frame = spark.createDataFrame(sorted(edges, key=lambda e: (e[0] * 7919) % 113), "a long, b long")
     roots = dict(connected_components(frame).collect())
     assert roots == {**{i: 0 for i in range(13)}, 100: 100, 101: 100, 102: 100}
+
+
+def test_engine_section_builds_a_spark_engine_with_settings_passed_through(tmp_path):
+    from flows.config import parse_config
+    from flows.pipeline import make_engine
+    from transforms.spark import SparkEngine
+
+    config = parse_config(
+        '[engine]\nkind = "spark"\nmaster = "spark://head:7077"\ncheckpoint_dir = "hdfs:///tmp/tcm"\n'
+        '[engine.spark]\n"spark.executor.instances" = 8\n"spark.executor.memory" = "8g"\n"spark.dynamicAllocation.enabled" = false\n',
+        tmp_path,
+    )
+    engine = make_engine(config, stage="clean")
+    assert isinstance(engine, SparkEngine) and engine.master == "spark://head:7077" and engine.checkpoint_dir == "hdfs:///tmp/tcm"
+    assert engine.settings == {"spark.executor.instances": "8", "spark.executor.memory": "8g", "spark.dynamicAllocation.enabled": "false"}
+    assert make_engine(config, stage="convert").name == "local"  # no Spark implementation yet
+    assert make_engine(config, "local", stage="clean").name == "local"

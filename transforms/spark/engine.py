@@ -10,10 +10,19 @@ class SparkEngine:
 
     name = "spark"
 
-    def __init__(self, master: str = "local[2]", settings: Mapping[str, str] | None = None, batch_rows: int = 2048, session=None):
+    def __init__(
+        self,
+        master: str = "local[2]",
+        settings: Mapping[str, object] | None = None,
+        batch_rows: int = 2048,
+        session=None,
+        checkpoint_dir: str | None = None,
+    ):
         self.master = master
-        self.settings = dict(settings or {})
+        # TOML gives numbers and booleans; Spark takes every setting as text (booleans lower-case).
+        self.settings = {k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in (settings or {}).items()}
         self.batch_rows = batch_rows
+        self.checkpoint_dir = checkpoint_dir
         self._session = session
 
     @property
@@ -22,6 +31,8 @@ class SparkEngine:
             from .session import build_session
 
             self._session = build_session(self.master, self.settings)
+            if self.checkpoint_dir:
+                self._session.sparkContext.setCheckpointDir(self.checkpoint_dir)
         # Arrow batches handed to a step are at most batch_rows long, as in the local engine.
         self._session.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(self.batch_rows))
         return self._session
