@@ -126,6 +126,23 @@ def test_clean_keeps_the_same_rows_on_both_engines(cleaned):
     assert set(spark_manifest.rows_in) == {DOCUMENTS, CONVERSATIONS}
 
 
+def test_a_file_split_over_several_tasks_keeps_its_order(tmp_path, corpus_input, spark_engine, monkeypatch):
+    import pyarrow.parquet as pq
+
+    from transforms.spark import datasets
+
+    # One file of many row groups, cut into several scan partitions (Spark lists them largest first).
+    table = read_kind(corpus_input, DOCUMENTS)
+    (tmp_path / "input" / DOCUMENTS).mkdir(parents=True)
+    pq.write_table(table, tmp_path / "input" / DOCUMENTS / "part-00000.parquet", row_group_size=9)
+    monkeypatch.setattr(datasets, "MIN_SPLIT_BYTES", 1)
+    monkeypatch.setattr(datasets, "MAX_SPLIT_BYTES", (tmp_path / "input" / DOCUMENTS / "part-00000.parquet").stat().st_size // 5)
+    local = stages.run_clean([tmp_path / "input"], tmp_path / "local", CLEAN, StageManifest(stage="clean"), LocalEngine(1, 64))
+    spark = stages.run_clean([tmp_path / "input"], tmp_path / "spark", CLEAN, StageManifest(stage="clean"), spark_engine)
+    assert len([f for f in spark.files if f["path"].startswith(DOCUMENTS)]) >= 3  # a part per task
+    _assert_same_dataset(tmp_path / "local", tmp_path / "spark", local, spark)
+
+
 @pytest.mark.parametrize("keep", ["first", "longest"])
 def test_exact_dedup_keeps_the_same_copies_on_both_engines(tmp_path, cleaned, spark_engine, keep):
     # Each engine deduplicates its own clean output: the whole chain must agree, row order included.

@@ -6,10 +6,11 @@ is read by the other. Files are listed, renamed and committed through the Hadoop
 the session: a stage fills `OUT.tmp-<pid>` and renames it into place, manifest written last.
 
 Row order: a dataset's order is its part files in name order, rows in file order (what the local
-engine streams, and what dedup's `keep = "first"` means). Spark plans one scan partition per
-input file (see session.REQUIRED_SETTINGS) but orders partitions by size; a map stage therefore
-names each output part after the input file its partition read, which keeps the order without a
-shuffle. Stages that shuffle sort by (file ordinal, row index) before writing.
+engine streams, and what dedup's `keep = "first"` means). Each Spark scan partition reads one
+contiguous run of row groups of one file (see session.REQUIRED_SETTINGS), but partitions come
+in size order; a map stage therefore names each output part after the (file, first row) its
+partition read, which keeps the order without a shuffle. Stages that shuffle sort by
+(file ordinal, row index) before writing.
 """
 from __future__ import annotations
 
@@ -134,10 +135,27 @@ def check_input(store: HadoopStore, path: str) -> str:
     return path
 
 
+# Split size bounds: large enough that a task's fixed cost is small, small enough to spread work.
+MIN_SPLIT_BYTES = 4 << 20
+MAX_SPLIT_BYTES = 128 << 20
+
+
+def plan_splits(spark, store: "HadoopStore", files: Sequence[str]) -> int:
+    """Set the scan's split size so that the input spreads over every core (files are cut at
+    row-group boundaries, never packed together): Spark's own bytes-per-core rule, which its
+    packing of small files would otherwise provide."""
+    total = sum(store.size(f) for f in files)
+    cores = max(1, spark.sparkContext.defaultParallelism)
+    split = int(min(MAX_SPLIT_BYTES, max(MIN_SPLIT_BYTES, total // cores + 1)))
+    spark.conf.set("spark.sql.files.maxPartitionBytes", str(split))
+    return split
+
+
 def read_files(spark, files: Sequence[str]):
     """One DataFrame over these Parquet files; columns of all files merged."""
     if not files:
         raise DatasetError("no Parquet files to read")
+    plan_splits(spark, HadoopStore(spark), files)
     return spark.read.option("mergeSchema", "true").parquet(*files)
 
 
@@ -160,23 +178,26 @@ def with_order(spark, frame, files: Sequence[str], first: int = 0):
     return placed
 
 
-def place_partitions(spark, pairs: Iterable[tuple[int, str]], files: Sequence[str]) -> dict[int, int]:
-    """Scan partition number -> ordinal of the one input file it read, from (partition, file path)
-    pairs. A partition that read two files would break the dataset's order: refused."""
+def place_partitions(spark, starts: Iterable[tuple[int, str, int]], files: Sequence[str]) -> dict[int, tuple[int, int]]:
+    """Scan partition number -> (ordinal of the file it read, first row index it read), from
+    (partition, file path, row index) triples. A partition that read two files would break the
+    dataset's order: refused."""
     jvm = spark.sparkContext._jvm
     ordinal = {}
     for number, file in enumerate(files):
         ordinal[file] = number
         ordinal.setdefault(jvm.org.apache.hadoop.fs.Path(file).toUri().toString(), number)
-    placed: dict[int, int] = {}
-    for p, f in pairs:
+    placed: dict[int, tuple[int, int]] = {}
+    for p, f, row in starts:
         if f not in ordinal:
             raise DatasetError(f"Spark read a file the stage did not list: {f}")
-        if placed.setdefault(p, ordinal[f]) != ordinal[f]:
+        previous = placed.setdefault(p, (ordinal[f], row))
+        if previous[0] != ordinal[f]:
             raise DatasetError(
                 "one Spark partition read two input files, so the dataset's row order cannot be kept; "
-                "do not override spark.sql.files.maxPartitionBytes / openCostInBytes"
+                "do not override spark.sql.files.openCostInBytes"
             )
+        placed[p] = min(previous, (ordinal[f], row))
     return placed
 
 
@@ -205,7 +226,7 @@ class SparkDatasetWriter:
     def folder(self) -> str:
         return self.tmp
 
-    def write(self, kind: str, frame, part_order: dict[int, int] | None = None, rows_by_task: dict[int, int] | None = None) -> int:
+    def write(self, kind: str, frame, part_order: dict[int, tuple] | None = None, rows_by_task: dict[int, int] | None = None) -> int:
         rows = self._write_parts(frame, join(self.tmp, kind), part_order, rows_by_task)
         if rows:
             self.kept[kind] = self.kept.get(kind, 0) + rows
@@ -215,7 +236,7 @@ class SparkDatasetWriter:
         self,
         kind: str,
         frame,
-        part_order: dict[int, int] | None = None,
+        part_order: dict[int, tuple] | None = None,
         rows_by_task: dict[int, int] | None = None,
         reasons: Counter | None = None,
     ) -> int:
@@ -232,7 +253,7 @@ class SparkDatasetWriter:
             self.reasons.update(reasons)
         return rows
 
-    def _write_parts(self, frame, folder: str, part_order: dict[int, int] | None, rows_by_task: dict[int, int] | None) -> int:
+    def _write_parts(self, frame, folder: str, part_order: dict[int, tuple] | None, rows_by_task: dict[int, int] | None) -> int:
         """Write `frame` with Spark, then name its files `part-NNNNN.parquet` in dataset order:
         by `part_order` (write task -> place), else by task number (a sorted frame). Rows per
         file come from `rows_by_task` when the stage counted them, else from one pass."""
@@ -249,8 +270,10 @@ class SparkDatasetWriter:
         placed = []
         for name, full, size in names:
             task = int(_SPARK_PART.match(name).group(1))
-            place = part_order[task] if part_order is not None else task
-            placed.append((place, task, name, full, size))
+            if part_order is not None and task not in part_order:
+                placed.append(((-1,), task, name, full, size))  # a task that read no rows: its file is empty
+                continue
+            placed.append((part_order[task] if part_order is not None else (task,), task, name, full, size))
         total, number = 0, len([n for n, *_ in self.store.list(folder) if n.endswith(".parquet")])
         for _, task, name, full, size in sorted(placed):
             rows = rows_of(name, task)

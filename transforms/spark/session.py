@@ -5,11 +5,11 @@ import os
 import sys
 from typing import Mapping
 
-# Settings the engine relies on; a user's `[engine.spark]` may override the others, not these.
-# One input file per scan partition, never packed with others: map stages then write one part
-# per input file and keep the dataset's row order (see datasets.py).
+# Settings the engine relies on; a user's `[engine.spark]` may override the others, not this.
+# A scan partition never packs two files (or two pieces of one): each partition is one
+# contiguous run of row groups of one file, which is how map stages keep the dataset's row
+# order (see datasets.py). Split sizes are chosen per stage by `datasets.plan_splits`.
 REQUIRED_SETTINGS = {
-    "spark.sql.files.maxPartitionBytes": str(1 << 40),
     "spark.sql.files.openCostInBytes": str(1 << 40),
 }
 

@@ -100,11 +100,14 @@ def _run_step(batches, step, context, schema: pa.Schema):
     for batch in batches:
         if batch.num_rows == 0:
             continue
-        path = batch.column(SOURCE_FILE)[0]
-        kept, rejected = step(batch.drop_columns([SOURCE_FILE]), value)
+        path, first_row = batch.column(SOURCE_FILE)[0].as_py(), batch.column(ROW_INDEX)[0].as_py()
+        kept, rejected = step(batch.drop_columns([SOURCE_FILE, ROW_INDEX]), value)
         for rows, flag in ((kept, False), (rejected, True)):
             for out in _flagged(_table(rows), schema, flag):
-                yield out.append_column(SOURCE_FILE, pa.array([path.as_py()] * out.num_rows, pa.string()))
+                n = out.num_rows
+                yield out.append_column(SOURCE_FILE, pa.array([path] * n, pa.string())).append_column(
+                    ROW_INDEX, pa.array([first_row] * n, pa.int64())
+                )
 
 
 def run_map_stage(step, inputs, output, manifest: StageManifest, engine, kinds, context_of, progress: Progress | None = None) -> StageManifest:
@@ -126,18 +129,19 @@ def run_map_stage(step, inputs, output, manifest: StageManifest, engine, kinds, 
             schema = flagged_schema(kept_schema, rejected_schema)
             broadcast = spark.sparkContext.broadcast(context)
             run = functools.partial(_run_step, step=step, context=broadcast, schema=schema)
-            located = rows.select("*", F.col("_metadata.file_path").alias(SOURCE_FILE))
-            out_schema = spark_schema(schema.append(pa.field(SOURCE_FILE, pa.string())))
+            located = rows.select("*", F.col("_metadata.file_path").alias(SOURCE_FILE), F.col("_metadata.row_index").alias(ROW_INDEX))
+            out_schema = spark_schema(schema.append(pa.field(SOURCE_FILE, pa.string())).append(pa.field(ROW_INDEX, pa.int64())))
             flagged = located.mapInArrow(run, out_schema).persist(StorageLevel.DISK_ONLY)
             try:
-                # One pass for the ledger: rows per partition, outcome and rule, and each partition's file.
+                # One pass for the ledger: rows per partition, outcome and rule, and where each
+                # partition starts in the dataset (its file, its first row).
                 tally = flagged.groupBy(
                     F.spark_partition_id().alias("task"), SOURCE_FILE, REJECTED_FLAG,
                     F.when(F.col(REJECTED_FLAG), reason_rule()).alias("rule"),
-                ).count().collect()
-                order = place_partitions(spark, {(t, f) for t, f, _, _, _ in tally}, files)
+                ).agg(F.count("*"), F.min(ROW_INDEX)).collect()
+                order = place_partitions(spark, {(t, f, r) for t, f, _, _, _, r in tally}, files)
                 kept_by_task, rejected_by_task, reasons = Counter(), Counter(), Counter()
-                for task, _, is_rejected, rule, n in tally:
+                for task, _, is_rejected, rule, n, _ in tally:
                     (rejected_by_task if is_rejected else kept_by_task)[task] += n
                     if is_rejected:
                         reasons[rule] += n
