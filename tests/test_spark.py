@@ -296,3 +296,15 @@ def test_engine_section_builds_a_spark_engine_with_settings_passed_through(tmp_p
     assert engine.settings == {"spark.executor.instances": "8", "spark.executor.memory": "8g", "spark.dynamicAllocation.enabled": "false"}
     assert make_engine(config, stage="convert").name == "local"  # no Spark implementation yet
     assert make_engine(config, "local", stage="clean").name == "local"
+
+
+def test_prefect_runs_a_stage_on_spark_from_the_config(tmp_path, corpus_input, cleaned, spark_engine, prefect_harness):
+    from flows import pipeline
+
+    config = tmp_path / "build.toml"
+    config.write_text('[engine]\nkind = "spark"\nmaster = "local[2]"\nbatch_rows = 64\n\n[clean]\nmin_chars = 80\n', encoding="utf-8")
+    summary = pipeline.clean_flow(inputs=[str(corpus_input)], output=str(tmp_path / "clean"), config=str(config))
+    assert summary["rows_in"] == cleaned["local"][1].rows_in and summary["rows_kept"] == cleaned["local"][1].rows_kept
+    assert read_kind(tmp_path / "clean", DOCUMENTS).to_pylist() == read_kind(cleaned["local"][0], DOCUMENTS).to_pylist()
+    again = pipeline.clean_flow(inputs=[str(corpus_input)], output=str(tmp_path / "clean"), config=str(config))
+    assert again["skipped"]  # the Spark stage's manifest is one the flows recognise as finished
