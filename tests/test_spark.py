@@ -212,8 +212,6 @@ def test_preflight_asks_for_java_in_one_line(monkeypatch):
 
 def _reference_clusters(table: pa.Table, params: dict) -> dict[str, str]:
     """The local rule, from transforms.minhash alone: id -> reason of every rejected row."""
-    import numpy as np
-
     from transforms import dedup, minhash
 
     settings = minhash.MinHashParams.from_threshold(params["threshold"], num_perm=params["num_perm"], ngram=params["ngram"], seed=params["seed"])

@@ -13,7 +13,6 @@ checkpointed every round so the plan does not grow. The copy kept in each cluste
 from __future__ import annotations
 
 import functools
-from typing import Sequence
 
 import numpy as np
 import pyarrow as pa

@@ -13,7 +13,6 @@ import hashlib
 import json
 import math
 from functools import reduce
-from typing import Iterable
 
 import numpy as np
 import pyarrow as pa
@@ -172,7 +171,7 @@ def _with_global_order(spark, frame, kind_paths: list[str], ordinal_of: dict[str
     from pyspark.sql import functions as F
 
     placed = with_order(spark, frame, kind_paths)
-    mapping = spark.createDataFrame([(i, ordinal_of[p]) for i, p in enumerate(kind_paths)], f"_tcm_local long, _tcm_global long")
+    mapping = spark.createDataFrame([(i, ordinal_of[p]) for i, p in enumerate(kind_paths)], "_tcm_local long, _tcm_global long")
     return (
         placed.join(F.broadcast(mapping), placed[FILE_ORDINAL] == mapping["_tcm_local"], "left")
         .drop(FILE_ORDINAL, "_tcm_local")
