@@ -531,3 +531,32 @@ def test_decode_page_prefers_declarations_that_decode_and_never_fails():
     # nothing declared and nothing decodes cleanly: the least damaged reading, damage counted
     text, charset, replaced = decode_page_counted("脾胃虚弱".encode("gbk") * 10 + b"\xff", None)
     assert (text[:4], charset, replaced) == ("脾胃虚弱", "gb18030", 1)
+
+
+def test_crawl_flow_resumes_recrawls_into_the_same_dataset_and_ingest_drops_repeated_articles(
+    prefect_harness, trouble_site, tmp_path
+):
+    from flows.pipeline import crawl_flow, ingest_flow
+
+    _, base = trouble_site
+    config = tmp_path / "build.toml"
+    config.write_text(
+        "[[sources]]\nname = \"herbs\"\nkind = \"crawl\"\ncategory = \"web\"\nmax_depth = 0\n"
+        f"start_urls = [\"{base}/herb/juhua.html\", \"{base}/archive/2019/juhua.html\"]\n"
+        "[crawl]\nautothrottle = false\ndownload_timeout = 2\n",
+        encoding="utf-8",
+    )
+    output = tmp_path / "crawl"
+    first = crawl_flow(str(output), str(config))
+    assert first["rows_out"] == {"pages": 2} and not first["skipped"]
+    assert (tmp_path / "crawl-state" / STATE_FILE).is_file(), "the crawl state lives beside the output"
+    fingerprint = read_manifest(output).fingerprint
+    assert crawl_flow(str(output), str(config))["skipped"]
+    # a scheduled re-crawl runs again; nothing changed, so the dataset is the same and what reads it can skip
+    recrawled = crawl_flow(str(output), str(config), recrawl=True)
+    assert not recrawled["skipped"] and recrawled["stats"]["crawl"]["pages/unchanged"] == 2
+    assert read_manifest(output).fingerprint == fingerprint
+
+    ingest = ingest_flow(str(tmp_path / "ingest"), str(config), [str(output)])
+    assert ingest["rows_in"] == {"pages": 2} and ingest["rows_kept"] == {"pages": 1}
+    assert ingest["rejected_by_reason"] == {"repeated_record": 1}
