@@ -78,9 +78,11 @@ class CrawlState:
         return record
 
     def commit_run(self) -> None:
-        """The run's dataset is written: its records become the stored ones, the journal empties."""
+        """The run's dataset is written: its records become the stored ones (those of URLs this
+        run did not reach are forgotten, so the store is the last dataset), the journal empties."""
         with self.db:
             self.db.execute("BEGIN")
+            self.db.execute("DELETE FROM pages WHERE url NOT IN (SELECT url FROM journal)")
             self.db.execute("INSERT OR REPLACE INTO pages SELECT url, record FROM journal")
             self.db.execute("DELETE FROM journal")
 
