@@ -15,13 +15,31 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import sqlite3
+import tempfile
 from pathlib import Path
 from typing import Iterator
 
 STATE_FILE = "crawl.sqlite"
 # Columns that say when a row was fetched rather than what was found.
 VOLATILE = ("fetched_at",)
+
+
+def default_state_dir(output: str | Path) -> Path:
+    """Where a crawl into `output` keeps its state when the config names no folder: under the
+    user's cache (XDG_CACHE_HOME, else ~/.cache), one folder per output path; the system's
+    temporary folder when the cache cannot be written."""
+    output = Path(output).resolve()
+    name = f"{output.name}-{hashlib.sha256(str(output).encode('utf-8')).hexdigest()[:12]}"
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "tcm-corpus" / "crawl-state"
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+        if not os.access(cache, os.W_OK):
+            raise PermissionError(cache)
+    except OSError:
+        cache = Path(tempfile.gettempdir()) / "tcm-corpus-crawl-state"
+    return cache / name
 
 
 def sources_key(sources: list[dict]) -> str:

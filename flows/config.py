@@ -71,7 +71,7 @@ class CrawlConfig(Section):
     # Retries of 5xx, 408, 429 and time-outs; the wait doubles from retry_backoff, or is Retry-After.
     retries: int = Field(2, ge=0)
     retry_backoff: float = Field(0.5, ge=0)
-    # Journal and stored pages for resuming and re-crawling; default: "<output>-state" beside the output.
+    # Journal and stored pages for resuming and re-crawling; default: under ~/.cache/tcm-corpus/crawl-state.
     state_dir: Optional[Path] = None
 
 

@@ -108,17 +108,18 @@ def _inputs(paths: list[str]) -> list[Path]:
 @flow(name="crawl", description=DESCRIPTIONS["crawl"])
 def crawl_flow(output: str, config: Optional[str] = None, recrawl: bool = False) -> dict:
     """Crawl the config's web sources into `output`. The crawl's state (journal, stored pages)
-    lives in [crawl] state_dir, or "<output>-state" beside the output, so a stopped crawl resumes
-    and `recrawl=True` (what a schedule sets) fetches again, asking the sites only for changes."""
+    lives in [crawl] state_dir, or in the user's cache under a name for `output`, so a stopped
+    crawl resumes and `recrawl=True` (what a schedule sets) fetches again, asking only for changes."""
     from contextlib import ExitStack
 
     from crawlers.localsite import serve_folder
     from crawlers.run import run_crawl
+    from crawlers.state import default_state_dir
 
     cfg = load_config(config)
     sources = [s for s in cfg.sources if s.kind == "crawl"]
     section = {"crawl": cfg.section("crawl"), "sources": [s.model_dump(mode="json") for s in sources]}
-    state_dir = cfg.crawl.state_dir or Path(output).resolve().with_name(Path(output).name + "-state")
+    state_dir = cfg.crawl.state_dir or default_state_dir(output)
     settings = {**cfg.section("crawl"), "state_dir": str(state_dir)}
 
     def work(manifest: StageManifest) -> StageManifest:

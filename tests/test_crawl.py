@@ -534,9 +534,12 @@ def test_decode_page_prefers_declarations_that_decode_and_never_fails():
 
 
 def test_crawl_flow_resumes_recrawls_into_the_same_dataset_and_ingest_drops_repeated_articles(
-    prefect_harness, trouble_site, tmp_path
+    prefect_harness, trouble_site, tmp_path, monkeypatch
 ):
+    from crawlers.state import default_state_dir
     from flows.pipeline import crawl_flow, ingest_flow
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
 
     _, base = trouble_site
     config = tmp_path / "build.toml"
@@ -549,7 +552,9 @@ def test_crawl_flow_resumes_recrawls_into_the_same_dataset_and_ingest_drops_repe
     output = tmp_path / "crawl"
     first = crawl_flow(str(output), str(config))
     assert first["rows_out"] == {"pages": 2} and not first["skipped"]
-    assert (tmp_path / "crawl-state" / STATE_FILE).is_file(), "the crawl state lives beside the output"
+    state = default_state_dir(output)
+    assert state.parent == tmp_path / "cache" / "tcm-corpus" / "crawl-state" and (state / STATE_FILE).is_file()
+    assert not list(output.rglob(STATE_FILE)), "the crawl state lives outside the stage output"
     fingerprint = read_manifest(output).fingerprint
     assert crawl_flow(str(output), str(config))["skipped"]
     # a scheduled re-crawl runs again; nothing changed, so the dataset is the same and what reads it can skip

@@ -217,7 +217,9 @@ class SiteSpider(scrapy.Spider):
         source = self.sources[response.meta["source"]]
         depth = response.meta["link_depth"]
         if response.status == NOT_MODIFIED:
-            stored = self.crawl_state.stored(response.request.url) if self.crawl_state is not None else None
+            # Stored under the URL first asked for, which a redirect may have led elsewhere.
+            first_url = (response.request.meta.get("redirect_urls") or [response.request.url])[0]
+            stored = self.crawl_state.stored(first_url) if self.crawl_state is not None else None
             if stored is None:
                 yield page_record(response.request, source, "http_status:304", response)
                 return
