@@ -32,6 +32,8 @@ class SourceConfig(Section):
     encoding: str = "auto"
     # crawl
     start_urls: list[str] = []
+    # Sitemaps (XML, gzipped XML, sitemap indexes, or a robots.txt naming them) whose pages seed the crawl.
+    sitemap_urls: list[str] = []
     allowed_domains: list[str] = []
     allow: list[str] = []
     deny: list[str] = []
@@ -45,8 +47,8 @@ class SourceConfig(Section):
     @model_validator(mode="after")
     def _check_kind(self) -> "SourceConfig":
         if self.kind == "crawl":
-            if not self.start_urls:
-                raise ValueError("a crawl source needs start_urls")
+            if not (self.start_urls or self.sitemap_urls):
+                raise ValueError("a crawl source needs start_urls or sitemap_urls")
         else:
             if self.path is None:
                 raise ValueError(f"a {self.kind} source needs a path")
@@ -56,12 +58,21 @@ class SourceConfig(Section):
 
 
 class CrawlConfig(Section):
-    user_agent: str = "tcm-corpus/0.1 (+https://example.invalid/tcm-corpus)"
+    # Sent as "user_agent (+contact_url)", so that a site's operator can learn who crawls it.
+    user_agent: str = Field("tcm-corpus/0.1", min_length=1)
+    contact_url: str = Field("https://example.invalid/tcm-corpus", pattern=r"^(https?://|mailto:)\S+$")
     download_timeout: float = Field(15, gt=0)
     max_page_bytes: int = Field(5_000_000, gt=0)
     obey_robots: bool = True
     concurrency: int = Field(8, ge=1)
+    concurrency_per_domain: int = Field(4, ge=1)
+    download_delay: float = Field(0.0, ge=0)
     autothrottle: bool = True
+    # Retries of 5xx, 408, 429 and time-outs; the wait doubles from retry_backoff, or is Retry-After.
+    retries: int = Field(2, ge=0)
+    retry_backoff: float = Field(0.5, ge=0)
+    # Journal and stored pages for resuming and re-crawling; default: under ~/.cache/tcm-corpus/crawl-state.
+    state_dir: Optional[Path] = None
 
 
 class CleanConfig(Section):
@@ -189,6 +200,7 @@ def _resolve_paths(config: BuildConfig, base: Path) -> BuildConfig:
         source.path = fix(source.path)
         source.site_dir = fix(source.site_dir)
     config.decontaminate.benchmarks = [fix(p) for p in config.decontaminate.benchmarks]
+    config.crawl.state_dir = fix(config.crawl.state_dir)
     return config
 
 

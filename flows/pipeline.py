@@ -106,29 +106,37 @@ def _inputs(paths: list[str]) -> list[Path]:
 
 
 @flow(name="crawl", description=DESCRIPTIONS["crawl"])
-def crawl_flow(output: str, config: Optional[str] = None) -> dict:
+def crawl_flow(output: str, config: Optional[str] = None, recrawl: bool = False) -> dict:
+    """Crawl the config's web sources into `output`. The crawl's state (journal, stored pages)
+    lives in [crawl] state_dir, or in the user's cache under a name for `output`, so a stopped
+    crawl resumes and `recrawl=True` (what a schedule sets) fetches again, asking only for changes."""
     from contextlib import ExitStack
 
     from crawlers.localsite import serve_folder
     from crawlers.run import run_crawl
+    from crawlers.state import default_state_dir
 
     cfg = load_config(config)
     sources = [s for s in cfg.sources if s.kind == "crawl"]
     section = {"crawl": cfg.section("crawl"), "sources": [s.model_dump(mode="json") for s in sources]}
+    state_dir = cfg.crawl.state_dir or default_state_dir(output)
+    settings = {**cfg.section("crawl"), "state_dir": str(state_dir)}
 
     def work(manifest: StageManifest) -> StageManifest:
         with ExitStack() as stack:
             specs = []
             for source in sources:
-                start_urls = list(source.start_urls)
+                start_urls, sitemap_urls = list(source.start_urls), list(source.sitemap_urls)
                 if source.site_dir is not None:
-                    base = stack.enter_context(serve_folder(source.site_dir))
-                    start_urls = [base.rstrip("/") + "/" + url.lstrip("/") for url in start_urls]
+                    base = stack.enter_context(serve_folder(source.site_dir)).rstrip("/") + "/"
+                    start_urls = [base + url.lstrip("/") for url in start_urls]
+                    sitemap_urls = [base + url.lstrip("/") for url in sitemap_urls]
                 specs.append(
                     {
                         "name": source.name,
                         "category": source.category,
                         "start_urls": start_urls,
+                        "sitemap_urls": sitemap_urls,
                         "allowed_domains": [] if source.site_dir is not None else source.allowed_domains,
                         "allow": source.allow,
                         "deny": source.deny,
@@ -136,8 +144,12 @@ def crawl_flow(output: str, config: Optional[str] = None) -> dict:
                         "max_pages": source.max_pages,
                     }
                 )
-            return run_crawl(specs, output, manifest, cfg.section("crawl"))
+            return run_crawl(specs, output, manifest, settings)
 
+    if recrawl:
+        manifest = _crawl_task(work, _expected("crawl", section, []))
+        get_run_logger().info("crawl: %s", _ledger_line(manifest))
+        return {**_summary(manifest), "skipped": False}
     return _run("crawl", Path(output), section, [], work, task_fn=_crawl_task)
 
 

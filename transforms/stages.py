@@ -355,7 +355,7 @@ def run_ingest(sources: list[dict], page_inputs: list[Path], output, params, man
         extract_params = {"min_chars": params.get("min_chars", 20), "rules": params.get("extract_rules", {})}
         for path in page_inputs:
             for batch in iter_batches(path, PAGES, flush_rows):
-                documents, rejected_pages = pages_to_documents(batch, extract_params)
+                documents, rejected_pages = pages_to_documents(batch, extract_params, seen_ids[DOCUMENTS])
                 writer.write(DOCUMENTS, documents)
                 writer.reject(PAGES, rejected_pages)
                 _count(manifest, "rows_in", PAGES, batch.num_rows)
