@@ -301,3 +301,21 @@ def test_template_backend_stays_deterministic_and_native_passes_through(tmp_path
     native = [r for r in a if r["source"] == "dialogues"]
     assert len(native) == 2 and all(r["origin_id"] for r in native), "a changed conversation keeps its old id as origin"
     assert read_manifest(tmp_path / "a").rows_in == {DOCUMENTS: 2, CONVERSATIONS: 3}
+
+
+def test_flows_run_convert_with_the_openai_backend(tmp_path, prefect_home):
+    inputs = build_input(tmp_path / "in", ["P0", "P1", "P6"])
+    with ChatServer(behaviours={"P6": "cite"}) as server:
+        (tmp_path / "llm.toml").write_text(
+            f'[convert]\nbackend = "openai"\nbase_url = "{server.base_url}"\nmodel = "test-model"\napi_key_env = "{KEY_ENV}"\n'
+            'llm_categories = ["books"]\nmin_passage_chars = 40\nmax_passage_chars = 150\n', encoding="utf-8")
+        env = {**os.environ, KEY_ENV: SECRET, "PREFECT_HOME": str(prefect_home), "PREFECT_LOGGING_LEVEL": "INFO"}
+        args = ["run", "convert", "--input", str(inputs), "--output", str(tmp_path / "out"), "--config", str(tmp_path / "llm.toml")]
+        done = subprocess.run([sys.executable, "-m", "flows", *args], capture_output=True, text=True, env=env, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert SECRET not in done.stdout + done.stderr
+        manifest = read_manifest(tmp_path / "out")
+        check_ledger(manifest)
+        assert manifest.stats["passages_converted"] == 2 and manifest.rejected_by_reason == {"answer_leaks_source": 1}
+        assert (tmp_path / "out.cache" / "responses.sqlite").is_file(), "the cache lives beside the stage output"
+        assert SECRET not in (tmp_path / "out" / "_manifest.json").read_text(encoding="utf-8")
