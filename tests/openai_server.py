@@ -87,6 +87,9 @@ class ChatServer:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            # Headers and body go out as separate writes: without this, Nagle's algorithm and
+            # delayed ACKs hold each response back by tens of milliseconds.
+            disable_nagle_algorithm = True
 
             def log_message(self, *args):  # quiet
                 pass
@@ -111,6 +114,7 @@ class ChatServer:
 
         class Server(ThreadingHTTPServer):
             daemon_threads = True
+            request_queue_size = 256  # a burst of new connections must not wait in a 5-deep backlog
 
             def handle_error(self, request, client_address):
                 # A client that gave up (time-out, kill) closes its socket: not a server fault.
