@@ -122,7 +122,7 @@ class Unifier:
             except Unreadable:
                 outcome.reason = "malformed_response:question"
                 return outcome
-            outcome.reason = self.checks.question(outcome.question)
+            outcome.reason = self.checks.question(outcome.question, passage.text)
             if outcome.reason:
                 return outcome
             outcome.raw = await self._ask("answer", passage, reservation, title=title or "中医药知识", question=outcome.question)
@@ -218,8 +218,8 @@ class LLMConversion:
             await asyncio.gather(*tasks, return_exceptions=True)
 
     def _finish_as_text(self, row: dict) -> None:
-        self.sink.counts["documents_left_as_text"] += 1
         if self.keep_text:
+            self.sink.counts["documents_left_as_text"] += 1
             self.sink.text([row], self.schema)
         else:
             self.sink.reject_documents([{**row, "reason": "not_converted:backend=openai:too_short_for_llm"}])

@@ -112,7 +112,7 @@ class Checks:
         known = cls.__dataclass_fields__
         return cls(**{k: v for k, v in params.items() if k in known and v is not None})
 
-    def question(self, question: str) -> Optional[str]:
+    def question(self, question: str, passage: str = "") -> Optional[str]:
         length = len(question)
         if length > self.max_question_chars:
             return f"question_too_long:chars={length}>max_question_chars={self.max_question_chars}"
@@ -122,13 +122,14 @@ class Checks:
         if share < self.min_han_share:
             return f"question_not_chinese:han={share:.2f}<min_han_share={self.min_han_share}"
         for phrase in self.question_leak_phrases:
-            if phrase in question:
+            if phrase in question and phrase not in passage:
                 return f"question_refers_to_source:{phrase}"
         return None
 
     def answer(self, answer: str, passage: str) -> Optional[str]:
         for phrase in self.leak_phrases:
-            if phrase in answer:
+            # A word the passage itself uses (参考剂量, 药材料) is content, not a reference to it.
+            if phrase in answer and phrase not in passage:
                 return f"answer_leaks_source:{phrase}"
         share = han_share(answer)
         if share < self.min_han_share:
