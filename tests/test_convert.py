@@ -139,6 +139,8 @@ def test_replies_are_read_however_wrapped_and_checked_with_reasons():
     good = "从中医的角度来看，" + HERB
     assert checks.answer(good, HERB) is None
     assert checks.answer("根据上述资料，" + HERB, HERB).startswith("answer_leaks_source:")
+    dose = HERB + "成人参考剂量为九至三十克。"
+    assert checks.answer("从中医的角度来看，" + dose, dose) is None, "a word the passage uses is no leak"
     assert checks.answer("Astragalus tonifies qi and stops sweating. " * 4, HERB).startswith("answer_not_chinese:")
     assert checks.answer("可以用。", HERB).startswith("answer_too_short:")
     off = "建议您多喝热水，保持作息规律，早睡早起，适当运动，饮食清淡，心情舒畅，如有不适及时到医院就诊检查。"
