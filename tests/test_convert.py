@@ -294,7 +294,7 @@ def test_template_backend_stays_deterministic_and_native_passes_through(tmp_path
     inputs = build_input(tmp_path / "in", ["P0"])
     params = ConvertConfig(system_prompt="你是一位中医师。").model_dump(mode="json")
     first = run(inputs, tmp_path / "a", params)
-    second = run(inputs, tmp_path / "b", params)
+    run(inputs, tmp_path / "b", params)
     check_ledger(first)
     assert first.stats["conversations_from_templates"] == 1 and first.stats["documents_left_as_text"] == 1
     a = pq.read_table(tmp_path / "a" / CONVERSATIONS).to_pylist()
@@ -305,19 +305,22 @@ def test_template_backend_stays_deterministic_and_native_passes_through(tmp_path
     assert read_manifest(tmp_path / "a").rows_in == {DOCUMENTS: 2, CONVERSATIONS: 3}
 
 
-def test_flows_run_convert_with_the_openai_backend(tmp_path, prefect_home):
+def test_a_config_file_drives_the_openai_backend(tmp_path):
+    """TOML -> validated config -> the stage, as the convert flow calls it (the flow itself is the
+    generic stage flow that the build tests run)."""
+    from flows.config import load_config
+
     inputs = build_input(tmp_path / "in", ["P0", "P1", "P6"])
     with ChatServer(behaviours={"P6": "cite"}) as server:
         (tmp_path / "llm.toml").write_text(
             f'[convert]\nbackend = "openai"\nbase_url = "{server.base_url}"\nmodel = "test-model"\napi_key_env = "{KEY_ENV}"\n'
-            'llm_categories = ["books"]\nmin_passage_chars = 40\nmax_passage_chars = 150\n', encoding="utf-8")
-        env = {**os.environ, KEY_ENV: SECRET, "PREFECT_HOME": str(prefect_home), "PREFECT_LOGGING_LEVEL": "INFO"}
-        args = ["run", "convert", "--input", str(inputs), "--output", str(tmp_path / "out"), "--config", str(tmp_path / "llm.toml")]
-        done = subprocess.run([sys.executable, "-m", "flows", *args], capture_output=True, text=True, env=env, timeout=300)
-        assert done.returncode == 0, done.stderr[-3000:]
-        assert SECRET not in done.stdout + done.stderr
-        manifest = read_manifest(tmp_path / "out")
+            'llm_categories = ["books"]\nmin_passage_chars = 40\nmax_passage_chars = 150\nprice_prompt_per_1k = 0.01\n',
+            encoding="utf-8")
+        params = load_config(tmp_path / "llm.toml").section("convert")
+        assert SECRET not in json.dumps(params)
+        manifest = run(inputs, tmp_path / "out", params)
         check_ledger(manifest)
         assert manifest.stats["passages_converted"] == 2 and manifest.rejected_by_reason == {"answer_leaks_source": 1}
+        assert manifest.stats["llm"]["estimated_cost"] > 0
         assert (tmp_path / "out.cache" / "responses.sqlite").is_file(), "the cache lives beside the stage output"
         assert SECRET not in (tmp_path / "out" / "_manifest.json").read_text(encoding="utf-8")
