@@ -48,8 +48,8 @@ def _preflight(args, config) -> None:
 
     if (args.engine or config.engine.kind) == "spark":
         raise UsageError("the spark engine is not available in this version of tcm-corpus; use --engine local")
-    if config.convert.backend != "template" and args.flow in ("build-corpus", "convert"):
-        raise UsageError(f"convert.backend {config.convert.backend!r} is not available in this version of tcm-corpus; use 'template'")
+    if config.convert.backend == "openai" and args.flow in ("build-corpus", "convert"):
+        _check_llm(config.convert)
     if args.flow == "build-corpus":
         if args.input or args.output:
             raise UsageError("build-corpus takes --workdir, not --input/--output")
@@ -64,6 +64,17 @@ def _preflight(args, config) -> None:
             raise UsageError(str(exc)) from None
     if args.flow in ("build-corpus", "ingest"):
         _check_sources(config)
+
+
+def _check_llm(convert) -> None:
+    from transforms.llm.prompts import load_prompts
+
+    if not os.environ.get(convert.api_key_env):
+        raise UsageError(f"convert.api_key_env: the environment variable {convert.api_key_env} is not set (the openai backend reads its API key there)")
+    try:
+        load_prompts(convert.prompt_version, convert.prompt_file)
+    except (ValueError, OSError) as exc:
+        raise UsageError(f"convert.prompt_version: {exc}") from None
 
 
 def _check_sources(config) -> None:
@@ -154,7 +165,10 @@ def _known_failures() -> tuple[type[BaseException], ...]:
     from .config import ConfigError
     from .pipeline import ValidationFailed
 
-    failures: list[type[BaseException]] = [ConfigError, DatasetError, SourceError, ValidationFailed]
+    from transforms.llm.client import EndpointError
+    from transforms.llm.unify import ConvertError
+
+    failures: list[type[BaseException]] = [ConfigError, DatasetError, SourceError, ValidationFailed, EndpointError, ConvertError]
     try:
         from crawlers.run import CrawlError
 

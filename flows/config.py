@@ -101,18 +101,52 @@ class DecontaminateConfig(Section):
 
 
 class ConvertConfig(Section):
-    backend: Literal["template", "openai"] = "template"
+    # template: structured entries -> Q&A; openai: passages -> Q&A by an LLM; native: documents stay text.
+    backend: Literal["template", "openai", "native"] = "template"
     base_url: Optional[str] = None
     model: Optional[str] = None
+    # The name of the environment variable holding the API key; the key itself is never stored.
     api_key_env: str = "OPENAI_API_KEY"
     # Texts that no backend converts stay in the corpus as plain text.
     keep_text: bool = True
     system_prompt: Optional[str] = None
+    # Which documents go to the LLM (empty: all); the rest get a template or stay text.
+    llm_categories: list[Category] = ["web", "literature", "encyclopedia", "books"]
+    llm_kinds: list[str] = []  # meta kind: monograph, term, chapter, page, text
+    min_passage_chars: int = Field(80, ge=1)
+    max_passage_chars: int = Field(1000, ge=20)
+    prompt_version: str = "unify-1"
+    prompt_file: Optional[Path] = None  # a prompt set of your own (TOML, with its own version)
+    concurrency: int = Field(8, ge=1)
+    request_timeout: float = Field(60, gt=0)
+    max_retries: int = Field(6, ge=0)
+    backoff_base: float = Field(1.0, ge=0)
+    backoff_max: float = Field(60, ge=0)
+    temperature: float = Field(0.7, ge=0, le=2)
+    max_tokens: int = Field(1024, ge=16)  # per response
+    json_mode: Literal["auto", "on", "off"] = "auto"
+    # Budget of one run: requests answered and tokens used; unset = no limit.
+    max_requests: Optional[int] = Field(None, ge=0)
+    max_total_tokens: Optional[int] = Field(None, ge=0)
+    price_prompt_per_1k: float = Field(0.0, ge=0)
+    price_completion_per_1k: float = Field(0.0, ge=0)
+    cache_dir: Optional[Path] = None  # default: <convert output>.cache beside the stage output
+    judge: bool = False  # a third request asks the LLM to pass or fail each pair
+    max_question_chars: int = Field(150, ge=10)
+    min_han_share: float = Field(0.6, ge=0, le=1)
+    min_answer_chars: int = Field(30, ge=0)
+    min_answer_ratio: float = Field(0.2, ge=0, le=5)
+    ngram: int = Field(2, ge=1, le=8)
+    min_answer_overlap: float = Field(0.25, ge=0, le=1)
+    min_passage_coverage: float = Field(0.15, ge=0, le=1)
+    leak_phrases: Optional[list[str]] = None  # default: transforms.llm.verify.DEFAULT_LEAK_PHRASES
 
     @model_validator(mode="after")
     def _check_backend(self) -> "ConvertConfig":
         if self.backend == "openai" and not (self.base_url and self.model):
             raise ValueError("the openai backend needs base_url and model")
+        if self.min_passage_chars > self.max_passage_chars:
+            raise ValueError("min_passage_chars must not exceed max_passage_chars")
         return self
 
 
@@ -201,6 +235,8 @@ def _resolve_paths(config: BuildConfig, base: Path) -> BuildConfig:
         source.site_dir = fix(source.site_dir)
     config.decontaminate.benchmarks = [fix(p) for p in config.decontaminate.benchmarks]
     config.crawl.state_dir = fix(config.crawl.state_dir)
+    config.convert.prompt_file = fix(config.convert.prompt_file)
+    config.convert.cache_dir = fix(config.convert.cache_dir)
     return config
 
 

@@ -67,7 +67,7 @@ def _run(stage: str, output: Path, config_section: object, inputs: list[Path], w
     logger = get_run_logger()
     expected = _expected(stage, config_section, inputs)
     existing = read_manifest(output)
-    if existing and existing.key() == expected.key() and not existing.stats.get("failed"):
+    if existing and existing.key() == expected.key() and not existing.stats.get("failed") and not existing.stats.get("unfinished"):
         logger.info("%s: finished before for these inputs and config, skipped (%s)", stage, output)
         return {**_summary(existing), "skipped": True}
     started = time.perf_counter()

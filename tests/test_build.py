@@ -208,7 +208,7 @@ def test_stage_runs_alone_from_the_cli(tmp_path, prefect_home, shared_data):
         (["run", "build-corpus", "--config", "{tmp}/bad.toml"], "unknown key 'sample.seeds'"),
         (["run", "build-corpus", "--config", "{tmp}/nosource.toml"], "does not exist"),
         (["run", "build-corpus", "--engine", "spark", "--workdir", "{tmp}/w"], "spark engine is not available"),
-        (["run", "build-corpus", "--config", "{tmp}/llm.toml"], "convert.backend 'openai' is not available"),
+        (["run", "build-corpus", "--config", "{tmp}/llm.toml"], "environment variable TCM_UNSET_LLM_KEY is not set"),
     ],
 )
 def test_user_mistakes_are_one_line_not_a_trace(tmp_path, prefect_home, args, message):
@@ -216,7 +216,9 @@ def test_user_mistakes_are_one_line_not_a_trace(tmp_path, prefect_home, args, me
     (tmp_path / "nosource.toml").write_text(
         '[[sources]]\nname = "b"\nkind = "files"\npath = "gone"\nformat = "book"\ncategory = "books"\n', encoding="utf-8"
     )
-    (tmp_path / "llm.toml").write_text('[convert]\nbackend = "openai"\nbase_url = "http://127.0.0.1:9/v1"\nmodel = "m"\n', encoding="utf-8")
+    (tmp_path / "llm.toml").write_text(
+        '[convert]\nbackend = "openai"\nbase_url = "http://127.0.0.1:9/v1"\nmodel = "m"\napi_key_env = "TCM_UNSET_LLM_KEY"\n', encoding="utf-8"
+    )
     (tmp_path / "corrupt" / "documents").mkdir(parents=True)
     (tmp_path / "corrupt" / "documents" / "part-00000.parquet").write_bytes(b"not parquet at all")
     run = flows_cli(*[a.format(tmp=tmp_path) for a in args], prefect_home=prefect_home, timeout=120)

@@ -21,7 +21,7 @@ from schemas import CONVERSATIONS, CORPUS, DOCUMENTS, PAGES, SCHEMA_VERSION
 from schemas.dataset import DatasetWriter, StageManifest, iter_batches, kinds_in, read_kind
 
 from . import clean, dedup
-from .convert import convert_documents
+from .convert import ConversionSink, convert_documents, normalize_native
 from .decontaminate import ContaminationIndex, decontaminate_batch
 from .engine import LocalEngine
 from .sample import priority_order, to_corpus_rows, with_positions
@@ -135,40 +135,44 @@ def _convert_step(batch, params):
     return convert_documents(batch, params)
 
 
-def run_convert(inputs, output, params, manifest, engine: LocalEngine, progress=None) -> StageManifest:
-    if params.get("backend", "template") != "template":
-        raise ValueError(f"convert.backend {params['backend']!r} cannot run in this build; use 'template'")
+def run_convert(inputs, output, params, manifest, engine: LocalEngine, progress=None, slot=None) -> StageManifest:
+    """Documents become conversations by the configured backend; dataset conversations pass
+    through normalised. `slot`: an async context manager factory entered around every LLM
+    request, for a concurrency limit shared with other runs."""
+    backend = params.get("backend", "template")
     with DatasetWriter(output, manifest) as writer:
-        converted = repeated = 0
-        produced_ids: set[str] = set()
-        for result in engine.map(_convert_step, _batches(inputs, DOCUMENTS, engine.batch_rows), params):
-            # Two entries can yield the same question and answer (an entry printed twice).
-            conversations = result[CONVERSATIONS]
-            ids = conversations.column("id").to_pylist()
-            fresh = [i not in produced_ids and not produced_ids.add(i) for i in ids]
-            repeated += fresh.count(False)
-            writer.write(CONVERSATIONS, conversations.filter(pa.array(fresh, pa.bool_())))
-            writer.write(DOCUMENTS, result[DOCUMENTS])
-            writer.reject(DOCUMENTS, result["rejected"])
-            n = result["converted"] + result[DOCUMENTS].num_rows + result["rejected"].num_rows
-            _count(manifest, "rows_in", DOCUMENTS, n)
-            converted += result["converted"]
-            if progress:
-                progress(DOCUMENTS, n)
-        produced = writer.rows_written(CONVERSATIONS)
-        # Native conversations pass through as they are.
-        native = 0
+        sink = ConversionSink(writer)
+        documents = _batches(inputs, DOCUMENTS, engine.batch_rows)
+        if backend == "openai":
+            from .llm.unify import convert_with_llm, default_cache_dir
+
+            cache_dir = params.get("cache_dir") or default_cache_dir(output)
+            manifest.stats.update(convert_with_llm(documents, sink, params, cache_dir, slot=slot, progress=progress))
+            # Passages left unsent by the budget: the next run converts them, from the cache on.
+            manifest.stats["unfinished"] = manifest.stats.get("passages_unsent_budget", 0) > 0
+        elif backend == "template":
+            for result in engine.map(_convert_step, documents, params):
+                sink.template_result(result)
+                if progress:
+                    progress(DOCUMENTS, result["converted"] + result[DOCUMENTS].num_rows + result["rejected"].num_rows)
+        else:  # native: documents stay as text
+            for batch in documents:
+                sink.counts["documents_in"] += batch.num_rows
+                sink.counts["documents_left_as_text"] += batch.num_rows
+                writer.write(DOCUMENTS, batch)
         for batch in _batches(inputs, CONVERSATIONS, engine.batch_rows):
-            writer.write(CONVERSATIONS, batch)
-            _count(manifest, "rows_in", CONVERSATIONS, batch.num_rows)
-            native += batch.num_rows
+            sink.native(normalize_native(batch, params))
+        sink.close(manifest)
+        counts = sink.counts
         manifest.stats.update(
             {
-                "documents_converted": converted,
-                "conversations_from_documents": produced,
-                "repeated_conversations_not_written": repeated,
-                "conversations_native": native,
-                "documents_left_as_text": writer.rows_written(DOCUMENTS),
+                "backend": backend,
+                "documents_converted": counts["documents_converted"],
+                "conversations_from_documents": writer.rows_written(CONVERSATIONS) - counts["conversations_native"],
+                "conversations_from_templates": counts["conversations_from_templates"],
+                "conversations_native": counts["conversations_native"],
+                "documents_left_as_text": counts["documents_left_as_text"],
+                "text_rows_written": writer.rows_written(DOCUMENTS),
             }
         )
         return writer.commit()
