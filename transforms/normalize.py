@@ -64,6 +64,11 @@ def _fold(match: re.Match) -> str:
     return unicodedata.normalize("NFKC", match.group())
 
 
+def nfkc(text: str) -> str:
+    """NFKC, except that full-width Chinese punctuation and … stay as they are."""
+    return unicodedata.normalize("NFC", _nfkc_changes().sub(_fold, text))
+
+
 @lru_cache(maxsize=4)
 def _converter(config: str):
     import opencc
@@ -75,7 +80,7 @@ def unicode_clean(text: str, form: str = "NFKC") -> str:
     text = text.replace("\r\n", "\n").replace("\r", "\n").replace("\u2028", "\n").replace("\u2029", "\n\n")
     text = _INVISIBLE.sub("", text)
     if form == "NFKC":
-        text = unicodedata.normalize("NFC", _nfkc_changes().sub(_fold, text))
+        text = nfkc(text)
     elif form == "NFC":
         text = unicodedata.normalize("NFC", text)
     return _ASCII_AFTER_HAN.sub(lambda m: m.group(1).translate(_TO_FULL), text)

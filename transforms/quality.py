@@ -34,9 +34,10 @@ from .words import flagged_pattern, flagged_words, tokenizer, whole_word_hits
 # Lines that end a sentence or clause, in Chinese or Western punctuation (closing quotes too).
 LINE_END = "。！？；：…」』”’）)】》〕］].!?;:，,、—~～"
 # Chinese prose is punctuated inside the line; a hard-wrapped or truncated classical line ends
-# mid-clause; unpunctuated classical text (白文, blanks where glyphs were lost) and lists of names
-# (绀珠丹 内疏黄连汤 贵金丸) are all Han. None of them is web boilerplate.
-PROSE_LINE = r"[，。；：、！？]|^[\p{Han}（）() ]+$"
+# mid-clause; unpunctuated classical text (白文, with marks where glyphs were lost) and lists of
+# names (绀珠丹 内疏黄连汤 贵金丸) are nearly all Han. None of them is web boilerplate.
+CLAUSE_PUNCT = r"[，。；：、！？]"
+HAN_LINE_SHARE = 0.8
 # A line this short is a heading, a list item or a title, not a sentence cut off.
 HEADING_CHARS = 16
 # Verse: clauses of 4 to 7 Han characters separated by punctuation or spaces (汤头歌诀, 药性赋).
@@ -103,8 +104,10 @@ def _lines(batch: TextBatch, params: dict) -> dict:
         undecided = lines.filter(pa.array(rest))
         verse = pc.match_substring_regex(undecided, VERSE_LINE).to_numpy(zero_copy_only=False)
         dose = pc.match_substring_regex(undecided, DOSE).to_numpy(zero_copy_only=False)
-        prose = pc.match_substring_regex(undecided, PROSE_LINE).to_numpy(zero_copy_only=False)
-        rest[rest] = ~(verse | dose | prose)
+        clauses = pc.match_substring_regex(undecided, CLAUSE_PUNCT).to_numpy(zero_copy_only=False)
+        han = pc.count_substring_regex(undecided, r"\p{Han}").to_numpy(zero_copy_only=False)
+        classical = han >= HAN_LINE_SHARE * lengths[rest]
+        rest[rest] = ~(verse | dose | clauses | classical)
     first = pc.utf8_slice_codeunits(lines, 0, 1)
     bullet = pc.is_in(first, value_set=pa.array(BULLETS)).to_numpy(zero_copy_only=False)
     ellipsis = pc.match_substring_regex(lines, ELLIPSIS).to_numpy(zero_copy_only=False)
