@@ -87,7 +87,7 @@ class CleanConfig(Section):
     pii: PiiConfig = PiiConfig()
     # fastText language-ID model; default: lid.176.ftz bundled in the package.
     lid_model: Optional[Path] = None
-    lid_max_chars: int = Field(500, ge=20)
+    lid_max_chars: int = Field(200, ge=20)
     # Extra jieba words (`word [freq]` a line) and a replacement flagged-word list (`category<TAB>word`).
     tcm_dict: Optional[Path] = None
     flagged_words: Optional[Path] = None
@@ -118,6 +118,17 @@ class SelectConfig(Section):
     max_debris_ratio: Optional[float] = Field(0.1, ge=0, le=1)
     min_domain_lexicon: Optional[float] = Field(None, ge=0)
     min_domain_score: Optional[float] = Field(None, ge=0, le=1)
+    # Rules to turn off by key (TOML has no null): disable = ["min_punct_line_ratio"].
+    disable: list[str] = []
+
+    @field_validator("disable")
+    @classmethod
+    def _known_rules(cls, keys: list[str]) -> list[str]:
+        known = [name for name in cls.model_fields if name.startswith(("min_", "max_"))]
+        for key in keys:
+            if key not in known:
+                raise ValueError(f"unknown rule {key!r} (rules: {', '.join(known)})")
+        return keys
 
 
 class DedupConfig(Section):

@@ -174,6 +174,9 @@ def test_selection_names_rule_value_and_threshold():
     # Thresholds off: nothing is removed; the tags are the same columns, not recomputed.
     off = {key: None for key in DEFAULTS} | {"languages": []}
     assert select_batch(table, "documents", off)[0].num_rows == 4
+    disabled = {**DEFAULTS, "languages": [], "disable": ["min_punct_line_ratio", "min_han_ratio"]}
+    reasons = select_batch(table, "documents", disabled)[1].column("reason").to_pylist()
+    assert reasons and not any(r.startswith(("punct_line_ratio", "han_ratio", "lang")) for r in reasons)
 
 
 def test_nan_tags_never_fail_and_missing_tags_are_a_clear_error():
@@ -202,6 +205,8 @@ def test_config_rejects_a_domain_threshold_without_its_tagger(tmp_path):
         parse_config("[select]\nmin_domain_score = 0.5\n", tmp_path)
     config = parse_config('[clean]\ndomain_model = "m.bin"\n[select]\nmin_domain_score = 0.5\n', tmp_path)
     assert config.clean.domain_model == tmp_path / "m.bin"
+    with pytest.raises(ConfigError, match="unknown rule 'max_han'"):
+        parse_config('[select]\ndisable = ["max_han"]\n', tmp_path)
 
 
 # -- the real books ---------------------------------------------------------------------------

@@ -4,12 +4,14 @@ in transforms/select.py, so a changed threshold never recomputes a tag).
 
 Each function takes a batch and the `[clean]` parameters and returns (kept, rejected); every
 input row is in exactly one of the two, and a rejected row says which rule and value removed it.
-Given a `stats` dict, it adds redaction counts per kind and seconds per step to it.
+Given a `stats` dict, it adds redaction counts per kind and CPU seconds per step to it (CPU
+time of the worker, so the figures hold on a loaded machine).
 """
 from __future__ import annotations
 
 import time
 from collections import Counter
+from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 
@@ -122,10 +124,9 @@ def add_tags(table: pa.Table, texts: list[str], params: dict, timer: "_Timer | N
         identifier = _identifier(params.get("lid_model"), int(params.get("lid_max_chars", DEFAULT_MAX_CHARS)))
         langs, scores = identifier.predict(texts, batch)
     tags = {"lang": pa.array(langs, pa.string()), "lang_score": pa.array(scores.astype(np.float32))}
-    started = time.perf_counter()
     for name, values in quality_tags(texts, params, rule_seconds).items():
         tags[name] = pa.array(values if values.dtype.kind == "i" else values.astype(np.float32))
-    timer.add(rule_seconds, time.perf_counter() - started)
+    timer.add(rule_seconds)
     if params.get("domain_lexicon") or params.get("domain_model"):
         with timer("domain"):
             for name, values in _domain_tagger(params.get("domain_lexicon"), params.get("domain_model")).tag(texts).items():
@@ -149,24 +150,20 @@ def _domain_tagger(lexicon: str | None, model: str | None):
 
 
 class _Timer:
-    """Adds seconds per step to stats["seconds"]."""
+    """Adds CPU seconds per step to stats["seconds"]."""
 
     def __init__(self, stats: dict):
         self.seconds = stats.setdefault("seconds", {})
 
+    @contextmanager
     def __call__(self, step: str):
-        timer = self
+        started = time.process_time()
+        try:
+            yield
+        finally:
+            self.seconds[step] = self.seconds.get(step, 0.0) + time.process_time() - started
 
-        class _Span:
-            def __enter__(self):
-                self.started = time.perf_counter()
-
-            def __exit__(self, *exc):
-                timer.seconds[step] = timer.seconds.get(step, 0.0) + time.perf_counter() - self.started
-
-        return _Span()
-
-    def add(self, rule_seconds: dict[str, float], total: float) -> None:
+    def add(self, rule_seconds: dict[str, float]) -> None:
         for name, seconds in rule_seconds.items():
             self.seconds[f"rule:{name}"] = self.seconds.get(f"rule:{name}", 0.0) + seconds
 

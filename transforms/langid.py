@@ -21,7 +21,7 @@ MODEL_NAME = "lid.176.ftz"
 # Labels lid.176 gives to text in Han script.
 HAN_SCRIPT_LABELS = ("zh", "ja", "wuu", "yue")
 # Characters of a text the model reads: the language is clear long before, and cost is linear.
-DEFAULT_MAX_CHARS = 500
+DEFAULT_MAX_CHARS = 200
 TOP_K = 5
 
 

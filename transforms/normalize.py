@@ -37,7 +37,8 @@ _HAN = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0002ebef"
 _HAN_CHAR = re.compile(f"[{_HAN}]")
 _ASCII_AFTER_HAN = re.compile(f"(?<=[{_HAN}])([,:;!?()])")
 _TO_FULL = str.maketrans({",": "，", ":": "：", ";": "；", "!": "！", "?": "？", "(": "（", ")": "）"})
-_SPACES = re.compile(r"[ \t\u3000\u00a0]+")
+_SPACES = re.compile(r"[ \t\u3000\u00a0\u2000-\u200a\u202f\u205f]+")
+_LINE_EDGES = re.compile(r" *\n *")
 _BLANK_LINES = re.compile(r"\n{3,}")
 # What the duplicate and contamination keys ignore: punctuation, symbols and spacing.
 _NOT_WORD = re.compile(r"[\W_]+")
@@ -87,8 +88,9 @@ def unicode_clean(text: str, form: str = "NFKC") -> str:
 
 
 def tidy_whitespace(text: str) -> str:
-    lines = [_SPACES.sub(" ", line).strip() for line in text.split("\n")]
-    return _BLANK_LINES.sub("\n\n", "\n".join(lines)).strip()
+    """Runs of spaces become one, lines lose their edge spaces, at most one blank line in a row."""
+    text = _LINE_EDGES.sub("\n", _SPACES.sub(" ", text))
+    return _BLANK_LINES.sub("\n\n", text).strip(" \n")
 
 
 def to_simplified(text: str, config: str | None = "t2s") -> tuple[str, int]:

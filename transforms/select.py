@@ -1,7 +1,7 @@
 """Selection: thresholds from the `[select]` config applied to the tag columns the clean stage wrote.
 
 A row that fails a rule is rejected with the first failing rule's column, value and threshold
-(`han_ratio:0.21<0.5`). A threshold of None turns its rule off; a NaN tag (not computed, e.g. a
+(`han_ratio:0.21<0.5`). A threshold of None, or the rule's key in `disable`, turns it off; a NaN tag (not computed, e.g. a
 domain score without a model) never fails a rule. `selection_report` counts, for every rule,
 the rows it would remove alone and as the first failing rule, with examples: the dry run.
 """
@@ -69,9 +69,10 @@ def rule_failures(table: pa.Table, params: dict, kind: str) -> list[tuple[str, n
         mask = np.array([(lang or "") not in allowed_set for lang in langs], bool)
         label = ",".join(allowed)
         failures.append(("lang", mask, [f"lang:{lang or 'none'}(allowed={label})" if bad else None for lang, bad in zip(langs, mask)]))
+    disabled = set(params.get("disable") or ())
     for rule in RULES:
         threshold = params.get(rule.param)
-        if threshold is None or not applies(rule.param):
+        if threshold is None or rule.param in disabled or not applies(rule.param):
             continue
         if rule.column not in table.schema.names:
             raise MissingTag(f"select.{rule.param} needs the `{rule.column}` tag, which the clean stage did not write")

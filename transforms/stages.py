@@ -71,7 +71,7 @@ def run_map_stage(step, inputs, output, manifest, engine, kinds, context_of, pro
 
 def run_clean(inputs, output, params, manifest, engine: LocalEngine, progress=None) -> StageManifest:
     """Normalise, redact and tag; the manifest's stats count redactions per kind of personal
-    data and record the seconds each step took (summed over workers)."""
+    data and record the CPU seconds each step took (summed over workers)."""
     redactions: dict[str, dict[str, int]] = {}
     seconds: Counter = Counter()
     with DatasetWriter(output, manifest) as writer:
@@ -87,7 +87,7 @@ def run_clean(inputs, output, params, manifest, engine: LocalEngine, progress=No
                 if progress:
                     progress(kind, kept.num_rows + rejected.num_rows)
         manifest.stats["pii_redactions"] = redactions
-        manifest.stats["seconds_per_step"] = {k: round(v, 3) for k, v in sorted(seconds.items())}
+        manifest.stats["cpu_seconds_per_step"] = {k: round(v, 3) for k, v in sorted(seconds.items())}
         return writer.commit()
 
 
