@@ -51,13 +51,12 @@ def _preflight(args, config) -> None:
         raise UsageError("the spark engine is not available in this version of tcm-corpus; use --engine local")
     if config.convert.backend != "template" and args.flow in ("build-corpus", "convert"):
         raise UsageError(f"convert.backend {config.convert.backend!r} is not available in this version of tcm-corpus; use 'template'")
+    if args.dry_run and args.flow not in ("clean", "select"):
+        raise UsageError("--dry-run works with clean and select")
     if args.flow == "build-corpus":
         if args.input or args.output:
             raise UsageError("build-corpus takes --workdir, not --input/--output")
-    elif args.dry_run:
-        if args.flow not in ("clean", "select"):
-            raise UsageError("--dry-run works with clean and select")
-    elif not args.output:
+    elif not args.output and not args.dry_run:
         raise UsageError(f"{args.flow} needs --output DIR")
     if args.flow not in ("build-corpus", "crawl", "ingest") and not args.input:
         raise UsageError(f"{args.flow} needs at least one --input DIR")
