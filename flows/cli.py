@@ -39,6 +39,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--engine", choices=("local", "spark"), help="override [engine] kind")
     run.add_argument("--format", action="append", choices=("sharegpt", "alpaca", "jsonl"), help="export: format (repeatable)")
     run.add_argument("--json", action="store_true", help="print the result as JSON")
+    run.add_argument("--dry-run", action="store_true", help="clean, select: report what selection would remove, write nothing")
     return parser
 
 
@@ -50,10 +51,12 @@ def _preflight(args, config) -> None:
         raise UsageError("the spark engine is not available in this version of tcm-corpus; use --engine local")
     if config.convert.backend == "openai" and args.flow in ("build-corpus", "convert"):
         _check_llm(config.convert)
+    if args.dry_run and args.flow not in ("clean", "select"):
+        raise UsageError("--dry-run works with clean and select")
     if args.flow == "build-corpus":
         if args.input or args.output:
             raise UsageError("build-corpus takes --workdir, not --input/--output")
-    elif not args.output:
+    elif not args.output and not args.dry_run:
         raise UsageError(f"{args.flow} needs --output DIR")
     if args.flow not in ("build-corpus", "crawl", "ingest") and not args.input:
         raise UsageError(f"{args.flow} needs at least one --input DIR")
@@ -107,12 +110,17 @@ def _run(args) -> dict:
         return pipeline.crawl_flow(output=args.output, config=args.config)
     if args.flow == "ingest":
         return pipeline.ingest_flow(output=args.output, config=args.config, inputs=args.input)
+    if args.dry_run:
+        return pipeline.selection_dry_run_flow(stage=args.flow, inputs=args.input, config=args.config, engine=args.engine)
     if args.flow == "export":
         return pipeline.export_flow(inputs=args.input, output=args.output, config=args.config, formats=args.format)
     return pipeline.STAGE_FLOWS[args.flow](inputs=args.input, output=args.output, config=args.config, engine=args.engine)
 
 
 def _print_result(flow: str, result: dict) -> None:
+    if result.get("dry_run"):
+        print(result["text"])
+        return
     stages = result.get("stages", {flow: result})
     for name, summary in stages.items():
         ledger = ", ".join(

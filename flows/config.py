@@ -75,13 +75,71 @@ class CrawlConfig(Section):
     state_dir: Optional[Path] = None
 
 
+class PiiConfig(Section):
+    """Which kinds of personal data the clean stage redacts (each replaced by a placeholder)."""
+
+    email: bool = True
+    url: bool = True
+    id_number: bool = True
+    phone: bool = True
+    qq: bool = True
+    wechat: bool = True
+    name: bool = True
+
+
 class CleanConfig(Section):
+    """Normalisation, redaction and tagging; what is removed for quality is decided in [select]."""
+
     opencc: Optional[Literal["t2s", "tw2s", "hk2s"]] = "t2s"
     # NFKC folds compatibility forms; full-width CJK punctuation is kept as the text wrote it.
     unicode_form: Literal["NFKC", "NFC", "none"] = "NFKC"
     min_chars: int = Field(20, ge=0)
-    min_han_ratio: float = Field(0.0, ge=0, le=1)
     min_turn_chars: int = Field(1, ge=0)
+    pii: PiiConfig = PiiConfig()
+    # fastText language-ID model; default: lid.176.ftz bundled in the package.
+    lid_model: Optional[Path] = None
+    lid_max_chars: int = Field(200, ge=20)
+    # Extra jieba words (`word [freq]` a line) and a replacement flagged-word list (`category<TAB>word`).
+    tcm_dict: Optional[Path] = None
+    flagged_words: Optional[Path] = None
+    dup_ngram: int = Field(10, ge=2, le=50)
+    # TCM domain relevance tags (lexicon density, classifier probability); off when unset.
+    domain_lexicon: Optional[Path] = None
+    domain_model: Optional[Path] = None
+
+
+class SelectConfig(Section):
+    """Thresholds on the tags written by clean; None turns a rule off. Defaults keep the classical
+    books, the pharmacopoeia and the terminology standards (see docs/ARCHITECTURE.md)."""
+
+    languages: list[str] = ["zh"]
+    min_lang_score: Optional[float] = Field(0.5, ge=0, le=1)
+    max_chars: Optional[int] = Field(None, ge=1)
+    min_han_chars: Optional[int] = Field(None, ge=0)
+    min_han_ratio: Optional[float] = Field(0.3, ge=0, le=1)
+    max_symbol_ratio: Optional[float] = Field(0.2, ge=0, le=1)
+    max_digit_ratio: Optional[float] = Field(0.3, ge=0, le=1)
+    min_mean_line_chars: Optional[float] = Field(4, ge=0)
+    min_punct_line_ratio: Optional[float] = Field(0.12, ge=0, le=1)
+    max_dup_line_ratio: Optional[float] = Field(0.5, ge=0, le=1)
+    max_dup_ngram_ratio: Optional[float] = Field(0.8, ge=0, le=1)
+    max_bullet_ratio: Optional[float] = Field(0.9, ge=0, le=1)
+    max_ellipsis_ratio: Optional[float] = Field(0.3, ge=0, le=1)
+    max_flagged_per_kchar: Optional[float] = Field(3.0, ge=0)
+    max_debris_ratio: Optional[float] = Field(0.1, ge=0, le=1)
+    min_domain_lexicon: Optional[float] = Field(None, ge=0)
+    min_domain_score: Optional[float] = Field(None, ge=0, le=1)
+    # Rules to turn off by key (TOML has no null): disable = ["min_punct_line_ratio"].
+    disable: list[str] = []
+
+    @field_validator("disable")
+    @classmethod
+    def _known_rules(cls, keys: list[str]) -> list[str]:
+        known = [name for name in cls.model_fields if name.startswith(("min_", "max_"))]
+        for key in keys:
+            if key not in known:
+                raise ValueError(f"unknown rule {key!r} (rules: {', '.join(known)})")
+        return keys
 
 
 class DedupConfig(Section):
@@ -197,6 +255,7 @@ class BuildConfig(Section):
     sources: list[SourceConfig] = []
     crawl: CrawlConfig = CrawlConfig()
     clean: CleanConfig = CleanConfig()
+    select: SelectConfig = SelectConfig()
     dedup: DedupConfig = DedupConfig()
     decontaminate: DecontaminateConfig = DecontaminateConfig()
     convert: ConvertConfig = ConvertConfig()
@@ -213,6 +272,10 @@ class BuildConfig(Section):
         repeated = sorted({n for n in names if names.count(n) > 1})
         if repeated:
             raise ValueError(f"source names must be unique: {', '.join(repeated)}")
+        if self.select.min_domain_lexicon is not None and self.clean.domain_lexicon is None:
+            raise ValueError("select.min_domain_lexicon needs clean.domain_lexicon")
+        if self.select.min_domain_score is not None and self.clean.domain_model is None:
+            raise ValueError("select.min_domain_score needs clean.domain_model")
         return self
 
     def section(self, name: str) -> dict:
@@ -237,6 +300,8 @@ def _resolve_paths(config: BuildConfig, base: Path) -> BuildConfig:
     config.crawl.state_dir = fix(config.crawl.state_dir)
     config.convert.prompt_file = fix(config.convert.prompt_file)
     config.convert.cache_dir = fix(config.convert.cache_dir)
+    for key in ("lid_model", "tcm_dict", "flagged_words", "domain_lexicon", "domain_model"):
+        setattr(config.clean, key, fix(getattr(config.clean, key)))
     return config
 
 

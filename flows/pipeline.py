@@ -196,6 +196,26 @@ def _simple_stage(stage: str, section_name: str) -> Callable:
 
 
 clean_flow = _simple_stage("clean", "clean")
+select_flow = _simple_stage("select", "select")
+
+
+@flow(name="selection-dry-run", description="what [select] would remove, per rule, with examples; writes nothing")
+def selection_dry_run_flow(stage: str, inputs: list[str], config: Optional[str] = None, engine: Optional[str] = None) -> dict:
+    """`stage` is "select" (inputs tagged by clean) or "clean" (untagged inputs, tagged in memory)."""
+    from transforms.select import describe_report
+
+    cfg = load_config(config)
+    paths = _inputs(inputs)
+    clean_params = cfg.section("clean") if stage == "clean" else None
+    report = stages.selection_dry_run(paths, cfg.section("select"), make_engine(cfg, engine), clean_params)
+    text = describe_report(report)
+    for kind, part in report.items():
+        get_run_logger().info("selection dry run: %s: %s of %s rows would be removed", kind, part["would_remove"], part["rows"])
+    try:
+        create_markdown_artifact(f"```\n{text}\n```", key="selection-dry-run", description="What selection would remove")
+    except Exception as exc:  # noqa: BLE001 - an artifact is a convenience
+        get_run_logger().warning("could not publish the dry-run artifact: %s", exc)
+    return {"dry_run": True, "stage": stage, "report": report, "text": text}
 dedup_flow = _simple_stage("dedup", "dedup")
 convert_flow = _simple_stage("convert", "convert")
 
@@ -286,6 +306,7 @@ STAGE_FLOWS = {
     "crawl": crawl_flow,
     "ingest": ingest_flow,
     "clean": clean_flow,
+    "select": select_flow,
     "dedup": dedup_flow,
     "decontaminate": decontaminate_flow,
     "convert": convert_flow,
@@ -314,7 +335,7 @@ def build_corpus(config: Optional[str] = None, workdir: str = "tcm-corpus-build"
         page_inputs = [str(staged / "crawl")]
     results["ingest"] = ingest_flow(str(staged / "ingest"), config, page_inputs)
     previous = staged / "ingest"
-    for stage in ("clean", "dedup", "decontaminate", "convert"):
+    for stage in ("clean", "select", "dedup", "decontaminate", "convert"):
         results[stage] = STAGE_FLOWS[stage]([str(previous)], str(staged / stage), config, engine)
         previous = staged / stage
     results["sample"] = sample_flow([str(previous)], str(corpus), config, engine)

@@ -17,7 +17,7 @@ from schemas import CATEGORIES, CORPUS_SCHEMA, ROLES
 from schemas.dataset import read_manifest
 
 pytestmark = pytest.mark.slow
-STAGE_FOLDERS = ("crawl", "ingest", "clean", "dedup", "decontaminate", "convert", "validate", "export")
+STAGE_FOLDERS = ("crawl", "ingest", "clean", "select", "dedup", "decontaminate", "convert", "validate", "export")
 
 
 def flows_cli(*args, prefect_home, cwd=None, timeout=400):
@@ -75,7 +75,7 @@ def test_build_corpus_on_the_embedded_sample(tmp_path, prefect_home):
     run = flows_cli("run", "build-corpus", "--workdir", str(workdir), prefect_home=prefect_home)
     assert run.returncode == 0, run.stderr[-3000:]
     manifests = check_ledgers(workdir)
-    assert set(manifests) >= {"crawl", "ingest", "clean", "dedup", "decontaminate", "convert", "sample", "validate"}
+    assert set(manifests) >= {"crawl", "ingest", "clean", "select", "dedup", "decontaminate", "convert", "sample", "validate"}
     frame = check_corpus(workdir / "corpus")
     assert {"web", "books", "encyclopedia", "sft"} <= set(frame["category"])
     assert {"chat", "text"} == set(frame["format"])
@@ -164,7 +164,7 @@ def test_build_on_a_slice_of_the_shared_data_and_resume_after_a_crash(tmp_path, 
     monkeypatch.setattr(stages, "run_convert", real_convert)
     result = pipeline.build_corpus(config=str(config), workdir=str(workdir))
     skipped = {name for name, summary in result["stages"].items() if summary["skipped"]}
-    assert skipped == {"ingest", "clean", "dedup", "decontaminate"}
+    assert skipped == {"ingest", "clean", "select", "dedup", "decontaminate"}
 
     manifests = check_ledgers(workdir)
     frame = check_corpus(workdir / "corpus")

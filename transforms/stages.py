@@ -21,6 +21,7 @@ from schemas import CONVERSATIONS, CORPUS, DOCUMENTS, PAGES, SCHEMA_VERSION
 from schemas.dataset import DatasetWriter, StageManifest, iter_batches, kinds_in, read_kind
 
 from . import clean, dedup
+from . import select as selection
 from .convert import ConversionSink, convert_documents, normalize_native
 from .decontaminate import ContaminationIndex, decontaminate_batch
 from .engine import LocalEngine
@@ -50,7 +51,9 @@ def _count(manifest: StageManifest, field: str, kind: str, n: int) -> None:
 
 def _clean_step(batch, context):
     kind, params = context
-    return clean.STEPS[kind](batch, params)
+    stats: dict = {}
+    kept, rejected = clean.STEPS[kind](batch, params, stats)
+    return kept, rejected, stats
 
 
 def run_map_stage(step, inputs, output, manifest, engine, kinds, context_of, progress: Progress | None = None):
@@ -67,7 +70,56 @@ def run_map_stage(step, inputs, output, manifest, engine, kinds, context_of, pro
 
 
 def run_clean(inputs, output, params, manifest, engine: LocalEngine, progress=None) -> StageManifest:
-    return run_map_stage(_clean_step, inputs, output, manifest, engine, TEXT_KINDS, lambda kind: (kind, params), progress)
+    """Normalise, redact and tag; the manifest's stats count redactions per kind of personal
+    data and record the CPU seconds each step took (summed over workers)."""
+    redactions: dict[str, dict[str, int]] = {}
+    seconds: Counter = Counter()
+    with DatasetWriter(output, manifest) as writer:
+        for kind in _present(inputs, TEXT_KINDS):
+            counts = redactions.setdefault(kind, {})
+            for kept, rejected, stats in engine.map(_clean_step, _batches(inputs, kind, engine.batch_rows), (kind, params)):
+                writer.write(kind, kept)
+                writer.reject(kind, rejected)
+                _count(manifest, "rows_in", kind, kept.num_rows + rejected.num_rows)
+                for name, n in stats.get("pii_redactions", {}).items():
+                    counts[name] = counts.get(name, 0) + n
+                seconds.update(stats.get("seconds", {}))
+                if progress:
+                    progress(kind, kept.num_rows + rejected.num_rows)
+        manifest.stats["pii_redactions"] = redactions
+        manifest.stats["cpu_seconds_per_step"] = {k: round(v, 3) for k, v in sorted(seconds.items())}
+        return writer.commit()
+
+
+# -- select -----------------------------------------------------------------------------------
+
+
+def _select_step(batch, context):
+    kind, params = context
+    return selection.select_batch(batch, kind, params)
+
+
+def run_select(inputs, output, params, manifest, engine: LocalEngine, progress=None) -> StageManifest:
+    """Apply the [select] thresholds to the tags the clean stage wrote."""
+    result = run_map_stage(_select_step, inputs, output, manifest, engine, TEXT_KINDS, lambda kind: (kind, params), progress)
+    return result
+
+
+def _report_step(batch, context):
+    kind, clean_params, select_params = context
+    if clean_params is not None:
+        batch, _ = clean.STEPS[kind](batch, clean_params)
+    return selection.selection_report(batch if isinstance(batch, pa.Table) else pa.Table.from_batches([batch]), kind, select_params)
+
+
+def selection_dry_run(inputs, select_params, engine: LocalEngine, clean_params: dict | None = None) -> dict:
+    """What selection would remove, per kind and rule, with examples; writes nothing. With
+    `clean_params`, the inputs are untagged and are cleaned and tagged in memory first."""
+    report = {}
+    for kind in _present(inputs, TEXT_KINDS):
+        parts = list(engine.map(_report_step, _batches(inputs, kind, engine.batch_rows), (kind, clean_params, select_params)))
+        report[kind] = selection.merge_reports(parts)
+    return report
 
 
 # -- dedup ------------------------------------------------------------------------------------
