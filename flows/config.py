@@ -73,10 +73,40 @@ class CleanConfig(Section):
     min_turn_chars: int = Field(1, ge=0)
 
 
+class RepeatedParagraphsConfig(Section):
+    # Lines recurring across a source's documents (navigation, footers, copied prefaces) are removed.
+    enabled: bool = True
+    min_documents: int = Field(5, ge=2)
+    # Also at least this share of the source's documents: a quotation common in a large
+    # collection of books is not boilerplate.
+    min_share: float = Field(0.05, ge=0, le=1)
+    # Shorter lines (in match form) are never judged: headings like 卷一 recur legitimately.
+    min_chars: int = Field(8, ge=1)
+
+
 class DedupConfig(Section):
-    method: Literal["exact"] = "exact"
-    # Which copy of a duplicate group survives.
-    keep: Literal["first", "longest"] = "first"
+    # exact: equal match form only; minhash: exact, then near-duplicates by MinHash LSH.
+    method: Literal["exact", "minhash"] = "minhash"
+    # Which copy of a cluster survives: criteria in order, the input order breaking ties.
+    keep: list[Literal["quality", "longest", "source", "first"]] = ["quality", "longest", "source"]
+    quality_column: str = "quality_score"
+    # Sources in order of preference for the `source` criterion; unlisted sources come last.
+    source_priority: list[str] = []
+    # Estimated Jaccard similarity of character n-gram shingles from which two rows are one.
+    threshold: float = Field(0.8, gt=0, lt=1)
+    num_perm: int = Field(128, ge=16, le=1024)
+    ngram: int = Field(5, ge=1, le=32)
+    seed: int = Field(1, ge=0)
+    # Weight of missed pairs against extra candidates when choosing bands x rows (datasketch: 0.5).
+    false_negative_weight: float = Field(0.9, gt=0, lt=1)
+    # Fingerprints of the corpus kept so far: a later build is deduplicated against it.
+    index_path: Optional[Path] = None
+    paragraphs: RepeatedParagraphsConfig = RepeatedParagraphsConfig()
+
+    @field_validator("keep", mode="before")
+    @classmethod
+    def _one_criterion(cls, value):
+        return [value] if isinstance(value, str) else value
 
 
 class DecontaminateConfig(Section):
@@ -189,6 +219,7 @@ def _resolve_paths(config: BuildConfig, base: Path) -> BuildConfig:
         source.path = fix(source.path)
         source.site_dir = fix(source.site_dir)
     config.decontaminate.benchmarks = [fix(p) for p in config.decontaminate.benchmarks]
+    config.dedup.index_path = fix(config.dedup.index_path)
     return config
 
 

@@ -64,12 +64,12 @@ def _multipliers(tag: int, count: int) -> np.ndarray:
 
 
 @lru_cache(maxsize=64)
-def _optimal_bands(threshold: float, num_perm: int) -> tuple[int, int]:
-    # datasketch's own search: bands x rows minimising equally weighted false positive and
-    # false negative probability mass around the threshold.
+def _optimal_bands(threshold: float, num_perm: int, false_negative_weight: float) -> tuple[int, int]:
+    # datasketch's own search: bands x rows minimising the weighted false positive and false
+    # negative probability mass on either side of the threshold.
     from datasketch.lsh import _optimal_param
 
-    return _optimal_param(threshold, num_perm, 0.5, 0.5)
+    return _optimal_param(threshold, num_perm, 1.0 - false_negative_weight, false_negative_weight)
 
 
 @dataclass(frozen=True)
@@ -90,10 +90,16 @@ class MinHashParams:
             raise ValueError(f"threshold must lie strictly between 0 and 1, got {self.threshold}")
 
     @classmethod
-    def from_threshold(cls, threshold: float, num_perm: int = 128, ngram: int = 5, seed: int = 1) -> "MinHashParams":
+    def from_threshold(
+        cls, threshold: float, num_perm: int = 128, ngram: int = 5, seed: int = 1, *, false_negative_weight: float = 0.5
+    ) -> "MinHashParams":
+        """Bands x rows as datasketch's MinHashLSH chooses them; a false-negative weight above 0.5
+        trades more candidate pairs (each verified on the signatures) for fewer missed ones."""
         if not 0.0 < threshold < 1.0:
             raise ValueError(f"threshold must lie strictly between 0 and 1, got {threshold}")
-        bands, rows = _optimal_bands(float(threshold), int(num_perm))
+        if not 0.0 < false_negative_weight < 1.0:
+            raise ValueError(f"false_negative_weight must lie strictly between 0 and 1, got {false_negative_weight}")
+        bands, rows = _optimal_bands(float(threshold), int(num_perm), float(false_negative_weight))
         return cls(num_perm=num_perm, bands=bands, rows=rows, ngram=ngram, seed=seed, threshold=threshold)
 
     def candidate_probability(self, similarity: float) -> float:

@@ -20,9 +20,10 @@ import pyarrow.parquet as pq
 from schemas import CONVERSATIONS, CORPUS, DOCUMENTS, PAGES, SCHEMA_VERSION
 from schemas.dataset import DatasetWriter, StageManifest, iter_batches, kinds_in, read_kind
 
-from . import clean, dedup
+from . import clean
 from .convert import convert_documents
 from .decontaminate import ContaminationIndex, decontaminate_batch
+from .deduplicate import run_dedup_stage
 from .engine import LocalEngine
 from .sample import priority_order, to_corpus_rows, with_positions
 
@@ -73,28 +74,9 @@ def run_clean(inputs, output, params, manifest, engine: LocalEngine, progress=No
 # -- dedup ------------------------------------------------------------------------------------
 
 
-def _keys_step(batch, kind):
-    return dedup.dedup_keys(batch, kind)
-
-
 def run_dedup(inputs, output, params, manifest, engine: LocalEngine, progress=None) -> StageManifest:
-    with DatasetWriter(output, manifest) as writer:
-        groups = {}
-        for kind in _present(inputs, TEXT_KINDS):
-            keys = engine.map(_keys_step, _batches(inputs, kind, engine.batch_rows), kind)
-            duplicate_of = dedup.choose_survivors(keys, params.get("keep", "first"))
-            groups[kind] = len(set(duplicate_of.values()))
-            offset = 0
-            for batch in _batches(inputs, kind, engine.batch_rows):
-                kept, rejected = dedup.split_duplicates(batch, duplicate_of, offset)
-                offset += batch.num_rows
-                writer.write(kind, kept)
-                writer.reject(kind, rejected)
-                _count(manifest, "rows_in", kind, batch.num_rows)
-                if progress:
-                    progress(kind, batch.num_rows)
-        manifest.stats["duplicate_groups"] = groups
-        return writer.commit()
+    """Repeated paragraphs, exact and MinHash near-duplicates; see transforms/deduplicate.py."""
+    return run_dedup_stage(inputs, output, params, manifest, engine, progress)
 
 
 # -- decontaminate ----------------------------------------------------------------------------
