@@ -18,6 +18,7 @@ from . import minhash
 
 # Criteria of the keep policy, in the order given by the config; the input position breaks ties.
 KEEP_CRITERIA = ("quality", "longest", "source", "first")
+_EMPTY = np.uint32(0xFFFFFFFF)
 
 
 @dataclass
@@ -191,11 +192,16 @@ def cluster_duplicates(
         sets.union(a, b)
     checked = similar_count = 0
     if params is not None and rows.signatures is not None and n:
-        has_text = rows.lengths > 0
-        candidates = np.flatnonzero(has_text)
-        bands = minhash.band_hashes(rows.signatures[candidates], params)
+        bands = minhash.band_hashes(rows.signatures, params)
         a, b = minhash.candidate_pairs(bands)
-        a, b = candidates[a], candidates[b]
+        del bands
+        # A row without words has an all-empty signature, equal to every other such row's.
+        wordless = rows.signatures[:, 0] == _EMPTY
+        maybe = np.flatnonzero(wordless)
+        wordless[maybe] = (rows.signatures[maybe] == _EMPTY).all(axis=1)
+        if wordless.any():
+            has_words = ~(wordless[a] | wordless[b])
+            a, b = a[has_words], b[has_words]
         fresh = (a >= m) | (b >= m)  # two prior rows were decided when they were added
         a, b = a[fresh], b[fresh]
         same_key = rows.keys[a] == rows.keys[b]

@@ -45,7 +45,7 @@ class DedupSettings:
     num_perm: int = 128
     ngram: int = 5
     seed: int = 1
-    false_negative_weight: float = 0.5
+    false_negative_weight: float = 0.9
     index_path: str | None = None
     paragraphs: dict = field(default_factory=dict)
 
@@ -210,7 +210,7 @@ def run_dedup_stage(
                 if progress:
                     progress(kind, table.num_rows)
             writer.write(CLUSTERS, decisions.clusters)
-            if repeated:
+            if repeated is not None:
                 writer.write(REPEATED_PARAGRAPHS, paragraphs.audit_table(repeated, removed_lines, first_seen))
                 kind_stats["repeated_paragraphs"] = {
                     "lines": len(removed_lines),

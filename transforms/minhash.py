@@ -38,8 +38,9 @@ from .normalize import match_key
 _U64 = np.uint64
 _LOW32 = _U64(0xFFFFFFFF)
 _EMPTY = np.uint32(0xFFFFFFFF)
-# Documents hashed together: bounds the working arrays (about 40 bytes per character).
-_CHUNK_CHARS = 1 << 21
+# Characters hashed together: bounds the working arrays (about 80 bytes per character).
+_CHUNK_CHARS = 1 << 19
+_BAND_CHUNK_ROWS = 1 << 12
 
 
 def _splitmix64(z: np.ndarray) -> np.ndarray:
@@ -197,6 +198,8 @@ def signatures_of_keys(keys: Sequence[str], params: MinHashParams) -> np.ndarray
 def band_hashes(sig: np.ndarray, params: MinHashParams) -> np.ndarray:
     """One uint64 key per band, shape (n, bands); a band's number is part of its key."""
     sig = np.atleast_2d(sig)
+    if len(sig) > _BAND_CHUNK_ROWS:  # the uint64 working copy is 8 bytes per signature value
+        return np.concatenate([band_hashes(sig[i : i + _BAND_CHUNK_ROWS], params) for i in range(0, len(sig), _BAND_CHUNK_ROWS)])
     used = sig[:, : params.bands * params.rows].astype(_U64).reshape(len(sig), params.bands, params.rows)
     multipliers = _multipliers(4, params.rows)
     with np.errstate(over="ignore"):
@@ -217,16 +220,20 @@ def estimated_jaccard(a: np.ndarray, b: np.ndarray) -> float | np.ndarray:
 def candidate_pairs(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(first, other) row pairs sharing a band key: each row is paired with the lowest-numbered
     row of every band bucket it falls in (a star per bucket, enough for connected components,
-    linear in the bucket size). Pairs are distinct, first < other."""
+    linear in the bucket size). Pairs are distinct, first < other. One band at a time, so the
+    working memory is a few arrays of one band, not of all."""
     keys = np.atleast_2d(keys)
-    bands = keys.shape[1]
-    flat = keys.ravel()
-    order = np.argsort(flat, kind="stable")  # equal keys stay in row order: the head is the lowest row
-    ordered = flat[order]
-    starts = np.ones(len(ordered), dtype=bool)
-    starts[1:] = ordered[1:] != ordered[:-1]
-    head = order[np.flatnonzero(starts)[np.cumsum(starts) - 1]] // bands
-    row = order // bands
-    linked = head != row
-    pairs = np.unique(np.stack([head[linked], row[linked]], axis=1), axis=0) if linked.any() else np.empty((0, 2), np.int64)
+    heads, rows = [], []
+    for band in range(keys.shape[1]):
+        order = np.argsort(keys[:, band], kind="stable")  # equal keys stay in row order: the head is the lowest row
+        ordered = keys[order, band]
+        starts = np.ones(len(ordered), dtype=bool)
+        starts[1:] = ordered[1:] != ordered[:-1]
+        head = order[np.flatnonzero(starts)[np.cumsum(starts) - 1]]
+        linked = head != order
+        heads.append(head[linked])
+        rows.append(order[linked])
+    if not heads or not sum(len(h) for h in heads):
+        return np.empty(0, np.int64), np.empty(0, np.int64)
+    pairs = np.unique(np.stack([np.concatenate(heads), np.concatenate(rows)], axis=1), axis=0)
     return pairs[:, 0], pairs[:, 1]
