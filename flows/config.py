@@ -114,8 +114,11 @@ class DecontaminateConfig(Section):
     ngram: int = Field(13, ge=4)
     # Share of an item's own n-grams that must occur in a row for the row to contain the item.
     min_overlap: float = Field(0.5, gt=0, le=1)
+    # Share of a question's own n-grams needed when it is matched without its options: higher,
+    # because exam stems paraphrase classical clauses that books hold.
+    question_overlap: float = Field(0.9, gt=0, le=1)
     action: Literal["remove", "flag"] = "remove"
-    # An item whose question is shorter than the n-gram is matched on the whole question.
+    # Items whose question is shorter (in match form) are not indexed.
     min_question_chars: int = Field(8, ge=1)
 
 
