@@ -118,7 +118,7 @@ class DecontaminateConfig(Section):
     # because exam stems paraphrase classical clauses that books hold.
     question_overlap: float = Field(0.9, gt=0, le=1)
     action: Literal["remove", "flag"] = "remove"
-    # Items whose question is shorter (in match form) are not indexed.
+    # Items shorter than this, question, options and answer together in match form, are not indexed.
     min_question_chars: int = Field(8, ge=1)
 
 

@@ -111,10 +111,8 @@ class ContaminationIndex:
             benchmark = str(item.get("benchmark", ""))
             counts = index.coverage.setdefault(benchmark, Counter())
             counts["items"] += 1
-            if len(match_key(item.get("question") or "")) < min_chars:
-                counts["too_short"] += 1
-                continue
-            forms = item_forms(item, ngram, min_overlap, question_overlap)
+            whole = "".join(match_key(str(item.get(k) or "")) for k in ("question", "options", "answer"))
+            forms = item_forms(item, ngram, min_overlap, question_overlap) if len(whole) >= min_chars else []
             if not forms:
                 counts["too_short"] += 1
                 continue
