@@ -82,6 +82,8 @@ class RepeatedParagraphsConfig(Section):
     min_share: float = Field(0.05, ge=0, le=1)
     # Shorter lines (in match form) are never judged: headings like 卷一 recur legitimately.
     min_chars: int = Field(8, ge=1)
+    # Categories whose sources are judged; in reference works shared lines are content.
+    categories: list[Category] = ["web"]
 
 
 class DedupConfig(Section):

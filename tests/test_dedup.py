@@ -142,6 +142,11 @@ def test_dedup_stage_clusters_boilerplate_and_policy(tmp_path, passages):
     assert near != base
     # a web source whose pages share navigation and footer lines
     pages = [_doc(f"page-{i}", f"{NAVIGATION}\n{p}\n{FOOTER}") for i, p in enumerate(passages[10:16])]
+    # a reference work: a line shared by its entries is content, not boilerplate
+    monographs = [
+        {**_doc(f"herb-{i}", f"{p[:200]}\n【用法与用量】9～15g。", source="pharmacopoeia"), "category": "encyclopedia"}
+        for i, p in enumerate(passages[30:37])
+    ]
     rows = [
         _doc("a", base, quality_score=0.2),
         _doc("b", near, quality_score=0.9),  # better quality: kept over `a`
@@ -149,6 +154,7 @@ def test_dedup_stage_clusters_boilerplate_and_policy(tmp_path, passages):
         _doc("d", other),
         _doc("e", f"{NAVIGATION}\n{FOOTER}"),  # nothing but boilerplate
         *pages,
+        *monographs,
     ]
     engine = LocalEngine(workers=1, batch_rows=4)
     params = {"keep": ["quality", "longest", "source"], "paragraphs": {"min_documents": 5, "min_share": 0.5}}
@@ -157,7 +163,8 @@ def test_dedup_stage_clusters_boilerplate_and_policy(tmp_path, passages):
     rejected = {r["id"]: r["reason"] for r in pq.read_table(tmp_path / "out" / "rejected" / "documents").to_pylist()}
     assert rejected == {"a": "near_duplicate_of:b", "c": "near_duplicate_of:b", "e": "repeated_paragraphs_only"}
     kept = {r["id"]: r["text"] for r in read_kind(tmp_path / "out", "documents").to_pylist()}
-    assert set(kept) == {"b", "d", *(f"page-{i}" for i in range(6))}
+    assert set(kept) == {"b", "d", *(f"page-{i}" for i in range(6)), *(f"herb-{i}" for i in range(7))}
+    assert all(kept[f"herb-{i}"].endswith("【用法与用量】9～15g。") for i in range(7))
     assert all(FOOTER not in text and NAVIGATION not in text for text in kept.values())
     assert kept["page-0"] == passages[10]
     clusters = read_kind(tmp_path / "out", CLUSTERS).to_pylist()

@@ -93,8 +93,9 @@ def fingerprint_batch(table: pa.Table, kind: str, params: minhash.MinHashParams 
 # Steps run by the engine: plain functions of (batch, context), picklable.
 
 
-def _count_step(batch, min_chars):
-    return paragraphs.count_lines(_table(batch), min_chars)
+def _count_step(batch, context):
+    min_chars, categories = context
+    return paragraphs.count_lines(_table(batch), min_chars, categories)
 
 
 def _fingerprint_step(batch, context):
@@ -168,7 +169,9 @@ def run_dedup_stage(
             if kind == DOCUMENTS and settings.paragraph_option("enabled", True):
                 min_chars = settings.paragraph_option("min_chars", 8)
                 holding, documents = Counter(), Counter()
-                for batch_holding, batch_documents in engine.map(_count_step, _batches(inputs, kind, engine.batch_rows), min_chars):
+                categories = settings.paragraph_option("categories", ["web"])
+                context = (min_chars, None if categories is None else frozenset(categories))
+                for batch_holding, batch_documents in engine.map(_count_step, _batches(inputs, kind, engine.batch_rows), context):
                     holding.update(batch_holding)
                     documents.update(batch_documents)
                 repeated = paragraphs.RepeatedLines.choose(
