@@ -18,9 +18,10 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from schemas import CONVERSATIONS, DOCUMENTS
-from schemas.dataset import DatasetWriter, StageManifest, fingerprint, iter_batches, kinds_in
+from schemas.dataset import DatasetWriter, StageManifest, fingerprint, iter_batches, kind_files, kinds_in
 from schemas.records import CLUSTERS, REPEATED_PARAGRAPHS
 
 from . import minhash, paragraphs
@@ -129,6 +130,18 @@ def _batches(inputs: Iterable[Path], kind: str, rows: int):
         yield from iter_batches(path, kind, rows)
 
 
+def _holds(inputs: Iterable[Path], kind: str, categories: frozenset | None) -> bool:
+    """Whether any row is of one of the categories: read from the category column alone."""
+    if categories is None:
+        return True
+    for path in inputs:
+        for file in kind_files(path, kind):
+            values = pq.read_table(file, columns=["category"]).column("category").unique().to_pylist()
+            if categories.intersection(values):
+                return True
+    return False
+
+
 def _split(table: pa.Table, reasons: dict[int, str], offset: int) -> tuple[pa.Table, pa.Table]:
     positions = range(offset, offset + table.num_rows)
     mask = pa.array([p in reasons for p in positions], pa.bool_())
@@ -166,11 +179,12 @@ def run_dedup_stage(
         for kind in (k for k in TEXT_KINDS if k in found):
             kind_stats: dict = {}
             repeated = None
-            if kind == DOCUMENTS and settings.paragraph_option("enabled", True):
+            categories = settings.paragraph_option("categories", ["web"])
+            categories = None if categories is None else frozenset(categories)
+            if kind == DOCUMENTS and settings.paragraph_option("enabled", True) and _holds(inputs, kind, categories):
                 min_chars = settings.paragraph_option("min_chars", 8)
                 holding, documents = Counter(), Counter()
-                categories = settings.paragraph_option("categories", ["web"])
-                context = (min_chars, None if categories is None else frozenset(categories))
+                context = (min_chars, categories)
                 for batch_holding, batch_documents in engine.map(_count_step, _batches(inputs, kind, engine.batch_rows), context):
                     holding.update(batch_holding)
                     documents.update(batch_documents)
@@ -199,8 +213,10 @@ def run_dedup_stage(
                 index.write(kind, segment, new.take(survivors))
             removed_lines, first_seen = Counter(), {}
             offset = 0
-            step, step_context = (_strip_step, repeated) if repeated else (_unchanged_step, None)
-            for table, batch_removed, batch_first in engine.map(step, _batches(inputs, kind, engine.batch_rows), step_context):
+            batches = _batches(inputs, kind, engine.batch_rows)
+            # Without lines to strip the write pass is a copy: no worker pool for it.
+            written = engine.map(_strip_step, batches, repeated) if repeated else (_unchanged_step(b, None) for b in batches)
+            for table, batch_removed, batch_first in written:
                 if batch_removed:
                     removed_lines.update(batch_removed)
                     for key, line in batch_first.items():
