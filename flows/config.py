@@ -142,10 +142,42 @@ class SelectConfig(Section):
         return keys
 
 
+class RepeatedParagraphsConfig(Section):
+    # Lines recurring across a source's documents (navigation, footers, copied prefaces) are removed.
+    enabled: bool = True
+    min_documents: int = Field(5, ge=2)
+    # Also at least this share of the source's documents: a quotation common in a large
+    # collection of books is not boilerplate.
+    min_share: float = Field(0.05, ge=0, le=1)
+    # Shorter lines (in match form) are never judged: headings like 卷一 recur legitimately.
+    min_chars: int = Field(8, ge=1)
+    # Categories whose sources are judged; in reference works shared lines are content.
+    categories: list[Category] = ["web"]
+
+
 class DedupConfig(Section):
-    method: Literal["exact"] = "exact"
-    # Which copy of a duplicate group survives.
-    keep: Literal["first", "longest"] = "first"
+    # exact: equal match form only; minhash: exact, then near-duplicates by MinHash LSH.
+    method: Literal["exact", "minhash"] = "minhash"
+    # Which copy of a cluster survives: criteria in order, the input order breaking ties.
+    keep: list[Literal["quality", "longest", "source", "first"]] = ["quality", "longest", "source"]
+    quality_column: str = "quality_score"
+    # Sources in order of preference for the `source` criterion; unlisted sources come last.
+    source_priority: list[str] = []
+    # Estimated Jaccard similarity of character n-gram shingles from which two rows are one.
+    threshold: float = Field(0.8, gt=0, lt=1)
+    num_perm: int = Field(128, ge=16, le=1024)
+    ngram: int = Field(5, ge=1, le=32)
+    seed: int = Field(1, ge=0)
+    # Weight of missed pairs against extra candidates when choosing bands x rows (datasketch: 0.5).
+    false_negative_weight: float = Field(0.9, gt=0, lt=1)
+    # Fingerprints of the corpus kept so far: a later build is deduplicated against it.
+    index_path: Optional[Path] = None
+    paragraphs: RepeatedParagraphsConfig = RepeatedParagraphsConfig()
+
+    @field_validator("keep", mode="before")
+    @classmethod
+    def _one_criterion(cls, value):
+        return [value] if isinstance(value, str) else value
 
 
 class DecontaminateConfig(Section):
@@ -153,8 +185,11 @@ class DecontaminateConfig(Section):
     ngram: int = Field(13, ge=4)
     # Share of an item's own n-grams that must occur in a row for the row to contain the item.
     min_overlap: float = Field(0.5, gt=0, le=1)
+    # Share of a question's own n-grams needed when it is matched without its options: higher,
+    # because exam stems paraphrase classical clauses that books hold.
+    question_overlap: float = Field(0.9, gt=0, le=1)
     action: Literal["remove", "flag"] = "remove"
-    # An item whose question is shorter than the n-gram is matched on the whole question.
+    # Items shorter than this, question, options and answer together in match form, are not indexed.
     min_question_chars: int = Field(8, ge=1)
 
 
@@ -302,6 +337,7 @@ def _resolve_paths(config: BuildConfig, base: Path) -> BuildConfig:
     config.convert.cache_dir = fix(config.convert.cache_dir)
     for key in ("lid_model", "tcm_dict", "flagged_words", "domain_lexicon", "domain_model"):
         setattr(config.clean, key, fix(getattr(config.clean, key)))
+    config.dedup.index_path = fix(config.dedup.index_path)
     return config
 
 

@@ -20,10 +20,11 @@ import pyarrow.parquet as pq
 from schemas import CONVERSATIONS, CORPUS, DOCUMENTS, PAGES, SCHEMA_VERSION
 from schemas.dataset import DatasetWriter, StageManifest, iter_batches, kinds_in, read_kind
 
-from . import clean, dedup
+from . import clean
 from . import select as selection
 from .convert import ConversionSink, convert_documents, normalize_native
-from .decontaminate import ContaminationIndex, decontaminate_batch
+from .decontaminate import ContaminationIndex, contamination_report, decontaminate_with_hits, write_reports
+from .deduplicate import run_dedup_stage
 from .engine import LocalEngine
 from .sample import priority_order, to_corpus_rows, with_positions
 
@@ -125,28 +126,9 @@ def selection_dry_run(inputs, select_params, engine: LocalEngine, clean_params: 
 # -- dedup ------------------------------------------------------------------------------------
 
 
-def _keys_step(batch, kind):
-    return dedup.dedup_keys(batch, kind)
-
-
 def run_dedup(inputs, output, params, manifest, engine: LocalEngine, progress=None) -> StageManifest:
-    with DatasetWriter(output, manifest) as writer:
-        groups = {}
-        for kind in _present(inputs, TEXT_KINDS):
-            keys = engine.map(_keys_step, _batches(inputs, kind, engine.batch_rows), kind)
-            duplicate_of = dedup.choose_survivors(keys, params.get("keep", "first"))
-            groups[kind] = len(set(duplicate_of.values()))
-            offset = 0
-            for batch in _batches(inputs, kind, engine.batch_rows):
-                kept, rejected = dedup.split_duplicates(batch, duplicate_of, offset)
-                offset += batch.num_rows
-                writer.write(kind, kept)
-                writer.reject(kind, rejected)
-                _count(manifest, "rows_in", kind, batch.num_rows)
-                if progress:
-                    progress(kind, batch.num_rows)
-        manifest.stats["duplicate_groups"] = groups
-        return writer.commit()
+    """Repeated paragraphs, exact and MinHash near-duplicates; see transforms/deduplicate.py."""
+    return run_dedup_stage(inputs, output, params, manifest, engine, progress)
 
 
 # -- decontaminate ----------------------------------------------------------------------------
@@ -154,26 +136,32 @@ def run_dedup(inputs, output, params, manifest, engine: LocalEngine, progress=No
 
 def _decontaminate_step(batch, context):
     kind, index, action = context
-    return decontaminate_batch(batch, kind, index, action)
+    return decontaminate_with_hits(batch, kind, index, action)
 
 
 def run_decontaminate(inputs, output, params, manifest, engine: LocalEngine, items: list[dict], progress=None) -> StageManifest:
     index = ContaminationIndex.build(
-        items, params.get("ngram", 13), params.get("min_overlap", 0.5), params.get("min_question_chars", 8)
+        items, params.get("ngram", 13), params.get("min_overlap", 0.5), params.get("min_question_chars", 8),
+        params.get("question_overlap", 0.9),
     )
+    action = params.get("action", "remove")
     manifest.stats["reference_items"] = len(index.items)
-    manifest.stats["benchmarks"] = dict(Counter(item[0] for item in index.items))
-    result = run_map_stage(
-        _decontaminate_step,
-        inputs,
-        output,
-        manifest,
-        engine,
-        TEXT_KINDS,
-        lambda kind: (kind, index, params.get("action", "remove")),
-        progress,
-    )
-    return result
+    manifest.stats["benchmarks"] = dict(Counter(item.benchmark for item in index.items))
+    hits: list[dict] = []
+    with DatasetWriter(output, manifest) as writer:
+        for kind in _present(inputs, TEXT_KINDS):
+            for kept, rejected, found in engine.map(_decontaminate_step, _batches(inputs, kind, engine.batch_rows), (kind, index, action)):
+                writer.write(kind, kept)
+                writer.reject(kind, rejected)
+                hits.extend(found)
+                _count(manifest, "rows_in", kind, kept.num_rows + rejected.num_rows)
+                if progress:
+                    progress(kind, kept.num_rows + rejected.num_rows)
+        report = contamination_report(index, hits, action)
+        for name in write_reports(writer.folder, report):
+            writer.add_file(name, len(hits))
+        manifest.stats["contamination"] = report["benchmarks"]
+        return writer.commit()
 
 
 def contamination_hits(manifest: StageManifest) -> dict[str, int]:
