@@ -15,8 +15,9 @@ and the seed list shipped beside this module (acupoints, meridians, pulses, tong
 theory, classical book titles), which no file of the references holds.
 
 Density: `LexiconMatcher.density(texts)` is, per text, the share of its Han characters covered by
-lexicon terms, matched leftmost-longest without overlaps by an Aho-Corasick automaton
-(pyahocorasick), so 当归补血汤 counts as one formula, not a herb plus two characters.
+lexicon terms, matched leftmost-longest without overlaps by an Aho-Corasick automaton, so
+当归补血汤 counts as one formula, not a herb plus three characters. ahocorasick-rs (the Rust
+aho-corasick crate) matches the books about 8 times as fast as pyahocorasick's iter_long.
 """
 from __future__ import annotations
 
@@ -74,8 +75,10 @@ class LexiconBuild:
         return dict(sorted(Counter(self.terms.values()).items(), key=lambda kv: PRECEDENCE[kv[0]]))
 
 
-def build_lexicon(paths: Iterable[Path | str], seed: bool = True) -> LexiconBuild:
-    """Every term of the given files (folders: every .txt file under them) and of the seed list."""
+def build_lexicon(paths: Iterable[Path | str], seed: bool = True, strict: bool = True) -> LexiconBuild:
+    """Every term of the given files (folders: every .txt file under them) and of the seed list.
+    A named file with nothing to read terms from is an error when strict; a file found in a
+    folder is only reported as unrecognised."""
     build = LexiconBuild()
     files: list[tuple[Path, bool]] = []  # (file, named by the user rather than found in a folder)
     for path in map(Path, paths):
@@ -91,22 +94,23 @@ def build_lexicon(paths: Iterable[Path | str], seed: bool = True) -> LexiconBuil
         try:
             kind, found = read_terms(file)
         except LexiconError:
-            if named:
+            if named and strict:
                 raise
             # A folder may hold texts with nothing to read terms from (a book without chapters).
             kind, found = "unrecognised", []
-        per_class = Counter()
-        for term, cls in found:
-            if build.add(term, cls):
-                per_class[cls] += 1
-        build.files.append({"path": str(file), "kind": kind, "terms": dict(per_class)})
+        build.files.append({"path": str(file), "kind": kind, "terms": _add_all(build, found)})
     if seed:
-        per_class = Counter()
-        for term, cls in seed_terms():
-            if build.add(term, cls):
-                per_class[cls] += 1
-        build.files.append({"path": SEED_FILE, "kind": "seed", "terms": dict(per_class)})
+        build.files.append({"path": SEED_FILE, "kind": "seed", "terms": _add_all(build, seed_terms())})
     return build
+
+
+def _add_all(build: LexiconBuild, found: list[tuple[str, str]]) -> dict[str, int]:
+    """Adds the terms; returns how many distinct terms of each class the file gave."""
+    distinct: dict[str, str] = {}
+    for term, cls in found:
+        if build.add(term, cls):
+            distinct.setdefault(term.strip(), cls)
+    return dict(Counter(distinct.values()))
 
 
 def read_terms(path: Path) -> tuple[str, list[tuple[str, str]]]:
@@ -236,24 +240,19 @@ class LexiconMatcher:
     """Leftmost-longest matching of lexicon terms over batches of texts."""
 
     def __init__(self, terms: Iterable[str]):
-        import ahocorasick
+        import ahocorasick_rs
 
-        self.automaton = ahocorasick.Automaton()
-        count = 0
-        for term in terms:
-            self.automaton.add_word(term, len(term))
-            count += 1
-        if not count:
+        terms = list(terms)
+        if not terms:
             raise LexiconError("the lexicon holds no terms")
-        self.automaton.make_automaton()
+        self.automaton = ahocorasick_rs.AhoCorasick(terms, matchkind=ahocorasick_rs.MatchKind.LeftmostLongest)
 
     def matched_chars(self, text: str) -> int:
         # Terms are Han only, so every matched character is a Han character.
-        return sum(length for _, length in self.automaton.iter_long(text))
+        return sum(end - start for _, start, end in self.automaton.find_matches_as_indexes(text))
 
     def density(self, texts: list[str]) -> np.ndarray:
         """Matched Han characters / Han characters, per text; 0 for a text with no Han."""
         han = pc.count_substring_regex(pa.array(texts, pa.large_string()), HAN_CHAR).to_numpy(zero_copy_only=False)
         matched = np.fromiter((self.matched_chars(t) if n else 0 for t, n in zip(texts, han)), np.float64, len(texts))
-        with np.errstate(divide="ignore", invalid="ignore"):
-            return np.where(han > 0, matched / np.maximum(han, 1), 0.0)
+        return np.where(han > 0, matched / np.maximum(han, 1), 0.0)
