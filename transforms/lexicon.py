@@ -1,11 +1,13 @@
 """The TCM lexicon: terms of the domain with their class, built from reference files.
 
 A lexicon file is UTF-8, one `term<TAB>class` per line, sorted by term, one line per term.
-Classes: herb, formula, syndrome, disease, acupoint, meridian, pulse, tongue, theory, book.
+Classes: herb, formula, syndrome, disease, action (what a herb does: 补气升阳), acupoint, meridian,
+pulse, tongue, theory, book.
 
 `build_lexicon(paths)` reads each file for what it is, told by its content:
     pharmacopoeia   monograph entries (name, pinyin, Latin lines): the entry titles are herbs;
-                    a bracketed alias (`延胡索（元胡）`) is a herb too
+                    a bracketed alias (`延胡索（元胡）`) is a herb too; the phrases of 【功能与主治】
+                    before 用于 are actions (补气升阳，固表止汗)
     terminology     `3.1.1` code lines with a term and its synonyms: a file whose terms mostly
                     end in 证 gives syndromes, any other gives diseases
     classical book  `<篇名>` chapters: formula names are chapter titles and `\\x...\\x` emphasised
@@ -32,7 +34,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-CLASSES = ("herb", "formula", "syndrome", "disease", "acupoint", "meridian", "pulse", "tongue", "theory", "book")
+CLASSES = ("herb", "formula", "syndrome", "disease", "action", "acupoint", "meridian", "pulse", "tongue", "theory", "book")
 # When one term comes from two kinds of file, the more specific class wins (石膏 the herb, not
 # a heading that ends in 膏).
 PRECEDENCE = {name: rank for rank, name in enumerate(CLASSES)}
@@ -47,6 +49,8 @@ FORMULA_HEADING = re.compile(f"(?:<篇名>|\\\\x)\\s*({HAN_CHAR}{{2,11}}[{FORMUL
 # Prose that happens to end in 汤/丸/散 (此丹, 用丸散, 煎汤, 治火丹) opens with one of these.
 PROSE_OPENERS = set("此其又即用服煎熬宜或凡各再仍若以与和共每将")
 MIN_BOOK_FORMULA_CHARS = 3
+ACTION_SEPARATORS = re.compile(r"[，。；、,;\s]+")
+ACTION = re.compile(f"^{HAN_CHAR}{{2,8}}$")
 MIN_TERMS_TO_RECOGNISE = 5
 # `风证类`, `外感时令类病`: headings that group terms, not terms a text uses.
 CATEGORY_SUFFIX = ("类", "类病")
@@ -127,9 +131,9 @@ def read_terms(path: Path) -> tuple[str, list[tuple[str, str]]]:
         return "lexicon", listed
     if "<篇名>" in text:
         return "book", [(name, "formula") for name in book_formulas(text)]
-    herbs = pharmacopoeia_herbs(lines)
+    herbs, actions = pharmacopoeia_terms(lines)
     if len(herbs) >= MIN_TERMS_TO_RECOGNISE:
-        return "pharmacopoeia", [(name, "herb") for name in herbs]
+        return "pharmacopoeia", [(name, "herb") for name in herbs] + [(name, "action") for name in actions]
     terms = terminology_terms(lines)
     if len(terms) >= MIN_TERMS_TO_RECOGNISE:
         heads = [group[0] for group in terms]
@@ -145,13 +149,17 @@ def read_terms(path: Path) -> tuple[str, list[tuple[str, str]]]:
     )
 
 
-def pharmacopoeia_herbs(lines: list[str]) -> list[str]:
-    from .importers.monographs import entry_spans
+def pharmacopoeia_terms(lines: list[str]) -> tuple[list[str], list[str]]:
+    """(herb names, action phrases) of a pharmacopoeia."""
+    from .importers.monographs import entry_spans, parse_entry
 
-    names = []
-    for start, _ in entry_spans(lines):
+    names, actions = [], []
+    for start, end in entry_spans(lines):
         names.extend(split_alias(lines[start]))
-    return names
+        function = parse_entry(lines[start:end])["sections"].get("功能与主治", "")
+        # `补气升阳，固表止汗。用于气虚乏力...`: the actions come before 用于, the indications after.
+        actions.extend(ACTION_SEPARATORS.split(function.split("用于")[0]) if "用于" in function else [])
+    return names, [a for a in actions if ACTION.match(a)]
 
 
 def split_alias(name: str) -> list[str]:
