@@ -160,7 +160,7 @@ class TrainDomainConfig(Section):
     epoch: int = Field(10, ge=1)
     lr: float = Field(0.5, gt=0)
     word_ngrams: int = Field(2, ge=1, le=5)
-    dim: int = Field(32, ge=2)
+    dim: int = Field(64, ge=2)
     bucket: int = Field(200_000, ge=1000)
     seed: int = 13
 
