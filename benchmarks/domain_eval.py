@@ -44,10 +44,11 @@ def labelled_examples(shared: Path, max_per_source: int = 2000, junk: int = 1000
     examples: list[training.Example] = []
     for relative, fmt, label in LABELLED:
         path = shared / relative
-        found = list(training.read_labelled(path, fmt, label))
         if books is not None and fmt == "book":
-            chosen = sorted({e.group for e in found})[:books]
-            found = [e for e in found if e.group in chosen]
+            files = sorted(path.glob("*.txt"))[:books]
+            found = [e for file in files for e in training.read_labelled(file, fmt, label, source=path.name)]
+        else:
+            found = list(training.read_labelled(path, fmt, label))
         examples.extend(training.sample_examples(found, max_per_source, SEED))
     examples.extend(training.junk_examples(junk, SEED))
     return examples
