@@ -277,6 +277,32 @@ class ExportConfig(Section):
     formats: list[Literal["sharegpt", "alpaca", "jsonl"]] = ["sharegpt"]
 
 
+class LabelledSourceConfig(Section):
+    path: Path
+    # An importer format, or `texts`: a JSON list (or JSON lines) of strings.
+    format: Literal["book", "text", "monograph", "terms", "instructions", "texts"] = "text"
+
+
+class TrainDomainConfig(Section):
+    """Inputs and parameters of the fastText TCM domain classifier (train-domain-classifier)."""
+
+    positive: list[LabelledSourceConfig] = []  # TCM texts: books, monographs, TCM dialogues
+    negative: list[LabelledSourceConfig] = []  # other texts: general medical Q&A, English, web
+    # Negatives generated from the seed: random Han, symbol debris, repeated phrases, spam.
+    generated_junk: int = Field(1000, ge=0)
+    max_per_source: int = Field(2000, ge=1)
+    holdout: float = Field(0.2, ge=0, lt=1)
+    threshold: float = Field(0.5, gt=0, lt=1)
+    # Where the model goes (its figures beside it, + .json); `--output` overrides.
+    model: Optional[Path] = None
+    epoch: int = Field(10, ge=1)
+    lr: float = Field(0.5, gt=0)
+    word_ngrams: int = Field(2, ge=1, le=5)
+    dim: int = Field(64, ge=2)
+    bucket: int = Field(200_000, ge=1000)
+    seed: int = 13
+
+
 class EngineConfig(Section):
     kind: Literal["local", "spark"] = "local"
     workers: int = Field(2, ge=1)
@@ -298,6 +324,7 @@ class BuildConfig(Section):
     validate_: ValidateConfig = Field(ValidateConfig(), alias="validate")
     export: ExportConfig = ExportConfig()
     engine: EngineConfig = EngineConfig()
+    train_domain: TrainDomainConfig = TrainDomainConfig()
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
@@ -338,6 +365,9 @@ def _resolve_paths(config: BuildConfig, base: Path) -> BuildConfig:
     for key in ("lid_model", "tcm_dict", "flagged_words", "domain_lexicon", "domain_model"):
         setattr(config.clean, key, fix(getattr(config.clean, key)))
     config.dedup.index_path = fix(config.dedup.index_path)
+    for labelled in [*config.train_domain.positive, *config.train_domain.negative]:
+        labelled.path = fix(labelled.path)
+    config.train_domain.model = fix(config.train_domain.model)
     return config
 
 

@@ -20,6 +20,7 @@ from transforms import stages
 from transforms.engine import LocalEngine
 
 from .config import BuildConfig, load_config
+from .domain import train_domain_classifier_flow  # noqa: F401 - a flow of this module's CLI
 from .pipeline_info import FLOWS
 
 DESCRIPTIONS = FLOWS

@@ -12,6 +12,7 @@ FLOWS = {
     "sample": "order everything by priority sampling into Parquet shards with a manifest",
     "validate": "check datasets with Great Expectations suites",
     "export": "write the corpus in trainer formats (sharegpt, alpaca, jsonl)",
+    "train-domain-classifier": "train the fastText TCM domain classifier on [train_domain] sources; print held-out precision/recall",
 }
 
 
