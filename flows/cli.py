@@ -4,6 +4,7 @@
     flows run build-corpus [--config FILE] [--workdir DIR] [--engine local|spark]
     flows run crawl|ingest [--config FILE] --output DIR
     flows run STAGE --input DIR [--input DIR ...] --output DIR [--config FILE]
+    flows serve [--config FILE] [--workdir DIR] [--limit N]
 
 Errors a user can fix (a bad config, a missing input, an unreadable file) are one line on
 stderr: exit code 2 for configuration and arguments, 1 for a failed run.
@@ -39,6 +40,10 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--engine", choices=("local", "spark"), help="override [engine] kind")
     run.add_argument("--format", action="append", choices=("sharegpt", "alpaca", "jsonl"), help="export: format (repeatable)")
     run.add_argument("--json", action="store_true", help="print the result as JSON")
+    serve = commands.add_parser("serve", help="register deployments with schedules on a Prefect server and run them")
+    serve.add_argument("--config", help="build config (TOML); default: the embedded sample build")
+    serve.add_argument("--workdir", help="where deployed runs build; default: [operations] workdir, else ./tcm-corpus-build")
+    serve.add_argument("--limit", type=int, help="at most this many flow runs at once")
     return parser
 
 
@@ -110,7 +115,11 @@ def _print_result(flow: str, result: dict) -> None:
         )
         note = " [skipped: already done]" if summary.get("skipped") else ""
         print(f"{name:>14}: {ledger or '-'}{note}")
-    if "corpus" in result:
+    if "produced" in result:
+        from .summary import as_text
+
+        print(as_text(result["produced"]))
+    elif "corpus" in result:
         print(f"corpus: {result['corpus']} ({result['seconds']} s)")
 
 
@@ -127,10 +136,16 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         config = load_config(args.config)
+        if args.command == "serve":
+            return _serve(args, config)
         _preflight(args, config)
     except (ConfigError, UsageError) as exc:
         print(f"flows: error: {exc}", file=sys.stderr)
         return 2
+    if not args.json:
+        from .progress import enable_terminal
+
+        enable_terminal()
     known = _known_failures()
     try:
         result = _run(args)
@@ -144,6 +159,21 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(result, ensure_ascii=False, indent=2, default=str))
     else:
         _print_result(args.flow, result)
+    return 0
+
+
+def _serve(args, config) -> int:
+    from .serve import ServeError, resolve_workdir, serve
+
+    if args.limit is not None and args.limit < 1:
+        raise UsageError("--limit must be at least 1")
+    try:
+        serve(config, args.config, resolve_workdir(config, args.workdir), args.limit)
+    except ServeError as exc:
+        raise UsageError(str(exc)) from None
+    except KeyboardInterrupt:
+        pass
+    print("flows serve: stopped; scheduled deployments are paused until the next `flows serve`")
     return 0
 
 
