@@ -22,7 +22,7 @@ _terminal: Optional[TextIO] = None
 
 
 def enable_terminal(stream: Optional[TextIO] = None) -> None:
-    """Draw progress bars on `stream` (stdout) if it is a terminal; call with None to stop."""
+    """Draw progress bars on `stream` (default stdout) if it is a terminal."""
     global _terminal
     stream = stream if stream is not None else sys.stdout
     _terminal = stream if stream.isatty() else None
@@ -92,9 +92,9 @@ class StageProgress:
             self._end_line()
 
     def describe(self) -> str:
-        kinds = ", ".join(f"{n:,} {kind}" for kind, n in self.by_kind.items()) or "no rows yet"
-        of = f" of {self.total:,} read" if self.total else ""
-        return f"{self.stage}: {kinds} processed{of} in {self.clock() - self.started:.0f} s"
+        done = ", ".join(f"{n:,} {kind}" for kind, n in self.by_kind.items()) or "no rows yet"
+        read = f"; input {self.total:,} rows" if self.total else ""
+        return f"{self.stage}: {done} done{read}; {self.clock() - self.started:.0f} s"
 
     def _show(self, percent: float, final: bool) -> None:
         if self.artifacts:
