@@ -95,11 +95,11 @@ def api(prefect_server):
     """In-process Prefect calls go to the loopback server."""
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from prefect.logging.handlers import APILogHandler
+    from prefect.logging.handlers import APILogWorker
 
     with temporary_settings(updates={PREFECT_API_URL: prefect_server["url"]}):
         yield prefect_server
-        APILogHandler.flush()  # while the server still answers
+        APILogWorker.drain_all(timeout=5)  # while the server still answers
 
 
 def _query(client, path: str, **body) -> list[dict]:
@@ -179,6 +179,17 @@ def test_served_deployments_run_cancel_and_resume(api, tmp_path):
             ran = {"clean", "dedup", "decontaminate", "convert", "sample"} - finished_before
             assert {f"{stage}-progress" for stage in ran} <= set(progress), sorted(progress)
             assert all(progress[f"{stage}-progress"] == 100 for stage in ran)
+
+        # The nightly refresh of the same sources adds nothing: every new row repeats the build.
+        from flows.pipeline import refresh
+
+        again = refresh(workdir=str(workdir), label="again")
+        dedup = read_manifest(workdir / "refresh" / "again" / "dedup")
+        clean = read_manifest(workdir / "refresh" / "again" / "clean")
+        assert again["new_rows"] == 0
+        assert dedup.rows_out == read_manifest(workdir / "stages" / "dedup").rows_out
+        assert sum(dedup.rows_rejected.values()) == sum(clean.rows_out.values()) > 0
+        assert set(dedup.rejected_by_reason) == {"exact_duplicate_of"}
     finally:
         serving.send_signal(signal.SIGINT)
         try:
@@ -192,6 +203,19 @@ def test_served_deployments_run_cancel_and_resume(api, tmp_path):
 
 def _stage_folder(workdir: Path, stage: str) -> Path:
     return workdir / "corpus" if stage == "sample" else workdir / "stages" / stage
+
+
+def test_serve_needs_a_reachable_server():
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from flows.serve import ServeError, api_url
+
+    with temporary_settings(restore_defaults={PREFECT_API_URL}):
+        with pytest.raises(ServeError, match="start one with `prefect server start`"):
+            api_url()
+    with temporary_settings(updates={PREFECT_API_URL: f"http://127.0.0.1:{_free_port()}/api"}):
+        with pytest.raises(ServeError, match="does not answer"):
+            api_url()
 
 
 def test_llm_slots_serialise_holders(api):
