@@ -332,3 +332,26 @@ def test_operations_config_errors_are_one_line():
             parse_config(text, Path("."))
     crawl = parse_config("[operations.tasks.crawl]\nretries = 5", Path(".")).operations.tasks["crawl"]
     assert crawl.retries == 5 and crawl.timeout_seconds == config.operations.tasks["crawl"].timeout_seconds
+
+
+# pytest-timeout's signal method holds SIGALRM, which sends Prefect's time-out to a watcher thread
+# that cannot interrupt the wait on the crawl process; `flows run` and served runs hold no alarm.
+@pytest.mark.timeout(600, method="thread")
+def test_crawl_task_times_out_and_is_retried(api, tmp_path):
+    from prefect.client.orchestration import get_client
+
+    from flows.pipeline import crawl_flow
+
+    site = Path(__file__).resolve().parents[1] / "flows" / "sample" / "site"
+    config = tmp_path / "crawl.toml"
+    config.write_text(
+        f'[[sources]]\nname = "site"\nkind = "crawl"\nsite_dir = "{site}"\nstart_urls = ["/index.html"]\ncategory = "web"\n'
+        "\n[operations.tasks.crawl]\nretries = 1\nretry_delay_seconds = 0\ntimeout_seconds = 0.5\n",
+        encoding="utf-8",
+    )
+    state = crawl_flow(output=str(tmp_path / "crawl"), config=str(config), return_state=True)
+    assert state.is_failed() and "timed out" in state.message.lower(), state
+    with get_client(sync_client=True) as client:
+        tasks = _query(client, "/task_runs/filter", flow_runs={"id": {"any_": [str(state.state_details.flow_run_id)]}})
+    assert [(t["name"], t["run_count"], t["state"]["name"]) for t in tasks] == [("crawl", 2, "TimedOut")]
+    assert read_manifest(tmp_path / "crawl") is None and not list(tmp_path.glob("crawl.tmp-*"))
