@@ -62,7 +62,7 @@ def _stage_task(stage: str, work: Callable[..., StageManifest], manifest: StageM
 
 
 @task(name="crawl-sites", task_run_name="crawl", cache_policy=NONE, retries=1, retry_delay_seconds=5)
-def _crawl_task(stage: str, work: Callable[..., StageManifest], manifest: StageManifest, total_rows: int = 0) -> StageManifest:
+def _crawl_task(work: Callable[..., StageManifest], manifest: StageManifest, stage: str = "crawl", total_rows: int = 0) -> StageManifest:
     return _with_progress(stage, work, manifest, total_rows)
 
 
@@ -93,15 +93,18 @@ def _run(stage: str, output: Path, config_section: object, inputs: list[Path], w
     if existing and existing.key() == expected.key() and not existing.stats.get("failed"):
         logger.info("%s: finished before for these inputs and config, skipped (%s)", stage, output)
         return {**_summary(existing), "skipped": True, "output": str(output)}
-    task_fn = task_fn or _stage_task
+    chosen = task_fn or _stage_task
     if run_control is not None:
-        task_fn = task_fn.with_options(
+        chosen = chosen.with_options(
             retries=run_control.retries,
             retry_delay_seconds=run_control.retry_delay_seconds,
             timeout_seconds=run_control.timeout_seconds,
         )
     started = time.perf_counter()
-    manifest = task_fn(stage, work, expected, input_rows(inputs))
+    if task_fn is None:
+        manifest = chosen(stage, work, expected, input_rows(inputs))
+    else:  # a stage's own task: (work, manifest, stage=, total_rows=)
+        manifest = chosen(work, expected, stage=stage, total_rows=input_rows(inputs))
     summary = {**_summary(manifest), "skipped": False, "seconds": round(time.perf_counter() - started, 2), "output": str(output)}
     logger.info("%s: %s", stage, _ledger_line(manifest))
     return summary

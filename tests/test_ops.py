@@ -53,7 +53,7 @@ def _dead_pid() -> int:
 @pytest.fixture(scope="module")
 def prefect_server(prefect_home):
     """`prefect server start` on a free loopback port, on the session's PREFECT_HOME (its
-    database is migrated once), without the UI."""
+    database is migrated once)."""
     import urllib.request
 
     home = prefect_home
@@ -61,7 +61,8 @@ def prefect_server(prefect_home):
     url = f"http://127.0.0.1:{port}/api"
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
     env.update({"PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_LOGGING_LEVEL": "WARNING"})
-    server_env = {**env, "PREFECT_UI_ENABLED": "false"}
+    # No UI, and no scheduler filling the calendar of the nightly and weekly deployments.
+    server_env = {**env, "PREFECT_UI_ENABLED": "false", "PREFECT_SERVER_SERVICES_SCHEDULER_ENABLED": "false"}
     log = open(home / "server.log", "w")
     server = subprocess.Popen(
         [str(PREFECT), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
@@ -227,7 +228,7 @@ def test_llm_slots_serialise_holders(api):
         async def hold(name: str) -> None:
             async with slot():
                 events.append(f"enter {name}")
-                await asyncio.sleep(1.0)
+                await asyncio.sleep(0.5)
                 events.append(f"exit {name}")
 
         async def both() -> None:
