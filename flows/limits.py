@@ -5,8 +5,8 @@
         ...
 
 Two builds converting at the same time share the same slots, so the endpoint never sees more
-than `slots` requests at once. The limit lives on the Prefect server: `prefect gcl ls` shows
-it and the UI (Concurrency) can change it while runs go on.
+than `slots` requests at once. The limit lives on the Prefect server: the UI (Concurrency)
+shows it, and it or `prefect gcl update NAME --limit N` changes it while runs go on.
 """
 from __future__ import annotations
 
