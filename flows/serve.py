@@ -17,6 +17,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Optional
+from zoneinfo import ZoneInfo
 
 from .config import BuildConfig, ScheduleConfig
 
@@ -86,8 +87,18 @@ def _schedule(entry: ScheduleConfig, timezone: str):
 
     zone = entry.timezone or timezone
     if entry.cron is not None:
-        return Cron(entry.cron, timezone=zone)
-    return Interval(datetime.timedelta(seconds=entry.interval_seconds), timezone=zone)
+        try:
+            return Cron(entry.cron, timezone=zone, active=entry.active)
+        except ValueError as exc:  # the five fields are there, a value is not valid
+            raise ServeError(f"operations.schedules {entry.flow}/{entry.name}: cron {entry.cron!r} is not valid ({_first_line(exc)})") from None
+    # A fixed anchor (midnight, 2020-01-01, in the zone) keeps the run times when serve restarts.
+    anchor = datetime.datetime(2020, 1, 1, tzinfo=ZoneInfo(zone))
+    return Interval(datetime.timedelta(seconds=entry.interval_seconds), anchor_date=anchor, timezone=zone, active=entry.active)
+
+
+def _first_line(exc: Exception) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[-1] if lines else type(exc).__name__
 
 
 def deployments(cfg: BuildConfig, config: Optional[str], workdir: Path) -> list:
@@ -137,12 +148,12 @@ def serve(cfg: BuildConfig, config: Optional[str], workdir: Path, limit: Optiona
     """Register the deployments and run their flow runs until stopped. Blocks."""
     from prefect import serve as prefect_serve
 
+    served = deployments(cfg, str(Path(config).resolve()) if config else None, workdir)
     url = api_url()
     if cfg.convert.backend != "template":
         from .limits import ensure_limit
 
         ensure_limit(cfg.operations.llm.concurrency_limit, cfg.operations.llm.slots)
-    served = deployments(cfg, str(Path(config).resolve()) if config else None, workdir)
     ui = url.rstrip("/").removesuffix("/api")
     print(f"flows serve: {len(served)} deployments of build {cfg.name!r} on {url}; work folder {workdir}")
     for entry in cfg.operations.schedules:
