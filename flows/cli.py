@@ -6,6 +6,7 @@
     flows run STAGE --input DIR [--input DIR ...] --output DIR [--config FILE]
     flows run train-domain-classifier [--config FILE] [--output MODEL]
     flows lexicon build --from PATH [PATH ...] --output LEXICON [--no-seed]
+    flows serve [--config FILE] [--workdir DIR] [--limit N]
 
 Errors a user can fix (a bad config, a missing input, an unreadable file) are one line on
 stderr: exit code 2 for configuration and arguments, 1 for a failed run.
@@ -49,6 +50,10 @@ def _parser() -> argparse.ArgumentParser:
                          help="pharmacopoeia, terminology standard, classical book, or term<TAB>class list; a folder: its .txt files")
     lexicon.add_argument("--output", required=True, help="lexicon file to write (term<TAB>class per line)")
     lexicon.add_argument("--no-seed", action="store_true", help="leave out the seed list that ships in the package")
+    serve = commands.add_parser("serve", help="register deployments with schedules on a Prefect server and run them")
+    serve.add_argument("--config", help="build config (TOML); default: the embedded sample build")
+    serve.add_argument("--workdir", help="where deployed runs build; default: [operations] workdir, else ./tcm-corpus-build")
+    serve.add_argument("--limit", type=int, help="at most this many flow runs at once")
     return parser
 
 
@@ -157,7 +162,11 @@ def _print_result(flow: str, result: dict) -> None:
         )
         note = " [skipped: already done]" if summary.get("skipped") else ""
         print(f"{name:>14}: {ledger or '-'}{note}")
-    if "corpus" in result:
+    if "produced" in result:
+        from .summary import as_text
+
+        print(as_text(result["produced"]))
+    elif "corpus" in result:
         print(f"corpus: {result['corpus']} ({result['seconds']} s)")
 
 
@@ -176,10 +185,16 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         config = load_config(args.config)
+        if args.command == "serve":
+            return _serve(args, config)
         _preflight(args, config)
     except (ConfigError, UsageError) as exc:
         print(f"flows: error: {exc}", file=sys.stderr)
         return 2
+    if not args.json:
+        from .progress import enable_terminal
+
+        enable_terminal()
     known = _known_failures()
     try:
         result = _run(args)
@@ -220,6 +235,20 @@ def _lexicon(args) -> int:
         print(f"{kind}: {len(sources)} file(s) ({names}): {terms}")
     total = ", ".join(f"{cls} {n}" for cls, n in build.counts().items())
     print(f"lexicon: {output}: {len(build.terms)} terms ({total})")
+
+
+def _serve(args, config) -> int:
+    from .serve import ServeError, resolve_workdir, serve
+
+    if args.limit is not None and args.limit < 1:
+        raise UsageError("--limit must be at least 1")
+    try:
+        serve(config, args.config, resolve_workdir(config, args.workdir), args.limit)
+    except ServeError as exc:
+        raise UsageError(str(exc)) from None
+    except KeyboardInterrupt:
+        pass
+    print("flows serve: stopped; scheduled deployments are paused until the next `flows serve`")
     return 0
 
 

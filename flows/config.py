@@ -311,6 +311,116 @@ class EngineConfig(Section):
     spark: dict[str, str] = {}
 
 
+class TaskControl(Section):
+    """Retries and a time limit for one stage's task; a time-out counts as a failed try."""
+    retries: int = Field(0, ge=0)
+    retry_delay_seconds: float = Field(10, ge=0)
+    timeout_seconds: Optional[float] = Field(None, gt=0)
+
+
+def _default_task_control() -> dict[str, TaskControl]:
+    # The stages that wait on the network: web servers, the LLM endpoint.
+    return {
+        "crawl": TaskControl(retries=2, retry_delay_seconds=30, timeout_seconds=6 * 3600),
+        "convert": TaskControl(retries=2, retry_delay_seconds=60, timeout_seconds=24 * 3600),
+    }
+
+
+NETWORK_STAGES = ("crawl", "convert")
+DEPLOYABLE_FLOWS = ("build-corpus", "refresh", "crawl", "ingest", "clean", "dedup", "decontaminate", "convert", "sample", "validate", "export")
+
+
+class ScheduleConfig(Section):
+    """A scheduled deployment `<flow>/<name>` served by `flows serve`."""
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    flow: Literal[DEPLOYABLE_FLOWS]  # type: ignore[valid-type]
+    cron: Optional[str] = None
+    interval_seconds: Optional[float] = Field(None, gt=0)
+    timezone: Optional[str] = None  # default: operations.timezone
+    active: bool = True
+    # Flow parameters for the scheduled runs, over the defaults (config, workdir).
+    parameters: dict = {}
+
+    @model_validator(mode="after")
+    def _one_clock(self) -> "ScheduleConfig":
+        if (self.cron is None) == (self.interval_seconds is None):
+            raise ValueError("a schedule needs exactly one of cron and interval_seconds")
+        if self.cron is not None and len(self.cron.split()) != 5:
+            raise ValueError(f"cron {self.cron!r} must have five fields (minute hour day month weekday)")
+        if self.timezone is not None:
+            _check_timezone(self.timezone)
+        return self
+
+
+def _check_timezone(name: str) -> str:
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"unknown time zone {name!r} (use an IANA name such as 'Asia/Shanghai' or 'UTC')") from None
+    return name
+
+
+def _default_schedules() -> list[ScheduleConfig]:
+    return [
+        ScheduleConfig(name="nightly", flow="refresh", cron="0 2 * * *"),
+        ScheduleConfig(name="weekly", flow="build-corpus", cron="0 3 * * 0"),
+    ]
+
+
+class LLMLimitConfig(Section):
+    # A Prefect global concurrency limit shared by every flow run that calls the LLM endpoint.
+    concurrency_limit: str = Field("tcm-corpus-llm", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    slots: int = Field(8, ge=1)
+    # How long a call waits for a free slot before it fails; none: wait as long as it takes.
+    wait_seconds: Optional[float] = Field(None, gt=0)
+
+
+class NotifyConfig(Section):
+    # Both optional: a URL that receives a JSON POST, and/or a Prefect notification block
+    # ("slack-webhook/ops"). Nothing configured: nothing is sent.
+    webhook_url: Optional[str] = Field(None, pattern=r"^https?://")
+    block: Optional[str] = Field(None, pattern=r"^[a-z0-9-]+/[A-Za-z0-9_.-]+$")
+    timeout_seconds: float = Field(10, gt=0)
+
+
+class OperationsConfig(Section):
+    # Where deployed runs build; relative to the config file (the current folder for the sample).
+    workdir: Optional[Path] = None
+    timezone: str = "UTC"
+    schedules: list[ScheduleConfig] = Field(default_factory=_default_schedules)
+    tasks: dict[str, TaskControl] = Field(default_factory=_default_task_control)
+    llm: LLMLimitConfig = LLMLimitConfig()
+    notify: NotifyConfig = NotifyConfig()
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_timezone(cls, name: str) -> str:
+        return _check_timezone(name)
+
+    @field_validator("tasks", mode="before")
+    @classmethod
+    def _known_stages(cls, tasks: object) -> object:
+        if not isinstance(tasks, dict):
+            return tasks
+        merged = {stage: control.model_dump() for stage, control in _default_task_control().items()}
+        for stage, given in tasks.items():
+            if stage not in NETWORK_STAGES:
+                raise ValueError(f"stage {stage!r} has no run control (only: {', '.join(NETWORK_STAGES)})")
+            # A key left out keeps the stage's default, so `retries = 5` alone keeps the time-out.
+            merged[stage] = {**merged.get(stage, {}), **given} if isinstance(given, dict) else given
+        return merged
+
+    @model_validator(mode="after")
+    def _unique_schedules(self) -> "OperationsConfig":
+        names = [(s.flow, s.name) for s in self.schedules]
+        repeated = sorted({f"{f}/{n}" for f, n in names if names.count((f, n)) > 1})
+        if repeated:
+            raise ValueError(f"schedule names must be unique per flow: {', '.join(repeated)}")
+        return self
+
+
 class BuildConfig(Section):
     name: str = "tcm-corpus"
     sources: list[SourceConfig] = []
@@ -325,6 +435,7 @@ class BuildConfig(Section):
     export: ExportConfig = ExportConfig()
     engine: EngineConfig = EngineConfig()
     train_domain: TrainDomainConfig = TrainDomainConfig()
+    operations: OperationsConfig = OperationsConfig()
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
@@ -368,6 +479,7 @@ def _resolve_paths(config: BuildConfig, base: Path) -> BuildConfig:
     for labelled in [*config.train_domain.positive, *config.train_domain.negative]:
         labelled.path = fix(labelled.path)
     config.train_domain.model = fix(config.train_domain.model)
+    config.operations.workdir = fix(config.operations.workdir)
     return config
 
 

@@ -5,6 +5,7 @@ so re-running a build after a crash redoes only the stages that had not finished
 """
 from __future__ import annotations
 
+import inspect
 import time
 from importlib import metadata
 from pathlib import Path
@@ -14,14 +15,17 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NONE
 
-from schemas import CATEGORIES, CORPUS
-from schemas.dataset import StageManifest, check_input, fingerprint, hash_config, read_manifest
+from schemas import CATEGORIES
+from schemas.dataset import StageManifest, check_input, fingerprint, hash_config, read_manifest, remove_stale_temporaries
 from transforms import stages
 from transforms.engine import LocalEngine
 
-from .config import BuildConfig, load_config
+from .config import BuildConfig, TaskControl, load_config
 from .domain import train_domain_classifier_flow  # noqa: F401 - a flow of this module's CLI
 from .pipeline_info import FLOWS
+from .summary import as_markdown, as_text, produced
+from .notify import FAILURE_HOOKS
+from .progress import StageProgress, input_rows
 
 DESCRIPTIONS = FLOWS
 
@@ -54,26 +58,55 @@ def _expected(stage: str, config_section: object, inputs: list[Path]) -> StageMa
 
 
 @task(name="stage", task_run_name="{stage}", cache_policy=NONE)
-def _stage_task(stage: str, work: Callable[[StageManifest], StageManifest], manifest: StageManifest) -> StageManifest:
-    return work(manifest)
+def _stage_task(stage: str, work: Callable[..., StageManifest], manifest: StageManifest, total_rows: int = 0) -> StageManifest:
+    return _with_progress(stage, work, manifest, total_rows)
 
 
 @task(name="crawl-sites", task_run_name="crawl", cache_policy=NONE, retries=1, retry_delay_seconds=5)
-def _crawl_task(work: Callable[[StageManifest], StageManifest], manifest: StageManifest) -> StageManifest:
-    return work(manifest)
+def _crawl_task(work: Callable[..., StageManifest], manifest: StageManifest, stage: str = "crawl", total_rows: int = 0) -> StageManifest:
+    return _with_progress(stage, work, manifest, total_rows)
 
 
-def _run(stage: str, output: Path, config_section: object, inputs: list[Path], work, task_fn=None) -> dict:
-    """Skip the stage if its output is finished for these inputs and config; else run it."""
+def _with_progress(stage: str, work, manifest: StageManifest, total_rows: int) -> StageManifest:
+    """Run the stage; a `work(manifest, progress)` gets the callback that feeds the UI and the terminal."""
+    if "progress" not in inspect.signature(work).parameters:
+        return work(manifest)
+    tracker = StageProgress(stage, total_rows)
+    completed = False
+    try:
+        result = work(manifest, progress=tracker)
+        completed = True
+        return result
+    finally:
+        tracker.finish(completed)
+
+
+def _run(stage: str, output: Path, config_section: object, inputs: list[Path], work, task_fn=None, run_control: Optional[TaskControl] = None, force: bool = False) -> dict:
+    """Skip the stage if its output is finished for these inputs and config (unless `force`); else run it.
+
+    `run_control` (from [operations.tasks.<stage>]) gives the task retries and a time-out."""
     logger = get_run_logger()
+    removed = remove_stale_temporaries(output)
+    if removed:
+        logger.info("%s: removed %s, left by an interrupted run", stage, ", ".join(p.name for p in removed))
     expected = _expected(stage, config_section, inputs)
     existing = read_manifest(output)
-    if existing and existing.key() == expected.key() and not existing.stats.get("failed") and not existing.stats.get("unfinished"):
+    if not force and existing and existing.key() == expected.key() and not existing.stats.get("failed") and not existing.stats.get("unfinished"):
         logger.info("%s: finished before for these inputs and config, skipped (%s)", stage, output)
-        return {**_summary(existing), "skipped": True}
+        return {**_summary(existing), "skipped": True, "output": str(output)}
+    chosen = task_fn or _stage_task
+    if run_control is not None:
+        chosen = chosen.with_options(
+            retries=run_control.retries,
+            retry_delay_seconds=run_control.retry_delay_seconds,
+            timeout_seconds=run_control.timeout_seconds,
+        )
     started = time.perf_counter()
-    manifest = task_fn(work, expected) if task_fn else _stage_task(stage, work, expected)
-    summary = {**_summary(manifest), "skipped": False, "seconds": round(time.perf_counter() - started, 2)}
+    if task_fn is None:
+        manifest = chosen(stage, work, expected, input_rows(inputs))
+    else:  # a stage's own task: (work, manifest, stage=, total_rows=)
+        manifest = chosen(work, expected, stage=stage, total_rows=input_rows(inputs))
+    summary = {**_summary(manifest), "skipped": False, "seconds": round(time.perf_counter() - started, 2), "output": str(output)}
     logger.info("%s: %s", stage, _ledger_line(manifest))
     return summary
 
@@ -147,11 +180,8 @@ def crawl_flow(output: str, config: Optional[str] = None, recrawl: bool = False)
                 )
             return run_crawl(specs, output, manifest, settings)
 
-    if recrawl:
-        manifest = _crawl_task(work, _expected("crawl", section, []))
-        get_run_logger().info("crawl: %s", _ledger_line(manifest))
-        return {**_summary(manifest), "skipped": False}
-    return _run("crawl", Path(output), section, [], work, task_fn=_crawl_task)
+    # A scheduled re-crawl runs even when the crawl is finished; it asks the sites only for changes.
+    return _run("crawl", Path(output), section, [], work, task_fn=_crawl_task, run_control=cfg.operations.tasks.get("crawl"), force=recrawl)
 
 
 @flow(name="ingest", description=DESCRIPTIONS["ingest"])
@@ -177,8 +207,9 @@ def ingest_flow(output: str, config: Optional[str] = None, inputs: Optional[list
     return _run("ingest", Path(output), section, fingerprints, work)
 
 
-def _simple_stage(stage: str, section_name: str) -> Callable:
-    """A flow for a stage that reads datasets and one config section: `transforms.stages.run_<stage>`."""
+def _simple_stage(stage: str, section_name: str, extra: Optional[Callable[[BuildConfig], dict]] = None) -> Callable:
+    """A flow for a stage that reads datasets and one config section: `transforms.stages.run_<stage>`;
+    `extra(config)` gives further keyword arguments of the stage function."""
 
     @flow(name=stage, description=DESCRIPTIONS[stage])
     def stage_flow(inputs: list[str], output: str, config: Optional[str] = None, engine: Optional[str] = None) -> dict:
@@ -187,10 +218,11 @@ def _simple_stage(stage: str, section_name: str) -> Callable:
         params = cfg.section(section_name)
         chosen = make_engine(cfg, engine)
 
-        def work(manifest: StageManifest) -> StageManifest:
-            return getattr(stages, f"run_{stage}")(paths, output, params, manifest, chosen)
+        def work(manifest: StageManifest, progress=None) -> StageManifest:
+            more = extra(cfg) if extra else {}
+            return getattr(stages, f"run_{stage}")(paths, output, params, manifest, chosen, progress=progress, **more)
 
-        return _run(stage, Path(output), params, paths, work)
+        return _run(stage, Path(output), params, paths, work, run_control=cfg.operations.tasks.get(stage))
 
     stage_flow.__name__ = f"{stage}_flow"
     return stage_flow
@@ -217,8 +249,19 @@ def selection_dry_run_flow(stage: str, inputs: list[str], config: Optional[str] 
     except Exception as exc:  # noqa: BLE001 - an artifact is a convenience
         get_run_logger().warning("could not publish the dry-run artifact: %s", exc)
     return {"dry_run": True, "stage": stage, "report": report, "text": text}
+
+
+def _llm_limit(cfg: BuildConfig) -> dict:
+    """LLM requests of every run share one Prefect global concurrency limit ([operations.llm])."""
+    if cfg.convert.backend != "openai":
+        return {}
+    from .limits import llm_slot
+
+    return {"slot": llm_slot(cfg.operations.llm)}
+
+
 dedup_flow = _simple_stage("dedup", "dedup")
-convert_flow = _simple_stage("convert", "convert")
+convert_flow = _simple_stage("convert", "convert", extra=_llm_limit)
 
 
 @flow(name="decontaminate", description=DESCRIPTIONS["decontaminate"])
@@ -231,9 +274,9 @@ def decontaminate_flow(inputs: list[str], output: str, config: Optional[str] = N
     chosen = make_engine(cfg, engine)
     references = list(cfg.decontaminate.benchmarks)
 
-    def work(manifest: StageManifest) -> StageManifest:
+    def work(manifest: StageManifest, progress=None) -> StageManifest:
         items = [item for path in references for item in load_benchmark(path)]
-        result = stages.run_decontaminate(paths, output, params, manifest, chosen, items)
+        result = stages.run_decontaminate(paths, output, params, manifest, chosen, items, progress=progress)
         hits = stages.contamination_hits(result)
         if hits:
             get_run_logger().warning("decontaminate: removed %s", hits)
@@ -248,8 +291,8 @@ def sample_flow(inputs: list[str], output: str, config: Optional[str] = None, en
     paths = _inputs(inputs)
     params = cfg.section("sample")
 
-    def work(manifest: StageManifest) -> StageManifest:
-        return stages.run_sample(paths, output, params, manifest, manifest.config_hash)
+    def work(manifest: StageManifest, progress=None) -> StageManifest:
+        return stages.run_sample(paths, output, params, manifest, manifest.config_hash, progress=progress)
 
     return _run("sample", Path(output), params, paths, work)
 
@@ -320,7 +363,7 @@ STAGE_FLOWS = {
 # -- the whole build --------------------------------------------------------------------------
 
 
-@flow(name="build-corpus", description=DESCRIPTIONS["build-corpus"])
+@flow(name="build-corpus", description=DESCRIPTIONS["build-corpus"], **FAILURE_HOOKS)
 def build_corpus(config: Optional[str] = None, workdir: str = "tcm-corpus-build", engine: Optional[str] = None) -> dict:
     logger = get_run_logger()
     cfg = load_config(config)
@@ -345,17 +388,22 @@ def build_corpus(config: Optional[str] = None, workdir: str = "tcm-corpus-build"
         results["export"] = export_flow([str(corpus)], str(staged / "export"), config, engine)
 
     seconds = round(time.perf_counter() - started, 2)
-    report = build_summary(results, corpus, seconds)
-    logger.info("build-corpus finished in %.1f s: %s rows in %s", seconds, results["sample"]["rows_out"].get(CORPUS, 0), corpus)
+    facts = produced(root, corpus, results, seconds)
+    logger.info("%s", as_text(facts))
+    _publish_summary(as_markdown(facts) + "\n\n" + build_summary(results), "build-corpus-summary", "What the corpus build produced")
+    return {"workdir": str(root), "corpus": str(corpus), "seconds": seconds, "stages": results, "produced": facts}
+
+
+def _publish_summary(markdown: str, key: str, description: str) -> None:
     try:
-        create_markdown_artifact(report, key="build-corpus-summary", description="Funnel of the corpus build")
+        create_markdown_artifact(markdown, key=key, description=description)
     except Exception as exc:  # noqa: BLE001 - an artifact is a convenience, never a reason to fail a build
-        logger.warning("could not publish the summary artifact: %s", exc)
-    return {"workdir": str(root), "corpus": str(corpus), "seconds": seconds, "stages": results}
+        get_run_logger().warning("could not publish the summary artifact: %s", exc)
 
 
-def build_summary(results: dict[str, dict], corpus: Path, seconds: float) -> str:
-    lines = [f"# Corpus build\n\nShards in `{corpus}`, built in {seconds} s.\n", "| stage | in | kept | rejected | out | skipped |", "|---|---|---|---|---|---|"]
+def build_summary(results: dict[str, dict]) -> str:
+    """The funnel: rows in, kept, rejected and written per record kind at each stage."""
+    lines = ["## Funnel", "", "| stage | in | kept | rejected | out | skipped |", "|---|---|---|---|---|---|"]
     for stage, summary in results.items():
         fmt = lambda counts: ", ".join(f"{k} {v}" for k, v in counts.items()) or "-"  # noqa: E731
         lines.append(
@@ -363,3 +411,44 @@ def build_summary(results: dict[str, dict], corpus: Path, seconds: float) -> str
             f"| {fmt(summary['rows_out'])} | {'yes' if summary.get('skipped') else 'no'} |"
         )
     return "\n".join(lines)
+
+
+# -- the nightly refresh ----------------------------------------------------------------------
+
+REFRESH_DESCRIPTION = "crawl, ingest, clean and dedup new material against the existing build's deduplicated rows"
+
+
+@flow(name="refresh", description=REFRESH_DESCRIPTION, **FAILURE_HOOKS)
+def refresh(config: Optional[str] = None, workdir: str = "tcm-corpus-build", engine: Optional[str] = None, label: Optional[str] = None) -> dict:
+    """Fetch and import the sources again into `WORKDIR/refresh/<label>/` (label: today's UTC
+    date), clean them, and dedup them after the existing `WORKDIR/stages/dedup` rows, so new
+    rows that repeat the corpus are rejected as duplicates and only new material is added."""
+    cfg = load_config(config)
+    root = Path(workdir).resolve()
+    label = label or time.strftime("%Y%m%d", time.gmtime())
+    target = root / "refresh" / label
+    started = time.perf_counter()
+    results: dict[str, dict] = {}
+
+    page_inputs: list[str] = []
+    if any(s.kind == "crawl" for s in cfg.sources):
+        results["crawl"] = crawl_flow(str(target / "crawl"), config, recrawl=True)
+        page_inputs = [str(target / "crawl")]
+    results["ingest"] = ingest_flow(str(target / "ingest"), config, page_inputs)
+    results["clean"] = clean_flow([str(target / "ingest")], str(target / "clean"), config, engine)
+    existing = root / "stages" / "dedup"
+    earlier = [str(existing)] if read_manifest(existing) else []
+    if not earlier:
+        get_run_logger().info("refresh: no finished build in %s; dedup runs on the new rows alone", root)
+    results["dedup"] = dedup_flow([*earlier, str(target / "clean")], str(target / "dedup"), config, engine)
+
+    existing_rows = sum(read_manifest(existing).rows_out.values()) if earlier else 0
+    dedup_out = sum(results["dedup"]["rows_out"].values())
+    seconds = round(time.perf_counter() - started, 2)
+    text = (
+        f"refresh finished in {seconds} s: {dedup_out - existing_rows:,} new rows after dedup against "
+        f"{existing_rows:,} existing rows; {target / 'dedup'} holds both"
+    )
+    get_run_logger().info("%s", text)
+    _publish_summary(f"# Refresh {label}\n\n{text}.\n\n" + build_summary(results), "refresh-summary", "What the refresh added")
+    return {"workdir": str(root), "output": str(target / "dedup"), "new_rows": dedup_out - existing_rows, "seconds": seconds, "stages": results}

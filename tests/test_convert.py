@@ -324,3 +324,29 @@ def test_a_config_file_drives_the_openai_backend(tmp_path):
         assert manifest.stats["llm"]["estimated_cost"] > 0
         assert (tmp_path / "out.cache" / "responses.sqlite").is_file(), "the cache lives beside the stage output"
         assert SECRET not in (tmp_path / "out" / "_manifest.json").read_text(encoding="utf-8")
+
+
+def test_the_convert_flow_holds_a_global_llm_slot_for_every_request(prefect_harness, tmp_path):
+    """The flow passes the [operations.llm] limit to the client: the Prefect server's limit exists
+    with the configured slots, and the run converts through it."""
+    from prefect.client.orchestration import get_client
+
+    from flows.pipeline import convert_flow
+
+    inputs = build_input(tmp_path / "in", ["P0", "P1"])
+    with ChatServer() as server:
+        config = tmp_path / "llm.toml"
+        config.write_text(
+            f'[convert]\nbackend = "openai"\nbase_url = "{server.base_url}"\nmodel = "test-model"\napi_key_env = "{KEY_ENV}"\n'
+            'llm_categories = ["books"]\nmin_passage_chars = 40\nmax_passage_chars = 150\nconcurrency = 4\n'
+            '[operations.llm]\nconcurrency_limit = "test-convert-llm"\nslots = 2\n',
+            encoding="utf-8")
+        result = convert_flow([str(inputs)], str(tmp_path / "out"), str(config))
+        answered = sum(server.answered.values())
+    manifest = read_manifest(tmp_path / "out")
+    check_ledger(manifest)
+    assert not result["skipped"] and manifest.stats["passages_converted"] == 2
+    assert answered == 4  # a question and an answer for each of the two passages
+    with get_client(sync_client=True) as client:
+        limit = client.read_global_concurrency_limit_by_name("test-convert-llm")
+    assert limit.limit == 2 and limit.active_slots == 0
