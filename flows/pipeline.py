@@ -15,7 +15,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NONE
 
-from schemas import CATEGORIES
+from schemas import CATEGORIES, CONVERSATIONS, DOCUMENTS
 from schemas.dataset import StageManifest, check_input, fingerprint, hash_config, read_manifest, remove_stale_temporaries
 from transforms import stages
 from transforms.engine import LocalEngine
@@ -442,8 +442,12 @@ def refresh(config: Optional[str] = None, workdir: str = "tcm-corpus-build", eng
         get_run_logger().info("refresh: no finished build in %s; dedup runs on the new rows alone", root)
     results["dedup"] = dedup_flow([*earlier, str(target / "clean")], str(target / "dedup"), config, engine)
 
-    existing_rows = sum(read_manifest(existing).rows_out.values()) if earlier else 0
-    dedup_out = sum(results["dedup"]["rows_out"].values())
+    # Text rows only: the dedup output also holds its audit kinds (clusters, repeated paragraphs).
+    def text_rows(rows_out: dict) -> int:
+        return sum(n for kind, n in rows_out.items() if kind in (DOCUMENTS, CONVERSATIONS))
+
+    existing_rows = text_rows(read_manifest(existing).rows_out) if earlier else 0
+    dedup_out = text_rows(results["dedup"]["rows_out"])
     seconds = round(time.perf_counter() - started, 2)
     text = (
         f"refresh finished in {seconds} s: {dedup_out - existing_rows:,} new rows after dedup against "

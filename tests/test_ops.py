@@ -188,7 +188,10 @@ def test_served_deployments_run_cancel_and_resume(api, tmp_path):
         dedup = read_manifest(workdir / "refresh" / "again" / "dedup")
         clean = read_manifest(workdir / "refresh" / "again" / "clean")
         assert again["new_rows"] == 0
-        assert dedup.rows_out == read_manifest(workdir / "stages" / "dedup").rows_out
+        def text_rows(rows: dict) -> dict:  # the dedup output also holds its audit kinds
+            return {kind: n for kind, n in rows.items() if kind in ("documents", "conversations")}
+
+        assert text_rows(dedup.rows_out) == text_rows(read_manifest(workdir / "stages" / "dedup").rows_out)
         assert sum(dedup.rows_rejected.values()) == sum(clean.rows_out.values()) > 0
         assert set(dedup.rejected_by_reason) == {"exact_duplicate_of"}
     finally:
