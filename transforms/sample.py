@@ -7,10 +7,15 @@ exponential keys gives exactly that distribution: each item gets key -ln(u)/w wi
 (0, 1), and the permutation is the items sorted by key. Keys are computed per item from a hash of
 (seed, id, epoch), so the order depends on neither input order nor engine, and a sort scales
 where a sequential multinomial draw (exact only below 2^24 items in torch) does not.
+
+The order needs only each item's id, category and source: `plan_order` works on those (about
+45 bytes per item and fine-tuning copy), and the rows themselves are gathered afterwards in a
+stream (`transforms.shards`).
 """
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
@@ -18,6 +23,8 @@ import pyarrow as pa
 from schemas import CONVERSATIONS, CORPUS, CORPUS_SCHEMA, DOCUMENTS, conform, dumps_meta, loads_meta, nullable_schema
 
 _MASK = np.uint64(0xFFFFFFFFFFFFFFFF)
+MODES = ("priority", "uniform", "sequential")
+SFT = "sft"
 
 
 def _splitmix64(x: np.ndarray) -> np.ndarray:
@@ -29,11 +36,9 @@ def _splitmix64(x: np.ndarray) -> np.ndarray:
 
 
 def id_hashes(ids: list[str]) -> np.ndarray:
-    return np.fromiter(
-        (int.from_bytes(hashlib.blake2b(i.encode("utf-8"), digest_size=8).digest(), "little") for i in ids),
-        dtype=np.uint64,
-        count=len(ids),
-    )
+    """The first 8 bytes (little-endian) of blake2b of each id: what a Spark UDF computes too."""
+    digests = b"".join([hashlib.blake2b(i.encode("utf-8"), digest_size=8).digest() for i in ids])
+    return np.frombuffer(digests, dtype="<u8").astype(np.uint64)
 
 
 def uniform_draws(hashes: np.ndarray, epochs: np.ndarray, seed: int) -> np.ndarray:
@@ -53,16 +58,95 @@ def sort_keys(hashes: np.ndarray, epochs: np.ndarray, weights: np.ndarray, is_sf
         return -np.log(u)
     if mode == "sequential":  # all domain items (shuffled), then all fine-tuning items
         return is_sft.astype(np.float64) * 2.0 + u
-    raise ValueError(f"unknown sampling mode {mode!r}")
+    raise ValueError(f"unknown sampling mode {mode!r}; known: {', '.join(MODES)}")
 
 
-def item_weights(categories: list[str], sources: list[str], params: dict) -> np.ndarray:
+class Codes:
+    """Small integer codes for repeated strings (categories, sources), in order of first sight."""
+
+    def __init__(self, names: tuple[str, ...] = ()):
+        self.names: list[str] = list(names)
+        self._index = {name: i for i, name in enumerate(self.names)}
+
+    def encode(self, column: pa.Array | pa.ChunkedArray) -> np.ndarray:
+        encoded = column.dictionary_encode() if not isinstance(column, pa.ChunkedArray) else column.combine_chunks().dictionary_encode()
+        local = []
+        for name in encoded.dictionary.to_pylist():
+            if name not in self._index:
+                self._index[name] = len(self.names)
+                self.names.append(name)
+            local.append(self._index[name])
+        indices = encoded.indices.to_numpy(zero_copy_only=False)
+        return np.asarray(local, dtype=np.int32)[indices] if len(indices) else np.zeros(0, dtype=np.int32)
+
+
+@dataclass
+class SamplingPlan:
+    """Where every item and fine-tuning copy goes. Copies of item i are the expanded indices
+    starts[i] .. starts[i+1]-1, with epochs 0, 1, ...; position[e] is copy e's training position."""
+
+    starts: np.ndarray  # int64, items + 1
+    epoch: np.ndarray  # int32 per expanded index
+    position: np.ndarray  # int64 per expanded index
+    category_in_order: np.ndarray  # int32 category code at each training position
+
+    @property
+    def rows(self) -> int:
+        return int(self.starts[-1])
+
+
+def item_weights(category_codes: np.ndarray, source_codes: np.ndarray, categories: list[str], sources: list[str], params: dict) -> np.ndarray:
+    """Each item's weight: its source's override when configured, else its category's weight."""
     weights = params.get("weights") or {}
     by_source = params.get("source_weights") or {}
-    return np.array([float(by_source.get(s, weights.get(c, 1.0))) for c, s in zip(categories, sources)], dtype=np.float64)
+    unknown = [name for name in categories if name not in weights]
+    if params.get("mode", "priority") == "priority" and unknown:
+        raise ValueError(f"category {unknown[0]!r} has no sampling weight (weights are given for {', '.join(weights)})")
+    per_category = np.array([float(weights.get(name, 1.0)) for name in categories] or [1.0], dtype=np.float64)
+    per_source = np.array([float(by_source.get(name, np.nan)) for name in sources] or [np.nan], dtype=np.float64)
+    chosen = per_source[source_codes] if len(source_codes) else np.zeros(0)
+    return np.where(np.isnan(chosen), per_category[category_codes] if len(category_codes) else chosen, chosen)
 
 
-def to_corpus_rows(table: pa.Table, kind: str) -> pa.Table:
+def plan_order(hashes: np.ndarray, category_codes: np.ndarray, source_codes: np.ndarray, categories: list[str], sources: list[str], params: dict) -> SamplingPlan:
+    """The training position of every item and fine-tuning copy, from ids, categories and sources."""
+    mode = params.get("mode", "priority")
+    sft_epochs = int(params.get("sft_epochs", 1))
+    sft_code = categories.index(SFT) if SFT in categories else -1
+    is_sft = category_codes == sft_code
+    repeats = np.where(is_sft, sft_epochs, 1).astype(np.int64)
+    starts = np.zeros(len(repeats) + 1, dtype=np.int64)
+    np.cumsum(repeats, out=starts[1:])
+    item_of = np.repeat(np.arange(len(repeats), dtype=np.int64), repeats)
+    epoch = (np.arange(len(item_of), dtype=np.int64) - starts[item_of]).astype(np.int32)
+    weights = item_weights(category_codes, source_codes, categories, sources, params)
+    keys = sort_keys(hashes[item_of], epoch, weights[item_of], is_sft[item_of], mode, int(params.get("seed", 0)))
+    del weights
+    order = np.argsort(keys)
+    del keys
+    position = np.empty(len(order), dtype=np.int64)
+    position[order] = np.arange(len(order), dtype=np.int64)
+    return SamplingPlan(starts=starts, epoch=epoch, position=position, category_in_order=category_codes[item_of[order]])
+
+
+def sampling_curve(category_in_order: np.ndarray, categories: list[str], buckets: int = 100) -> list[dict[str, float]]:
+    """Share of each category in each 1% of training positions."""
+    n = len(category_in_order)
+    if n == 0:
+        return []
+    edges = np.linspace(0, n, min(buckets, n) + 1).astype(np.int64)
+    sizes = np.diff(edges)
+    names = sorted(set(categories[c] for c in np.unique(category_in_order)))
+    curve = [dict.fromkeys(names, 0.0) for _ in sizes]
+    for name in names:
+        hits = (category_in_order == categories.index(name)).astype(np.int64)
+        counts = np.add.reduceat(hits, edges[:-1])
+        for bucket, (count, size) in enumerate(zip(counts, sizes)):
+            curve[bucket][name] = round(float(count) / float(size), 4)
+    return curve
+
+
+def to_corpus_rows(table: pa.Table | pa.RecordBatch, kind: str) -> pa.Table:
     """Conversations become chat rows, documents text rows, in the corpus schema (no position yet)."""
     n = table.num_rows
     if kind == CONVERSATIONS:
@@ -89,39 +173,25 @@ def to_corpus_rows(table: pa.Table, kind: str) -> pa.Table:
     )
 
 
-def priority_order(items: pa.Table, params: dict) -> tuple[pa.Table, np.ndarray]:
-    """Expand fine-tuning items to `sft_epochs` copies and return (expanded items, order).
-
-    Copies of one item get ids `<id>@<epoch>` and meta {"epoch"}; `order` indexes the expanded
-    table in training order."""
-    epochs_of_sft = int(params.get("sft_epochs", 1))
-    categories = items.column("category").to_pylist()
-    is_sft = np.array([c == "sft" for c in categories], dtype=bool)
-    repeats = np.where(is_sft, epochs_of_sft, 1)
-    source_rows = np.repeat(np.arange(items.num_rows), repeats)
-    epochs = np.concatenate([np.arange(r) for r in repeats]) if len(repeats) else np.zeros(0, dtype=np.int64)
-    expanded = items.take(pa.array(source_rows, pa.int64()))
-    if epochs_of_sft > 1 and is_sft.any():
-        ids, metas = expanded.column("id").to_pylist(), expanded.column("meta").to_pylist()
-        sft_rows = is_sft[source_rows]
-        new_ids, new_metas = [], []
-        for i, (row_id, meta, epoch) in enumerate(zip(ids, metas, epochs)):
-            if sft_rows[i]:
-                new_ids.append(f"{row_id}@{epoch}")
-                new_metas.append(dumps_meta({**loads_meta(meta), "epoch": int(epoch), "origin_id": loads_meta(meta).get("origin_id", row_id)}))
-            else:
-                new_ids.append(row_id)
-                new_metas.append(meta)
-        expanded = expanded.set_column(0, "id", pa.array(new_ids, pa.string()))
-        expanded = expanded.set_column(expanded.schema.get_field_index("meta"), "meta", pa.array(new_metas, pa.string()))
-    base_ids = items.column("id").to_pylist()
-    hashes = id_hashes(base_ids)[source_rows]
-    weights = item_weights(categories, items.column("source").to_pylist(), params)[source_rows]
-    keys = sort_keys(hashes, epochs.astype(np.uint64), weights, is_sft[source_rows], params.get("mode", "priority"), int(params.get("seed", 0)))
-    return expanded, np.argsort(keys, kind="stable")
+def expand_copies(rows: pa.Table, copies_of_row: np.ndarray, epochs: np.ndarray, sft_epochs: int) -> pa.Table:
+    """Row i of `rows` repeated per `copies_of_row` (its index for each copy); fine-tuning copies
+    get ids `<id>@<epoch>` and meta {"epoch", "origin_id"} when there is more than one epoch."""
+    expanded = rows.take(pa.array(copies_of_row, pa.int64()))
+    if sft_epochs <= 1:
+        return expanded
+    categories = expanded.column("category").to_pylist()
+    if SFT not in categories:
+        return expanded
+    ids, metas = expanded.column("id").to_pylist(), expanded.column("meta").to_pylist()
+    for i, category in enumerate(categories):
+        if category == SFT:
+            meta = loads_meta(metas[i])
+            metas[i] = dumps_meta({**meta, "epoch": int(epochs[i]), "origin_id": meta.get("origin_id", ids[i])})
+            ids[i] = f"{ids[i]}@{int(epochs[i])}"
+    expanded = expanded.set_column(0, "id", pa.array(ids, pa.string()))
+    return expanded.set_column(expanded.schema.get_field_index("meta"), "meta", pa.array(metas, pa.string()))
 
 
-def with_positions(table: pa.Table, start: int) -> pa.Table:
-    positions = pa.array(np.arange(start, start + table.num_rows, dtype=np.int64))
-    table = table.add_column(1, "position", positions)
+def with_positions(table: pa.Table, positions: np.ndarray) -> pa.Table:
+    table = table.add_column(1, "position", pa.array(positions, pa.int64()))
     return table.select(CORPUS_SCHEMA.names).cast(nullable_schema(CORPUS))
