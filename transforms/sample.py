@@ -99,7 +99,7 @@ def item_weights(category_codes: np.ndarray, source_codes: np.ndarray, categorie
     """Each item's weight: its source's override when configured, else its category's weight."""
     weights = params.get("weights") or {}
     by_source = params.get("source_weights") or {}
-    unknown = [name for name in categories if name not in weights]
+    unknown = [categories[code] for code in np.unique(category_codes) if categories[code] not in weights]
     if params.get("mode", "priority") == "priority" and unknown:
         raise ValueError(f"category {unknown[0]!r} has no sampling weight (weights are given for {', '.join(weights)})")
     per_category = np.array([float(weights.get(name, 1.0)) for name in categories] or [1.0], dtype=np.float64)
