@@ -120,7 +120,7 @@ class SampleConfig(Section):
     seed: int = 42
     # Token counts in the corpus manifest: a tokenizer.json (needs `tokenizers`), else an estimate.
     tokenizer: Optional[Path] = None
-    tokens_per_han_char: float = Field(1.0, gt=0)
+    tokens_per_cjk_char: float = Field(1.0, gt=0)
     chars_per_token: float = Field(4.0, gt=0)
 
     @field_validator("weights")

@@ -265,7 +265,7 @@ def render_html(figures: dict) -> str:
     tokens = figures["tokens"]
     if tokens:
         how = tokens.get("tokenizer") if tokens.get("method") == "tokenizer" else (
-            f"estimated: {tokens.get('tokens_per_han_char')} per Han character, 1 per {tokens.get('chars_per_token')} other characters")
+            f"estimated: {tokens.get('tokens_per_cjk_char')} per CJK character, 1 per {tokens.get('chars_per_token')} other characters")
         sections.append(f"<p>Tokens: {_number(tokens.get('total', 0))} ({html.escape(str(how))}).</p>")
     sampling = figures["sampling"]
     sections.append(f"<h2>Sampling curve</h2><p>Mode {html.escape(str(sampling.get('mode')))}, weights "

@@ -229,9 +229,12 @@ def test_token_counts_estimated_from_characters_or_counted_by_a_tokenizer(tmp_pa
             "messages": pa.array([None, [{"role": "user", "content": "黄芪?"}, {"role": "assistant", "content": "补气 and more"}]], SCHEMAS[CONVERSATIONS].field("messages").type),
         }
     )
-    estimate = TokenCounter(tokens_per_han_char=1.0, chars_per_token=4.0).row_tokens(rows)
+    estimate = TokenCounter(tokens_per_cjk_char=1.0, chars_per_token=4.0).row_tokens(rows)
     # 4 Han + "ok" (2 / 4); 2 Han + "?" (1 / 4), 2 Han + "andmore" (7 / 4).
     assert estimate.tolist() == pytest.approx([4.5, 4 + 8 / 4])
+    # Full-width punctuation counts as a wide character; tabs and newlines count nothing.
+    sliced = pa.table({"text": pa.array(["x", "人参，\t补气\n", None]).slice(1), "messages": pa.nulls(2, rows.schema.field("messages").type)})
+    assert TokenCounter().row_tokens(sliced).tolist() == [5.0, 0.0]
 
     tokenizer = Tokenizer(models.WordLevel(unk_token="[UNK]"))
     tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
@@ -249,3 +252,24 @@ def test_codes_keep_first_sight_order():
     codes = Codes(("web",))
     assert codes.encode(pa.array(["books", "web", "books"])).tolist() == [1, 0, 1]
     assert codes.names == ["web", "books"]
+
+
+def test_id_hashes_are_fnv1a_of_the_utf8_bytes_then_splitmix64():
+    def splitmix64(x: int) -> int:
+        mask = (1 << 64) - 1
+        x = (x + 0x9E3779B97F4A7C15) & mask
+        x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & mask
+        x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & mask
+        return x ^ (x >> 31)
+
+    def reference(text: str) -> int:
+        h = 0xCBF29CE484222325
+        for byte in text.encode("utf-8"):
+            h = ((h ^ byte) * 0x100000001B3) & ((1 << 64) - 1)
+        return splitmix64(h)
+
+    ids = ["", "a", "人参", "3f2a9c@2", "x" * 70, "b", "黄芪" * 9]
+    assert id_hashes(ids).tolist() == [reference(i) for i in ids]
+    # An Arrow slice (an offset into shared buffers) and a chunked column give the same hashes.
+    assert id_hashes(pa.array(ids).slice(2, 3)).tolist() == [reference(i) for i in ids[2:5]]
+    assert id_hashes(pa.chunked_array([ids[:3], ids[3:]])).tolist() == [reference(i) for i in ids]

@@ -14,7 +14,6 @@ stream (`transforms.shards`).
 """
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -35,10 +34,38 @@ def _splitmix64(x: np.ndarray) -> np.ndarray:
         return x ^ (x >> np.uint64(31))
 
 
-def id_hashes(ids: list[str]) -> np.ndarray:
-    """The first 8 bytes (little-endian) of blake2b of each id: what a Spark UDF computes too."""
-    digests = b"".join([hashlib.blake2b(i.encode("utf-8"), digest_size=8).digest() for i in ids])
-    return np.frombuffer(digests, dtype="<u8").astype(np.uint64)
+FNV_OFFSET = np.uint64(0xCBF29CE484222325)
+FNV_PRIME = np.uint64(0x100000001B3)
+
+
+def id_hashes(ids: list[str] | pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """64-bit FNV-1a of each id's UTF-8 bytes, mixed by splitmix64: a hash any engine can compute
+    the same way. Vectorised over the Arrow buffers, one pass per byte position, so ids are never
+    turned into Python strings (about 0.1 us an id against 1.6 us for a hashlib call per id)."""
+    if isinstance(ids, pa.ChunkedArray):
+        ids = ids.combine_chunks() if ids.num_chunks else pa.array([], pa.string())
+    array = ids if isinstance(ids, pa.Array) else pa.array(ids, pa.string())
+    array = array.cast(pa.large_string())
+    n = len(array)
+    if array.null_count:
+        raise ValueError("ids must not be null")
+    offsets = np.frombuffer(array.buffers()[1], dtype=np.int64)[array.offset : array.offset + n + 1]
+    data = np.frombuffer(array.buffers()[2], dtype=np.uint8) if array.buffers()[2] is not None else np.zeros(0, np.uint8)
+    starts, lengths = offsets[:-1], np.diff(offsets)
+    by_length = np.argsort(-lengths, kind="stable")  # longest first: the ids still running are a prefix
+    # ids longer than j, for each byte position j
+    sorted_starts, sorted_lengths = starts[by_length], lengths[by_length]
+    running = np.full(n, FNV_OFFSET, dtype=np.uint64)
+    longest = int(sorted_lengths[0]) if n else 0
+    still = n - np.searchsorted(sorted_lengths[::-1], np.arange(longest), side="right")
+    for j in range(longest):
+        k = int(still[j])
+        head = running[:k]
+        head ^= data[sorted_starts[:k] + j].astype(np.uint64)
+        head *= FNV_PRIME
+    hashes = np.empty(n, dtype=np.uint64)
+    hashes[by_length] = running
+    return _splitmix64(hashes)
 
 
 def uniform_draws(hashes: np.ndarray, epochs: np.ndarray, seed: int) -> np.ndarray:
@@ -155,11 +182,16 @@ def to_corpus_rows(table: pa.Table | pa.RecordBatch, kind: str) -> pa.Table:
     else:
         table = conform(table, DOCUMENTS, extra=False)
         messages, text, fmt = pa.nulls(n, CORPUS_SCHEMA.field("messages").type), table.column("text"), "text"
-    metas = []
-    for row in table.select(["meta", *(["title", "url"] if kind == DOCUMENTS else ["origin_id"])]).to_pylist():
+    # Provenance columns move into meta; only rows that have one go through JSON.
+    extras = ["title", "url"] if kind == DOCUMENTS else ["origin_id"]
+    metas = table.column("meta").to_pylist()
+    has_extra = np.zeros(n, dtype=bool)
+    for name in extras:
+        has_extra |= table.column(name).is_valid().to_numpy(zero_copy_only=False)
+    for i, row in zip(np.flatnonzero(has_extra), table.select(["meta", *extras]).filter(pa.array(has_extra)).to_pylist()):
         meta = loads_meta(row.pop("meta"))
         meta.update({k: v for k, v in row.items() if v is not None})
-        metas.append(dumps_meta(meta))
+        metas[i] = dumps_meta(meta)
     return pa.table(
         {
             "id": table.column("id"),

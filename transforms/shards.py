@@ -72,7 +72,7 @@ def read_item_keys(inputs: list[Path], batch_rows: int = 65_536) -> ItemKeys:
         for batch in parquet.iter_batches(batch_size=batch_rows, columns=KEY_COLUMNS):
             if batch.column(0).null_count or batch.column(1).null_count or batch.column(2).null_count:
                 raise DatasetError(f"{file}: id, category and source must not be null")
-            hashes.append(id_hashes(batch.column(0).to_pylist()))
+            hashes.append(id_hashes(batch.column(0)))
             category_codes.append(categories.encode(batch.column(1)))
             source_codes.append(sources.encode(batch.column(2)))
             kind_codes.append(np.full(batch.num_rows, ITEM_KINDS.index(kind), dtype=np.int8))
