@@ -147,7 +147,11 @@ def write_corpus(
         "rows": plan.rows,
         "items": int(len(keys.hashes)),
         "input_rows": keys.rows_per_kind,
-        "sampling": {k: params.get(k) for k in ("mode", "weights", "source_weights", "sft_epochs", "seed")},
+        "sampling": {
+            **{k: params.get(k) for k in ("mode", "weights", "source_weights", "sft_epochs", "seed")},
+            # A source weight for a source no row has is most likely a misspelt name.
+            "unmatched_source_weights": sorted(set(params.get("source_weights") or {}) - set(keys.sources.names)),
+        },
         "counts": {
             "category": _counts(keys.category_codes, repeats, keys.categories.names),
             "source": _counts(keys.source_codes, repeats, keys.sources.names),
