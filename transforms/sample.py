@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from schemas import CONVERSATIONS, CORPUS, CORPUS_SCHEMA, DOCUMENTS, conform, dumps_meta, loads_meta, nullable_schema
+from schemas import CATEGORIES, CONVERSATIONS, CORPUS, CORPUS_SCHEMA, DOCUMENTS, conform, dumps_meta, loads_meta, nullable_schema
 
 _MASK = np.uint64(0xFFFFFFFFFFFFFFFF)
 MODES = ("priority", "uniform", "sequential")
@@ -154,6 +154,25 @@ def plan_order(hashes: np.ndarray, category_codes: np.ndarray, source_codes: np.
     position = np.empty(len(order), dtype=np.int64)
     position[order] = np.arange(len(order), dtype=np.int64)
     return SamplingPlan(starts=starts, epoch=epoch, position=position, category_in_order=category_codes[item_of[order]])
+
+
+def priority_order(items: pa.Table, params: dict) -> tuple[pa.Table, np.ndarray]:
+    """The whole order of a table in memory: (rows with fine-tuning copies expanded, indices of
+    those rows in training order). The stage itself plans from ids and gathers in a stream."""
+    categories, sources = Codes(CATEGORIES), Codes()
+    plan = plan_order(
+        id_hashes(items.column("id")),
+        categories.encode(items.column("category")),
+        sources.encode(items.column("source")),
+        categories.names,
+        sources.names,
+        params,
+    )
+    copies_of_row = np.repeat(np.arange(items.num_rows), np.diff(plan.starts))
+    expanded = expand_copies(items, copies_of_row, plan.epoch, int(params.get("sft_epochs", 1)))
+    order = np.empty(plan.rows, dtype=np.int64)
+    order[plan.position] = np.arange(plan.rows, dtype=np.int64)
+    return expanded, order
 
 
 def sampling_curve(category_in_order: np.ndarray, categories: list[str], buckets: int = 100) -> list[dict[str, float]]:
