@@ -8,9 +8,9 @@ exponential keys gives exactly that distribution: each item gets key -ln(u)/w wi
 (seed, id, epoch), so the order depends on neither input order nor engine, and a sort scales
 where a sequential multinomial draw (exact only below 2^24 items in torch) does not.
 
-The order needs only each item's id, category and source: `plan_order` works on those (about
-45 bytes per item and fine-tuning copy), and the rows themselves are gathered afterwards in a
-stream (`transforms.shards`).
+The order needs only each item's id, category and source: `plan_order` works on those (per
+million items, a fifth of them fine-tuning data in 3 epochs: 46 MB kept, 115 MB at the peak of
+the sort), and the rows themselves are gathered afterwards in a stream (`transforms.shards`).
 """
 from __future__ import annotations
 

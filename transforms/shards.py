@@ -2,7 +2,7 @@
 
 Three passes, so that no step holds the corpus's text at once:
 1. keys: read only `id`, `category` and `source` of every input row and plan the order
-   (`sample.plan_order`; about 45 bytes per row and fine-tuning copy);
+   (`sample.plan_order`; tens of bytes per row, see there);
 2. gather: stream the rows, expand fine-tuning copies, and append each to its shard's spill file
    (Arrow IPC), at most `SPILL_ROWS` rows buffered;
 3. shards: read one spill file at a time, sort it by position, write `part-NNNNN.parquet`.
