@@ -156,9 +156,11 @@ def dedup_clusters(folder: Path, manifest: dict | None) -> dict:
     files = sorted((folder / CLUSTERS).glob("*.parquet")) if (folder / CLUSTERS).is_dir() else []
     if not files:
         return found
-    sizes = Counter()
+    sizes, members_by_match = Counter(), Counter()
     for file in files:
         names = pq.read_schema(file).names
+        if "match" in names:  # how each member was found: exact key or near (MinHash)
+            members_by_match.update(pq.read_table(file, columns=["match"]).column("match").to_pylist())
         if "size" in names:
             sizes.update(pq.read_table(file, columns=["size"]).column("size").to_pylist())
         else:
@@ -168,6 +170,8 @@ def dedup_clusters(folder: Path, manifest: dict | None) -> dict:
             per_cluster = Counter(pq.read_table(file, columns=[key]).column(key).to_pylist())
             sizes.update(per_cluster.values())
     found["cluster_sizes"] = {str(size): count for size, count in sorted(sizes.items())}
+    if members_by_match:
+        found["members_by_match"] = {str(k): v for k, v in sorted(members_by_match.items(), key=lambda kv: str(kv[0]))}
     return found
 
 
@@ -280,7 +284,9 @@ def render_html(figures: dict) -> str:
         text = f"<p>Exact duplicate groups: {html.escape(json.dumps(dedup.get('groups'), ensure_ascii=False))}; rows removed: {html.escape(json.dumps(dedup.get('rejected'), ensure_ascii=False))}.</p>"
         if dedup.get("cluster_sizes"):
             sizes = dedup["cluster_sizes"]
-            text += bars_svg([f"size {s}" for s in sizes], list(sizes.values()))
+            text += "<p>Clusters by size (members, the kept row included):</p>" + bars_svg([f"size {s}" for s in sizes], list(sizes.values()))
+        if dedup.get("members_by_match"):
+            text += "<p>Members by how they matched:</p>" + bars_svg(list(dedup["members_by_match"]), list(dedup["members_by_match"].values()))
         sections.append("<h2>Dedup clusters</h2>" + text)
     sources = figures["top_sources"]
     sections.append("<h2>Top sources</h2>" + bars_svg([s for s, _ in sources], [n for _, n in sources]))

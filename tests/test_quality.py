@@ -424,8 +424,15 @@ def test_report_reads_dedup_clusters_when_the_stage_wrote_them(tmp_path):
 
     clusters = tmp_path / "stages" / "dedup" / "clusters"
     clusters.mkdir(parents=True)
-    pq.write_table(pa.table({"cluster_id": ["a", "a", "a", "b", "b", "c", "c"], "id": list("1234567")}), clusters / "part-00000.parquet")
+    # One row per member, `cluster` naming the kept row, as the dedup stage writes its audit.
+    members = {
+        "kind": ["documents"] * 7, "id": list("a12b3c4"), "cluster": ["a", "a", "a", "b", "b", "c", "c"],
+        "kept": [True, False, False, True, False, True, False], "similarity": [1.0, 1.0, 0.9, 1.0, 0.85, 1.0, 1.0],
+        "match": ["kept", "exact", "near", "kept", "near", "kept", "exact"],
+    }
+    pq.write_table(pa.table(members), clusters / "part-00000.parquet")
     figures = build_figures(tmp_path)
     assert figures["dedup"]["cluster_sizes"] == {"2": 2, "3": 1}
+    assert figures["dedup"]["members_by_match"] == {"exact": 2, "kept": 3, "near": 2}
     page = render_html(figures)
-    assert "size 2" in page and "size 3" in page
+    assert "size 2" in page and "size 3" in page and "near" in page
