@@ -12,6 +12,7 @@ One core: numpy's sort and these loops are single-threaded.
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import resource
 import shutil
 import sys
@@ -85,13 +86,21 @@ def time_stage(rows: int, sft_share: float, epochs: int) -> None:
                     columns = {"id": ids, "messages": messages, "source": ["qa"] * m, "category": ["sft"] * m}
                 table = pa.table({f.name: columns.get(f.name, pa.nulls(m, f.type)) for f in schema}, schema=schema)
                 pq.write_table(table, folder / "items" / kind / f"part-{part:05d}.parquet")
-        started = time.perf_counter()
-        manifest = write_corpus([folder / "items"], folder / "corpus", {"weights": WEIGHTS, "sft_epochs": epochs, "seed": 42, "shard_rows": 100_000}, "bench")
-        seconds = time.perf_counter() - started
-        print(f"whole sample stage, {rows:,} rows on disk -> {manifest['rows']:,} in {len(manifest['shards'])} shards:")
-        print(f"  {seconds:.1f} s, {manifest['rows'] / seconds:,.0f} rows/s; peak RSS {peak_mb():.0f} MB")
+        # A fresh process, so that its peak memory is the stage's alone, not this data's making.
+        with multiprocessing.get_context("spawn").Pool(1) as pool:
+            seconds, manifest, stage_peak = pool.apply(run_stage, (str(folder), epochs))
+        text_mb = sum(p.stat().st_size for p in (folder / "items").rglob("*.parquet")) / 1e6
+        print(f"whole sample stage, {rows:,} rows on disk ({text_mb:.0f} MB of Parquet) -> {manifest['rows']:,} in {len(manifest['shards'])} shards:")
+        print(f"  {seconds:.1f} s, {manifest['rows'] / seconds:,.0f} rows/s; peak RSS of the stage's process {stage_peak:.0f} MB")
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def run_stage(folder: str, epochs: int) -> tuple[float, dict, float]:
+    started = time.perf_counter()
+    params = {"weights": WEIGHTS, "sft_epochs": epochs, "seed": 42, "shard_rows": 100_000}
+    manifest = write_corpus([Path(folder) / "items"], Path(folder) / "corpus", params, "bench")
+    return time.perf_counter() - started, manifest, peak_mb()
 
 
 def main() -> None:

@@ -220,8 +220,10 @@ def test_shards_hold_the_planned_order_and_read_as_one_dataset(tmp_path, monkeyp
     assert manifest["schema_version"] and manifest["config_hash"] == "cfg"
 
 
-def test_token_counts_estimated_from_characters_or_counted_by_a_tokenizer(tmp_path):
+def test_token_counts_estimated_from_characters_or_counted_by_a_tokenizer(tmp_path, monkeypatch):
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    from transforms import tokens
 
     rows = pa.table(
         {
@@ -235,6 +237,11 @@ def test_token_counts_estimated_from_characters_or_counted_by_a_tokenizer(tmp_pa
     # Full-width punctuation counts as a wide character; tabs and newlines count nothing.
     sliced = pa.table({"text": pa.array(["x", "人参，\t补气\n", None]).slice(1), "messages": pa.nulls(2, rows.schema.field("messages").type)})
     assert TokenCounter().row_tokens(sliced).tolist() == [5.0, 0.0]
+    # Bytes are judged a chunk of rows at a time; any chunk size gives the same counts.
+    many = pa.table({"text": pa.array(["人参 ok", "", None, "x" * 40, "黄芪，补气。"] * 5), "messages": pa.nulls(25, rows.schema.field("messages").type)})
+    whole = TokenCounter().row_tokens(many).tolist()
+    monkeypatch.setattr(tokens, "CHUNK_BYTES", 7)
+    assert TokenCounter().row_tokens(many).tolist() == whole
 
     tokenizer = Tokenizer(models.WordLevel(unk_token="[UNK]"))
     tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()

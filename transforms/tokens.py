@@ -75,12 +75,25 @@ class TokenCounter:
         data = np.frombuffer(data, dtype=np.uint8) if data is not None else np.zeros(0, np.uint8)
         data = data[offsets[0] : offsets[-1]]
         offsets = offsets - offsets[0]
-        wide = _per_row(data >= 0xC0, offsets)  # lead bytes of multi-byte characters
-        ascii_visible = _per_row((data > 0x20) & (data < 0x7F), offsets)
+        wide = _per_row(lambda b: b >= 0xC0, data, offsets)  # lead bytes of multi-byte characters
+        ascii_visible = _per_row(lambda b: (b > 0x20) & (b < 0x7F), data, offsets)
         return wide * self.tokens_per_cjk_char + ascii_visible / self.chars_per_token
 
 
-def _per_row(flags: np.ndarray, offsets: np.ndarray) -> np.ndarray:
-    running = np.zeros(len(flags) + 1, dtype=np.int64)
-    np.cumsum(flags, out=running[1:])
-    return (running[offsets[1:]] - running[offsets[:-1]]).astype(np.float64)
+CHUNK_BYTES = 1 << 22  # bytes judged at once: bounds the per-byte temporaries to a few tens of MB
+
+
+def _per_row(flags_of, data: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """`flags_of(bytes)` summed per row, a chunk of rows at a time."""
+    rows = len(offsets) - 1
+    counts = np.zeros(rows, dtype=np.float64)
+    row = 0
+    while row < rows:
+        end = int(np.searchsorted(offsets, offsets[row] + CHUNK_BYTES, side="right")) - 1
+        end = min(max(end, row + 1), rows)
+        lo, hi = int(offsets[row]), int(offsets[end])
+        running = np.zeros(hi - lo + 1, dtype=np.int64)
+        np.cumsum(flags_of(data[lo:hi]), out=running[1:])
+        counts[row:end] = running[offsets[row + 1 : end + 1] - lo] - running[offsets[row:end] - lo]
+        row = end
+    return counts
