@@ -253,7 +253,13 @@ class SampleConfig(Section):
     source_weights: dict[str, float] = {}
     sft_epochs: int = Field(3, ge=1)
     shard_rows: int = Field(100_000, ge=1)
+    # Rows per Parquet row group: what a streaming reader holds at once (datasets' own default).
+    row_group_rows: int = Field(1000, ge=1)
     seed: int = 42
+    # Token counts in the corpus manifest: a tokenizer.json (needs `tokenizers`), else an estimate.
+    tokenizer: Optional[Path] = None
+    tokens_per_cjk_char: float = Field(1.0, gt=0)
+    chars_per_token: float = Field(4.0, gt=0)
 
     @field_validator("weights")
     @classmethod
@@ -265,12 +271,22 @@ class SampleConfig(Section):
                 raise ValueError(f"weight of {name} must be positive")
         return {**_default_weights(), **weights}
 
+    @field_validator("source_weights")
+    @classmethod
+    def _positive_source_weights(cls, weights: dict[str, float]) -> dict[str, float]:
+        for name, weight in weights.items():
+            if weight <= 0:
+                raise ValueError(f"weight of source {name} must be positive")
+        return weights
+
 
 class ValidateConfig(Section):
     languages: Optional[list[str]] = None
     min_chars: int = Field(1, ge=0)
     max_chars: int = Field(200_000, ge=1)
     fail_on_error: bool = True
+    # build-corpus validates every stage's output, not only the corpus.
+    every_stage: bool = True
 
 
 class ExportConfig(Section):
@@ -480,6 +496,7 @@ def _resolve_paths(config: BuildConfig, base: Path) -> BuildConfig:
         labelled.path = fix(labelled.path)
     config.train_domain.model = fix(config.train_domain.model)
     config.operations.workdir = fix(config.operations.workdir)
+    config.sample.tokenizer = fix(config.sample.tokenizer)
     return config
 
 

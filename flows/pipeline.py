@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_markdown_artifact
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NONE
 
 from schemas import CATEGORIES, CONVERSATIONS, DOCUMENTS
@@ -28,6 +28,7 @@ from .notify import FAILURE_HOOKS
 from .progress import StageProgress, input_rows
 
 DESCRIPTIONS = FLOWS
+QUALITY = "quality"  # WORKDIR/quality/<stage>/: the suites' results on each stage's output
 
 
 class ValidationFailed(Exception):
@@ -299,39 +300,58 @@ def sample_flow(inputs: list[str], output: str, config: Optional[str] = None, en
 
 @flow(name="validate", description=DESCRIPTIONS["validate"])
 def validate_flow(inputs: list[str], output: str, config: Optional[str] = None, engine: Optional[str] = None) -> dict:
-    from quality import validate_dataset
-    from schemas.dataset import DatasetWriter
-
     cfg = load_config(config)
     paths = _inputs(inputs)
     params = cfg.section("validate")
+    return _run("validate", Path(output), params, paths, _validation_work(paths, Path(output), params))
+
+
+def _validation_work(paths: list[Path], output: Path, params: dict, stage: Optional[str] = None) -> Callable:
+    """Validate each input dataset into `output` (results JSON and Data Docs); a critical failure
+    raises ValidationFailed once the results are saved. With `stage`, the one input is that
+    stage's output and its results go straight into `output`."""
+    from quality import validate_dataset
+    from schemas.dataset import DatasetWriter
+
     options = {
         "categories": list(CATEGORIES),
         "languages": params["languages"],
         "min_chars": params["min_chars"],
         "max_chars": params["max_chars"],
+        # Cleaning enforces lengths and turn order: before it, those rules only warn.
+        "content_severity": "warning" if stage in ("crawl", "ingest") else "critical",
     }
 
     def work(manifest: StageManifest) -> StageManifest:
         with DatasetWriter(output, manifest) as writer:
             reports = []
             for number, path in enumerate(paths):
-                results_dir = writer.folder / (path.name or f"input-{number}")
+                results_dir = writer.folder if stage else writer.folder / (path.name or f"input-{number}")
                 reports.extend(validate_dataset(path, options=options, results_dir=results_dir))
             for report in reports:
                 manifest.rows_in[report.kind] = manifest.rows_in.get(report.kind, 0) + report.rows
-                get_run_logger().info("validate: %s", report.summary())
+                get_run_logger().info("validate%s: %s", f" {stage}" if stage else "", report.summary())
             failures = [r for r in reports if not r.success]
             manifest.stats["reports"] = [
-                {"kind": r.kind, "rows": r.rows, "success": r.success, "summary": r.summary()} for r in reports
+                {"kind": r.kind, "rows": r.rows, "success": r.success, "evaluated": r.evaluated, "met": r.met,
+                 "warnings": len(r.warnings), "seconds": r.seconds, "summary": r.summary()}
+                for r in reports
             ]
             manifest.stats["failed"] = bool(failures)
             result = writer.commit()
         if failures and params["fail_on_error"]:
-            raise ValidationFailed("; ".join(r.summary() for r in failures))
+            where = f"{stage} output: " if stage else ""
+            raise ValidationFailed(where + "; ".join(r.summary() for r in failures))
         return result
 
-    return _run("validate", Path(output), params, paths, work)
+    return work
+
+
+def validate_stage_output(stage: str, folder: Path, output: Path, cfg: BuildConfig) -> dict:
+    """Run the suites on one stage's output inside build-corpus (skipped when done before)."""
+    params = cfg.section("validate")
+    section = {**params, "stage": stage}
+    return _run("validate", output, section, [folder], _validation_work([folder], output, params, stage))
 
 
 @flow(name="export", description=DESCRIPTIONS["export"])
@@ -377,10 +397,20 @@ def build_corpus(config: Optional[str] = None, workdir: str = "tcm-corpus-build"
     if any(s.kind == "crawl" for s in cfg.sources):
         results["crawl"] = crawl_flow(str(staged / "crawl"), config)
         page_inputs = [str(staged / "crawl")]
+    validation: dict[str, dict] = {}
+
+    def check(stage: str) -> None:
+        if cfg.validate_.every_stage:
+            validation[stage] = validate_stage_output(stage, staged / stage, root / QUALITY / stage, cfg)
+
+    if page_inputs:
+        check("crawl")
     results["ingest"] = ingest_flow(str(staged / "ingest"), config, page_inputs)
+    check("ingest")
     previous = staged / "ingest"
     for stage in ("clean", "select", "dedup", "decontaminate", "convert"):
         results[stage] = STAGE_FLOWS[stage]([str(previous)], str(staged / stage), config, engine)
+        check(stage)
         previous = staged / stage
     results["sample"] = sample_flow([str(previous)], str(corpus), config, engine)
     results["validate"] = validate_flow([str(corpus)], str(staged / "validate"), config, engine)
@@ -388,10 +418,12 @@ def build_corpus(config: Optional[str] = None, workdir: str = "tcm-corpus-build"
         results["export"] = export_flow([str(corpus)], str(staged / "export"), config, engine)
 
     seconds = round(time.perf_counter() - started, 2)
+    report_path = publish_build_report(root, logger)
     facts = produced(root, corpus, results, seconds)
     logger.info("%s", as_text(facts))
     _publish_summary(as_markdown(facts) + "\n\n" + build_summary(results), "build-corpus-summary", "What the corpus build produced")
-    return {"workdir": str(root), "corpus": str(corpus), "seconds": seconds, "stages": results, "produced": facts}
+    return {"workdir": str(root), "corpus": str(corpus), "seconds": seconds, "stages": results, "produced": facts,
+            "validation": validation, "report": report_path}
 
 
 def _publish_summary(markdown: str, key: str, description: str) -> None:
@@ -399,6 +431,32 @@ def _publish_summary(markdown: str, key: str, description: str) -> None:
         create_markdown_artifact(markdown, key=key, description=description)
     except Exception as exc:  # noqa: BLE001 - an artifact is a convenience, never a reason to fail a build
         get_run_logger().warning("could not publish the summary artifact: %s", exc)
+
+
+def publish_build_report(root: Path, logger) -> Optional[str]:
+    """Write WORKDIR/report.html and publish the same figures as Prefect artifacts."""
+    from quality.report import build_figures, write_report
+
+    try:
+        figures = build_figures(root)
+        path = write_report(figures, root / "report.html")
+    except Exception as exc:  # noqa: BLE001 - the report describes a finished build; it never fails one
+        logger.warning("could not write the build report: %s", exc)
+        return None
+    try:
+        publish_artifacts(figures)
+    except Exception as exc:  # noqa: BLE001 - as for the summary artifact
+        logger.warning("could not publish the report artifacts: %s", exc)
+    return str(path)
+
+
+def publish_artifacts(figures: dict) -> None:
+    from quality.report import artifact_markdown, artifact_tables
+
+    for key, (description, rows) in artifact_tables(figures).items():
+        if rows:
+            create_table_artifact(rows, key=key, description=description)
+    create_markdown_artifact(artifact_markdown(figures), key="corpus-report", description="Corpus report: funnel, mix, sampling curve")
 
 
 def build_summary(results: dict[str, dict]) -> str:

@@ -12,7 +12,7 @@ from pathlib import Path
 def produced(workdir: Path, corpus: Path, stages: dict[str, dict], seconds: float) -> dict:
     """Plain data (JSON-able): the corpus, the exports, the quality reports, the stages."""
     facts: dict = {"workdir": str(workdir), "seconds": seconds, "corpus": {"path": str(corpus)}}
-    manifest_file = corpus / "manifest.json"
+    manifest_file = corpus / "_corpus_manifest.json"
     if manifest_file.is_file():
         manifest = json.loads(manifest_file.read_text(encoding="utf-8"))
         shards = manifest.get("shards", [])

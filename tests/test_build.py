@@ -46,7 +46,7 @@ def check_ledgers(workdir: Path) -> dict:
 
 
 def check_corpus(corpus: Path) -> pd.DataFrame:
-    manifest = json.loads((corpus / "manifest.json").read_text(encoding="utf-8"))
+    manifest = json.loads((corpus / "_corpus_manifest.json").read_text(encoding="utf-8"))
     shards = sorted(corpus.glob("part-*.parquet"))
     assert [s["path"] for s in manifest["shards"]] == [s.name for s in shards]
     for shard, entry in zip(shards, manifest["shards"]):

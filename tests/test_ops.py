@@ -162,7 +162,7 @@ def test_served_deployments_run_cancel_and_resume(api, tmp_path):
             assert second.state.is_completed(), second.state
             assert not stale.exists()
             assert not list(workdir.rglob("*.tmp-*")), "no temporary folder is left"
-            corpus = json.loads((workdir / "corpus" / "manifest.json").read_text(encoding="utf-8"))
+            corpus = json.loads((workdir / "corpus" / "_corpus_manifest.json").read_text(encoding="utf-8"))
             assert corpus["rows"] > 0
 
             artifacts = _query(client, "/artifacts/filter", artifacts={"flow_run_id": {"any_": [str(second.id)]}})

@@ -26,7 +26,8 @@ from .convert import ConversionSink, convert_documents, normalize_native
 from .decontaminate import ContaminationIndex, contamination_report, decontaminate_with_hits, write_reports
 from .deduplicate import run_dedup_stage
 from .engine import LocalEngine
-from .sample import priority_order, to_corpus_rows, with_positions
+from .export import export_corpus
+from .shards import CORPUS_MANIFEST, write_corpus
 
 TEXT_KINDS = (DOCUMENTS, CONVERSATIONS)
 Progress = Callable[[str, int], None]
@@ -221,127 +222,26 @@ def run_convert(inputs, output, params, manifest, engine: LocalEngine, progress=
 # -- sample -----------------------------------------------------------------------------------
 
 
-def corpus_items(inputs: list[Path]) -> pa.Table:
-    tables = []
-    for path in inputs:
-        for kind in (CONVERSATIONS, DOCUMENTS):
-            if kind in kinds_in(path):
-                tables.append(to_corpus_rows(read_kind(path, kind), kind))
-    if not tables:
-        return to_corpus_rows(read_kind(inputs[0], DOCUMENTS), DOCUMENTS)
-    return pa.concat_tables(tables)
-
-
 def run_sample(inputs, output, params, manifest, config_hash: str, progress=None) -> StageManifest:
     """Order everything by priority sampling and write shards `part-NNNNN.parquet` in that order,
-    with `manifest.json` describing them."""
-    items = corpus_items(inputs)
-    for kind in TEXT_KINDS:
-        n = sum(1 for c in items.column("format").to_pylist() if c == ("chat" if kind == CONVERSATIONS else "text"))
-        if n:
-            manifest.rows_in[kind] = n
-    expanded, order = priority_order(items, params)
-    shard_rows = int(params.get("shard_rows", 100_000))
-    ordered = expanded.take(pa.array(order))
+    with `_corpus_manifest.json` describing them (see transforms.shards)."""
     with DatasetWriter(output, manifest) as writer:
-        shards = []
-        for number, start in enumerate(range(0, len(order), shard_rows)):
-            chunk = with_positions(ordered.slice(start, shard_rows), start)
-            path = writer.folder / f"part-{number:05d}.parquet"
-            pq.write_table(chunk, path, compression="zstd", row_group_size=min(shard_rows, 10_000))
-            shards.append({"path": path.name, "rows": chunk.num_rows, "sha256": _sha256(path), "bytes": path.stat().st_size})
-            writer.add_file(path.name, chunk.num_rows)
-            if progress:
-                progress(CORPUS, chunk.num_rows)
-        corpus_manifest = {
-            "schema_version": SCHEMA_VERSION,
-            "config_hash": config_hash,
-            "rows": len(order),
-            "sampling": {k: params.get(k) for k in ("mode", "weights", "source_weights", "sft_epochs", "seed")},
-            "counts": {
-                "category": dict(Counter(ordered.column("category").to_pylist())),
-                "source": dict(Counter(ordered.column("source").to_pylist())),
-                "format": dict(Counter(ordered.column("format").to_pylist())),
-            },
-            "sampling_curve": sampling_curve(ordered.column("category").to_pylist()),
-            "shards": shards,
-        }
-        (writer.folder / "manifest.json").write_text(json.dumps(corpus_manifest, ensure_ascii=False, indent=2), encoding="utf-8")
-        manifest.rows_out[CORPUS] = len(order)
-        manifest.stats["shards"] = len(shards)
+        corpus = write_corpus(inputs, writer.folder, params, config_hash, progress=progress)
+        manifest.rows_in.update(corpus["input_rows"])
+        for shard in corpus["shards"]:
+            writer.add_file(shard["path"], shard["rows"])
+        (writer.folder / CORPUS_MANIFEST).write_text(json.dumps(corpus, ensure_ascii=False, indent=2), encoding="utf-8")
+        manifest.rows_out[CORPUS] = corpus["rows"]
+        manifest.stats.update({"shards": len(corpus["shards"]), "tokens": corpus["tokens"]["total"], "rows_per_format": corpus["counts"]["format"]})
         return writer.commit()
-
-
-def sampling_curve(categories: list[str], buckets: int = 100) -> list[dict[str, float]]:
-    """Share of each category in each 1% of training positions."""
-    n = len(categories)
-    if n == 0:
-        return []
-    names = sorted(set(categories))
-    edges = np.linspace(0, n, min(buckets, n) + 1).astype(int)
-    curve = []
-    for lo, hi in zip(edges[:-1], edges[1:]):
-        counts = Counter(categories[lo:hi])
-        curve.append({name: round(counts.get(name, 0) / max(1, hi - lo), 4) for name in names})
-    return curve
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 # -- export -----------------------------------------------------------------------------------
 
-EXPORT_ROLES = {"system": "system", "user": "human", "assistant": "gpt"}
-
-
-def export_record(row: dict, fmt: str) -> tuple[str, dict]:
-    """(file stem, record) of one corpus row in a trainer's format. Plain text rows go to a
-    `pretrain` file ({"text"}) in the chat formats, which have no place for them."""
-    messages = row.get("messages") or []
-    if fmt == "jsonl":
-        return "corpus", {k: row[k] for k in ("id", "position", "source", "category", "format", "messages", "text", "meta")}
-    if row["format"] == "text":
-        return "pretrain", {"id": row["id"], "text": row["text"]}
-    system = messages[0]["content"] if messages and messages[0]["role"] == "system" else None
-    turns = messages[1:] if system is not None else messages
-    if fmt == "sharegpt":
-        record = {"id": row["id"], "conversations": [{"from": EXPORT_ROLES[m["role"]], "value": m["content"]} for m in turns]}
-        if system:
-            record["system"] = system
-        return "sharegpt", record
-    pairs = [(turns[i]["content"], turns[i + 1]["content"]) for i in range(0, len(turns) - 1, 2)]
-    *history, (instruction, output) = pairs
-    record = {"instruction": instruction, "input": "", "output": output, "history": [list(p) for p in history]}
-    if system:
-        record["system"] = system
-    return "alpaca", record
-
 
 def run_export(inputs, output, formats: list[str], manifest: StageManifest, progress=None) -> StageManifest:
     with DatasetWriter(output, manifest) as writer:
-        handles = {}
-        counts: Counter = Counter()
-        try:
-            for fmt in formats:
-                for path in inputs:
-                    for batch in iter_batches(path, CORPUS, 4096):
-                        if fmt == formats[0]:
-                            _count(manifest, "rows_in", CORPUS, batch.num_rows)
-                        for row in batch.to_pylist():
-                            stem, record = export_record(row, fmt)
-                            name = f"{stem}.jsonl" if stem in (fmt, "corpus") else f"{fmt}-{stem}.jsonl"
-                            if name not in handles:
-                                handles[name] = open(writer.folder / name, "w", encoding="utf-8")
-                            handles[name].write(json.dumps(record, ensure_ascii=False) + "\n")
-                            counts[name] += 1
-        finally:
-            for handle in handles.values():
-                handle.close()
+        counts = export_corpus(inputs, writer.folder, formats, lambda n: _count(manifest, "rows_in", CORPUS, n))
         for name, rows in sorted(counts.items()):
             writer.add_file(name, rows)
         manifest.stats["files"] = dict(counts)
