@@ -1,11 +1,10 @@
 """Item pipeline that turns the spider's page records into a pages dataset."""
 from __future__ import annotations
 
-import json
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
 import pyarrow as pa
 from scrapy import Request, Spider, signals
@@ -13,30 +12,29 @@ from scrapy.crawler import Crawler
 from scrapy.exceptions import NotConfigured
 
 from schemas.dataset import DatasetWriter, StageManifest
-from schemas.records import PAGE_SCHEMA, PAGES, rejected_schema
+from schemas.records import PAGES
 
-from .spiders.site import page_record
+from .spiders.site import CRAWL_PAGE_SCHEMA, page_record
+from .state import CrawlState, sources_key
 
 OUTCOME = "pages/outcome"  # stats key crawlers.run reads after the crawl: "committed" or what went wrong
 COMMITTED = "committed"
 
 
 class PageDatasetPipeline:
-    """Appends every page record to a journal as it arrives, and writes the dataset through
-    DatasetWriter once the crawl has finished.
+    """Journals every page record in the crawl state as it arrives, and writes the dataset
+    through DatasetWriter once the crawl has finished, in URL order, so that the same pages give
+    the same dataset.
 
-    The journal lives in JOBDIR when there is one, so a resumed crawl keeps the pages its first
-    run fetched (Scrapy will not fetch them again); otherwise in a temporary folder."""
+    The crawl state lives in CRAWL_STATE_DIR when there is one, so a stopped crawl resumes
+    without refetching and a re-crawl asks only for what changed (crawlers.state); otherwise in
+    a temporary folder removed after the run."""
 
     def __init__(self, crawler: Crawler, output: Path, manifest: StageManifest):
         self.crawler = crawler
         self.output = output
         self.manifest = manifest
-        jobdir = crawler.settings.get("JOBDIR")
-        self.journal_dir = Path(jobdir) if jobdir else Path(tempfile.mkdtemp(prefix="tcm-crawl-"))
-        self.temporary = not jobdir
-        self.journal_path = self.journal_dir / "pages.jsonl"
-        self.journal = None
+        self.temporary: str | None = None
         self.failure: str | None = None
 
     @classmethod
@@ -51,9 +49,16 @@ class PageDatasetPipeline:
         crawler.signals.connect(pipeline.request_dropped, signal=signals.request_dropped)
         return pipeline
 
+    @property
+    def state(self) -> CrawlState:
+        spider = self.crawler.spider
+        if spider.crawl_state is None:
+            self.temporary = tempfile.mkdtemp(prefix="tcm-crawl-state-")
+            spider.crawl_state = CrawlState(self.temporary, sources_key(list(spider.sources.values())))
+        return spider.crawl_state
+
     def open_spider(self) -> None:
-        self.journal_dir.mkdir(parents=True, exist_ok=True)
-        self.journal = self.journal_path.open("a", encoding="utf-8")
+        self.state  # noqa: B018 - opened before the first record arrives
 
     def process_item(self, item: dict) -> dict:
         self._append(item)
@@ -65,66 +70,62 @@ class PageDatasetPipeline:
         if request.meta.get("redirect_urls") and request.meta.get("source") in getattr(spider, "sources", {}):
             self._append(page_record(request, spider.sources[request.meta["source"]], "redirect_seen"))
 
-    def close_spider(self) -> None:
-        if self.journal is not None:
-            self.journal.close()
-            self.journal = None
-
-    def _append(self, record: dict) -> None:
+    def _append(self, item: dict) -> None:
+        record = {key: value for key, value in item.items() if key != "link_depth"}
         try:
-            self.journal.write(json.dumps(record, ensure_ascii=False) + "\n")
-            self.journal.flush()
+            self.state.journal(record, item.get("link_depth"))
         except Exception as exc:  # Scrapy logs a failing pipeline and goes on: a lost row must fail the crawl
-            self.failure = self.failure or f"journal {self.journal_path}: {type(exc).__name__}: {exc}"
+            self.failure = self.failure or f"crawl state {self.state.folder}: {type(exc).__name__}: {exc}"
             raise
 
     def spider_closed(self, spider: Spider, reason: str) -> None:
         stats = self.crawler.stats
-        if self.failure:
-            stats.set_value(OUTCOME, self.failure)
-            return
-        if reason != "finished":
-            stats.set_value(OUTCOME, f"crawl stopped before finishing ({reason}); nothing written")
-            return
         try:
-            self.write_dataset(stats.get_stats())
-        except Exception as exc:  # noqa: BLE001 - reported to the parent process as one line
-            stats.set_value(OUTCOME, f"writing {self.output} failed: {type(exc).__name__}: {exc}")
-            return
-        stats.set_value(OUTCOME, COMMITTED)
-        if self.temporary:
-            shutil.rmtree(self.journal_dir, ignore_errors=True)
+            if self.failure:
+                stats.set_value(OUTCOME, self.failure)
+                return
+            if reason != "finished":
+                stats.set_value(OUTCOME, f"crawl stopped before finishing ({reason}); nothing written")
+                return
+            try:
+                self.write_dataset(stats.get_stats())
+                self.state.commit_run()
+            except Exception as exc:  # noqa: BLE001 - reported to the parent process as one line
+                stats.set_value(OUTCOME, f"writing {self.output} failed: {type(exc).__name__}: {exc}")
+                return
+            stats.set_value(OUTCOME, COMMITTED)
+        finally:
+            if spider.crawl_state is not None:
+                spider.crawl_state.close()
+            if self.temporary:
+                shutil.rmtree(self.temporary, ignore_errors=True)
 
     def write_dataset(self, crawl_stats: dict) -> StageManifest:
-        rejected = rejected_schema(PAGES)
+        rejected = pa.schema([*CRAWL_PAGE_SCHEMA, pa.field("reason", pa.string())])
         writer = DatasetWriter(self.output, self.manifest)
         with writer:
-            total = 0
-            for records in read_journal(self.journal_path):
+            total = unchanged = 0
+            for records in chunked(r for r, _ in self.state.journalled()):
                 total += len(records)
-                kept = [r for r in records if r["reason"] is None]
-                writer.write(PAGES, pa.Table.from_pylist(kept, schema=PAGE_SCHEMA))
-                writer.reject(PAGES, pa.Table.from_pylist([r for r in records if r["reason"]], schema=rejected))
+                settled = [self.state.settled(r) for r in records]
+                unchanged += sum(a is not b for a, b in zip(settled, records))
+                kept = [r for r in settled if r["reason"] is None]
+                writer.write(PAGES, pa.Table.from_pylist(kept, schema=CRAWL_PAGE_SCHEMA))
+                writer.reject(PAGES, pa.Table.from_pylist([r for r in settled if r["reason"]], schema=rejected))
             self.manifest.rows_in = {PAGES: total}
-            self.manifest.stats["crawl"] = crawl_summary(crawl_stats)
+            self.manifest.stats["crawl"] = {**crawl_summary(crawl_stats), "pages/unchanged": unchanged}
             return writer.commit()
 
 
-def read_journal(path: Path, chunk: int = 500) -> Iterator[list[dict]]:
-    if not path.exists():
-        return
-    records: list[dict] = []
-    with path.open(encoding="utf-8") as journal:
-        for line in journal:
-            try:
-                records.append(json.loads(line))
-            except ValueError:
-                continue  # a line cut short by an interrupted run
-            if len(records) >= chunk:
-                yield records
-                records = []
-    if records:
-        yield records
+def chunked(records: Iterable[dict], size: int = 500) -> Iterator[list[dict]]:
+    chunk: list[dict] = []
+    for record in records:
+        chunk.append(record)
+        if len(chunk) >= size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
 
 
 def crawl_summary(stats: dict) -> dict:

@@ -18,24 +18,33 @@ from schemas.dataset import StageManifest, read_manifest
 
 from .spiders.site import crawl_source
 
+PRODUCT = "tcm-corpus/0.1"
 DEFAULT_SETTINGS = {
-    "user_agent": "tcm-corpus/0.1 (+https://example.invalid/tcm-corpus)",
+    "user_agent": PRODUCT,  # the product token; the contact URL is added to it
+    "contact_url": "https://example.invalid/tcm-corpus",
     "download_timeout": 15,
     "max_page_bytes": 5 * 1024 * 1024,
     "obey_robots": True,
     "concurrency": 8,
+    "concurrency_per_domain": 4,
+    "download_delay": 0.0,  # seconds between requests to one site; AutoThrottle never goes below it
     "autothrottle": True,
-    "jobdir": None,
+    "retries": 2,
+    "retry_backoff": 0.5,  # seconds before the first retry, doubled for each further one
+    "state_dir": None,  # journal and stored pages for resuming and re-crawling (crawlers.state)
     "log_file": None,  # keep the crawl's Scrapy log here; otherwise it is discarded
 }
 SCRAPY_NAMES = {
-    "user_agent": "USER_AGENT",
     "download_timeout": "DOWNLOAD_TIMEOUT",
     "max_page_bytes": "DOWNLOAD_MAXSIZE",
     "obey_robots": "ROBOTSTXT_OBEY",
     "concurrency": "CONCURRENT_REQUESTS",
+    "concurrency_per_domain": "CONCURRENT_REQUESTS_PER_DOMAIN",
+    "download_delay": "DOWNLOAD_DELAY",
     "autothrottle": "AUTOTHROTTLE_ENABLED",
-    "jobdir": "JOBDIR",
+    "retries": "RETRY_TIMES",
+    "retry_backoff": "RETRY_BACKOFF_BASE",
+    "state_dir": "CRAWL_STATE_DIR",
     "log_file": "LOG_FILE",
 }
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
@@ -52,24 +61,14 @@ def run_crawl(
     settings: dict | None = None,
 ) -> StageManifest:
     """Crawl `sources` into the pages dataset at `output` and return its manifest."""
-    if not sources:
-        raise ValueError("run_crawl needs at least one source")
-    spec = {
-        "sources": [crawl_source(s) for s in sources],
-        "output": str(Path(output).resolve()),
-        "manifest": asdict(manifest),
-        "scrapy_settings": scrapy_settings(settings),
-    }
+    spec = crawl_spec(sources, output, manifest, settings)
     with tempfile.TemporaryDirectory(prefix="tcm-crawl-spec-") as tmp:
         spec_path, log_path = Path(tmp) / "spec.json", Path(tmp) / "stderr.log"
         spec_path.write_text(json.dumps(spec, ensure_ascii=False), encoding="utf-8")
-        # The child imports this package even when the caller found it on its own sys.path.
-        import_path = [str(PACKAGE_ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(import_path)}
         with log_path.open("wb") as stderr:
             child = subprocess.run(
-                [sys.executable, "-m", "crawlers.run", str(spec_path)],
-                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr, env=env,
+                crawl_command(spec_path), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr,
+                env=child_environment(),
             )
         if child.returncode != 0:
             raise CrawlError(last_line(log_path) or f"crawl process exited with status {child.returncode}")
@@ -79,20 +78,55 @@ def run_crawl(
     return result
 
 
+def crawl_spec(sources: list[dict], output: str | Path, manifest: StageManifest, settings: dict | None = None) -> dict:
+    """What the child process needs, as plain JSON: checked sources, output, manifest, settings."""
+    if not sources:
+        raise ValueError("run_crawl needs at least one source")
+    return {
+        "sources": [crawl_source(s) for s in sources],
+        "output": str(Path(output).resolve()),
+        "manifest": asdict(manifest),
+        "scrapy_settings": scrapy_settings(settings),
+    }
+
+
+def crawl_command(spec_path: str | Path) -> list[str]:
+    return [sys.executable, "-m", "crawlers.run", str(spec_path)]
+
+
+def child_environment() -> dict:
+    # The child imports this package even when the caller found it on its own sys.path.
+    import_path = [str(PACKAGE_ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(import_path)}
+
+
 def scrapy_settings(settings: dict | None) -> dict:
     """The crawl settings a configuration may give, as Scrapy settings."""
-    settings = settings or {}
+    settings = {key: value for key, value in (settings or {}).items() if value is not None}
     unknown = set(settings) - set(DEFAULT_SETTINGS)
     if unknown:
         raise ValueError(f"unknown crawl setting(s): {', '.join(sorted(unknown))}")
     merged = {**DEFAULT_SETTINGS, **settings}
-    scrapy = {SCRAPY_NAMES[key]: value for key, value in merged.items() if value is not None}
-    for key in ("jobdir", "log_file"):
+    scrapy = {SCRAPY_NAMES[key]: value for key, value in merged.items() if key in SCRAPY_NAMES and value is not None}
+    scrapy["USER_AGENT"] = user_agent(merged["user_agent"], merged["contact_url"])
+    for key in ("state_dir", "log_file"):
         if merged[key] is not None:
             scrapy[SCRAPY_NAMES[key]] = str(Path(merged[key]).resolve())
-    if merged["jobdir"] is not None and Path(merged["jobdir"]).exists() and not Path(merged["jobdir"]).is_dir():
-        raise ValueError(f"crawl jobdir {merged['jobdir']} is not a folder")
+    if merged["state_dir"] is not None and Path(merged["state_dir"]).exists() and not Path(merged["state_dir"]).is_dir():
+        raise ValueError(f"crawl state_dir {merged['state_dir']} is not a folder")
     return scrapy
+
+
+def user_agent(product: str, contact_url: str | None) -> str:
+    """`product (+contact)`, the form site operators look for to learn who crawls them."""
+    product = " ".join(str(product).split())
+    if not product:
+        raise ValueError("crawl user_agent must name the product")
+    if not contact_url or contact_url in product:
+        return product
+    if not str(contact_url).startswith(("http://", "https://", "mailto:")):
+        raise ValueError(f"crawl contact_url must be an http(s) or mailto URL, not {contact_url!r}")
+    return f"{product} (+{contact_url})"
 
 
 def last_line(path: Path) -> str:

@@ -1,7 +1,7 @@
 """Scrapy settings of the crawl room: polite, bounded, breadth-first crawling of named sources.
 
 `crawlers.run` starts from these and overrides the few that a corpus configuration may set
-(user agent, timeout, size limit, robots, concurrency, AutoThrottle, JOBDIR)."""
+(user agent, timeout, size limit, robots, concurrency, AutoThrottle, retries, state folder)."""
 
 BOT_NAME = "tcm-corpus"
 SPIDER_MODULES = ["crawlers.spiders"]
@@ -27,10 +27,11 @@ RETRY_TIMES = 2
 RETRY_HTTP_CODES = [500, 502, 503, 504, 522, 524, 408, 429]
 # Seconds before the first retry of a request, doubled for each further one (crawlers.middlewares).
 RETRY_BACKOFF_BASE = 0.5
+# The longest Retry-After a crawl waits for; a server asking for more gets this.
+RETRY_AFTER_MAX = 60.0
 
 # Breadth first, so that a page budget (max_pages) is spent on the pages nearest the seeds.
 DEPTH_PRIORITY = 1
-SCHEDULER_DISK_QUEUE = "scrapy.squeues.PickleFifoDiskQueue"
 SCHEDULER_MEMORY_QUEUE = "scrapy.squeues.FifoMemoryQueue"
 
 # Depth and page budgets are per source and enforced by the spider.
@@ -44,12 +45,15 @@ LOGSTATS_INTERVAL = 60.0
 DOWNLOADER_MIDDLEWARES = {
     "scrapy.downloadermiddlewares.offsite.OffsiteMiddleware": None,
     "crawlers.middlewares.SourceDomainsMiddleware": 50,
+    "scrapy.downloadermiddlewares.retry.RetryMiddleware": None,
+    "crawlers.middlewares.RetryAfterMiddleware": 550,
     "crawlers.middlewares.RetryBackoffMiddleware": 560,
 }
 ITEM_PIPELINES = {
     "crawlers.pipelines.PageDatasetPipeline": 300,
 }
 
-# Where the pipeline writes; set by crawlers.run for each crawl.
+# Where the pipeline writes, and the crawl's state folder; set by crawlers.run for each crawl.
 PAGES_OUTPUT = None
+CRAWL_STATE_DIR = None
 PAGES_MANIFEST = {}

@@ -4,6 +4,9 @@
     flows run build-corpus [--config FILE] [--workdir DIR] [--engine local|spark]
     flows run crawl|ingest [--config FILE] --output DIR
     flows run STAGE --input DIR [--input DIR ...] --output DIR [--config FILE]
+    flows run train-domain-classifier [--config FILE] [--output MODEL]
+    flows lexicon build --from PATH [PATH ...] --output LEXICON [--no-seed]
+    flows serve [--config FILE] [--workdir DIR] [--limit N]
 
 Errors a user can fix (a bad config, a missing input, an unreadable file) are one line on
 stderr: exit code 2 for configuration and arguments, 1 for a failed run.
@@ -21,6 +24,7 @@ from .runtime import prepare_environment
 from .pipeline_info import FLOWS
 
 STAGES = tuple(name for name in FLOWS if name != "build-corpus")
+TRAIN_DOMAIN = "train-domain-classifier"
 
 
 class UsageError(Exception):
@@ -40,6 +44,17 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--engine", choices=("local", "spark"), help="override [engine] kind")
     run.add_argument("--format", action="append", choices=("sharegpt", "alpaca", "jsonl"), help="export: format (repeatable)")
     run.add_argument("--json", action="store_true", help="print the result as JSON")
+    run.add_argument("--dry-run", action="store_true", help="clean, select: report what selection would remove, write nothing")
+    lexicon = commands.add_parser("lexicon", help="build the TCM lexicon from reference files")
+    lexicon.add_argument("action", choices=("build",))
+    lexicon.add_argument("--from", dest="sources", action="extend", nargs="+", required=True, metavar="PATH",
+                         help="pharmacopoeia, terminology standard, classical book, or term<TAB>class list; a folder: its .txt files")
+    lexicon.add_argument("--output", required=True, help="lexicon file to write (term<TAB>class per line)")
+    lexicon.add_argument("--no-seed", action="store_true", help="leave out the seed list that ships in the package")
+    serve = commands.add_parser("serve", help="register deployments with schedules on a Prefect server and run them")
+    serve.add_argument("--config", help="build config (TOML); default: the embedded sample build")
+    serve.add_argument("--workdir", help="where deployed runs build; default: [operations] workdir, else ./tcm-corpus-build")
+    serve.add_argument("--limit", type=int, help="at most this many flow runs at once")
     return parser
 
 
@@ -49,12 +64,22 @@ def _preflight(args, config) -> None:
 
     if (args.engine or config.engine.kind) == "spark" and not (os.environ.get("JAVA_HOME") or shutil.which("java")):
         raise UsageError("the spark engine needs Java 17 or newer: set JAVA_HOME or put java on PATH")
-    if config.convert.backend != "template" and args.flow in ("build-corpus", "convert"):
-        raise UsageError(f"convert.backend {config.convert.backend!r} is not available in this version of tcm-corpus; use 'template'")
+    if config.convert.backend == "openai" and args.flow in ("build-corpus", "convert"):
+        _check_llm(config.convert)
+    if args.dry_run and args.flow not in ("clean", "select"):
+        raise UsageError("--dry-run works with clean and select")
+    if args.flow == TRAIN_DOMAIN:
+        from .domain import TrainingInputError, check_training_inputs
+
+        try:
+            check_training_inputs(config, args.output)
+        except TrainingInputError as exc:
+            raise UsageError(str(exc)) from None
+        return
     if args.flow == "build-corpus":
         if args.input or args.output:
             raise UsageError("build-corpus takes --workdir, not --input/--output")
-    elif not args.output:
+    elif not args.output and not args.dry_run:
         raise UsageError(f"{args.flow} needs --output DIR")
     if args.flow not in ("build-corpus", "crawl", "ingest") and not args.input:
         raise UsageError(f"{args.flow} needs at least one --input DIR")
@@ -65,6 +90,17 @@ def _preflight(args, config) -> None:
             raise UsageError(str(exc)) from None
     if args.flow in ("build-corpus", "ingest"):
         _check_sources(config)
+
+
+def _check_llm(convert) -> None:
+    from transforms.llm.prompts import load_prompts
+
+    if not os.environ.get(convert.api_key_env):
+        raise UsageError(f"convert.api_key_env: the environment variable {convert.api_key_env} is not set (the openai backend reads its API key there)")
+    try:
+        load_prompts(convert.prompt_version, convert.prompt_file)
+    except (ValueError, OSError) as exc:
+        raise UsageError(f"convert.prompt_version: {exc}") from None
 
 
 def _check_sources(config) -> None:
@@ -97,12 +133,28 @@ def _run(args) -> dict:
         return pipeline.crawl_flow(output=args.output, config=args.config)
     if args.flow == "ingest":
         return pipeline.ingest_flow(output=args.output, config=args.config, inputs=args.input)
+    if args.dry_run:
+        return pipeline.selection_dry_run_flow(stage=args.flow, inputs=args.input, config=args.config, engine=args.engine)
+    if args.flow == TRAIN_DOMAIN:
+        return pipeline.train_domain_classifier_flow(config=args.config, output=args.output)
     if args.flow == "export":
         return pipeline.export_flow(inputs=args.input, output=args.output, config=args.config, formats=args.format)
     return pipeline.STAGE_FLOWS[args.flow](inputs=args.input, output=args.output, config=args.config, engine=args.engine)
 
 
 def _print_result(flow: str, result: dict) -> None:
+    if result.get("dry_run"):
+        print(result["text"])
+        return
+    if flow == TRAIN_DOMAIN:
+        held = result["held_out"]
+        if held:
+            print(f"held out: {held['rows']} rows, P(tcm) >= {held['threshold']}: precision {held['precision']}, "
+                  f"recall {held['recall']}, f1 {held['f1']}")
+            for source, figures in held["per_source"].items():
+                print(f"  {source} ({figures['label']}, {figures['rows']} rows): {figures['kept']:.2%} kept")
+        print(f"model: {result['model']} ({result['train_rows']} training rows)\nfigures: {result['metrics']}")
+        return
     stages = result.get("stages", {flow: result})
     for name, summary in stages.items():
         ledger = ", ".join(
@@ -111,7 +163,11 @@ def _print_result(flow: str, result: dict) -> None:
         )
         note = " [skipped: already done]" if summary.get("skipped") else ""
         print(f"{name:>14}: {ledger or '-'}{note}")
-    if "corpus" in result:
+    if "produced" in result:
+        from .summary import as_text
+
+        print(as_text(result["produced"]))
+    elif "corpus" in result:
         print(f"corpus: {result['corpus']} ({result['seconds']} s)")
 
 
@@ -123,15 +179,23 @@ def main(argv: list[str] | None = None) -> int:
 
         print(describe())
         return 0
+    if args.command == "lexicon":
+        return _lexicon(args)
     prepare_environment()
     from .config import ConfigError, load_config
 
     try:
         config = load_config(args.config)
+        if args.command == "serve":
+            return _serve(args, config)
         _preflight(args, config)
     except (ConfigError, UsageError) as exc:
         print(f"flows: error: {exc}", file=sys.stderr)
         return 2
+    if not args.json:
+        from .progress import enable_terminal
+
+        enable_terminal()
     known = _known_failures()
     try:
         result = _run(args)
@@ -148,14 +212,60 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _lexicon(args) -> int:
+    from collections import Counter
+    from pathlib import Path
+
+    from transforms.lexicon import LexiconError, build_lexicon, write_lexicon
+
+    try:
+        build = build_lexicon(args.sources, seed=not args.no_seed)
+        output = write_lexicon(build, args.output)
+    except LexiconError as exc:
+        print(f"flows: error: {exc}", file=sys.stderr)
+        return 2
+    by_kind: dict[str, list[dict]] = {}
+    for source in build.files:
+        by_kind.setdefault(source["kind"], []).append(source)
+    for kind, sources in by_kind.items():
+        found = Counter()
+        for source in sources:
+            found.update(source["terms"])
+        names = ", ".join(Path(s["path"]).name for s in sources[:3]) + (", ..." if len(sources) > 3 else "")
+        terms = ", ".join(f"{cls} {n}" for cls, n in found.items()) or "no terms"
+        print(f"{kind}: {len(sources)} file(s) ({names}): {terms}")
+    total = ", ".join(f"{cls} {n}" for cls, n in build.counts().items())
+    print(f"lexicon: {output}: {len(build.terms)} terms ({total})")
+
+
+def _serve(args, config) -> int:
+    from .serve import ServeError, resolve_workdir, serve
+
+    if args.limit is not None and args.limit < 1:
+        raise UsageError("--limit must be at least 1")
+    try:
+        serve(config, args.config, resolve_workdir(config, args.workdir), args.limit)
+    except ServeError as exc:
+        raise UsageError(str(exc)) from None
+    except KeyboardInterrupt:
+        pass
+    print("flows serve: stopped; scheduled deployments are paused until the next `flows serve`")
+    return 0
+
+
 def _known_failures() -> tuple[type[BaseException], ...]:
     from schemas.dataset import DatasetError
     from transforms.importers import SourceError
 
+    from transforms.domain_training import TrainingError
+
     from .config import ConfigError
     from .pipeline import ValidationFailed
 
-    failures: list[type[BaseException]] = [ConfigError, DatasetError, SourceError, ValidationFailed]
+    from transforms.llm.client import EndpointError
+    from transforms.llm.unify import ConvertError
+
+    failures: list[type[BaseException]] = [ConfigError, DatasetError, SourceError, ValidationFailed, EndpointError, ConvertError, TrainingError]
     try:
         from crawlers.run import CrawlError
 

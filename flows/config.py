@@ -32,6 +32,8 @@ class SourceConfig(Section):
     encoding: str = "auto"
     # crawl
     start_urls: list[str] = []
+    # Sitemaps (XML, gzipped XML, sitemap indexes, or a robots.txt naming them) whose pages seed the crawl.
+    sitemap_urls: list[str] = []
     allowed_domains: list[str] = []
     allow: list[str] = []
     deny: list[str] = []
@@ -45,8 +47,8 @@ class SourceConfig(Section):
     @model_validator(mode="after")
     def _check_kind(self) -> "SourceConfig":
         if self.kind == "crawl":
-            if not self.start_urls:
-                raise ValueError("a crawl source needs start_urls")
+            if not (self.start_urls or self.sitemap_urls):
+                raise ValueError("a crawl source needs start_urls or sitemap_urls")
         else:
             if self.path is None:
                 raise ValueError(f"a {self.kind} source needs a path")
@@ -56,27 +58,126 @@ class SourceConfig(Section):
 
 
 class CrawlConfig(Section):
-    user_agent: str = "tcm-corpus/0.1 (+https://example.invalid/tcm-corpus)"
+    # Sent as "user_agent (+contact_url)", so that a site's operator can learn who crawls it.
+    user_agent: str = Field("tcm-corpus/0.1", min_length=1)
+    contact_url: str = Field("https://example.invalid/tcm-corpus", pattern=r"^(https?://|mailto:)\S+$")
     download_timeout: float = Field(15, gt=0)
     max_page_bytes: int = Field(5_000_000, gt=0)
     obey_robots: bool = True
     concurrency: int = Field(8, ge=1)
+    concurrency_per_domain: int = Field(4, ge=1)
+    download_delay: float = Field(0.0, ge=0)
     autothrottle: bool = True
+    # Retries of 5xx, 408, 429 and time-outs; the wait doubles from retry_backoff, or is Retry-After.
+    retries: int = Field(2, ge=0)
+    retry_backoff: float = Field(0.5, ge=0)
+    # Journal and stored pages for resuming and re-crawling; default: under ~/.cache/tcm-corpus/crawl-state.
+    state_dir: Optional[Path] = None
+
+
+class PiiConfig(Section):
+    """Which kinds of personal data the clean stage redacts (each replaced by a placeholder)."""
+
+    email: bool = True
+    url: bool = True
+    id_number: bool = True
+    phone: bool = True
+    qq: bool = True
+    wechat: bool = True
+    name: bool = True
 
 
 class CleanConfig(Section):
+    """Normalisation, redaction and tagging; what is removed for quality is decided in [select]."""
+
     opencc: Optional[Literal["t2s", "tw2s", "hk2s"]] = "t2s"
     # NFKC folds compatibility forms; full-width CJK punctuation is kept as the text wrote it.
     unicode_form: Literal["NFKC", "NFC", "none"] = "NFKC"
     min_chars: int = Field(20, ge=0)
-    min_han_ratio: float = Field(0.0, ge=0, le=1)
     min_turn_chars: int = Field(1, ge=0)
+    pii: PiiConfig = PiiConfig()
+    # fastText language-ID model; default: lid.176.ftz bundled in the package.
+    lid_model: Optional[Path] = None
+    lid_max_chars: int = Field(200, ge=20)
+    # Extra jieba words (`word [freq]` a line) and a replacement flagged-word list (`category<TAB>word`).
+    tcm_dict: Optional[Path] = None
+    flagged_words: Optional[Path] = None
+    dup_ngram: int = Field(10, ge=2, le=50)
+    # TCM domain relevance tags (lexicon density, classifier probability); off when unset.
+    domain_lexicon: Optional[Path] = None
+    domain_model: Optional[Path] = None
+
+
+class SelectConfig(Section):
+    """Thresholds on the tags written by clean; None turns a rule off. Defaults keep the classical
+    books, the pharmacopoeia and the terminology standards (see docs/ARCHITECTURE.md)."""
+
+    languages: list[str] = ["zh"]
+    min_lang_score: Optional[float] = Field(0.5, ge=0, le=1)
+    max_chars: Optional[int] = Field(None, ge=1)
+    min_han_chars: Optional[int] = Field(None, ge=0)
+    min_han_ratio: Optional[float] = Field(0.3, ge=0, le=1)
+    max_symbol_ratio: Optional[float] = Field(0.2, ge=0, le=1)
+    max_digit_ratio: Optional[float] = Field(0.3, ge=0, le=1)
+    min_mean_line_chars: Optional[float] = Field(4, ge=0)
+    min_punct_line_ratio: Optional[float] = Field(0.12, ge=0, le=1)
+    max_dup_line_ratio: Optional[float] = Field(0.5, ge=0, le=1)
+    max_dup_ngram_ratio: Optional[float] = Field(0.8, ge=0, le=1)
+    max_bullet_ratio: Optional[float] = Field(0.9, ge=0, le=1)
+    max_ellipsis_ratio: Optional[float] = Field(0.3, ge=0, le=1)
+    max_flagged_per_kchar: Optional[float] = Field(3.0, ge=0)
+    max_debris_ratio: Optional[float] = Field(0.1, ge=0, le=1)
+    min_domain_lexicon: Optional[float] = Field(None, ge=0)
+    min_domain_score: Optional[float] = Field(None, ge=0, le=1)
+    # Rules to turn off by key (TOML has no null): disable = ["min_punct_line_ratio"].
+    disable: list[str] = []
+
+    @field_validator("disable")
+    @classmethod
+    def _known_rules(cls, keys: list[str]) -> list[str]:
+        known = [name for name in cls.model_fields if name.startswith(("min_", "max_"))]
+        for key in keys:
+            if key not in known:
+                raise ValueError(f"unknown rule {key!r} (rules: {', '.join(known)})")
+        return keys
+
+
+class RepeatedParagraphsConfig(Section):
+    # Lines recurring across a source's documents (navigation, footers, copied prefaces) are removed.
+    enabled: bool = True
+    min_documents: int = Field(5, ge=2)
+    # Also at least this share of the source's documents: a quotation common in a large
+    # collection of books is not boilerplate.
+    min_share: float = Field(0.05, ge=0, le=1)
+    # Shorter lines (in match form) are never judged: headings like 卷一 recur legitimately.
+    min_chars: int = Field(8, ge=1)
+    # Categories whose sources are judged; in reference works shared lines are content.
+    categories: list[Category] = ["web"]
 
 
 class DedupConfig(Section):
-    method: Literal["exact"] = "exact"
-    # Which copy of a duplicate group survives.
-    keep: Literal["first", "longest"] = "first"
+    # exact: equal match form only; minhash: exact, then near-duplicates by MinHash LSH.
+    method: Literal["exact", "minhash"] = "minhash"
+    # Which copy of a cluster survives: criteria in order, the input order breaking ties.
+    keep: list[Literal["quality", "longest", "source", "first"]] = ["quality", "longest", "source"]
+    quality_column: str = "quality_score"
+    # Sources in order of preference for the `source` criterion; unlisted sources come last.
+    source_priority: list[str] = []
+    # Estimated Jaccard similarity of character n-gram shingles from which two rows are one.
+    threshold: float = Field(0.8, gt=0, lt=1)
+    num_perm: int = Field(128, ge=16, le=1024)
+    ngram: int = Field(5, ge=1, le=32)
+    seed: int = Field(1, ge=0)
+    # Weight of missed pairs against extra candidates when choosing bands x rows (datasketch: 0.5).
+    false_negative_weight: float = Field(0.9, gt=0, lt=1)
+    # Fingerprints of the corpus kept so far: a later build is deduplicated against it.
+    index_path: Optional[Path] = None
+    paragraphs: RepeatedParagraphsConfig = RepeatedParagraphsConfig()
+
+    @field_validator("keep", mode="before")
+    @classmethod
+    def _one_criterion(cls, value):
+        return [value] if isinstance(value, str) else value
 
 
 class DecontaminateConfig(Section):
@@ -84,24 +185,61 @@ class DecontaminateConfig(Section):
     ngram: int = Field(13, ge=4)
     # Share of an item's own n-grams that must occur in a row for the row to contain the item.
     min_overlap: float = Field(0.5, gt=0, le=1)
+    # Share of a question's own n-grams needed when it is matched without its options: higher,
+    # because exam stems paraphrase classical clauses that books hold.
+    question_overlap: float = Field(0.9, gt=0, le=1)
     action: Literal["remove", "flag"] = "remove"
-    # An item whose question is shorter than the n-gram is matched on the whole question.
+    # Items shorter than this, question, options and answer together in match form, are not indexed.
     min_question_chars: int = Field(8, ge=1)
 
 
 class ConvertConfig(Section):
-    backend: Literal["template", "openai"] = "template"
+    # template: structured entries -> Q&A; openai: passages -> Q&A by an LLM; native: documents stay text.
+    backend: Literal["template", "openai", "native"] = "template"
     base_url: Optional[str] = None
     model: Optional[str] = None
+    # The name of the environment variable holding the API key; the key itself is never stored.
     api_key_env: str = "OPENAI_API_KEY"
     # Texts that no backend converts stay in the corpus as plain text.
     keep_text: bool = True
     system_prompt: Optional[str] = None
+    # Which documents go to the LLM (empty: all); the rest get a template or stay text.
+    llm_categories: list[Category] = ["web", "literature", "encyclopedia", "books"]
+    llm_kinds: list[str] = []  # meta kind: monograph, term, chapter, page, text
+    min_passage_chars: int = Field(80, ge=1)
+    max_passage_chars: int = Field(1000, ge=20)
+    prompt_version: str = "unify-1"
+    prompt_file: Optional[Path] = None  # a prompt set of your own (TOML, with its own version)
+    concurrency: int = Field(8, ge=1)
+    request_timeout: float = Field(60, gt=0)
+    max_retries: int = Field(6, ge=0)
+    backoff_base: float = Field(1.0, ge=0)
+    backoff_max: float = Field(60, ge=0)
+    temperature: float = Field(0.7, ge=0, le=2)
+    max_tokens: int = Field(1024, ge=16)  # per response
+    json_mode: Literal["auto", "on", "off"] = "auto"
+    # Budget of one run: requests answered and tokens used; unset = no limit.
+    max_requests: Optional[int] = Field(None, ge=0)
+    max_total_tokens: Optional[int] = Field(None, ge=0)
+    price_prompt_per_1k: float = Field(0.0, ge=0)
+    price_completion_per_1k: float = Field(0.0, ge=0)
+    cache_dir: Optional[Path] = None  # default: <convert output>.cache beside the stage output
+    judge: bool = False  # a third request asks the LLM to pass or fail each pair
+    max_question_chars: int = Field(150, ge=10)
+    min_han_share: float = Field(0.6, ge=0, le=1)
+    min_answer_chars: int = Field(30, ge=0)
+    min_answer_ratio: float = Field(0.2, ge=0, le=5)
+    ngram: int = Field(2, ge=1, le=8)
+    min_answer_overlap: float = Field(0.25, ge=0, le=1)
+    min_passage_coverage: float = Field(0.15, ge=0, le=1)
+    leak_phrases: Optional[list[str]] = None  # default: transforms.llm.verify.DEFAULT_LEAK_PHRASES
 
     @model_validator(mode="after")
     def _check_backend(self) -> "ConvertConfig":
         if self.backend == "openai" and not (self.base_url and self.model):
             raise ValueError("the openai backend needs base_url and model")
+        if self.min_passage_chars > self.max_passage_chars:
+            raise ValueError("min_passage_chars must not exceed max_passage_chars")
         return self
 
 
@@ -115,7 +253,13 @@ class SampleConfig(Section):
     source_weights: dict[str, float] = {}
     sft_epochs: int = Field(3, ge=1)
     shard_rows: int = Field(100_000, ge=1)
+    # Rows per Parquet row group: what a streaming reader holds at once (datasets' own default).
+    row_group_rows: int = Field(1000, ge=1)
     seed: int = 42
+    # Token counts in the corpus manifest: a tokenizer.json (needs `tokenizers`), else an estimate.
+    tokenizer: Optional[Path] = None
+    tokens_per_cjk_char: float = Field(1.0, gt=0)
+    chars_per_token: float = Field(4.0, gt=0)
 
     @field_validator("weights")
     @classmethod
@@ -127,16 +271,52 @@ class SampleConfig(Section):
                 raise ValueError(f"weight of {name} must be positive")
         return {**_default_weights(), **weights}
 
+    @field_validator("source_weights")
+    @classmethod
+    def _positive_source_weights(cls, weights: dict[str, float]) -> dict[str, float]:
+        for name, weight in weights.items():
+            if weight <= 0:
+                raise ValueError(f"weight of source {name} must be positive")
+        return weights
+
 
 class ValidateConfig(Section):
     languages: Optional[list[str]] = None
     min_chars: int = Field(1, ge=0)
     max_chars: int = Field(200_000, ge=1)
     fail_on_error: bool = True
+    # build-corpus validates every stage's output, not only the corpus.
+    every_stage: bool = True
 
 
 class ExportConfig(Section):
     formats: list[Literal["sharegpt", "alpaca", "jsonl"]] = ["sharegpt"]
+
+
+class LabelledSourceConfig(Section):
+    path: Path
+    # An importer format, or `texts`: a JSON list (or JSON lines) of strings.
+    format: Literal["book", "text", "monograph", "terms", "instructions", "texts"] = "text"
+
+
+class TrainDomainConfig(Section):
+    """Inputs and parameters of the fastText TCM domain classifier (train-domain-classifier)."""
+
+    positive: list[LabelledSourceConfig] = []  # TCM texts: books, monographs, TCM dialogues
+    negative: list[LabelledSourceConfig] = []  # other texts: general medical Q&A, English, web
+    # Negatives generated from the seed: random Han, symbol debris, repeated phrases, spam.
+    generated_junk: int = Field(1000, ge=0)
+    max_per_source: int = Field(2000, ge=1)
+    holdout: float = Field(0.2, ge=0, lt=1)
+    threshold: float = Field(0.5, gt=0, lt=1)
+    # Where the model goes (its figures beside it, + .json); `--output` overrides.
+    model: Optional[Path] = None
+    epoch: int = Field(10, ge=1)
+    lr: float = Field(0.5, gt=0)
+    word_ngrams: int = Field(2, ge=1, le=5)
+    dim: int = Field(64, ge=2)
+    bucket: int = Field(200_000, ge=1000)
+    seed: int = 13
 
 
 class EngineConfig(Section):
@@ -151,11 +331,122 @@ class EngineConfig(Section):
     checkpoint_dir: Optional[str] = None
 
 
+class TaskControl(Section):
+    """Retries and a time limit for one stage's task; a time-out counts as a failed try."""
+    retries: int = Field(0, ge=0)
+    retry_delay_seconds: float = Field(10, ge=0)
+    timeout_seconds: Optional[float] = Field(None, gt=0)
+
+
+def _default_task_control() -> dict[str, TaskControl]:
+    # The stages that wait on the network: web servers, the LLM endpoint.
+    return {
+        "crawl": TaskControl(retries=2, retry_delay_seconds=30, timeout_seconds=6 * 3600),
+        "convert": TaskControl(retries=2, retry_delay_seconds=60, timeout_seconds=24 * 3600),
+    }
+
+
+NETWORK_STAGES = ("crawl", "convert")
+DEPLOYABLE_FLOWS = ("build-corpus", "refresh", "crawl", "ingest", "clean", "dedup", "decontaminate", "convert", "sample", "validate", "export")
+
+
+class ScheduleConfig(Section):
+    """A scheduled deployment `<flow>/<name>` served by `flows serve`."""
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    flow: Literal[DEPLOYABLE_FLOWS]  # type: ignore[valid-type]
+    cron: Optional[str] = None
+    interval_seconds: Optional[float] = Field(None, gt=0)
+    timezone: Optional[str] = None  # default: operations.timezone
+    active: bool = True
+    # Flow parameters for the scheduled runs, over the defaults (config, workdir).
+    parameters: dict = {}
+
+    @model_validator(mode="after")
+    def _one_clock(self) -> "ScheduleConfig":
+        if (self.cron is None) == (self.interval_seconds is None):
+            raise ValueError("a schedule needs exactly one of cron and interval_seconds")
+        if self.cron is not None and len(self.cron.split()) != 5:
+            raise ValueError(f"cron {self.cron!r} must have five fields (minute hour day month weekday)")
+        if self.timezone is not None:
+            _check_timezone(self.timezone)
+        return self
+
+
+def _check_timezone(name: str) -> str:
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"unknown time zone {name!r} (use an IANA name such as 'Asia/Shanghai' or 'UTC')") from None
+    return name
+
+
+def _default_schedules() -> list[ScheduleConfig]:
+    return [
+        ScheduleConfig(name="nightly", flow="refresh", cron="0 2 * * *"),
+        ScheduleConfig(name="weekly", flow="build-corpus", cron="0 3 * * 0"),
+    ]
+
+
+class LLMLimitConfig(Section):
+    # A Prefect global concurrency limit shared by every flow run that calls the LLM endpoint.
+    concurrency_limit: str = Field("tcm-corpus-llm", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    slots: int = Field(8, ge=1)
+    # How long a call waits for a free slot before it fails; none: wait as long as it takes.
+    wait_seconds: Optional[float] = Field(None, gt=0)
+
+
+class NotifyConfig(Section):
+    # Both optional: a URL that receives a JSON POST, and/or a Prefect notification block
+    # ("slack-webhook/ops"). Nothing configured: nothing is sent.
+    webhook_url: Optional[str] = Field(None, pattern=r"^https?://")
+    block: Optional[str] = Field(None, pattern=r"^[a-z0-9-]+/[A-Za-z0-9_.-]+$")
+    timeout_seconds: float = Field(10, gt=0)
+
+
+class OperationsConfig(Section):
+    # Where deployed runs build; relative to the config file (the current folder for the sample).
+    workdir: Optional[Path] = None
+    timezone: str = "UTC"
+    schedules: list[ScheduleConfig] = Field(default_factory=_default_schedules)
+    tasks: dict[str, TaskControl] = Field(default_factory=_default_task_control)
+    llm: LLMLimitConfig = LLMLimitConfig()
+    notify: NotifyConfig = NotifyConfig()
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_timezone(cls, name: str) -> str:
+        return _check_timezone(name)
+
+    @field_validator("tasks", mode="before")
+    @classmethod
+    def _known_stages(cls, tasks: object) -> object:
+        if not isinstance(tasks, dict):
+            return tasks
+        merged = {stage: control.model_dump() for stage, control in _default_task_control().items()}
+        for stage, given in tasks.items():
+            if stage not in NETWORK_STAGES:
+                raise ValueError(f"stage {stage!r} has no run control (only: {', '.join(NETWORK_STAGES)})")
+            # A key left out keeps the stage's default, so `retries = 5` alone keeps the time-out.
+            merged[stage] = {**merged.get(stage, {}), **given} if isinstance(given, dict) else given
+        return merged
+
+    @model_validator(mode="after")
+    def _unique_schedules(self) -> "OperationsConfig":
+        names = [(s.flow, s.name) for s in self.schedules]
+        repeated = sorted({f"{f}/{n}" for f, n in names if names.count((f, n)) > 1})
+        if repeated:
+            raise ValueError(f"schedule names must be unique per flow: {', '.join(repeated)}")
+        return self
+
+
 class BuildConfig(Section):
     name: str = "tcm-corpus"
     sources: list[SourceConfig] = []
     crawl: CrawlConfig = CrawlConfig()
     clean: CleanConfig = CleanConfig()
+    select: SelectConfig = SelectConfig()
     dedup: DedupConfig = DedupConfig()
     decontaminate: DecontaminateConfig = DecontaminateConfig()
     convert: ConvertConfig = ConvertConfig()
@@ -163,6 +454,8 @@ class BuildConfig(Section):
     validate_: ValidateConfig = Field(ValidateConfig(), alias="validate")
     export: ExportConfig = ExportConfig()
     engine: EngineConfig = EngineConfig()
+    train_domain: TrainDomainConfig = TrainDomainConfig()
+    operations: OperationsConfig = OperationsConfig()
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
@@ -172,6 +465,10 @@ class BuildConfig(Section):
         repeated = sorted({n for n in names if names.count(n) > 1})
         if repeated:
             raise ValueError(f"source names must be unique: {', '.join(repeated)}")
+        if self.select.min_domain_lexicon is not None and self.clean.domain_lexicon is None:
+            raise ValueError("select.min_domain_lexicon needs clean.domain_lexicon")
+        if self.select.min_domain_score is not None and self.clean.domain_model is None:
+            raise ValueError("select.min_domain_score needs clean.domain_model")
         return self
 
     def section(self, name: str) -> dict:
@@ -193,6 +490,17 @@ def _resolve_paths(config: BuildConfig, base: Path) -> BuildConfig:
         source.path = fix(source.path)
         source.site_dir = fix(source.site_dir)
     config.decontaminate.benchmarks = [fix(p) for p in config.decontaminate.benchmarks]
+    config.crawl.state_dir = fix(config.crawl.state_dir)
+    config.convert.prompt_file = fix(config.convert.prompt_file)
+    config.convert.cache_dir = fix(config.convert.cache_dir)
+    for key in ("lid_model", "tcm_dict", "flagged_words", "domain_lexicon", "domain_model"):
+        setattr(config.clean, key, fix(getattr(config.clean, key)))
+    config.dedup.index_path = fix(config.dedup.index_path)
+    for labelled in [*config.train_domain.positive, *config.train_domain.negative]:
+        labelled.path = fix(labelled.path)
+    config.train_domain.model = fix(config.train_domain.model)
+    config.operations.workdir = fix(config.operations.workdir)
+    config.sample.tokenizer = fix(config.sample.tokenizer)
     return config
 
 

@@ -5,24 +5,30 @@ so re-running a build after a crash redoes only the stages that had not finished
 """
 from __future__ import annotations
 
+import inspect
 import time
 from importlib import metadata
 from pathlib import Path
 from typing import Callable, Optional
 
 from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_markdown_artifact
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NONE
 
-from schemas import CATEGORIES, CORPUS
-from schemas.dataset import StageManifest, check_input, fingerprint, hash_config, read_manifest
+from schemas import CATEGORIES, CONVERSATIONS, DOCUMENTS
+from schemas.dataset import StageManifest, check_input, fingerprint, hash_config, read_manifest, remove_stale_temporaries
 from transforms import stages
 from transforms.engine import LocalEngine
 
-from .config import BuildConfig, load_config
+from .config import BuildConfig, TaskControl, load_config
+from .domain import train_domain_classifier_flow  # noqa: F401 - a flow of this module's CLI
 from .pipeline_info import FLOWS
+from .summary import as_markdown, as_text, produced
+from .notify import FAILURE_HOOKS
+from .progress import StageProgress, input_rows
 
 DESCRIPTIONS = FLOWS
+QUALITY = "quality"  # WORKDIR/quality/<stage>/: the suites' results on each stage's output
 
 
 class ValidationFailed(Exception):
@@ -40,10 +46,18 @@ def code_version() -> str:
 LOCAL_ONLY_STAGES = ("convert",)
 
 
+def _paragraphs_judged(config: BuildConfig) -> bool:
+    """Whether dedup would strip repeated paragraphs: enabled, and a source of a judged category."""
+    rule = config.dedup.paragraphs
+    return rule.enabled and any(source.category in rule.categories for source in config.sources)
+
+
 def make_engine(config: BuildConfig, kind: Optional[str] = None, stage: Optional[str] = None):
     """The engine a stage runs on. A Spark engine builds its session from `[engine]` when the
     stage's task first needs it, so the Spark job runs inside that Prefect task."""
     kind = kind or config.engine.kind
+    if kind == "spark" and stage == "dedup" and _paragraphs_judged(config):
+        kind = "local"  # repeated paragraphs have no Spark implementation
     if kind == "spark" and stage not in LOCAL_ONLY_STAGES:
         from transforms.spark import SparkEngine
 
@@ -63,26 +77,55 @@ def _expected(stage: str, config_section: object, inputs: list[Path]) -> StageMa
 
 
 @task(name="stage", task_run_name="{stage}", cache_policy=NONE)
-def _stage_task(stage: str, work: Callable[[StageManifest], StageManifest], manifest: StageManifest) -> StageManifest:
-    return work(manifest)
+def _stage_task(stage: str, work: Callable[..., StageManifest], manifest: StageManifest, total_rows: int = 0) -> StageManifest:
+    return _with_progress(stage, work, manifest, total_rows)
 
 
 @task(name="crawl-sites", task_run_name="crawl", cache_policy=NONE, retries=1, retry_delay_seconds=5)
-def _crawl_task(work: Callable[[StageManifest], StageManifest], manifest: StageManifest) -> StageManifest:
-    return work(manifest)
+def _crawl_task(work: Callable[..., StageManifest], manifest: StageManifest, stage: str = "crawl", total_rows: int = 0) -> StageManifest:
+    return _with_progress(stage, work, manifest, total_rows)
 
 
-def _run(stage: str, output: Path, config_section: object, inputs: list[Path], work, task_fn=None) -> dict:
-    """Skip the stage if its output is finished for these inputs and config; else run it."""
+def _with_progress(stage: str, work, manifest: StageManifest, total_rows: int) -> StageManifest:
+    """Run the stage; a `work(manifest, progress)` gets the callback that feeds the UI and the terminal."""
+    if "progress" not in inspect.signature(work).parameters:
+        return work(manifest)
+    tracker = StageProgress(stage, total_rows)
+    completed = False
+    try:
+        result = work(manifest, progress=tracker)
+        completed = True
+        return result
+    finally:
+        tracker.finish(completed)
+
+
+def _run(stage: str, output: Path, config_section: object, inputs: list[Path], work, task_fn=None, run_control: Optional[TaskControl] = None, force: bool = False) -> dict:
+    """Skip the stage if its output is finished for these inputs and config (unless `force`); else run it.
+
+    `run_control` (from [operations.tasks.<stage>]) gives the task retries and a time-out."""
     logger = get_run_logger()
+    removed = remove_stale_temporaries(output)
+    if removed:
+        logger.info("%s: removed %s, left by an interrupted run", stage, ", ".join(p.name for p in removed))
     expected = _expected(stage, config_section, inputs)
     existing = read_manifest(output)
-    if existing and existing.key() == expected.key() and not existing.stats.get("failed"):
+    if not force and existing and existing.key() == expected.key() and not existing.stats.get("failed") and not existing.stats.get("unfinished"):
         logger.info("%s: finished before for these inputs and config, skipped (%s)", stage, output)
-        return {**_summary(existing), "skipped": True}
+        return {**_summary(existing), "skipped": True, "output": str(output)}
+    chosen = task_fn or _stage_task
+    if run_control is not None:
+        chosen = chosen.with_options(
+            retries=run_control.retries,
+            retry_delay_seconds=run_control.retry_delay_seconds,
+            timeout_seconds=run_control.timeout_seconds,
+        )
     started = time.perf_counter()
-    manifest = task_fn(work, expected) if task_fn else _stage_task(stage, work, expected)
-    summary = {**_summary(manifest), "skipped": False, "seconds": round(time.perf_counter() - started, 2)}
+    if task_fn is None:
+        manifest = chosen(stage, work, expected, input_rows(inputs))
+    else:  # a stage's own task: (work, manifest, stage=, total_rows=)
+        manifest = chosen(work, expected, stage=stage, total_rows=input_rows(inputs))
+    summary = {**_summary(manifest), "skipped": False, "seconds": round(time.perf_counter() - started, 2), "output": str(output)}
     logger.info("%s: %s", stage, _ledger_line(manifest))
     return summary
 
@@ -116,29 +159,37 @@ def _inputs(paths: list[str]) -> list[Path]:
 
 
 @flow(name="crawl", description=DESCRIPTIONS["crawl"])
-def crawl_flow(output: str, config: Optional[str] = None) -> dict:
+def crawl_flow(output: str, config: Optional[str] = None, recrawl: bool = False) -> dict:
+    """Crawl the config's web sources into `output`. The crawl's state (journal, stored pages)
+    lives in [crawl] state_dir, or in the user's cache under a name for `output`, so a stopped
+    crawl resumes and `recrawl=True` (what a schedule sets) fetches again, asking only for changes."""
     from contextlib import ExitStack
 
     from crawlers.localsite import serve_folder
     from crawlers.run import run_crawl
+    from crawlers.state import default_state_dir
 
     cfg = load_config(config)
     sources = [s for s in cfg.sources if s.kind == "crawl"]
     section = {"crawl": cfg.section("crawl"), "sources": [s.model_dump(mode="json") for s in sources]}
+    state_dir = cfg.crawl.state_dir or default_state_dir(output)
+    settings = {**cfg.section("crawl"), "state_dir": str(state_dir)}
 
     def work(manifest: StageManifest) -> StageManifest:
         with ExitStack() as stack:
             specs = []
             for source in sources:
-                start_urls = list(source.start_urls)
+                start_urls, sitemap_urls = list(source.start_urls), list(source.sitemap_urls)
                 if source.site_dir is not None:
-                    base = stack.enter_context(serve_folder(source.site_dir))
-                    start_urls = [base.rstrip("/") + "/" + url.lstrip("/") for url in start_urls]
+                    base = stack.enter_context(serve_folder(source.site_dir)).rstrip("/") + "/"
+                    start_urls = [base + url.lstrip("/") for url in start_urls]
+                    sitemap_urls = [base + url.lstrip("/") for url in sitemap_urls]
                 specs.append(
                     {
                         "name": source.name,
                         "category": source.category,
                         "start_urls": start_urls,
+                        "sitemap_urls": sitemap_urls,
                         "allowed_domains": [] if source.site_dir is not None else source.allowed_domains,
                         "allow": source.allow,
                         "deny": source.deny,
@@ -146,9 +197,10 @@ def crawl_flow(output: str, config: Optional[str] = None) -> dict:
                         "max_pages": source.max_pages,
                     }
                 )
-            return run_crawl(specs, output, manifest, cfg.section("crawl"))
+            return run_crawl(specs, output, manifest, settings)
 
-    return _run("crawl", Path(output), section, [], work, task_fn=_crawl_task)
+    # A scheduled re-crawl runs even when the crawl is finished; it asks the sites only for changes.
+    return _run("crawl", Path(output), section, [], work, task_fn=_crawl_task, run_control=cfg.operations.tasks.get("crawl"), force=recrawl)
 
 
 @flow(name="ingest", description=DESCRIPTIONS["ingest"])
@@ -174,8 +226,9 @@ def ingest_flow(output: str, config: Optional[str] = None, inputs: Optional[list
     return _run("ingest", Path(output), section, fingerprints, work)
 
 
-def _simple_stage(stage: str, section_name: str) -> Callable:
-    """A flow for a stage that reads datasets and one config section: `transforms.stages.run_<stage>`."""
+def _simple_stage(stage: str, section_name: str, extra: Optional[Callable[[BuildConfig], dict]] = None) -> Callable:
+    """A flow for a stage that reads datasets and one config section: `transforms.stages.run_<stage>`;
+    `extra(config)` gives further keyword arguments of the stage function."""
 
     @flow(name=stage, description=DESCRIPTIONS[stage])
     def stage_flow(inputs: list[str], output: str, config: Optional[str] = None, engine: Optional[str] = None) -> dict:
@@ -184,18 +237,50 @@ def _simple_stage(stage: str, section_name: str) -> Callable:
         params = cfg.section(section_name)
         chosen = make_engine(cfg, engine, stage)
 
-        def work(manifest: StageManifest) -> StageManifest:
-            return getattr(stages, f"run_{stage}")(paths, output, params, manifest, chosen)
+        def work(manifest: StageManifest, progress=None) -> StageManifest:
+            more = extra(cfg) if extra else {}
+            return getattr(stages, f"run_{stage}")(paths, output, params, manifest, chosen, progress=progress, **more)
 
-        return _run(stage, Path(output), params, paths, work)
+        return _run(stage, Path(output), params, paths, work, run_control=cfg.operations.tasks.get(stage))
 
     stage_flow.__name__ = f"{stage}_flow"
     return stage_flow
 
 
 clean_flow = _simple_stage("clean", "clean")
+select_flow = _simple_stage("select", "select")
+
+
+@flow(name="selection-dry-run", description="what [select] would remove, per rule, with examples; writes nothing")
+def selection_dry_run_flow(stage: str, inputs: list[str], config: Optional[str] = None, engine: Optional[str] = None) -> dict:
+    """`stage` is "select" (inputs tagged by clean) or "clean" (untagged inputs, tagged in memory)."""
+    from transforms.select import describe_report
+
+    cfg = load_config(config)
+    paths = _inputs(inputs)
+    clean_params = cfg.section("clean") if stage == "clean" else None
+    report = stages.selection_dry_run(paths, cfg.section("select"), make_engine(cfg, engine), clean_params)
+    text = describe_report(report)
+    for kind, part in report.items():
+        get_run_logger().info("selection dry run: %s: %s of %s rows would be removed", kind, part["would_remove"], part["rows"])
+    try:
+        create_markdown_artifact(f"```\n{text}\n```", key="selection-dry-run", description="What selection would remove")
+    except Exception as exc:  # noqa: BLE001 - an artifact is a convenience
+        get_run_logger().warning("could not publish the dry-run artifact: %s", exc)
+    return {"dry_run": True, "stage": stage, "report": report, "text": text}
+
+
+def _llm_limit(cfg: BuildConfig) -> dict:
+    """LLM requests of every run share one Prefect global concurrency limit ([operations.llm])."""
+    if cfg.convert.backend != "openai":
+        return {}
+    from .limits import llm_slot
+
+    return {"slot": llm_slot(cfg.operations.llm)}
+
+
 dedup_flow = _simple_stage("dedup", "dedup")
-convert_flow = _simple_stage("convert", "convert")
+convert_flow = _simple_stage("convert", "convert", extra=_llm_limit)
 
 
 @flow(name="decontaminate", description=DESCRIPTIONS["decontaminate"])
@@ -208,9 +293,9 @@ def decontaminate_flow(inputs: list[str], output: str, config: Optional[str] = N
     chosen = make_engine(cfg, engine, "decontaminate")
     references = list(cfg.decontaminate.benchmarks)
 
-    def work(manifest: StageManifest) -> StageManifest:
+    def work(manifest: StageManifest, progress=None) -> StageManifest:
         items = [item for path in references for item in load_benchmark(path)]
-        result = stages.run_decontaminate(paths, output, params, manifest, chosen, items)
+        result = stages.run_decontaminate(paths, output, params, manifest, chosen, items, progress=progress)
         hits = stages.contamination_hits(result)
         if hits:
             get_run_logger().warning("decontaminate: removed %s", hits)
@@ -227,47 +312,66 @@ def sample_flow(inputs: list[str], output: str, config: Optional[str] = None, en
 
     chosen = make_engine(cfg, engine, "sample")
 
-    def work(manifest: StageManifest) -> StageManifest:
-        return stages.run_sample(paths, output, params, manifest, manifest.config_hash, engine=chosen)
+    def work(manifest: StageManifest, progress=None) -> StageManifest:
+        return stages.run_sample(paths, output, params, manifest, manifest.config_hash, progress=progress, engine=chosen)
 
     return _run("sample", Path(output), params, paths, work)
 
 
 @flow(name="validate", description=DESCRIPTIONS["validate"])
 def validate_flow(inputs: list[str], output: str, config: Optional[str] = None, engine: Optional[str] = None) -> dict:
-    from quality import validate_dataset
-    from schemas.dataset import DatasetWriter
-
     cfg = load_config(config)
     paths = _inputs(inputs)
     params = cfg.section("validate")
+    return _run("validate", Path(output), params, paths, _validation_work(paths, Path(output), params))
+
+
+def _validation_work(paths: list[Path], output: Path, params: dict, stage: Optional[str] = None) -> Callable:
+    """Validate each input dataset into `output` (results JSON and Data Docs); a critical failure
+    raises ValidationFailed once the results are saved. With `stage`, the one input is that
+    stage's output and its results go straight into `output`."""
+    from quality import validate_dataset
+    from schemas.dataset import DatasetWriter
+
     options = {
         "categories": list(CATEGORIES),
         "languages": params["languages"],
         "min_chars": params["min_chars"],
         "max_chars": params["max_chars"],
+        # Cleaning enforces lengths and turn order: before it, those rules only warn.
+        "content_severity": "warning" if stage in ("crawl", "ingest") else "critical",
     }
 
     def work(manifest: StageManifest) -> StageManifest:
         with DatasetWriter(output, manifest) as writer:
             reports = []
             for number, path in enumerate(paths):
-                results_dir = writer.folder / (path.name or f"input-{number}")
+                results_dir = writer.folder if stage else writer.folder / (path.name or f"input-{number}")
                 reports.extend(validate_dataset(path, options=options, results_dir=results_dir))
             for report in reports:
                 manifest.rows_in[report.kind] = manifest.rows_in.get(report.kind, 0) + report.rows
-                get_run_logger().info("validate: %s", report.summary())
+                get_run_logger().info("validate%s: %s", f" {stage}" if stage else "", report.summary())
             failures = [r for r in reports if not r.success]
             manifest.stats["reports"] = [
-                {"kind": r.kind, "rows": r.rows, "success": r.success, "summary": r.summary()} for r in reports
+                {"kind": r.kind, "rows": r.rows, "success": r.success, "evaluated": r.evaluated, "met": r.met,
+                 "warnings": len(r.warnings), "seconds": r.seconds, "summary": r.summary()}
+                for r in reports
             ]
             manifest.stats["failed"] = bool(failures)
             result = writer.commit()
         if failures and params["fail_on_error"]:
-            raise ValidationFailed("; ".join(r.summary() for r in failures))
+            where = f"{stage} output: " if stage else ""
+            raise ValidationFailed(where + "; ".join(r.summary() for r in failures))
         return result
 
-    return _run("validate", Path(output), params, paths, work)
+    return work
+
+
+def validate_stage_output(stage: str, folder: Path, output: Path, cfg: BuildConfig) -> dict:
+    """Run the suites on one stage's output inside build-corpus (skipped when done before)."""
+    params = cfg.section("validate")
+    section = {**params, "stage": stage}
+    return _run("validate", output, section, [folder], _validation_work([folder], output, params, stage))
 
 
 @flow(name="export", description=DESCRIPTIONS["export"])
@@ -286,6 +390,7 @@ STAGE_FLOWS = {
     "crawl": crawl_flow,
     "ingest": ingest_flow,
     "clean": clean_flow,
+    "select": select_flow,
     "dedup": dedup_flow,
     "decontaminate": decontaminate_flow,
     "convert": convert_flow,
@@ -298,7 +403,7 @@ STAGE_FLOWS = {
 # -- the whole build --------------------------------------------------------------------------
 
 
-@flow(name="build-corpus", description=DESCRIPTIONS["build-corpus"])
+@flow(name="build-corpus", description=DESCRIPTIONS["build-corpus"], **FAILURE_HOOKS)
 def build_corpus(config: Optional[str] = None, workdir: str = "tcm-corpus-build", engine: Optional[str] = None) -> dict:
     logger = get_run_logger()
     cfg = load_config(config)
@@ -312,10 +417,20 @@ def build_corpus(config: Optional[str] = None, workdir: str = "tcm-corpus-build"
     if any(s.kind == "crawl" for s in cfg.sources):
         results["crawl"] = crawl_flow(str(staged / "crawl"), config)
         page_inputs = [str(staged / "crawl")]
+    validation: dict[str, dict] = {}
+
+    def check(stage: str) -> None:
+        if cfg.validate_.every_stage:
+            validation[stage] = validate_stage_output(stage, staged / stage, root / QUALITY / stage, cfg)
+
+    if page_inputs:
+        check("crawl")
     results["ingest"] = ingest_flow(str(staged / "ingest"), config, page_inputs)
+    check("ingest")
     previous = staged / "ingest"
-    for stage in ("clean", "dedup", "decontaminate", "convert"):
+    for stage in ("clean", "select", "dedup", "decontaminate", "convert"):
         results[stage] = STAGE_FLOWS[stage]([str(previous)], str(staged / stage), config, engine)
+        check(stage)
         previous = staged / stage
     results["sample"] = sample_flow([str(previous)], str(corpus), config, engine)
     results["validate"] = validate_flow([str(corpus)], str(staged / "validate"), config, engine)
@@ -323,17 +438,50 @@ def build_corpus(config: Optional[str] = None, workdir: str = "tcm-corpus-build"
         results["export"] = export_flow([str(corpus)], str(staged / "export"), config, engine)
 
     seconds = round(time.perf_counter() - started, 2)
-    report = build_summary(results, corpus, seconds)
-    logger.info("build-corpus finished in %.1f s: %s rows in %s", seconds, results["sample"]["rows_out"].get(CORPUS, 0), corpus)
+    report_path = publish_build_report(root, logger)
+    facts = produced(root, corpus, results, seconds)
+    logger.info("%s", as_text(facts))
+    _publish_summary(as_markdown(facts) + "\n\n" + build_summary(results), "build-corpus-summary", "What the corpus build produced")
+    return {"workdir": str(root), "corpus": str(corpus), "seconds": seconds, "stages": results, "produced": facts,
+            "validation": validation, "report": report_path}
+
+
+def _publish_summary(markdown: str, key: str, description: str) -> None:
     try:
-        create_markdown_artifact(report, key="build-corpus-summary", description="Funnel of the corpus build")
+        create_markdown_artifact(markdown, key=key, description=description)
     except Exception as exc:  # noqa: BLE001 - an artifact is a convenience, never a reason to fail a build
-        logger.warning("could not publish the summary artifact: %s", exc)
-    return {"workdir": str(root), "corpus": str(corpus), "seconds": seconds, "stages": results}
+        get_run_logger().warning("could not publish the summary artifact: %s", exc)
 
 
-def build_summary(results: dict[str, dict], corpus: Path, seconds: float) -> str:
-    lines = [f"# Corpus build\n\nShards in `{corpus}`, built in {seconds} s.\n", "| stage | in | kept | rejected | out | skipped |", "|---|---|---|---|---|---|"]
+def publish_build_report(root: Path, logger) -> Optional[str]:
+    """Write WORKDIR/report.html and publish the same figures as Prefect artifacts."""
+    from quality.report import build_figures, write_report
+
+    try:
+        figures = build_figures(root)
+        path = write_report(figures, root / "report.html")
+    except Exception as exc:  # noqa: BLE001 - the report describes a finished build; it never fails one
+        logger.warning("could not write the build report: %s", exc)
+        return None
+    try:
+        publish_artifacts(figures)
+    except Exception as exc:  # noqa: BLE001 - as for the summary artifact
+        logger.warning("could not publish the report artifacts: %s", exc)
+    return str(path)
+
+
+def publish_artifacts(figures: dict) -> None:
+    from quality.report import artifact_markdown, artifact_tables
+
+    for key, (description, rows) in artifact_tables(figures).items():
+        if rows:
+            create_table_artifact(rows, key=key, description=description)
+    create_markdown_artifact(artifact_markdown(figures), key="corpus-report", description="Corpus report: funnel, mix, sampling curve")
+
+
+def build_summary(results: dict[str, dict]) -> str:
+    """The funnel: rows in, kept, rejected and written per record kind at each stage."""
+    lines = ["## Funnel", "", "| stage | in | kept | rejected | out | skipped |", "|---|---|---|---|---|---|"]
     for stage, summary in results.items():
         fmt = lambda counts: ", ".join(f"{k} {v}" for k, v in counts.items()) or "-"  # noqa: E731
         lines.append(
@@ -341,3 +489,48 @@ def build_summary(results: dict[str, dict], corpus: Path, seconds: float) -> str
             f"| {fmt(summary['rows_out'])} | {'yes' if summary.get('skipped') else 'no'} |"
         )
     return "\n".join(lines)
+
+
+# -- the nightly refresh ----------------------------------------------------------------------
+
+REFRESH_DESCRIPTION = "crawl, ingest, clean and dedup new material against the existing build's deduplicated rows"
+
+
+@flow(name="refresh", description=REFRESH_DESCRIPTION, **FAILURE_HOOKS)
+def refresh(config: Optional[str] = None, workdir: str = "tcm-corpus-build", engine: Optional[str] = None, label: Optional[str] = None) -> dict:
+    """Fetch and import the sources again into `WORKDIR/refresh/<label>/` (label: today's UTC
+    date), clean them, and dedup them after the existing `WORKDIR/stages/dedup` rows, so new
+    rows that repeat the corpus are rejected as duplicates and only new material is added."""
+    cfg = load_config(config)
+    root = Path(workdir).resolve()
+    label = label or time.strftime("%Y%m%d", time.gmtime())
+    target = root / "refresh" / label
+    started = time.perf_counter()
+    results: dict[str, dict] = {}
+
+    page_inputs: list[str] = []
+    if any(s.kind == "crawl" for s in cfg.sources):
+        results["crawl"] = crawl_flow(str(target / "crawl"), config, recrawl=True)
+        page_inputs = [str(target / "crawl")]
+    results["ingest"] = ingest_flow(str(target / "ingest"), config, page_inputs)
+    results["clean"] = clean_flow([str(target / "ingest")], str(target / "clean"), config, engine)
+    existing = root / "stages" / "dedup"
+    earlier = [str(existing)] if read_manifest(existing) else []
+    if not earlier:
+        get_run_logger().info("refresh: no finished build in %s; dedup runs on the new rows alone", root)
+    results["dedup"] = dedup_flow([*earlier, str(target / "clean")], str(target / "dedup"), config, engine)
+
+    # Text rows only: the dedup output also holds its audit kinds (clusters, repeated paragraphs).
+    def text_rows(rows_out: dict) -> int:
+        return sum(n for kind, n in rows_out.items() if kind in (DOCUMENTS, CONVERSATIONS))
+
+    existing_rows = text_rows(read_manifest(existing).rows_out) if earlier else 0
+    dedup_out = text_rows(results["dedup"]["rows_out"])
+    seconds = round(time.perf_counter() - started, 2)
+    text = (
+        f"refresh finished in {seconds} s: {dedup_out - existing_rows:,} new rows after dedup against "
+        f"{existing_rows:,} existing rows; {target / 'dedup'} holds both"
+    )
+    get_run_logger().info("%s", text)
+    _publish_summary(f"# Refresh {label}\n\n{text}.\n\n" + build_summary(results), "refresh-summary", "What the refresh added")
+    return {"workdir": str(root), "output": str(target / "dedup"), "new_rows": dedup_out - existing_rows, "seconds": seconds, "stages": results}

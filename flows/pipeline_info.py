@@ -4,13 +4,15 @@ FLOWS = {
     "build-corpus": "run every stage, from sources to validated shards",
     "crawl": "fetch the configured web sources into raw pages",
     "ingest": "import books, monographs and dialogue datasets; extract documents from pages",
-    "clean": "normalise Unicode, convert traditional to simplified, reject empty and short texts",
+    "clean": "normalise text, redact personal data, tag language and quality scores (--dry-run: report only)",
+    "select": "apply the [select] thresholds to the tags written by clean (--dry-run: report only)",
     "dedup": "remove exact duplicates (normalised text)",
     "decontaminate": "remove rows that contain evaluation items",
     "convert": "turn structured documents into conversations; pass dialogues through",
     "sample": "order everything by priority sampling into Parquet shards with a manifest",
     "validate": "check datasets with Great Expectations suites",
     "export": "write the corpus in trainer formats (sharegpt, alpaca, jsonl)",
+    "train-domain-classifier": "train the fastText TCM domain classifier on [train_domain] sources; print held-out precision/recall",
 }
 
 

@@ -33,6 +33,7 @@ from schemas.records import (  # noqa: E402
 from .turns import empty_turns, roles_in_order  # noqa: E402
 
 CHAT, TEXT = FORMATS
+SEVERITIES = ("critical", "warning")
 SUITE_KINDS = (DOCUMENTS, CONVERSATIONS, PAGES, CORPUS)
 
 # Columns computed for the suites, not part of any record schema. The suites read these instead of
@@ -61,6 +62,9 @@ class Options:
     languages: tuple[str, ...] | None = None  # allowed `lang` values; None leaves `lang` unchecked
     min_chars: int = 1
     max_chars: int = 200_000
+    # Severity of the content rules (lengths, turn order, empty turns, language): "warning" for
+    # outputs before cleaning, which is the stage that enforces them.
+    content_severity: str = "critical"
 
     @classmethod
     def from_mapping(cls, options: Mapping | None) -> "Options":
@@ -75,12 +79,14 @@ class Options:
         if options.get("languages") is not None:
             options["languages"] = tuple(options["languages"])
         chosen = cls(**options)
+        if chosen.content_severity not in SEVERITIES:
+            raise ValueError(f"content_severity must be one of {', '.join(SEVERITIES)}")
         if not 0 <= chosen.min_chars <= chosen.max_chars:
             raise ValueError(f"min_chars {chosen.min_chars} and max_chars {chosen.max_chars} give no valid length")
         return chosen
 
 
-def build_suite(kind: str, options: Options, rows: int) -> gx.ExpectationSuite:
+def build_suite(kind: str, options: Options, rows: int, has_lang: bool = True) -> gx.ExpectationSuite:
     """The suite for `rows` rows of `kind`, named after the kind; its checks in the order reported."""
     if kind not in SUITE_KINDS:
         raise ValueError(f"no quality suite for dataset kind {kind!r}; known: {', '.join(SUITE_KINDS)}")
@@ -93,12 +99,11 @@ def build_suite(kind: str, options: Options, rows: int) -> gx.ExpectationSuite:
         expectations.append(gxe.ExpectColumnValuesToBeUnique(column="id"))
     expectations.append(gxe.ExpectColumnValuesToBeInSet(column="category", value_set=list(options.categories)))
 
+    content = {"severity": options.content_severity}
     if kind == DOCUMENTS:
-        expectations.append(_text_length(options))
-        if options.languages is not None:
-            expectations.append(gxe.ExpectColumnValuesToBeInSet(column="lang", value_set=list(options.languages)))
+        expectations.append(_text_length(options, **content))
     elif kind == CONVERSATIONS:
-        expectations += _turn_checks()
+        expectations += _turn_checks(**content)
     elif kind == CORPUS:
         # Unique, non-null, from 0 to N-1 over N rows: the positions are exactly 0..N-1.
         expectations.append(gxe.ExpectColumnValuesToBeUnique(column="position"))
@@ -108,10 +113,13 @@ def build_suite(kind: str, options: Options, rows: int) -> gx.ExpectationSuite:
         expectations.append(gxe.ExpectColumnValuesToBeInSet(column="format", value_set=list(FORMATS)))
         chat = Column("format") == CHAT
         expectations.append(_not_null("messages", row_condition=chat))
-        expectations += _turn_checks()
+        expectations += _turn_checks(**content)
         text = Column("format") == TEXT
         expectations.append(_not_null("text", row_condition=text))
-        expectations.append(_text_length(options, row_condition=text))
+        expectations.append(_text_length(options, row_condition=text, **content))
+    if options.languages is not None and has_lang:
+        # Only where rows carry a language (language identification adds it); null is not checked.
+        expectations.append(gxe.ExpectColumnValuesToBeInSet(column="lang", value_set=list(options.languages), **content))
     return gx.ExpectationSuite(name=kind, expectations=expectations)
 
 
@@ -134,19 +142,21 @@ def _text_length(options: Options, **condition) -> gxe.Expectation:
     )
 
 
-def _turn_checks() -> list[gxe.Expectation]:
+def _turn_checks(**severity) -> list[gxe.Expectation]:
     return [
         gxe.ExpectColumnValuesToBeInSet(
             column=ROLES_OK,
             value_set=[True],
             notes="roles_ok: an optional system turn, then user and assistant alternating from the user, "
             "at least one of each, the assistant last.",
+            **severity,
         ),
         gxe.ExpectColumnValuesToBeBetween(
             column=EMPTY_TURNS,
             min_value=0,
             max_value=0,
             notes="empty_turns: turns whose content is missing or only whitespace.",
+            **severity,
         ),
     ]
 
@@ -165,8 +175,12 @@ def conform_for_validation(table: pa.Table, kind: str) -> pa.Table:
     return pa.table(columns)
 
 
-def validation_frame(table: pa.Table, kind: str) -> pd.DataFrame:
-    """The flat columns a kind's suite reads, as a pandas frame backed by Arrow buffers."""
+def summary_table(table: pa.Table | pa.RecordBatch, kind: str) -> pa.Table:
+    """The flat columns a kind's suite reads, one row per record: computed batch by batch, so a
+    dataset is validated without holding its text (about 60 bytes a row, most of it the id)."""
+    if isinstance(table, pa.RecordBatch):
+        table = pa.Table.from_batches([table])
+    lang = table.column("lang") if "lang" in table.schema.names else None
     table = conform_for_validation(table, kind)
     columns = {}
     for name in FRAME_COLUMNS[kind]:
@@ -185,7 +199,14 @@ def validation_frame(table: pa.Table, kind: str) -> pd.DataFrame:
             roles_ok = pc.if_else(is_chat, roles_ok, pa.scalar(None, pa.bool_()))
             blank = pc.if_else(is_chat, blank, pa.scalar(None, pa.int64()))
         columns.update({TURNS: turns, ROLES_OK: roles_ok, EMPTY_TURNS: blank})
-    return pa.table({name: columns[name] for name in FRAME_COLUMNS[kind]}).to_pandas(types_mapper=pd.ArrowDtype)
+    if lang is not None:
+        columns["lang"] = lang.cast(pa.string())
+    return pa.table({name: columns[name] for name in (*FRAME_COLUMNS[kind], "lang") if name in columns})
+
+
+def validation_frame(table: pa.Table, kind: str) -> pd.DataFrame:
+    """The flat columns a kind's suite reads, as a pandas frame backed by Arrow buffers."""
+    return summary_table(table, kind).to_pandas(types_mapper=pd.ArrowDtype)
 
 
 __all__ = [
@@ -198,5 +219,6 @@ __all__ = [
     "SUITE_KINDS",
     "build_suite",
     "conform_for_validation",
+    "summary_table",
     "validation_frame",
 ]

@@ -30,17 +30,21 @@ from great_expectations.data_context.types.resource_identifiers import (  # noqa
 )
 from great_expectations.expectations.row_conditions import deserialize_row_condition  # noqa: E402
 
-from schemas.dataset import DatasetError, kinds_in, read_kind  # noqa: E402
+import pyarrow.parquet as pq  # noqa: E402
+
+from schemas.dataset import DatasetError, iter_batches, kind_files, kinds_in  # noqa: E402
+from schemas.records import MESSAGES_TYPE  # noqa: E402
 
 from .suites import (  # noqa: E402
     EMPTY_TURNS,
     ROLES_OK,
+    SUITE_KINDS,
     TEXT_CHARS,
     TURNS,
     Options,
     build_suite,
     conform_for_validation,
-    validation_frame,
+    summary_table,
 )
 from .turns import empty_turns, role_sequence  # noqa: E402
 
@@ -74,6 +78,7 @@ class ExpectationFailure:
     kind: str  # dataset kind validated
     unexpected_count: int  # rows that broke it; 0 for a check of the whole column (min, max, row count)
     examples: list  # up to 5 failing values, rows ({"id": ...}), or the observed value of a whole-column check
+    severity: str = "critical"  # a critical failure fails the validation; a warning is reported only
 
 
 @dataclass
@@ -91,18 +96,24 @@ class ValidationReport:
     def met(self) -> int:
         return self.evaluated - len(self.failures)
 
+    @property
+    def warnings(self) -> list[ExpectationFailure]:
+        return [f for f in self.failures if f.severity != "critical"]
+
     def summary(self) -> str:
         line = f"{self.kind}: {self.rows} rows, {self.met}/{self.evaluated} expectations met"
         if not self.failures:
             return line
-        first = self.failures[0]
-        line += f"; failed {first.expectation}"
+        critical = [f for f in self.failures if f.severity == "critical"]
+        first = (critical or self.failures)[0]
+        line += f"; failed {first.expectation}" + ("" if critical else " (warning)")
         if first.unexpected_count:
             line += f": {first.unexpected_count} unexpected"
         if first.examples:
             line += f", e.g. {_short(first.examples)}"
         if len(self.failures) > 1:
-            line += f" (+{len(self.failures) - 1} more failing)"
+            line += f" (+{len(self.failures) - 1} more failing"
+            line += f", {len(self.warnings)} of them warnings)" if critical and self.warnings else ")"
         return line
 
 
@@ -130,9 +141,48 @@ def validate_dataset(
     if not kinds:
         raise DatasetError(f"{path} holds no dataset to validate (no Parquet files of a known kind)")
     run = QualityRun(options=options, results_dir=results_dir)
-    reports = [run.validate(read_kind(path, kind), kind) for kind in kinds]
+    reports = [run.validate_summary(dataset_summary(path, kind), kind, DatasetRows(path, kind)) for kind in kinds]
     run.build_docs()
     return reports
+
+
+def dataset_summary(path: Path, kind: str, batch_rows: int = 65_536) -> pa.Table:
+    """The suite's flat columns for every row of `kind` in a dataset folder, read batch by batch."""
+    parts = [summary_table(batch, kind) for batch in iter_batches(path, kind, batch_rows)]
+    if not parts:
+        return summary_table(conform_for_validation(pa.table({}), kind), kind)
+    return pa.concat_tables(parts, promote_options="permissive")
+
+
+class TableRows:
+    """Rows of a table in memory, looked up by number to describe a failure."""
+
+    def __init__(self, table: pa.Table, kind: str):
+        self.table = table
+
+    def row(self, number: int) -> dict:
+        return self.table.slice(number, 1).to_pylist()[0]
+
+
+class DatasetRows:
+    """Rows of a dataset folder looked up by number: only failing rows are read again."""
+
+    def __init__(self, path: Path, kind: str):
+        self.kind = kind
+        self.files = kind_files(path, kind)
+        self.starts = []
+        total = 0
+        for file in self.files:
+            self.starts.append(total)
+            total += pq.ParquetFile(file).metadata.num_rows
+        self._cached: tuple[int, pa.Table] | None = None
+
+    def row(self, number: int) -> dict:
+        index = max(i for i, start in enumerate(self.starts) if start <= number)
+        if self._cached is None or self._cached[0] != index:
+            self._cached = (index, pq.read_table(self.files[index]))
+        table = conform_for_validation(self._cached[1], self.kind) if self.kind else self._cached[1]
+        return table.slice(number - self.starts[index], 1).to_pylist()[0]
 
 
 class QualityRun:
@@ -156,15 +206,24 @@ class QualityRun:
                         "base_directory": str(self.results_dir / DATA_DOCS),
                     },
                     "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
+                    # Result pages only: a page per suite and the profiling section cost more
+                    # than the validation itself and show nothing a result page does not.
+                    "site_section_builders": {"expectations": "0", "profiling": "0"},
                 },
             )
 
     def validate(self, table_or_dataframe: pa.Table | pa.RecordBatch | pd.DataFrame, kind: str) -> ValidationReport:
-        started = time.perf_counter()
+        if kind not in SUITE_KINDS:
+            raise ValueError(f"no quality suite for dataset kind {kind!r}; known: {', '.join(SUITE_KINDS)}")
         table = _as_table(table_or_dataframe)
-        suite = build_suite(kind, self.options, table.num_rows)
-        table = conform_for_validation(table, kind)
-        frame = validation_frame(table, kind)
+        return self.validate_summary(summary_table(table, kind), kind, TableRows(conform_for_validation(table, kind), kind))
+
+    def validate_summary(self, summary: pa.Table, kind: str, rows) -> ValidationReport:
+        """Validate the flat columns of `kind` rows (`summary_table`); `rows.row(n)` gives row n
+        in full, to describe a failing row."""
+        started = time.perf_counter()
+        suite = build_suite(kind, self.options, summary.num_rows, has_lang="lang" in summary.schema.names)
+        frame = summary.to_pandas(types_mapper=pd.ArrowDtype)
 
         if any(suite.name == kind for suite in self.context.suites.all()):
             raise ValueError(f"{kind} was already validated in this run")
@@ -179,11 +238,11 @@ class QualityRun:
 
         order = {expectation.id: i for i, expectation in enumerate(suite.expectations)}
         outcomes = sorted(result.results, key=lambda r: order.get(r.expectation_config.id, len(order)))
-        failures = [_failure(outcome, kind, table) for outcome in outcomes if not outcome.success]
+        failures = [_failure(outcome, kind, rows) for outcome in outcomes if not outcome.success]
         report = ValidationReport(
             kind=kind,
-            rows=table.num_rows,
-            success=bool(result.success),
+            rows=summary.num_rows,
+            success=not any(f.severity == "critical" for f in failures),
             evaluated=len(outcomes),
             failures=failures,
         )
@@ -245,13 +304,14 @@ def expectation_name(config) -> str:
     return name
 
 
-def _failure(outcome, kind: str, table: pa.Table) -> ExpectationFailure:
+def _failure(outcome, kind: str, rows) -> ExpectationFailure:
     config = outcome.expectation_config
     name = expectation_name(config)
+    severity = str(getattr(config.severity, "value", config.severity) or "critical")
     details = outcome.result or {}
     exception = outcome.exception_info or {}
     if exception.get("raised_exception"):
-        return ExpectationFailure(name, kind, 0, [f"error: {exception.get('exception_message')}"])
+        return ExpectationFailure(name, kind, 0, [f"error: {exception.get('exception_message')}"], severity)
     column = config.kwargs.get("column")
     count = int(details.get("unexpected_count") or 0)
     if "observed_value" in details and "unexpected_count" not in details:
@@ -259,9 +319,9 @@ def _failure(outcome, kind: str, table: pa.Table) -> ExpectationFailure:
     elif column in VALUE_COLUMNS and config.type != "expect_column_values_to_not_be_null":
         examples = _distinct(_plain(value) for value in details.get("partial_unexpected_list") or [])
     else:
-        rows = details.get("partial_unexpected_index_list") or []
-        examples = _distinct(_describe_row(table, int(row), column) for row in rows[: 4 * EXAMPLES])
-    return ExpectationFailure(name, kind, count, examples[:EXAMPLES])
+        failing = details.get("partial_unexpected_index_list") or []
+        examples = _distinct(_describe_row(rows.row(int(number)), int(number), column) for number in failing[: 4 * EXAMPLES])
+    return ExpectationFailure(name, kind, count, examples[:EXAMPLES], severity)
 
 
 def _expected_range(kwargs: Mapping) -> list:
@@ -269,22 +329,22 @@ def _expected_range(kwargs: Mapping) -> list:
     return [int(v) if isinstance(v, float) and v.is_integer() else v for v in (kwargs.get("min_value"), kwargs.get("max_value"))]
 
 
-def _describe_row(table: pa.Table, row: int, column: str | None) -> dict:
+def _describe_row(record: dict, row: int, column: str | None) -> dict:
     """A failing row as its id, and what the failed check looked at."""
     described: dict[str, Any] = {}
     for key in ("id", "url"):
-        if key in table.schema.names and table.column(key)[row].is_valid:
-            described[key] = table.column(key)[row].as_py()
+        if record.get(key) is not None:
+            described[key] = record[key]
             break
     else:
         described["row"] = row
     if column in (TURNS, ROLES_OK, EMPTY_TURNS):
-        conversation = table.column("messages")[row].as_py()
+        conversation = record.get("messages")
         described["roles"] = role_sequence(conversation)
         if column == EMPTY_TURNS:
-            described["empty_turns"] = int(empty_turns(table.column("messages").slice(row, 1))[0])
+            described["empty_turns"] = int(empty_turns(pa.array([conversation], MESSAGES_TYPE))[0])
     elif column == TEXT_CHARS:
-        text = table.column("text")[row].as_py()
+        text = record.get("text")
         described["chars"] = None if text is None else len(text)
         if text is not None:
             described["text"] = text if len(text) <= TEXT_PREVIEW else text[:TEXT_PREVIEW] + "…"

@@ -12,6 +12,7 @@ directory with a manifest is always whole, and a crash leaves nothing that looks
 """
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import os
@@ -227,6 +228,7 @@ class DatasetWriter:
     def __init__(self, output: str | os.PathLike, manifest: StageManifest, part_rows: int = 50_000):
         self.output = Path(output)
         self.tmp = self.output.with_name(f"{self.output.name}.tmp-{os.getpid()}")
+        remove_stale_temporaries(self.output)
         if self.tmp.exists():
             shutil.rmtree(self.tmp)
         self.tmp.mkdir(parents=True)
@@ -314,6 +316,35 @@ class DatasetWriter:
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is not None:
             self.abort()
+
+
+def remove_stale_temporaries(output: str | os.PathLike) -> list[Path]:
+    """Remove `OUTPUT.tmp-<pid>` and `OUTPUT.old-<pid>` folders whose process is gone.
+
+    A killed or cancelled stage leaves its temporary folder; the stage starts again from
+    nothing, so the folder is only disk space. A folder whose process still runs is left alone."""
+    output = Path(output)
+    removed = []
+    if not output.parent.is_dir():
+        return removed
+    for candidate in output.parent.glob(glob.escape(output.name) + ".*-*"):
+        tag, _, pid = candidate.name[len(output.name) + 1:].rpartition("-")
+        if tag not in ("tmp", "old") or not pid.isdigit() or not candidate.is_dir():
+            continue
+        if int(pid) != os.getpid() and not _process_alive(int(pid)):
+            shutil.rmtree(candidate, ignore_errors=True)
+            removed.append(candidate)
+    return removed
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True
 
 
 def replace_folder(new: Path, target: Path) -> None:

@@ -20,6 +20,9 @@ CONVERSATIONS = "conversations"
 PAGES = "pages"
 CORPUS = "corpus"
 KINDS = (DOCUMENTS, CONVERSATIONS, PAGES)
+# Audit kinds written beside the records by the dedup stage; no stage reads them as input.
+CLUSTERS = "clusters"
+REPEATED_PARAGRAPHS = "repeated_paragraphs"
 
 MESSAGE_TYPE = pa.struct([("role", pa.string()), ("content", pa.string())])
 MESSAGES_TYPE = pa.list_(MESSAGE_TYPE)
@@ -78,11 +81,38 @@ CORPUS_SCHEMA = pa.schema(
     ]
 )
 
+# One row per member of a duplicate cluster: which row was kept and how alike each member is.
+CLUSTER_SCHEMA = pa.schema(
+    [
+        pa.field("kind", pa.string(), nullable=False),  # documents or conversations
+        pa.field("id", pa.string(), nullable=False),
+        pa.field("cluster", pa.string(), nullable=False),  # id of the kept row
+        pa.field("kept", pa.bool_(), nullable=False),
+        pa.field("similarity", pa.float64(), nullable=False),  # estimated Jaccard to the kept row
+        pa.field("match", pa.string(), nullable=False),  # kept | exact | near
+        pa.field("source", pa.string()),
+        pa.field("prior", pa.bool_()),  # the row is in the corpus built before (the index)
+    ]
+)
+
+# A line recurring across many documents of a source, removed from their text.
+REPEATED_PARAGRAPH_SCHEMA = pa.schema(
+    [
+        pa.field("source", pa.string(), nullable=False),
+        pa.field("paragraph", pa.string(), nullable=False),
+        pa.field("documents", pa.int64(), nullable=False),  # documents of the source holding it
+        pa.field("share", pa.float64(), nullable=False),  # of the source's documents
+        pa.field("removed", pa.int64(), nullable=False),  # occurrences removed
+    ]
+)
+
 SCHEMAS = {
     DOCUMENTS: DOCUMENT_SCHEMA,
     CONVERSATIONS: CONVERSATION_SCHEMA,
     PAGES: PAGE_SCHEMA,
     CORPUS: CORPUS_SCHEMA,
+    CLUSTERS: CLUSTER_SCHEMA,
+    REPEATED_PARAGRAPHS: REPEATED_PARAGRAPH_SCHEMA,
 }
 
 REQUIRED = {
@@ -90,6 +120,8 @@ REQUIRED = {
     CONVERSATIONS: ("id", "messages", "source", "category"),
     PAGES: ("url", "source", "category"),
     CORPUS: ("id", "position", "source", "category", "format"),
+    CLUSTERS: ("kind", "id", "cluster", "kept", "similarity", "match"),
+    REPEATED_PARAGRAPHS: ("source", "paragraph", "documents", "share", "removed"),
 }
 
 REASON_FIELD = pa.field("reason", pa.string(), nullable=False)

@@ -17,7 +17,7 @@ from schemas import CATEGORIES, CORPUS_SCHEMA, ROLES
 from schemas.dataset import read_manifest
 
 pytestmark = pytest.mark.slow
-STAGE_FOLDERS = ("crawl", "ingest", "clean", "dedup", "decontaminate", "convert", "validate", "export")
+STAGE_FOLDERS = ("crawl", "ingest", "clean", "select", "dedup", "decontaminate", "convert", "validate", "export")
 
 
 def flows_cli(*args, prefect_home, cwd=None, timeout=400):
@@ -46,7 +46,7 @@ def check_ledgers(workdir: Path) -> dict:
 
 
 def check_corpus(corpus: Path) -> pd.DataFrame:
-    manifest = json.loads((corpus / "manifest.json").read_text(encoding="utf-8"))
+    manifest = json.loads((corpus / "_corpus_manifest.json").read_text(encoding="utf-8"))
     shards = sorted(corpus.glob("part-*.parquet"))
     assert [s["path"] for s in manifest["shards"]] == [s.name for s in shards]
     for shard, entry in zip(shards, manifest["shards"]):
@@ -75,7 +75,7 @@ def test_build_corpus_on_the_embedded_sample(tmp_path, prefect_home):
     run = flows_cli("run", "build-corpus", "--workdir", str(workdir), prefect_home=prefect_home)
     assert run.returncode == 0, run.stderr[-3000:]
     manifests = check_ledgers(workdir)
-    assert set(manifests) >= {"crawl", "ingest", "clean", "dedup", "decontaminate", "convert", "sample", "validate"}
+    assert set(manifests) >= {"crawl", "ingest", "clean", "select", "dedup", "decontaminate", "convert", "sample", "validate"}
     frame = check_corpus(workdir / "corpus")
     assert {"web", "books", "encyclopedia", "sft"} <= set(frame["category"])
     assert {"chat", "text"} == set(frame["format"])
@@ -164,7 +164,7 @@ def test_build_on_a_slice_of_the_shared_data_and_resume_after_a_crash(tmp_path, 
     monkeypatch.setattr(stages, "run_convert", real_convert)
     result = pipeline.build_corpus(config=str(config), workdir=str(workdir))
     skipped = {name for name, summary in result["stages"].items() if summary["skipped"]}
-    assert skipped == {"ingest", "clean", "dedup", "decontaminate"}
+    assert skipped == {"ingest", "clean", "select", "dedup", "decontaminate"}
 
     manifests = check_ledgers(workdir)
     frame = check_corpus(workdir / "corpus")
@@ -207,7 +207,7 @@ def test_stage_runs_alone_from_the_cli(tmp_path, prefect_home, shared_data):
         (["run", "clean", "--input", "{tmp}/corrupt", "--output", "{tmp}/out"], "cannot be read"),
         (["run", "build-corpus", "--config", "{tmp}/bad.toml"], "unknown key 'sample.seeds'"),
         (["run", "build-corpus", "--config", "{tmp}/nosource.toml"], "does not exist"),
-        (["run", "build-corpus", "--config", "{tmp}/llm.toml"], "convert.backend 'openai' is not available"),
+        (["run", "build-corpus", "--config", "{tmp}/llm.toml"], "environment variable TCM_UNSET_LLM_KEY is not set"),
     ],
 )
 def test_user_mistakes_are_one_line_not_a_trace(tmp_path, prefect_home, args, message):
@@ -215,7 +215,9 @@ def test_user_mistakes_are_one_line_not_a_trace(tmp_path, prefect_home, args, me
     (tmp_path / "nosource.toml").write_text(
         '[[sources]]\nname = "b"\nkind = "files"\npath = "gone"\nformat = "book"\ncategory = "books"\n', encoding="utf-8"
     )
-    (tmp_path / "llm.toml").write_text('[convert]\nbackend = "openai"\nbase_url = "http://127.0.0.1:9/v1"\nmodel = "m"\n', encoding="utf-8")
+    (tmp_path / "llm.toml").write_text(
+        '[convert]\nbackend = "openai"\nbase_url = "http://127.0.0.1:9/v1"\nmodel = "m"\napi_key_env = "TCM_UNSET_LLM_KEY"\n', encoding="utf-8"
+    )
     (tmp_path / "corrupt" / "documents").mkdir(parents=True)
     (tmp_path / "corrupt" / "documents" / "part-00000.parquet").write_bytes(b"not parquet at all")
     run = flows_cli(*[a.format(tmp=tmp_path) for a in args], prefect_home=prefect_home, timeout=120)

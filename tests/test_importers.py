@@ -60,6 +60,8 @@ def all_books():
 
 @needs_shared
 def test_every_book_imports(all_books):
+    # 262 files: 261 books and the folder's README.md, which is not a book
+    assert sorted(p.name for p in BOOKS.iterdir() if p.suffix != ".txt") == ["README.md"]
     assert len(all_books) == len(list(BOOKS.glob("*.txt"))) == 261
     reasons = Counter()
     for name, records in all_books.items():
@@ -337,10 +339,17 @@ def test_benchmarks_load_with_questions():
         assert all(item["question"] and item["answer"] and item["benchmark"] == name for item in items)
         assert len({item["item"] for item in items}) == len(items), name
     cmmlu = loaded["cmmlu_traditional_chinese_medicine"][0]
-    assert cmmlu["question"] == "“泻南补北”法适用于" and cmmlu["answer"] == "D"
+    assert cmmlu["question"] == "“泻南补北”法适用于"
+    # the answer as text, the letter beside it
+    assert (cmmlu["answer"], cmmlu["answer_label"]) == ("肾阴虚而心火旺", "D")
+    for name in ("cmmlu_traditional_chinese_medicine", "mtcmb_tcm_ed_a", "tcmchat_choice_herb_500"):
+        for item in loaded[name]:
+            assert len(item["answer_label"]) == 1, item
+            assert f"{item['answer_label']}. {item['answer']}" in item["options"].split("\n")
     assert cmmlu["options"].startswith("A. 肾阴虚而肝阳亢\nB. ")
     exam = loaded["mtcmb_tcm_ed_a"][0]
-    assert exam["item"] == "0" and exam["options"].count("\n") == 4
+    assert exam["item"] == "0" and exam["options"].count("\n") == 4 and exam["answer"] == "肺"
+    assert all(item["answer_label"] == "" for item in loaded["tcmchat_medical_case"])
     reading = loaded["tcmchat_rc"][0]
     assert "<text>" not in reading["question"] and "<question>" not in reading["question"]
     # The shared boilerplate instruction is not part of a medical case's question.
@@ -400,6 +409,20 @@ def test_sample_benchmark_question_is_inside_the_sample_book():
     assert [item["item"] for item in contaminated] == ["q1"]
     (document, *_) = imported(path, "benchmark", "sample-benchmark", "sft")
     assert document.row["text"].startswith(items[0]["question"] + "\nA. 四君子汤")
+
+
+def test_multiple_choice_answers_become_option_text(tmp_path):
+    path = tmp_path / "choice.jsonl"
+    rows = [
+        {"id": "a", "question": "补气的药是", "options": ["黄芪", "黄连", "大黄"], "answer": "A"},
+        {"id": "b", "question": "哪些药能补气", "options": {"A": "黄芪", "B": "黄连", "C": "人参"}, "answer": "A、C"},
+        {"id": "c", "question": "回答不是字母", "options": {"A": "甲", "B": "乙"}, "answer": "见解析"},
+    ]
+    path.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in rows), encoding="utf-8")
+    items = {item["item"]: item for item in load_benchmark(path)}
+    assert (items["a"]["answer"], items["a"]["answer_label"]) == ("黄芪", "A")
+    assert (items["b"]["answer"], items["b"]["answer_label"]) == ("黄芪\n人参", "AC")
+    assert (items["c"]["answer"], items["c"]["answer_label"]) == ("见解析", "")
 
 
 def test_registry_names():

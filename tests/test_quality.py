@@ -275,3 +275,164 @@ def test_real_cmtmedqa_dialogues_validate(tmp_path):
     assert report.rows == 50
     assert report.success, report.summary()
     assert Path(report.docs_path).is_file()
+
+
+# -- severities, the language column, failing rows read back from a dataset ---------------------
+
+
+def test_content_rules_only_warn_before_cleaning():
+    broken = conversation(turns(("user", "头痛"), ("user", "还发热"), ("assistant", "可能外感风热。")))
+    rows = rows_of(CONVERSATIONS, GOOD_CONVERSATIONS + [broken])
+    report = validate_kind(rows, CONVERSATIONS, options={"content_severity": "warning"})
+    assert report.success, "a warning does not fail the validation"
+    assert [(f.expectation, f.severity) for f in report.failures] == [("expect_column_values_to_be_in_set(roles_ok)", "warning")]
+    assert report.summary().endswith("(warning): 1 unexpected, e.g. " + json.dumps({"id": broken["id"], "roles": ["user", "user", "assistant"]}, ensure_ascii=False))
+    # Ids are structure, not content: a repeated id stays critical.
+    repeated = validate_kind(rows_of(CONVERSATIONS, GOOD_CONVERSATIONS + [broken, broken]), CONVERSATIONS, options={"content_severity": "warning"})
+    assert not repeated.success
+    assert "failed expect_column_values_to_be_unique(id): 2 unexpected" in repeated.summary()
+    assert "1 of them warnings" in repeated.summary()
+
+
+def test_language_is_checked_only_where_rows_carry_it():
+    plain = rows_of(CORPUS, corpus_rows(4))
+    report = validate_kind(plain, CORPUS, options={"languages": ["zh"]})
+    assert report.success and "lang" not in " ".join(f.expectation for f in report.failures)
+    tagged = plain.append_column("lang", pa.array(["zh", "zh", "en", None]))
+    report = validate_kind(tagged, CORPUS, options={"languages": ["zh"]})
+    assert [f.expectation for f in report.failures] == ["expect_column_values_to_be_in_set(lang)"]
+    assert report.failures[0].examples == ["en"]
+
+
+def test_failing_rows_of_a_dataset_are_read_back_from_their_file(tmp_path):
+    folder = tmp_path / "clean"
+    broken = conversation(turns(("assistant", "先答"), ("user", "后问")))
+    schema = pa.schema([f.with_nullable(True) for f in SCHEMAS[CONVERSATIONS]])
+    (folder / CONVERSATIONS).mkdir(parents=True)
+    pq.write_table(pa.Table.from_pylist(GOOD_CONVERSATIONS, schema=schema), folder / CONVERSATIONS / "part-00000.parquet")
+    pq.write_table(pa.Table.from_pylist([GOOD_CONVERSATIONS[0] | {"id": "x"}, broken], schema=schema), folder / CONVERSATIONS / "part-00001.parquet")
+    [report] = validate_dataset(folder)
+    assert report.rows == 4
+    assert report.failures[0].examples == [{"id": broken["id"], "roles": ["assistant", "user"]}]
+
+
+# -- build-corpus: validation after every stage, the report and its artifacts ------------------
+
+
+def _small_build_config(tmp_path: Path, shared: Path, extra: str = "") -> Path:
+    records = json.loads((shared / "instructions" / "cmtmedqa_test.json").read_text(encoding="utf-8"))[:30]
+    dialogues = tmp_path / "dialogues.json"
+    dialogues.write_text(json.dumps(records, ensure_ascii=False), encoding="utf-8")
+    monographs = tmp_path / "monographs.txt"
+    monographs.write_text((shared / "corpus" / "pharmacopoeia" / "2022年中药药典.txt").read_text(encoding="utf-8")[:20_000], encoding="utf-8")
+    config = tmp_path / "build.toml"
+    config.write_text(
+        f"""
+[[sources]]
+name = "pharmacopoeia"
+kind = "files"
+path = "{monographs}"
+format = "monograph"
+category = "encyclopedia"
+
+[[sources]]
+name = "cmtmedqa"
+kind = "dataset"
+path = "{dialogues}"
+format = "instructions"
+category = "sft"
+
+[sample]
+shard_rows = 40
+
+[engine]
+workers = 1
+{extra}
+""",
+        encoding="utf-8",
+    )
+    return config
+
+
+def test_build_validates_every_stage_and_writes_the_report(tmp_path, shared_data, prefect_harness):
+    import asyncio
+
+    from prefect.client.orchestration import get_client
+
+    from flows import pipeline
+
+    workdir = tmp_path / "build"
+    result = pipeline.build_corpus(config=str(_small_build_config(tmp_path, shared_data)), workdir=str(workdir))
+    assert set(result["validation"]) == {"ingest", "clean", "dedup", "decontaminate", "convert"}
+    for stage in result["validation"]:
+        folder = workdir / "quality" / stage
+        kinds = [r["kind"] for r in result["validation"][stage]["stats"]["reports"]]
+        assert "conversations" in kinds and all((folder / f"{kind}.json").is_file() for kind in kinds)
+        assert (folder / "data_docs" / "index.html").is_file()
+
+    report = Path(result["report"])
+    assert report == workdir / "report.html"
+    page = report.read_text(encoding="utf-8")
+    for heading in ("Funnel", "Rejection reasons", "Validation", "Category mix", "Sampling curve", "Lengths of chat rows", "Dedup clusters", "Top sources"):
+        assert f"<h2>{heading}" in page, heading
+    assert page.count("<polygon") == 2, "one area per category in the sampling curve"
+    corpus_rows_ = result["stages"]["sample"]["rows_out"]["corpus"]
+    assert f"{corpus_rows_:,} rows" in page
+
+    keys = ["corpus-funnel", "corpus-category-mix", "corpus-sampling-curve", "corpus-report", "corpus-validation"]
+
+    async def artifacts():
+        async with get_client() as client:
+            # The API itself: this client version's read_artifacts sends filters its server refuses.
+            # Newest first: other builds in this Prefect database publish under the same keys.
+            body = {"artifacts": {"key": {"any_": keys}}, "limit": 200, "offset": 0, "sort": "CREATED_DESC"}
+            newest: dict = {}
+            for artifact in (await client.request("POST", "/artifacts/filter", json=body)).json():
+                newest.setdefault(artifact["key"], artifact)
+            return newest
+
+    found = asyncio.run(artifacts())
+    assert set(found) == set(keys)
+    assert {found[key]["type"] for key in keys} == {"table", "markdown"}
+    mix = {row["category"]: row["rows"] for row in json.loads(found["corpus-category-mix"]["data"])}
+    assert sum(mix.values()) == corpus_rows_
+    assert "Sampling curve" in found["corpus-report"]["data"]
+
+
+def test_a_hard_failure_stops_the_build_naming_the_expectation(tmp_path, shared_data, prefect_harness):
+    from flows import pipeline
+    from flows.pipeline import ValidationFailed
+
+    # Monograph entries are far longer than 10 characters: a warning after ingest, fatal after clean.
+    config = _small_build_config(tmp_path, shared_data, "[validate]\nmax_chars = 10\n")
+    workdir = tmp_path / "build"
+    with pytest.raises(ValidationFailed) as failure:
+        pipeline.build_corpus(config=str(config), workdir=str(workdir))
+    message = str(failure.value)
+    assert message.startswith("clean output: documents:")
+    assert "failed expect_column_values_to_be_between(text_chars)" in message and '"chars":' in message
+    ingest = json.loads((workdir / "quality" / "ingest" / "_manifest.json").read_text(encoding="utf-8"))
+    assert all(r["success"] for r in ingest["stats"]["reports"]) and ingest["stats"]["reports"][0]["warnings"] >= 1
+    results = json.loads((workdir / "quality" / "clean" / "documents.json").read_text(encoding="utf-8"))
+    assert results["success"] is False
+    assert (workdir / "quality" / "clean" / "data_docs" / "index.html").is_file()
+    assert not (workdir / "stages" / "dedup").exists(), "nothing runs after a failed validation"
+
+
+def test_report_reads_dedup_clusters_when_the_stage_wrote_them(tmp_path):
+    from quality.report import build_figures, render_html
+
+    clusters = tmp_path / "stages" / "dedup" / "clusters"
+    clusters.mkdir(parents=True)
+    # One row per member, `cluster` naming the kept row, as the dedup stage writes its audit.
+    members = {
+        "kind": ["documents"] * 7, "id": list("a12b3c4"), "cluster": ["a", "a", "a", "b", "b", "c", "c"],
+        "kept": [True, False, False, True, False, True, False], "similarity": [1.0, 1.0, 0.9, 1.0, 0.85, 1.0, 1.0],
+        "match": ["kept", "exact", "near", "kept", "near", "kept", "exact"],
+    }
+    pq.write_table(pa.table(members), clusters / "part-00000.parquet")
+    figures = build_figures(tmp_path)
+    assert figures["dedup"]["cluster_sizes"] == {"2": 2, "3": 1}
+    assert figures["dedup"]["members_by_match"] == {"exact": 2, "kept": 3, "near": 2}
+    page = render_html(figures)
+    assert "size 2" in page and "size 3" in page and "near" in page

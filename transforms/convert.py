@@ -1,11 +1,15 @@
-"""Conversion of documents into conversations without an LLM.
+"""Conversion of documents into conversations, and the ledger every backend writes through.
 
 `template`: structured entries (herb monographs, terminology) become question-answer pairs, one
 conversation per section, with questions written per section kind. Deterministic: the same entry
 always gives the same conversations. `native`: conversations from dialogue and instruction datasets
-pass through unchanged. A document no template fits stays as text (format "text" in the corpus).
+pass through, normalised (turns trimmed, an empty system turn dropped, the configured system
+prompt added where none is). `openai` (transforms/llm): passages become questions and answers
+written by an LLM. A document no backend converts stays as text (format "text" in the corpus).
 """
 from __future__ import annotations
+
+from collections import Counter
 
 import pyarrow as pa
 
@@ -110,3 +114,130 @@ def _rows_like(table: pa.Table, rows: list[dict], reason: bool = False) -> pa.Ta
     schema = table.schema.append(pa.field("reason", pa.string())) if reason else table.schema
     schema = pa.schema([f.with_nullable(True) for f in schema])
     return pa.Table.from_pylist(rows, schema=schema)
+
+
+NATIVE_VERSION = "native-1"
+
+
+def normalize_native(batch: pa.RecordBatch | pa.Table, params: dict) -> pa.Table:
+    """Dataset conversations as the corpus holds them: turns trimmed, an empty system turn
+    dropped, the configured system prompt added where a conversation has none. A conversation
+    whose messages change gets the id of its new content, with its old id kept as origin."""
+    table = conform(batch, CONVERSATIONS)
+    system = params.get("system_prompt")
+    rows = table.to_pylist()
+    changed = False
+    for row in rows:
+        messages = [{"role": m["role"], "content": (m["content"] or "").strip()} for m in row["messages"]]
+        if messages and messages[0]["role"] == "system" and not messages[0]["content"]:
+            messages = messages[1:]
+        if system and not (messages and messages[0]["role"] == "system"):
+            messages = [{"role": "system", "content": system}] + messages
+        if messages != row["messages"]:
+            changed = True
+            row["origin_id"] = row.get("origin_id") or row["id"]
+            row["id"] = conversation_id(row["source"], messages)
+            row["messages"] = messages
+    if not changed:
+        return table
+    return conform(pa.Table.from_pylist(rows, schema=table.schema), CONVERSATIONS)
+
+
+def document_kind(meta: dict, url: str | None = None) -> str:
+    """What a document is, for choosing its backend: meta["kind"] from the importer, else a
+    chapter of a book, a web page, or plain text."""
+    if meta.get("kind"):
+        return str(meta["kind"])
+    if "chapter" in meta or "book" in meta:
+        return "chapter"
+    return "page" if url else "text"
+
+
+class ConversionSink:
+    """Where every backend's output goes: conversations (each id written once), documents kept
+    as text, and rejected rows with reasons; it keeps the stage's ledger.
+
+    Ledger: documents in = kept (converted, or left as text) + rejected (`not_converted`, only
+    without `keep_text`). Conversations in = native conversations + every conversation the stage
+    produced, before checks; rejected = LLM candidates that failed a check or a request, and
+    repeats of a conversation already written."""
+
+    def __init__(self, writer, flush_rows: int = 1024):
+        self.writer = writer
+        self.flush_rows = flush_rows
+        self.ids: set[str] = set()
+        self.counts: Counter = Counter()
+        self._text_schema = nullable_schema(DOCUMENTS)
+        self._buffers: dict[str, list[dict]] = {"conversations": [], "text": [], "rejected_documents": [], "rejected_conversations": []}
+
+    def produced(self, rows: list[dict]) -> None:
+        """Conversations made by a backend (not yet counted as input)."""
+        self.counts["conversations_in"] += len(rows)
+        for row in rows:
+            if row["id"] in self.ids:
+                # Two entries can yield the same question and answer (an entry printed twice).
+                self._buffers["rejected_conversations"].append({**row, "reason": f"repeated_conversation:{row['id']}"})
+            else:
+                self.ids.add(row["id"])
+                self._buffers["conversations"].append(row)
+        self._maybe_flush()
+
+    def native(self, table: pa.Table) -> None:
+        self.counts["conversations_in"] += table.num_rows
+        self.counts["conversations_native"] += table.num_rows
+        self.writer.write(CONVERSATIONS, table)
+
+    def text(self, rows: list[dict], schema: pa.Schema | None = None) -> None:
+        """Documents (or passages of them) kept as plain text; `schema`: the input's columns."""
+        if schema is not None:
+            self._text_schema = pa.schema([f.with_nullable(True) for f in schema])
+        self._buffers["text"].extend(rows)
+        self._maybe_flush()
+
+    def template_result(self, result: dict) -> None:
+        """The output of `convert_documents` for one batch."""
+        self.counts["documents_in"] += result["converted"] + result[DOCUMENTS].num_rows + result["rejected"].num_rows
+        self.counts["documents_converted"] += result["converted"]
+        self.counts["conversations_from_templates"] += result[CONVERSATIONS].num_rows
+        self.counts["documents_left_as_text"] += result[DOCUMENTS].num_rows
+        self.produced(result[CONVERSATIONS].to_pylist())
+        self.writer.write(DOCUMENTS, result[DOCUMENTS])
+        self.writer.reject(DOCUMENTS, result["rejected"])
+
+    def reject_documents(self, rows: list[dict]) -> None:
+        self._buffers["rejected_documents"].extend(rows)
+        self._maybe_flush()
+
+    def reject_conversations(self, rows: list[dict]) -> None:
+        self.counts["conversations_in"] += len(rows)
+        self._buffers["rejected_conversations"].extend(rows)
+        self._maybe_flush()
+
+    def _maybe_flush(self) -> None:
+        if sum(len(b) for b in self._buffers.values()) >= self.flush_rows:
+            self.flush()
+
+    def flush(self) -> None:
+        b = self._buffers
+        if b["conversations"]:
+            self.writer.write(CONVERSATIONS, pa.Table.from_pylist(b["conversations"], schema=nullable_schema(CONVERSATIONS)))
+        if b["text"]:
+            self.writer.write(DOCUMENTS, pa.Table.from_pylist(b["text"], schema=self._text_schema))
+        if b["rejected_documents"]:
+            self.writer.reject(DOCUMENTS, pa.Table.from_pylist(b["rejected_documents"], schema=self._text_schema.append(pa.field("reason", pa.string()))))
+        if b["rejected_conversations"]:
+            self.writer.reject(CONVERSATIONS, pa.Table.from_pylist(b["rejected_conversations"], schema=_with_reason(CONVERSATIONS)))
+        for rows in b.values():
+            rows.clear()
+
+    def close(self, manifest) -> None:
+        """Flush and fill the manifest's counts of what came in."""
+        self.flush()
+        if self.counts["documents_in"]:
+            manifest.rows_in[DOCUMENTS] = self.counts["documents_in"]
+        if self.counts["conversations_in"]:
+            manifest.rows_in[CONVERSATIONS] = self.counts["conversations_in"]
+
+
+def _with_reason(kind: str) -> pa.Schema:
+    return nullable_schema(kind).append(pa.field("reason", pa.string()))

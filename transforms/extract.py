@@ -66,24 +66,34 @@ def extract_main(html: str, url: str | None = None, rules: dict | None = None) -
     return {"title": title, "text": blocks.text(), "headings": [h for tag, h in blocks.items if tag != "p"]}
 
 
-def pages_to_documents(batch: pa.RecordBatch | pa.Table, params: dict) -> tuple[pa.Table, pa.Table]:
+def pages_to_documents(
+    batch: pa.RecordBatch | pa.Table, params: dict, seen: set[str] | None = None
+) -> tuple[pa.Table, pa.Table]:
     """Pages to documents. Returns (documents, rejected pages with a `reason`); every page lands
     in exactly one of them.
 
     params: `min_chars` (default 20): fewest non-space characters a document may have;
-    `rules`: per-site extraction rules keyed by source name or host name."""
+    `rules`: per-site extraction rules keyed by source name or host name.
+    `seen`: document ids written already; a page whose main content is one of them (the same
+    article under another URL, in other chrome) is rejected as `repeated_record:<id>`."""
     min_chars = int(params.get("min_chars", 20))
     site_rules = params.get("rules") or {}
     documents, rejected = [], []
-    for page in conform(batch, PAGES, extra=False).to_pylist():
+    for page in conform(batch, PAGES).to_pylist():
         reason, fields = _page_document(page, site_rules)
         if reason is None and _visible_length(fields["text"]) < min_chars:
             reason = f"no_main_content:min_chars={min_chars}"
+        doc_id = document_id(page["source"], fields["text"]) if reason is None else None
+        if seen is not None and doc_id is not None:
+            if doc_id in seen:
+                reason = f"repeated_record:{doc_id}"
+            else:
+                seen.add(doc_id)
         if reason is not None:
             rejected.append({**page, "reason": reason})
             continue
         documents.append({
-            "id": document_id(page["source"], fields["text"]),
+            "id": doc_id,
             "text": fields["text"],
             "source": page["source"],
             "category": page["category"],
@@ -92,6 +102,7 @@ def pages_to_documents(batch: pa.RecordBatch | pa.Table, params: dict) -> tuple[
             "lang": None,
             "meta": dumps_meta({
                 "charset": page["charset"],
+                "replaced_bytes": page.get("replaced_bytes"),
                 "fetched_at": page["fetched_at"],
                 "headings": fields["headings"],
                 "content_hash": page["content_hash"],

@@ -20,11 +20,14 @@ import pyarrow.parquet as pq
 from schemas import CONVERSATIONS, CORPUS, DOCUMENTS, PAGES, SCHEMA_VERSION
 from schemas.dataset import DatasetWriter, StageManifest, iter_batches, kinds_in, read_kind
 
-from . import clean, dedup
-from .convert import convert_documents
-from .decontaminate import ContaminationIndex, decontaminate_batch
+from . import clean
+from . import select as selection
+from .convert import ConversionSink, convert_documents, normalize_native
+from .decontaminate import ContaminationIndex, contamination_report, decontaminate_with_hits, write_reports
+from .deduplicate import run_dedup_stage
 from .engine import LocalEngine
-from .sample import priority_order, to_corpus_rows, with_positions
+from .export import export_corpus
+from .shards import CORPUS_MANIFEST, write_corpus
 
 TEXT_KINDS = (DOCUMENTS, CONVERSATIONS)
 Progress = Callable[[str, int], None]
@@ -50,7 +53,9 @@ def _count(manifest: StageManifest, field: str, kind: str, n: int) -> None:
 
 def _clean_step(batch, context):
     kind, params = context
-    return clean.STEPS[kind](batch, params)
+    stats: dict = {}
+    kept, rejected = clean.STEPS[kind](batch, params, stats)
+    return kept, rejected, stats
 
 
 def run_map_stage(step, inputs, output, manifest, engine, kinds, context_of, progress: Progress | None = None):
@@ -71,38 +76,72 @@ def run_map_stage(step, inputs, output, manifest, engine, kinds, context_of, pro
 
 
 def run_clean(inputs, output, params, manifest, engine: LocalEngine, progress=None) -> StageManifest:
-    return run_map_stage(_clean_step, inputs, output, manifest, engine, TEXT_KINDS, lambda kind: (kind, params), progress)
+    """Normalise, redact and tag; the manifest's stats count redactions per kind of personal
+    data and record the CPU seconds each step took (summed over workers)."""
+    if engine.name == "spark":
+        from .spark import stages as spark_stages
+
+        return spark_stages.run_clean(inputs, output, params, manifest, engine, progress)
+    redactions: dict[str, dict[str, int]] = {}
+    seconds: Counter = Counter()
+    with DatasetWriter(output, manifest) as writer:
+        for kind in _present(inputs, TEXT_KINDS):
+            counts = redactions.setdefault(kind, {})
+            for kept, rejected, stats in engine.map(_clean_step, _batches(inputs, kind, engine.batch_rows), (kind, params)):
+                writer.write(kind, kept)
+                writer.reject(kind, rejected)
+                _count(manifest, "rows_in", kind, kept.num_rows + rejected.num_rows)
+                for name, n in stats.get("pii_redactions", {}).items():
+                    counts[name] = counts.get(name, 0) + n
+                seconds.update(stats.get("seconds", {}))
+                if progress:
+                    progress(kind, kept.num_rows + rejected.num_rows)
+        manifest.stats["pii_redactions"] = redactions
+        manifest.stats["cpu_seconds_per_step"] = {k: round(v, 3) for k, v in sorted(seconds.items())}
+        return writer.commit()
+
+
+# -- select -----------------------------------------------------------------------------------
+
+
+def _select_step(batch, context):
+    kind, params = context
+    return selection.select_batch(batch, kind, params)
+
+
+def run_select(inputs, output, params, manifest, engine: LocalEngine, progress=None) -> StageManifest:
+    """Apply the [select] thresholds to the tags the clean stage wrote."""
+    result = run_map_stage(_select_step, inputs, output, manifest, engine, TEXT_KINDS, lambda kind: (kind, params), progress)
+    return result
+
+
+def _report_step(batch, context):
+    kind, clean_params, select_params = context
+    if clean_params is not None:
+        batch, _ = clean.STEPS[kind](batch, clean_params)
+    return selection.selection_report(batch if isinstance(batch, pa.Table) else pa.Table.from_batches([batch]), kind, select_params)
+
+
+def selection_dry_run(inputs, select_params, engine: LocalEngine, clean_params: dict | None = None) -> dict:
+    """What selection would remove, per kind and rule, with examples; writes nothing. With
+    `clean_params`, the inputs are untagged and are cleaned and tagged in memory first."""
+    report = {}
+    for kind in _present(inputs, TEXT_KINDS):
+        parts = list(engine.map(_report_step, _batches(inputs, kind, engine.batch_rows), (kind, clean_params, select_params)))
+        report[kind] = selection.merge_reports(parts)
+    return report
 
 
 # -- dedup ------------------------------------------------------------------------------------
 
 
-def _keys_step(batch, kind):
-    return dedup.dedup_keys(batch, kind)
-
-
 def run_dedup(inputs, output, params, manifest, engine: LocalEngine, progress=None) -> StageManifest:
+    """Repeated paragraphs, exact and MinHash near-duplicates; see transforms/deduplicate.py."""
     if engine.name == "spark":
         from .spark import stages as spark_stages
 
         return spark_stages.run_dedup(inputs, output, params, manifest, engine, progress)
-    with DatasetWriter(output, manifest) as writer:
-        groups = {}
-        for kind in _present(inputs, TEXT_KINDS):
-            keys = engine.map(_keys_step, _batches(inputs, kind, engine.batch_rows), kind)
-            duplicate_of = dedup.choose_survivors(keys, params.get("keep", "first"))
-            groups[kind] = len(set(duplicate_of.values()))
-            offset = 0
-            for batch in _batches(inputs, kind, engine.batch_rows):
-                kept, rejected = dedup.split_duplicates(batch, duplicate_of, offset)
-                offset += batch.num_rows
-                writer.write(kind, kept)
-                writer.reject(kind, rejected)
-                _count(manifest, "rows_in", kind, batch.num_rows)
-                if progress:
-                    progress(kind, batch.num_rows)
-        manifest.stats["duplicate_groups"] = groups
-        return writer.commit()
+    return run_dedup_stage(inputs, output, params, manifest, engine, progress)
 
 
 # -- decontaminate ----------------------------------------------------------------------------
@@ -110,26 +149,36 @@ def run_dedup(inputs, output, params, manifest, engine: LocalEngine, progress=No
 
 def _decontaminate_step(batch, context):
     kind, index, action = context
-    return decontaminate_batch(batch, kind, index, action)
+    return decontaminate_with_hits(batch, kind, index, action)
 
 
 def run_decontaminate(inputs, output, params, manifest, engine: LocalEngine, items: list[dict], progress=None) -> StageManifest:
+    if engine.name == "spark":
+        from .spark import stages as spark_stages
+
+        return spark_stages.run_decontaminate(inputs, output, params, manifest, engine, items, progress)
     index = ContaminationIndex.build(
-        items, params.get("ngram", 13), params.get("min_overlap", 0.5), params.get("min_question_chars", 8)
+        items, params.get("ngram", 13), params.get("min_overlap", 0.5), params.get("min_question_chars", 8),
+        params.get("question_overlap", 0.9),
     )
+    action = params.get("action", "remove")
     manifest.stats["reference_items"] = len(index.items)
-    manifest.stats["benchmarks"] = dict(Counter(item[0] for item in index.items))
-    result = run_map_stage(
-        _decontaminate_step,
-        inputs,
-        output,
-        manifest,
-        engine,
-        TEXT_KINDS,
-        lambda kind: (kind, index, params.get("action", "remove")),
-        progress,
-    )
-    return result
+    manifest.stats["benchmarks"] = dict(Counter(item.benchmark for item in index.items))
+    hits: list[dict] = []
+    with DatasetWriter(output, manifest) as writer:
+        for kind in _present(inputs, TEXT_KINDS):
+            for kept, rejected, found in engine.map(_decontaminate_step, _batches(inputs, kind, engine.batch_rows), (kind, index, action)):
+                writer.write(kind, kept)
+                writer.reject(kind, rejected)
+                hits.extend(found)
+                _count(manifest, "rows_in", kind, kept.num_rows + rejected.num_rows)
+                if progress:
+                    progress(kind, kept.num_rows + rejected.num_rows)
+        report = contamination_report(index, hits, action)
+        for name in write_reports(writer.folder, report):
+            writer.add_file(name, len(hits))
+        manifest.stats["contamination"] = report["benchmarks"]
+        return writer.commit()
 
 
 def contamination_hits(manifest: StageManifest) -> dict[str, int]:
@@ -143,40 +192,44 @@ def _convert_step(batch, params):
     return convert_documents(batch, params)
 
 
-def run_convert(inputs, output, params, manifest, engine: LocalEngine, progress=None) -> StageManifest:
-    if params.get("backend", "template") != "template":
-        raise ValueError(f"convert.backend {params['backend']!r} cannot run in this build; use 'template'")
+def run_convert(inputs, output, params, manifest, engine: LocalEngine, progress=None, slot=None) -> StageManifest:
+    """Documents become conversations by the configured backend; dataset conversations pass
+    through normalised. `slot`: an async context manager factory entered around every LLM
+    request, for a concurrency limit shared with other runs."""
+    backend = params.get("backend", "template")
     with DatasetWriter(output, manifest) as writer:
-        converted = repeated = 0
-        produced_ids: set[str] = set()
-        for result in engine.map(_convert_step, _batches(inputs, DOCUMENTS, engine.batch_rows), params):
-            # Two entries can yield the same question and answer (an entry printed twice).
-            conversations = result[CONVERSATIONS]
-            ids = conversations.column("id").to_pylist()
-            fresh = [i not in produced_ids and not produced_ids.add(i) for i in ids]
-            repeated += fresh.count(False)
-            writer.write(CONVERSATIONS, conversations.filter(pa.array(fresh, pa.bool_())))
-            writer.write(DOCUMENTS, result[DOCUMENTS])
-            writer.reject(DOCUMENTS, result["rejected"])
-            n = result["converted"] + result[DOCUMENTS].num_rows + result["rejected"].num_rows
-            _count(manifest, "rows_in", DOCUMENTS, n)
-            converted += result["converted"]
-            if progress:
-                progress(DOCUMENTS, n)
-        produced = writer.rows_written(CONVERSATIONS)
-        # Native conversations pass through as they are.
-        native = 0
+        sink = ConversionSink(writer)
+        documents = _batches(inputs, DOCUMENTS, engine.batch_rows)
+        if backend == "openai":
+            from .llm.unify import convert_with_llm, default_cache_dir
+
+            cache_dir = params.get("cache_dir") or default_cache_dir(output)
+            manifest.stats.update(convert_with_llm(documents, sink, params, cache_dir, slot=slot, progress=progress))
+            # Passages left unsent by the budget: the next run converts them, from the cache on.
+            manifest.stats["unfinished"] = manifest.stats.get("passages_unsent_budget", 0) > 0
+        elif backend == "template":
+            for result in engine.map(_convert_step, documents, params):
+                sink.template_result(result)
+                if progress:
+                    progress(DOCUMENTS, result["converted"] + result[DOCUMENTS].num_rows + result["rejected"].num_rows)
+        else:  # native: documents stay as text
+            for batch in documents:
+                sink.counts["documents_in"] += batch.num_rows
+                sink.counts["documents_left_as_text"] += batch.num_rows
+                writer.write(DOCUMENTS, batch)
         for batch in _batches(inputs, CONVERSATIONS, engine.batch_rows):
-            writer.write(CONVERSATIONS, batch)
-            _count(manifest, "rows_in", CONVERSATIONS, batch.num_rows)
-            native += batch.num_rows
+            sink.native(normalize_native(batch, params))
+        sink.close(manifest)
+        counts = sink.counts
         manifest.stats.update(
             {
-                "documents_converted": converted,
-                "conversations_from_documents": produced,
-                "repeated_conversations_not_written": repeated,
-                "conversations_native": native,
-                "documents_left_as_text": writer.rows_written(DOCUMENTS),
+                "backend": backend,
+                "documents_converted": counts["documents_converted"],
+                "conversations_from_documents": writer.rows_written(CONVERSATIONS) - counts["conversations_native"],
+                "conversations_from_templates": counts["conversations_from_templates"],
+                "conversations_native": counts["conversations_native"],
+                "documents_left_as_text": counts["documents_left_as_text"],
+                "text_rows_written": writer.rows_written(DOCUMENTS),
             }
         )
         return writer.commit()
@@ -185,131 +238,30 @@ def run_convert(inputs, output, params, manifest, engine: LocalEngine, progress=
 # -- sample -----------------------------------------------------------------------------------
 
 
-def corpus_items(inputs: list[Path]) -> pa.Table:
-    tables = []
-    for path in inputs:
-        for kind in (CONVERSATIONS, DOCUMENTS):
-            if kind in kinds_in(path):
-                tables.append(to_corpus_rows(read_kind(path, kind), kind))
-    if not tables:
-        return to_corpus_rows(read_kind(inputs[0], DOCUMENTS), DOCUMENTS)
-    return pa.concat_tables(tables)
-
-
 def run_sample(inputs, output, params, manifest, config_hash: str, progress=None, engine=None) -> StageManifest:
     """Order everything by priority sampling and write shards `part-NNNNN.parquet` in that order,
-    with `manifest.json` describing them."""
+    with `_corpus_manifest.json` describing them (see transforms.shards)."""
     if engine is not None and engine.name == "spark":
         from .spark import sampling as spark_sampling
 
         return spark_sampling.run_sample(inputs, output, params, manifest, config_hash, engine, progress)
-    items = corpus_items(inputs)
-    for kind in TEXT_KINDS:
-        n = sum(1 for c in items.column("format").to_pylist() if c == ("chat" if kind == CONVERSATIONS else "text"))
-        if n:
-            manifest.rows_in[kind] = n
-    expanded, order = priority_order(items, params)
-    shard_rows = int(params.get("shard_rows", 100_000))
-    ordered = expanded.take(pa.array(order))
     with DatasetWriter(output, manifest) as writer:
-        shards = []
-        for number, start in enumerate(range(0, len(order), shard_rows)):
-            chunk = with_positions(ordered.slice(start, shard_rows), start)
-            path = writer.folder / f"part-{number:05d}.parquet"
-            pq.write_table(chunk, path, compression="zstd", row_group_size=min(shard_rows, 10_000))
-            shards.append({"path": path.name, "rows": chunk.num_rows, "sha256": _sha256(path), "bytes": path.stat().st_size})
-            writer.add_file(path.name, chunk.num_rows)
-            if progress:
-                progress(CORPUS, chunk.num_rows)
-        corpus_manifest = {
-            "schema_version": SCHEMA_VERSION,
-            "config_hash": config_hash,
-            "rows": len(order),
-            "sampling": {k: params.get(k) for k in ("mode", "weights", "source_weights", "sft_epochs", "seed")},
-            "counts": {
-                "category": dict(Counter(ordered.column("category").to_pylist())),
-                "source": dict(Counter(ordered.column("source").to_pylist())),
-                "format": dict(Counter(ordered.column("format").to_pylist())),
-            },
-            "sampling_curve": sampling_curve(ordered.column("category").to_pylist()),
-            "shards": shards,
-        }
-        (writer.folder / "manifest.json").write_text(json.dumps(corpus_manifest, ensure_ascii=False, indent=2), encoding="utf-8")
-        manifest.rows_out[CORPUS] = len(order)
-        manifest.stats["shards"] = len(shards)
+        corpus = write_corpus(inputs, writer.folder, params, config_hash, progress=progress)
+        manifest.rows_in.update(corpus["input_rows"])
+        for shard in corpus["shards"]:
+            writer.add_file(shard["path"], shard["rows"])
+        (writer.folder / CORPUS_MANIFEST).write_text(json.dumps(corpus, ensure_ascii=False, indent=2), encoding="utf-8")
+        manifest.rows_out[CORPUS] = corpus["rows"]
+        manifest.stats.update({"shards": len(corpus["shards"]), "tokens": corpus["tokens"]["total"], "rows_per_format": corpus["counts"]["format"]})
         return writer.commit()
-
-
-def sampling_curve(categories: list[str], buckets: int = 100) -> list[dict[str, float]]:
-    """Share of each category in each 1% of training positions."""
-    n = len(categories)
-    if n == 0:
-        return []
-    names = sorted(set(categories))
-    edges = np.linspace(0, n, min(buckets, n) + 1).astype(int)
-    curve = []
-    for lo, hi in zip(edges[:-1], edges[1:]):
-        counts = Counter(categories[lo:hi])
-        curve.append({name: round(counts.get(name, 0) / max(1, hi - lo), 4) for name in names})
-    return curve
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 # -- export -----------------------------------------------------------------------------------
 
-EXPORT_ROLES = {"system": "system", "user": "human", "assistant": "gpt"}
-
-
-def export_record(row: dict, fmt: str) -> tuple[str, dict]:
-    """(file stem, record) of one corpus row in a trainer's format. Plain text rows go to a
-    `pretrain` file ({"text"}) in the chat formats, which have no place for them."""
-    messages = row.get("messages") or []
-    if fmt == "jsonl":
-        return "corpus", {k: row[k] for k in ("id", "position", "source", "category", "format", "messages", "text", "meta")}
-    if row["format"] == "text":
-        return "pretrain", {"id": row["id"], "text": row["text"]}
-    system = messages[0]["content"] if messages and messages[0]["role"] == "system" else None
-    turns = messages[1:] if system is not None else messages
-    if fmt == "sharegpt":
-        record = {"id": row["id"], "conversations": [{"from": EXPORT_ROLES[m["role"]], "value": m["content"]} for m in turns]}
-        if system:
-            record["system"] = system
-        return "sharegpt", record
-    pairs = [(turns[i]["content"], turns[i + 1]["content"]) for i in range(0, len(turns) - 1, 2)]
-    *history, (instruction, output) = pairs
-    record = {"instruction": instruction, "input": "", "output": output, "history": [list(p) for p in history]}
-    if system:
-        record["system"] = system
-    return "alpaca", record
-
 
 def run_export(inputs, output, formats: list[str], manifest: StageManifest, progress=None) -> StageManifest:
     with DatasetWriter(output, manifest) as writer:
-        handles = {}
-        counts: Counter = Counter()
-        try:
-            for fmt in formats:
-                for path in inputs:
-                    for batch in iter_batches(path, CORPUS, 4096):
-                        if fmt == formats[0]:
-                            _count(manifest, "rows_in", CORPUS, batch.num_rows)
-                        for row in batch.to_pylist():
-                            stem, record = export_record(row, fmt)
-                            name = f"{stem}.jsonl" if stem in (fmt, "corpus") else f"{fmt}-{stem}.jsonl"
-                            if name not in handles:
-                                handles[name] = open(writer.folder / name, "w", encoding="utf-8")
-                            handles[name].write(json.dumps(record, ensure_ascii=False) + "\n")
-                            counts[name] += 1
-        finally:
-            for handle in handles.values():
-                handle.close()
+        counts = export_corpus(inputs, writer.folder, formats, lambda n: _count(manifest, "rows_in", CORPUS, n))
         for name, rows in sorted(counts.items()):
             writer.add_file(name, rows)
         manifest.stats["files"] = dict(counts)
@@ -367,7 +319,7 @@ def run_ingest(sources: list[dict], page_inputs: list[Path], output, params, man
         extract_params = {"min_chars": params.get("min_chars", 20), "rules": params.get("extract_rules", {})}
         for path in page_inputs:
             for batch in iter_batches(path, PAGES, flush_rows):
-                documents, rejected_pages = pages_to_documents(batch, extract_params)
+                documents, rejected_pages = pages_to_documents(batch, extract_params, seen_ids[DOCUMENTS])
                 writer.write(DOCUMENTS, documents)
                 writer.reject(PAGES, rejected_pages)
                 _count(manifest, "rows_in", PAGES, batch.num_rows)

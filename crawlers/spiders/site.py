@@ -10,6 +10,7 @@ from typing import Any, AsyncIterator, Iterator
 from urllib.parse import urljoin, urlsplit
 
 import parsel
+import pyarrow as pa
 import scrapy
 from scrapy.exceptions import (
     CannotResolveHostError,
@@ -22,19 +23,33 @@ from scrapy.exceptions import (
 )
 from scrapy.linkextractors import IGNORED_EXTENSIONS
 from scrapy.spidermiddlewares.httperror import HttpError
+from scrapy.utils.gz import gunzip
+from scrapy.utils.sitemap import Sitemap, sitemap_urls_from_robots
 from twisted.internet.error import ConnectError, ConnectionDone, ConnectionLost
 from twisted.internet.error import TimeoutError as TwistedTimeout
 from twisted.python.failure import Failure
 from w3lib.url import canonicalize_url
 
-from schemas.records import CATEGORIES
+from schemas.records import CATEGORIES, PAGE_SCHEMA
 
 from ..middlewares import OffsiteRequest, RedirectSeen, in_domains
+from ..state import CrawlState, sources_key
 
 KEPT_TYPES = ("text/html", "text/plain")
 # Links to archives, images, audio, video and office files are not followed.
 IGNORED_SUFFIXES = frozenset(IGNORED_EXTENSIONS)
-SOURCE_KEYS = {"name", "category", "start_urls", "allowed_domains", "allow", "deny", "max_depth", "max_pages"}
+SOURCE_KEYS = {
+    "name", "category", "start_urls", "allowed_domains", "allow", "deny", "max_depth", "max_pages", "sitemap_urls",
+}
+# Conditional re-crawls ask with these; a 304 answers that the stored page is still current.
+NOT_MODIFIED = 304
+# Columns the crawl writes beside the pages schema's own.
+PAGE_EXTRA_FIELDS = (
+    pa.field("etag", pa.string()),
+    pa.field("last_modified", pa.string()),
+    pa.field("replaced_bytes", pa.int32()),
+)
+CRAWL_PAGE_SCHEMA = pa.schema([*PAGE_SCHEMA, *PAGE_EXTRA_FIELDS])
 
 
 def crawl_source(source: dict) -> dict:
@@ -48,9 +63,12 @@ def crawl_source(source: dict) -> dict:
     if source.get("category") not in CATEGORIES:
         raise ValueError(f"crawl source {name!r}: category must be one of {', '.join(CATEGORIES)}")
     start_urls = [canonical_url(u) for u in source.get("start_urls") or []]
-    if not start_urls or any(urlsplit(u).scheme not in ("http", "https") for u in start_urls):
-        raise ValueError(f"crawl source {name!r}: start_urls must be a non-empty list of http(s) URLs")
-    domains = source.get("allowed_domains") or sorted({urlsplit(u).hostname for u in start_urls})
+    sitemap_urls = [canonical_url(u) for u in source.get("sitemap_urls") or []]
+    if not (start_urls or sitemap_urls) or any(
+        urlsplit(u).scheme not in ("http", "https") for u in start_urls + sitemap_urls
+    ):
+        raise ValueError(f"crawl source {name!r}: start_urls (or sitemap_urls) must be a non-empty list of http(s) URLs")
+    domains = source.get("allowed_domains") or sorted({urlsplit(u).hostname for u in start_urls + sitemap_urls})
     for key in ("allow", "deny"):
         for pattern in source.get(key) or []:
             try:
@@ -61,6 +79,7 @@ def crawl_source(source: dict) -> dict:
         "name": name,
         "category": source["category"],
         "start_urls": start_urls,
+        "sitemap_urls": sitemap_urls,
         "allowed_domains": [d.lower() for d in domains],
         "allow": list(source.get("allow") or []),
         "deny": list(source.get("deny") or []),
@@ -85,14 +104,17 @@ class SiteSpider(scrapy.Spider):
             name: ([re.compile(p) for p in s["allow"]], [re.compile(p) for p in s["deny"]])
             for name, s in self.sources.items()
         }
+        # Canonical URLs requested so far, per source, resumed ones included.
+        self.requested: dict[str, set[str]] = {}
+        self.crawl_state: CrawlState | None = None
 
-    @property
-    def requested(self) -> dict[str, set[str]]:
-        """Canonical URLs requested so far, per source; kept in the spider state so that a crawl
-        resumed from JOBDIR neither refetches nor overspends its page budget."""
-        if not hasattr(self, "state"):
-            self.state = {}
-        return self.state.setdefault("requested", {})
+    @classmethod
+    def from_crawler(cls, crawler, *args: Any, **kwargs: Any) -> "SiteSpider":
+        spider = super().from_crawler(crawler, *args, **kwargs)
+        folder = crawler.settings.get("CRAWL_STATE_DIR")
+        if folder:
+            spider.crawl_state = CrawlState(folder, sources_key(list(spider.sources.values())))
+        return spider
 
     def requested_before(self, url: str) -> bool:
         return any(url in urls for urls in self.requested.values())
@@ -106,11 +128,33 @@ class SiteSpider(scrapy.Spider):
         return True
 
     async def start(self) -> AsyncIterator[scrapy.Request]:
+        for request in self.resumed_requests():
+            yield request
         for source in self.sources.values():
             for url in source["start_urls"]:
                 request = self.page_request(url, source, depth=0)
                 if request is not None:
                     yield request
+            for url in source["sitemap_urls"]:
+                yield self.sitemap_request(url, source)
+
+    def resumed_requests(self) -> Iterator[scrapy.Request]:
+        """A stopped run's journal: its URLs count as requested, and its pages' links are
+        followed again, since the requests they made were lost with the stopped process."""
+        if self.crawl_state is None:
+            return
+        journalled = [(r, d) for r, d in self.crawl_state.journalled() if r["source"] in self.sources]
+        for record, _ in journalled:
+            for url in (record["url"], record["final_url"]):
+                if url:
+                    self.claim(url, self.sources[record["source"]])
+        if journalled:
+            self.crawler.stats.set_value("pages/resumed", len(journalled))
+        for record, depth in journalled:
+            source = self.sources[record["source"]]
+            if record["reason"] is None and depth is not None:
+                yield from self.follow_links(record["body"], record["final_url"] or record["url"],
+                                             record["content_type"], source, depth)
 
     def page_request(self, url: str, source: dict, depth: int) -> scrapy.Request | None:
         if self.requested_before(url):
@@ -119,28 +163,95 @@ class SiteSpider(scrapy.Spider):
             self.crawler.stats.inc_value(f"pages/budget_skipped/{source['name']}")
             return None
         self.claim(url, source)
+        headers = {}
+        stored = self.crawl_state.stored(url) if self.crawl_state is not None else None
+        if stored is not None and stored["reason"] is None:
+            if stored.get("etag"):
+                headers["If-None-Match"] = stored["etag"]
+            if stored.get("last_modified"):
+                headers["If-Modified-Since"] = stored["last_modified"]
         return scrapy.Request(
             url,
+            headers=headers,
             callback=self.parse_page,
             errback=self.page_failed,
-            meta={"source": source["name"], "link_depth": depth},
+            meta={"source": source["name"], "link_depth": depth, "handle_httpstatus_list": [NOT_MODIFIED]},
         )
+
+    def sitemap_request(self, url: str, source: dict) -> scrapy.Request:
+        return scrapy.Request(
+            url, callback=self.parse_sitemap, errback=self.page_failed,
+            meta={"source": source["name"], "sitemap": True},
+        )
+
+    def parse_sitemap(self, response: scrapy.http.Response) -> Iterator[dict | scrapy.Request]:
+        """Sitemaps, sitemap indexes (gzipped or not) and robots.txt `Sitemap:` lines: their
+        page URLs are seeds of the source, filtered like links."""
+        source = self.sources[response.meta["source"]]
+        if urlsplit(response.url).path.endswith("/robots.txt"):
+            for url in sitemap_urls_from_robots(response.body, base_url=response.url):
+                if in_domains(url, source["allowed_domains"]):
+                    yield self.sitemap_request(canonical_url(url), source)
+            return
+        body = response.body
+        try:
+            if body[:2] == b"\x1f\x8b":
+                body = gunzip(body, max_size=self.crawler.settings.getint("DOWNLOAD_MAXSIZE"))
+            sitemap = Sitemap(body)
+        except Exception:  # noqa: BLE001 - lxml and gzip fail in many ways on a page that is no sitemap
+            yield page_record(response.request, source, "not_sitemap", response)
+            return
+        for entry in sitemap:
+            url = canonical_url(urljoin(response.url, entry.get("loc", "")))
+            if not self.wanted(url, source):
+                continue
+            if sitemap.type == "sitemapindex":
+                yield self.sitemap_request(url, source)
+            else:
+                self.crawler.stats.inc_value("pages/from_sitemap")
+                request = self.page_request(url, source, depth=0)
+                if request is not None:
+                    yield request
 
     def parse_page(self, response: scrapy.http.Response) -> Iterator[dict | scrapy.Request]:
         source = self.sources[response.meta["source"]]
+        depth = response.meta["link_depth"]
+        if response.status == NOT_MODIFIED:
+            # Stored under the URL first asked for, which a redirect may have led elsewhere.
+            first_url = (response.request.meta.get("redirect_urls") or [response.request.url])[0]
+            stored = self.crawl_state.stored(first_url) if self.crawl_state is not None else None
+            if stored is None:
+                yield page_record(response.request, source, "http_status:304", response)
+                return
+            self.crawler.stats.inc_value("pages/not_modified")
+            yield {**stored, "link_depth": depth}
+            yield from self.follow_links(stored["body"], stored["final_url"] or stored["url"],
+                                         stored["content_type"], source, depth)
+            return
         content_type = response.headers.get(b"Content-Type", b"").decode("latin-1").strip()
         mime = content_type.split(";", 1)[0].strip().lower() or sniff_type(response.body)
         if mime not in KEPT_TYPES:
-            yield page_record(response.request, source, "not_html", response)
+            yield page_record(response.request, source, f"not_html:{mime}", response)
             return
-        body, charset = decode_page(response.body, header_charset(content_type))
-        yield page_record(response.request, source, None, response, body=body, charset=charset)
-        depth = response.meta["link_depth"]
-        if mime == "text/html" and depth < source["max_depth"]:
-            for url in self.page_links(body, response.url, source):
-                request = self.page_request(url, source, depth + 1)
-                if request is not None:
-                    yield request
+        if looks_binary(response.body):
+            # A file served under a text type (a misconfigured server, a download script).
+            yield page_record(response.request, source, "not_html:binary", response)
+            return
+        body, charset, replaced = decode_page_counted(response.body, header_charset(content_type))
+        if replaced:
+            self.crawler.stats.inc_value("pages/replaced_bytes", replaced)
+        record = page_record(response.request, source, None, response, body=body, charset=charset)
+        yield {**record, "replaced_bytes": replaced, "link_depth": depth}
+        yield from self.follow_links(body, response.url, content_type, source, depth)
+
+    def follow_links(self, body: str, page_url: str, content_type: str | None, source: dict,
+                     depth: int) -> Iterator[scrapy.Request]:
+        if not (content_type or "text/html").lower().startswith("text/html") or depth >= source["max_depth"]:
+            return
+        for url in self.page_links(body, page_url, source):
+            request = self.page_request(url, source, depth + 1)
+            if request is not None:
+                yield request
 
     def page_failed(self, failure: Failure) -> Iterator[dict]:
         request = failure.request
@@ -148,7 +259,6 @@ class SiteSpider(scrapy.Spider):
         yield page_record(request, self.sources[request.meta["source"]], failure_reason(failure), response)
 
     def page_links(self, html: str, page_url: str, source: dict) -> Iterator[str]:
-        allow, deny = self.link_rules[source["name"]]
         selector = parsel.Selector(text=html)
         base = urljoin(page_url, (selector.css("base::attr(href)").get() or "").strip())
         for href in selector.css("a::attr(href), area::attr(href)").getall():
@@ -156,14 +266,18 @@ class SiteSpider(scrapy.Spider):
             if not href or href.startswith("#"):
                 continue
             url = canonical_url(urljoin(base, href))
-            parts = urlsplit(url)
-            if parts.scheme not in ("http", "https") or not in_domains(url, source["allowed_domains"]):
-                continue
-            if parts.path.rsplit(".", 1)[-1].lower() in IGNORED_SUFFIXES:
-                continue
-            if (allow and not any(p.search(url) for p in allow)) or any(p.search(url) for p in deny):
-                continue
-            yield url
+            if self.wanted(url, source):
+                yield url
+
+    def wanted(self, url: str, source: dict) -> bool:
+        """Whether a link or sitemap entry is one the source crawls."""
+        allow, deny = self.link_rules[source["name"]]
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not in_domains(url, source["allowed_domains"]):
+            return False
+        if parts.path.rsplit(".", 1)[-1].lower() in IGNORED_SUFFIXES - {"xml", "gz"}:
+            return False
+        return not ((allow and not any(p.search(url) for p in allow)) or any(p.search(url) for p in deny))
 
 
 def page_record(
@@ -176,7 +290,9 @@ def page_record(
 ) -> dict:
     """One row of the pages dataset; `reason` is None for a kept page."""
     raw = response.body if response is not None and body is not None else None
-    content_type = response.headers.get(b"Content-Type") if response is not None else None
+    headers = response.headers if response is not None else {}
+    content_type = headers.get(b"Content-Type")
+    etag, last_modified = headers.get(b"ETag"), headers.get(b"Last-Modified")
     return {
         # The URL as the crawl asked for it, before any redirect.
         "url": (request.meta.get("redirect_urls") or [request.url])[0],
@@ -190,6 +306,9 @@ def page_record(
         "source": source["name"],
         "category": source["category"],
         "reason": reason,
+        "etag": etag.decode("latin-1") if etag and reason is None else None,
+        "last_modified": last_modified.decode("latin-1") if last_modified and reason is None else None,
+        "replaced_bytes": None,
     }
 
 
@@ -269,12 +388,19 @@ def meta_charset(body: bytes) -> str | None:
 
 
 def decode_page(body: bytes, header_label: str | None = None) -> tuple[str, str]:
+    """Decode a page (see decode_page_counted); returns (text, charset used)."""
+    text, charset, _ = decode_page_counted(body, header_label)
+    return text, charset
+
+
+def decode_page_counted(body: bytes, header_label: str | None = None) -> tuple[str, str, int]:
     """Decode a page: byte-order mark, else a declared charset that decodes cleanly (header, then
-    <meta>) or nearly so, else detection (UTF-8, GB18030, Big5); never fails.
-    Returns (text, charset used)."""
+    <meta>) or nearly so, else detection (UTF-8, GB18030, Big5); never fails. Each run of
+    undecodable bytes becomes one U+FFFD. Returns (text, charset used, bytes replaced)."""
     for bom, name in BOMS:
         if body.startswith(bom):
-            return body[len(bom):].decode(name, "replace"), name
+            text, replaced = _decode_replacing(body[len(bom):], name)
+            return text, name, replaced
     header, meta = charset_name(header_label), charset_name(meta_charset(body))
     if header in WEAK_HEADER and meta:
         header = None
@@ -282,21 +408,33 @@ def decode_page(body: bytes, header_label: str | None = None) -> tuple[str, str]
     for name in declared:
         text = _decode_strict(body, name)
         if text is not None:
-            return text, name
+            return text, name, 0
     for name in declared:
         # A page true to its declaration but for a few bad bytes: most of its non-ASCII decodes.
-        text = body.decode(DECODER.get(name, name), "replace")
-        if text.count("\ufffd") <= 0.05 * sum(1 for ch in text if ord(ch) > 127):
-            return text, name
+        text, replaced = _decode_replacing(body, name)
+        if replaced <= 0.05 * sum(1 for ch in text if ord(ch) > 127):
+            return text, name, replaced
     clean = [(name, text) for name in DETECT if (text := _decode_strict(body, name)) is not None]
     if clean:
         # UTF-8 decoding cleanly is near proof; between the two Chinese codecs, fewer odd characters wins.
         name, text = min(clean, key=lambda c: (c[0] != "utf-8", len(UNLIKELY.findall(c[1]))))
-        return text, name
+        return text, name, 0
     candidates = list(dict.fromkeys([*declared, *DETECT]))
-    decoded = [(name, body.decode(DECODER.get(name, name), "replace")) for name in candidates]
-    name, text = min(decoded, key=lambda c: c[1].count("\ufffd"))
-    return text, name
+    decoded = [(name, *_decode_replacing(body, name)) for name in candidates]
+    name, text, replaced = min(decoded, key=lambda c: c[2])
+    return text, name, replaced
+
+
+# surrogateescape turns each undecodable byte into one lone surrogate: an exact count of bad bytes.
+ESCAPED = re.compile("[\udc80-\udcff]+")
+
+
+def _decode_replacing(body: bytes, name: str) -> tuple[str, int]:
+    text = body.decode(DECODER.get(name, name), "surrogateescape")
+    if not ESCAPED.search(text):
+        return text, 0
+    replaced = sum(len(run) for run in ESCAPED.findall(text))
+    return ESCAPED.sub("\ufffd", text), replaced
 
 
 def _decode_strict(body: bytes, name: str) -> str | None:
@@ -312,3 +450,20 @@ def sniff_type(body: bytes) -> str:
     if head.startswith((b"<!doctype html", b"<html")) or b"<html" in head:
         return "text/html"
     return "application/octet-stream"
+
+
+# Openings of common binary formats: PDF, PNG, JPEG, GIF, ZIP/Office, gzip, 7z, RAR, OLE (old
+# Office), RIFF (WebP, WAV, AVI), ID3 (MP3), Ogg, FLAC, WebAssembly, ELF.
+BINARY_MAGIC = (
+    b"%PDF-", b"\x89PNG", b"\xff\xd8\xff", b"GIF87a", b"GIF89a", b"PK\x03\x04", b"\x1f\x8b", b"7z\xbc\xaf",
+    b"Rar!", b"\xd0\xcf\x11\xe0", b"RIFF", b"ID3", b"OggS", b"fLaC", b"\x00asm", b"\x7fELF",
+)
+
+
+def looks_binary(body: bytes) -> bool:
+    """Whether a body sent as text is a binary file: a known magic number, or NUL bytes in its
+    opening (text in UTF-16, which has them, starts with a byte-order mark)."""
+    head = body[:1024]
+    if head.startswith(BINARY_MAGIC) or head[4:8] == b"ftyp":  # ftyp: MP4 and QuickTime
+        return True
+    return b"\x00" in head and not head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE))

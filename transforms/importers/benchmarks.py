@@ -1,7 +1,10 @@
 """Evaluation sets, read as the references decontamination must keep out of the corpus.
 
-Every item becomes {"benchmark", "item", "question", "options", "answer"}, whatever the file's
-columns:
+Every item becomes {"benchmark", "item", "question", "options", "answer", "answer_label"},
+whatever the file's columns, all text. The answer of a multiple-choice item is the text of the
+option(s) its letter(s) name ("D" -> "肾阴虚而心火旺"; "AC" -> both, one a line), since a corpus
+quoting the answer quotes its words, not its letter; the letters stay in answer_label.
+Shapes:
     multiple choice   question/Question + options (a dict, a list, or A..H columns) + answer
     instruction sets  instruction/input/output: the question is the input (passage and question
                       of a reading-comprehension item, a medical case), prefixed by the
@@ -25,6 +28,8 @@ ANSWER_KEYS = ("answer", "Answer", "答案", "output", "label")
 ID_KEYS = ("id", "ID", "Id", "", "Unnamed: 0")
 OPTION_LETTERS = "ABCDEFGH"
 MARKUP = re.compile(r"</?(?:text|question|context|passage)>")
+# "A", "A、C", "A,C", "AC": the letters of a multiple-choice answer, less separators.
+ANSWER_LETTERS = re.compile(r"[\s,，、;；]+")
 
 
 def load_benchmark(path: Path, name: str | None = None) -> list[dict]:
@@ -46,7 +51,7 @@ def import_benchmark(path: Path, source: str, category: str, options: dict | Non
     for item in benchmark_items(path, name):
         text = "\n".join(part for part in (item["question"], item["options"]) if part)
         meta = {"kind": "benchmark", "benchmark": name, "item": item["item"], "answer": item["answer"],
-                "file": path.name}
+                "answer_label": item["answer_label"], "file": path.name}
         yield document(text, source, category, title=f"{name}:{item['item']}", meta=meta,
                        reason=None if item["question"] else "malformed:no_question",
                        fallback_key=(path.name, item["item"]))
@@ -61,7 +66,7 @@ def _rows(path: Path) -> list[Any]:
 
 def _item(row: Any, index: int, name: str, boilerplate: set[str]) -> dict:
     if not isinstance(row, dict):
-        return {"benchmark": name, "item": str(index), "question": "", "options": "", "answer": ""}
+        return {"benchmark": name, "item": str(index), "question": "", "options": "", "answer": "", "answer_label": ""}
     item_id = next((str(row[k]) for k in ID_KEYS if k in row and str(row[k]).strip()), str(index))
     question = _first(row, QUESTION_KEYS)
     if not question and ("input" in row or "instruction" in row):
@@ -69,26 +74,32 @@ def _item(row: Any, index: int, name: str, boilerplate: set[str]) -> dict:
         question = _clean(row.get("input"))
         if instruction and instruction not in boilerplate:
             question = f"{instruction}\n{question}".strip()
+    options = _options(row)
+    answer, label = _first(row, ANSWER_KEYS), ""
+    letters = ANSWER_LETTERS.sub("", answer)
+    if options and isinstance(options, dict) and letters.isascii() and letters.isalpha() and set(letters) <= set(options):
+        label, answer = letters, "\n".join(options[letter] for letter in letters)
     return {
         "benchmark": name,
         "item": item_id,
         "question": question,
-        "options": _options(row),
-        "answer": _first(row, ANSWER_KEYS),
+        "options": "\n".join(f"{key}. {value}" for key, value in options.items())
+        if isinstance(options, dict) else options,
+        "answer": answer,
+        "answer_label": label,
     }
 
 
-def _options(row: dict) -> str:
+def _options(row: dict) -> dict[str, str] | str:
+    """Options by letter, or the options as the file wrote them when they are one string."""
     options = row.get("options", row.get("choices"))
     if isinstance(options, dict):
-        return "\n".join(f"{key}. {_clean(value)}" for key, value in options.items())
+        return {str(key).strip(): _clean(value) for key, value in options.items()}
     if isinstance(options, list):
-        return "\n".join(f"{OPTION_LETTERS[i] if i < len(OPTION_LETTERS) else i + 1}. {_clean(v)}"
-                         for i, v in enumerate(options))
+        return {OPTION_LETTERS[i] if i < len(OPTION_LETTERS) else str(i + 1): _clean(v) for i, v in enumerate(options)}
     if isinstance(options, str):
         return options.strip()
-    return "\n".join(f"{letter}. {_clean(row[letter])}" for letter in OPTION_LETTERS
-                     if letter in row and _clean(row[letter]))
+    return {letter: _clean(row[letter]) for letter in OPTION_LETTERS if letter in row and _clean(row[letter])}
 
 
 def _first(row: dict, keys: tuple[str, ...]) -> str:

@@ -1,72 +1,58 @@
-"""MinHash near-duplicate clusters on Spark, with nothing that grows with the corpus on the driver.
+"""Exact and MinHash near-duplicate clusters on Spark, with the rules of `transforms.clusters`.
 
-The rule is the local one (`transforms.minhash`): signatures and LSH band keys of each row come
-from `minhash.signatures` / `minhash.band_hashes` in `mapInArrow`; in each band bucket every row
-is paired with the bucket's first row in dataset order (`minhash.candidate_pairs`' star); a pair
-of rows with different exact keys is similar when `minhash.estimated_jaccard` of their signatures
-reaches the threshold; rows with the same exact key are one. Clusters are the connected
-components of those edges, found by the large-star / small-star algorithm (Kiveris et al.,
-"Connected Components in MapReduce and Beyond", SoCC 2014) as DataFrame joins and aggregations,
-checkpointed every round so the plan does not grow. The copy kept in each cluster is the first by
-`keep_order`; the others are rejected as `exact_duplicate_of:<id>` or `near_duplicate_of:<id>`.
+Each row's fingerprint (exact key, length, quality, source, MinHash signature) comes from
+`deduplicate.fingerprint_batch` in `mapInArrow`, so both engines see the same keys and signatures.
+Edges: every row to the first row (dataset order) of its exact key; with MinHash, every row to the
+first row of each LSH band bucket it falls in (`minhash.candidate_pairs`' star), a pair dropped
+when either row has no words or both share an exact key, kept when `minhash.estimated_jaccard`
+reaches the threshold. Clusters are the connected components of those edges, found by the
+large-star / small-star algorithm (Kiveris et al., "Connected Components in MapReduce and
+Beyond", SoCC 2014) as DataFrame joins, checkpointed every round so the plan does not grow. In each
+cluster the kept row is chosen by `clusters.kept_member`, the local engine's policy function,
+over the cluster's rows grouped on an executor.
 """
 from __future__ import annotations
 
 import functools
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 
-from .. import dedup, minhash
-from .keep import NODE, keep_order
+from .. import minhash
+from ..clusters import Fingerprints, kept_member
+from ..deduplicate import fingerprint_batch
 
-EMPTY_BAND_VALUE = np.uint32(0xFFFFFFFF)
-
-
-def minhash_params(params: dict) -> minhash.MinHashParams:
-    return minhash.MinHashParams.from_threshold(
-        float(params.get("threshold", 0.8)),
-        num_perm=int(params.get("num_perm", 128)),
-        ngram=int(params.get("ngram", 5)),
-        seed=int(params.get("seed", 1)),
-        false_negative_weight=float(params.get("false_negative_weight", 0.5)),
-    )
+NODE = "_tcm_node"  # a row's dataset position as one number: file ordinal << 32 | row index
+EMPTY_VALUE = np.uint32(0xFFFFFFFF)
 
 
-def _fingerprints(batches, kind: str, columns: list[str], params: minhash.MinHashParams, quality_column: str):
-    """Each row's fingerprint: exact key, length, signature (bytes), band keys, whether it has words."""
+def _fingerprints(batches, kind: str, columns: list[str], params: minhash.MinHashParams | None, quality_column: str):
     for batch in batches:
         table = pa.Table.from_batches([batch])
-        data = table.select(columns)
-        keys = dedup.dedup_keys(data, kind)
-        signatures = minhash.signatures(dedup.text_of(data, kind), params)
-        bands = minhash.band_hashes(signatures, params).view(np.int64)  # Spark has no uint64: same bits
-        wordless = (signatures == EMPTY_BAND_VALUE).all(axis=1)
-        quality = table.column(quality_column).cast(pa.float64()) if quality_column in table.schema.names else pa.nulls(len(table), pa.float64())
-        source = table.column("source") if "source" in table.schema.names else pa.nulls(len(table), pa.string())
-        yield from pa.table(
-            {
-                NODE: table.column(NODE),
-                "_tcm_id": table.column("id"),
-                "_tcm_key": keys.column("key").cast(pa.binary()),
-                "_tcm_length": keys.column("length").cast(pa.int64()),
-                "_tcm_quality": quality,
-                "_tcm_source": source.cast(pa.string()),
-                "_tcm_signature": pa.array([row.tobytes() for row in signatures], pa.binary()),
-                "_tcm_bands": pa.array(list(bands), pa.list_(pa.int64())),
-                "_tcm_wordless": pa.array(wordless, pa.bool_()),
-            }
-        ).to_batches()
+        rows, _ = fingerprint_batch(table.select(columns), kind, params, quality_column)
+        out = {
+            NODE: table.column(NODE),
+            "_tcm_id": pa.array(rows.ids.tolist(), pa.string()),
+            "_tcm_key": pa.array(rows.keys.tolist(), pa.binary()),  # Spark has no fixed-size binary
+            "_tcm_length": pa.array(rows.lengths, pa.int64()),
+            "_tcm_quality": pa.array(rows.quality, pa.float64()),
+            "_tcm_source": pa.array(rows.sources.tolist(), pa.string()),
+        }
+        if params is not None:
+            sig = rows.signatures
+            out["_tcm_signature"] = pa.array([r.tobytes() for r in sig], pa.binary())
+            out["_tcm_bands"] = pa.array(list(minhash.band_hashes(sig, params).view(np.int64)), pa.list_(pa.int64()))
+            out["_tcm_wordless"] = pa.array((sig == EMPTY_VALUE).all(axis=1) if len(sig) else np.zeros(0, bool), pa.bool_())
+        yield from pa.table(out).to_batches()
 
 
-FINGERPRINT_SCHEMA = (
-    f"{NODE} long, _tcm_id string, _tcm_key binary, _tcm_length long, _tcm_quality double, _tcm_source string, "
-    "_tcm_signature binary, _tcm_bands array<long>, _tcm_wordless boolean"
-)
+def _schema(signed: bool) -> str:
+    base = f"{NODE} long, _tcm_id string, _tcm_key binary, _tcm_length long, _tcm_quality double, _tcm_source string"
+    return base + (", _tcm_signature binary, _tcm_bands array<long>, _tcm_wordless boolean" if signed else "")
 
 
 def _similarities(batches):
-    """Estimated Jaccard of each candidate pair, by `minhash.estimated_jaccard`."""
     for batch in batches:
         left = np.frombuffer(b"".join(batch.column("sa").to_pylist()), dtype=np.uint32)
         right = np.frombuffer(b"".join(batch.column("sb").to_pylist()), dtype=np.uint32)
@@ -85,12 +71,7 @@ def _truncate(frame):
 
 
 def connected_components(edges, max_rounds: int = 100):
-    """(node, root) of every node on an edge; root = the smallest node of its component.
-
-    Alternates large-star (each node links its larger neighbours to its smallest neighbour) and
-    small-star (each node links its smaller neighbours and itself to its smallest neighbour) until
-    an alternation changes no edge; the edges then form one star per component around its
-    smallest node."""
+    """(node, root) of every node on an edge; root = the smallest node of its component."""
     from pyspark.sql import functions as F
 
     current = _truncate(edges.select(F.greatest("a", "b").alias("a"), F.least("a", "b").alias("b")).where("a != b").distinct())
@@ -115,97 +96,90 @@ def connected_components(edges, max_rounds: int = 100):
     return current.select(F.col("a").alias(NODE), F.col("b").alias("_tcm_root")).unionByName(roots)
 
 
-def cluster_decisions(spark, rows, kind: str, columns: list[str], params: dict):
-    """(decisions, stats): one row per member of a cluster of two or more rows, with the node, the
-    id kept for its cluster and, for a rejected member, its reason. `rows` has NODE."""
+DECISION_SCHEMA = f"{NODE} long, id string, cluster string, kept boolean, similarity double, match string, source string, reason string"
+
+
+def _decide(members: pd.DataFrame, keep: list[str], source_priority: list[str], signed: bool) -> pd.DataFrame:
+    """One cluster: the kept row by the local policy, and each member's audit row and reason."""
+    members = members.sort_values(NODE, kind="stable").reset_index(drop=True)
+    rows = Fingerprints(
+        ids=members["_tcm_id"].to_numpy(object),
+        keys=np.array(members["_tcm_key"].tolist(), dtype="S16"),
+        lengths=members["_tcm_length"].to_numpy(np.int64),
+        quality=members["_tcm_quality"].to_numpy(np.float64),
+        sources=members["_tcm_source"].to_numpy(object),
+    )
+    kept = kept_member(rows, keep, source_priority)
+    exact = rows.keys == rows.keys[kept]
+    similarity = np.ones(len(rows))
+    if signed:
+        sig = np.stack([np.frombuffer(b, dtype=np.uint32) for b in members["_tcm_signature"]])
+        similarity = np.where(exact, 1.0, np.asarray(minhash.estimated_jaccard(sig, sig[kept][None, :]), np.float64))
+    is_kept = np.arange(len(rows)) == kept
+    match = np.where(is_kept, "kept", np.where(exact, "exact", "near"))
+    label = np.where(exact, "exact_duplicate_of:", "near_duplicate_of:")
+    cluster = rows.ids[kept]
+    return pd.DataFrame(
+        {
+            NODE: members[NODE],
+            "id": rows.ids,
+            "cluster": cluster,
+            "kept": is_kept,
+            "similarity": similarity,
+            "match": match,
+            "source": rows.sources,
+            "reason": [None if k else f"{lab}{cluster}" for k, lab in zip(is_kept, label)],
+        }
+    )
+
+
+def cluster_decisions(rows, kind: str, columns: list[str], settings, params: minhash.MinHashParams | None):
+    """(decisions, stats): one row per member of a cluster of two or more rows (DECISION_SCHEMA,
+    reason null for the kept row). `rows` has NODE."""
     from pyspark import StorageLevel
-    from pyspark.sql import Window
     from pyspark.sql import functions as F
 
-    settings = minhash_params(params)
-    keep = params.get("keep", ["first"])
-    keep = [keep] if isinstance(keep, str) else list(keep)
-    quality_column = params.get("quality_column", "quality_score")
-    fingerprint = functools.partial(_fingerprints, kind=kind, columns=columns, params=settings, quality_column=quality_column)
-    prints = rows.select(NODE, *columns).mapInArrow(fingerprint, FINGERPRINT_SCHEMA).persist(StorageLevel.DISK_ONLY)
+    signed = params is not None
+    fingerprint = functools.partial(_fingerprints, kind=kind, columns=columns, params=params, quality_column=settings.quality_column)
+    prints = rows.select(NODE, *columns).mapInArrow(fingerprint, _schema(signed)).persist(StorageLevel.DISK_ONLY)
 
-    # Same exact key: each row linked to the key's first row.
     first_of_key = prints.groupBy("_tcm_key").agg(F.min(NODE).alias("a"))
-    exact = prints.join(first_of_key, "_tcm_key").where(F.col(NODE) != F.col("a")).select("a", F.col(NODE).alias("b"))
+    edges = prints.join(first_of_key, "_tcm_key").where(F.col(NODE) != F.col("a")).select("a", F.col(NODE).alias("b"))
+    checked = similar_count = 0
+    scored = None
+    if signed:
+        buckets = prints.select(NODE, F.posexplode("_tcm_bands").alias("_tcm_band_no", "_tcm_band"))
+        heads = buckets.groupBy("_tcm_band_no", "_tcm_band").agg(F.min(NODE).alias("a"))
+        candidates = (
+            buckets.join(heads, ["_tcm_band_no", "_tcm_band"]).where(F.col(NODE) != F.col("a")).select("a", F.col(NODE).alias("b")).distinct()
+        )
+        left = prints.select(F.col(NODE).alias("a"), F.col("_tcm_key").alias("ka"), F.col("_tcm_signature").alias("sa"), F.col("_tcm_wordless").alias("wa"))
+        right = prints.select(F.col(NODE).alias("b"), F.col("_tcm_key").alias("kb"), F.col("_tcm_signature").alias("sb"), F.col("_tcm_wordless").alias("wb"))
+        pairs = (
+            candidates.join(left, "a").join(right, "b")
+            .where(~F.col("wa") & ~F.col("wb") & (F.col("ka") != F.col("kb")))
+            .select("a", "b", "sa", "sb")
+        )
+        scored = pairs.mapInArrow(_similarities, "a long, b long, similarity double").persist(StorageLevel.DISK_ONLY)
+        is_similar = F.col("similarity") >= params.threshold
+        tally = scored.agg(F.count("*"), F.sum(F.when(is_similar, 1).otherwise(0))).first()
+        checked, similar_count = int(tally[0] or 0), int(tally[1] or 0)
+        edges = edges.unionByName(scored.where(is_similar).select("a", "b"))
 
-    # Same band key: each row paired with the bucket's first row (a band's number is in its key).
-    buckets = prints.where(~F.col("_tcm_wordless")).select(NODE, F.explode("_tcm_bands").alias("_tcm_band"))
-    heads = buckets.groupBy("_tcm_band").agg(F.min(NODE).alias("a"))
-    candidates = buckets.join(heads, "_tcm_band").where(F.col(NODE) != F.col("a")).select("a", F.col(NODE).alias("b")).distinct()
-    left = prints.select(F.col(NODE).alias("a"), F.col("_tcm_key").alias("ka"), F.col("_tcm_signature").alias("sa"))
-    right = prints.select(F.col(NODE).alias("b"), F.col("_tcm_key").alias("kb"), F.col("_tcm_signature").alias("sb"))
-    pairs = candidates.join(left, "a").join(right, "b").where(F.col("ka") != F.col("kb")).select("a", "b", "sa", "sb")
-    scored = pairs.mapInArrow(_similarities, "a long, b long, similarity double").persist(StorageLevel.DISK_ONLY)
-    similar = scored.where(F.col("similarity") >= settings.threshold).select("a", "b")
-    tally = scored.agg(F.count("*"), F.sum(F.when(F.col("similarity") >= settings.threshold, 1).otherwise(0))).first()
+    components = connected_components(edges)
+    members = components.join(prints.drop("_tcm_bands", "_tcm_wordless"), NODE)
+    keep, source_priority = list(settings.keep), list(settings.source_priority)
 
-    components = connected_components(exact.unionByName(similar))
-    members = components.join(prints.drop("_tcm_signature", "_tcm_bands"), NODE)
-    cluster = Window.partitionBy("_tcm_root").orderBy(*keep_order(keep, params.get("source_priority", [])))
-    decided = (
-        members.withColumn("_tcm_kept_id", F.first("_tcm_id").over(cluster))
-        .withColumn("_tcm_kept_key", F.first("_tcm_key").over(cluster))
-        .withColumn("_tcm_rank", F.row_number().over(cluster))
-    )
-    label = F.when(F.col("_tcm_key") == F.col("_tcm_kept_key"), F.lit("exact_duplicate_of:")).otherwise(F.lit("near_duplicate_of:"))
-    decisions = decided.select(
-        NODE,
-        F.col("_tcm_root"),
-        F.col("_tcm_kept_id"),
-        F.when(F.col("_tcm_rank") > 1, F.concat(label, F.col("_tcm_kept_id"))).alias("_tcm_reason"),
-    )
-    decisions = _truncate(decisions)
+    def decide(members: pd.DataFrame) -> pd.DataFrame:
+        return _decide(members, keep, source_priority, signed)
+
+    decisions = _truncate(members.groupBy("_tcm_root").applyInPandas(decide, DECISION_SCHEMA))
     stats = {
-        "near_pairs_checked": int(tally[0] or 0),
-        "near_pairs_similar": int(tally[1] or 0),
-        "exact_groups": first_of_key.join(exact.select("a").distinct(), "a").count(),
-        "clusters": decisions.select("_tcm_root").distinct().count(),
-        "minhash": {"num_perm": settings.num_perm, "bands": settings.bands, "rows": settings.rows, "ngram": settings.ngram, "threshold": settings.threshold},
+        "clusters": decisions.where("kept").count(),
+        "candidate_pairs_checked": checked,
+        "candidate_pairs_similar": similar_count,
     }
     prints.unpersist()
-    scored.unpersist()
+    if scored is not None:
+        scored.unpersist()
     return decisions, stats
-
-
-def run_minhash_dedup(spark, writer, kind: str, files: list[str], params: dict):
-    """Write `kind` of these files through `writer`, near-duplicates rejected; returns
-    (rows in, kept, rejected, stats)."""
-    from collections import Counter
-
-    from pyspark import StorageLevel
-    from pyspark.sql import functions as F
-
-    from .datasets import FILE_ORDINAL, ROW_INDEX, read_files, with_order
-
-    raw = read_files(spark, files)
-    columns = raw.columns
-    rows = with_order(spark, raw, files)
-    rows = rows.withColumn(NODE, F.col(FILE_ORDINAL) * F.lit(1 << 32) + F.col(ROW_INDEX)).drop(FILE_ORDINAL, ROW_INDEX)
-    rows_in = rows.count()
-    decisions, stats = cluster_decisions(spark, rows, kind, columns, params)
-    decided = (
-        rows.join(decisions.select(NODE, "_tcm_reason"), NODE, "left")
-        .orderBy(NODE)  # back to dataset order
-        .persist(StorageLevel.DISK_ONLY)
-    )
-    try:
-        is_kept = F.col("_tcm_reason").isNull()
-        rule = F.substring_index(F.col("_tcm_reason"), ":", 1)
-        tally = decided.groupBy(F.spark_partition_id().alias("task"), is_kept.alias("kept"), rule.alias("rule")).count().collect()
-        kept_by_task, rejected_by_task, reasons = Counter(), Counter(), Counter()
-        for task, kept_flag, reason, n in tally:
-            (kept_by_task if kept_flag else rejected_by_task)[task] += n
-            if not kept_flag:
-                reasons[reason] += n
-        kept = writer.write(kind, decided.filter(is_kept).select(*columns), None, kept_by_task)
-        rejected = writer.reject(
-            kind, decided.filter(~is_kept).select(*columns, F.col("_tcm_reason").alias("reason")), None, rejected_by_task, reasons
-        )
-    finally:
-        decided.unpersist()
-    return rows_in, kept, rejected, stats

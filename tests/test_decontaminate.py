@@ -1,0 +1,143 @@
+"""Decontamination on real data: exam items of the shared benchmarks planted into real book text
+are caught, the book text around them is not, and classics quoted by exam stems stay."""
+from __future__ import annotations
+
+import json
+import re
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from schemas.dataset import DatasetWriter, StageManifest, read_kind
+from transforms import stages
+from transforms.decontaminate import ContaminationIndex, own_grams
+from transforms.engine import LocalEngine
+from transforms.importers.benchmarks import load_benchmark
+from transforms.normalize import match_key
+
+from benchmarks.dedup_eval import book_text, load_passages
+
+BENCHMARK_FILES = (
+    "mtcmb_tcm_ed_a.jsonl",
+    "tcmchat_choice_herb_500.csv",
+    "tcmchat_choice_formula_500.csv",
+    "cmmlu_traditional_chinese_medicine.csv",
+    "tcmchat_medical_case.json",
+    "tcmchat_rc.json",
+)
+
+
+@pytest.fixture(scope="module")
+def items(shared_data):
+    return [item for name in BENCHMARK_FILES for item in load_benchmark(shared_data / "benchmarks" / name)]
+
+
+@pytest.fixture(scope="module")
+def index(items):
+    return ContaminationIndex.build(items)
+
+
+def _as_page(item: dict, style: int) -> str:
+    """An exam item as a page might print it."""
+    question, options, answer = item["question"], item["options"], item["answer"]
+    if style == 0:
+        return f"{question}\n{options}\n答案：{answer}"
+    if style == 1:  # letters with 、 and options on one line
+        return f"1．{question}（ ）\n" + "  ".join(re.sub(r"^([A-H])\. ", r"\1、", o) for o in options.splitlines()) + f"\n【答案】{answer}"
+    return f"{question}\n" + "；".join(re.sub(r"^[A-H]\. ", "", o) for o in options.splitlines())  # no letters, no answer
+
+
+def _dataset(folder, texts: dict[str, str]):
+    rows = [{"id": k, "text": v, "source": "books", "category": "books"} for k, v in texts.items()]
+    with DatasetWriter(folder, StageManifest(stage="test")) as writer:
+        writer.write("documents", pa.Table.from_pylist(rows))
+        writer.commit()
+    return folder
+
+
+def test_planted_exam_items_are_caught_and_the_book_text_around_them_is_not(tmp_path, shared_data, items, index):
+    passages = load_passages(shared_data / "corpus" / "ancient-books", 300, length=800)
+    chosen = []
+    for name in BENCHMARK_FILES:
+        mine = [i for i in items if i["benchmark"] == name.rsplit(".", 1)[0]]
+        chosen += mine[7 :: max(1, len(mine) // 4)][:4]
+    texts, planted = {}, {}
+    for number, item in enumerate(chosen):
+        around = passages[number]
+        page = _as_page(item, number % 3) if item["options"] else f"{item['question']}\n{item['answer']}"
+        texts[f"planted-{number}"] = f"{around[:400]}\n{page}\n{around[400:]}"
+        planted[f"planted-{number}"] = (item["benchmark"], item["item"])
+    for number, passage in enumerate(passages):
+        texts[f"book-{number}"] = passage  # includes, unchanged, the text around every planted item
+
+    params = {"ngram": 13, "min_overlap": 0.5, "question_overlap": 0.9, "action": "remove"}
+    manifest = stages.run_decontaminate(
+        [_dataset(tmp_path / "in", texts)], tmp_path / "out", params, StageManifest(stage="decontaminate"),
+        LocalEngine(workers=1, batch_rows=64), chosen,
+    )
+    rejected = {r["id"]: r["reason"] for r in pq.read_table(tmp_path / "out" / "rejected" / "documents").to_pylist()}
+    assert set(rejected) == set(planted), "every planted item is caught, no clean book passage is"
+    report = json.loads((tmp_path / "out" / "contamination.json").read_text(encoding="utf-8"))
+    for row_id, (benchmark, item) in planted.items():
+        assert rejected[row_id].startswith("contaminated:")
+        assert {"benchmark": benchmark, "item": item} in [{"benchmark": h["benchmark"], "item": h["item"]} for h in report["hits"] if h["id"] == row_id]
+    assert manifest.rows_in["documents"] == len(texts) == manifest.rows_kept["documents"] + len(rejected)
+    per_benchmark = manifest.stats["contamination"]
+    assert set(per_benchmark) == {n.rsplit(".", 1)[0] for n in BENCHMARK_FILES}
+    assert all(row["items_found"] == row["rows"] == 4 for row in per_benchmark.values()), per_benchmark
+    markdown = (tmp_path / "out" / "contamination.md").read_text(encoding="utf-8")
+    assert "| mtcmb_tcm_ed_a | 4 | 4 | 0 | 4 | 4 |" in markdown
+    assert {"contamination.json", "contamination.md"} <= {f["path"] for f in manifest.files}
+    kept = {r["id"] for r in read_kind(tmp_path / "out", "documents").to_pylist()}
+    assert all(f"book-{n}" in kept for n in range(len(chosen)))
+
+
+def test_full_benchmark_index_leaves_real_books_alone(shared_data, index):
+    """3,385 real items against real book passages: no passage of the sample is flagged."""
+    passages = load_passages(shared_data / "corpus" / "ancient-books", 300, length=1500, seed=21)
+    flagged = [(n, index.find(p)) for n, p in enumerate(passages)]
+    assert [f for f in flagged if f[1]] == []
+    assert sum(index.coverage[b]["indexed"] for b in index.coverage) > 3000
+
+
+def test_classical_clauses_in_exam_stems_do_not_flag_the_classics(shared_data, items, index):
+    """Exam stems cite the Shanghan lun, quoted or not; the book itself must stay in the corpus,
+    while a page copying such an item is still caught."""
+    shanghan = book_text(shared_data / "corpus" / "ancient-books" / "457-伤寒论.txt")
+    by_id = {(i["benchmark"], i["item"]): i for i in items}
+    paraphrased = by_id[("mtcmb_tcm_ed_a", "810")]  # 风湿，身体疼烦，不能自转侧……方用 (unquoted)
+    quoted = by_id[("mtcmb_tcm_ed_a", "574")]  # “本太阳病，医反下之，因尔腹满时痛者”……
+    book = match_key(shanghan)
+    stem = match_key(paraphrased["question"])
+    grams = {stem[i : i + 13] for i in range(len(stem) - 12)}
+    assert sum(g in book for g in grams) / len(grams) >= 0.5, "most of the stem's n-grams are in the book"
+    assert match_key(re.search(r"“([^”]+)”", quoted["question"]).group(1)) in book, "the quotation is in the book"
+    chapters = [c for c in re.split(r"<篇名>", (shared_data / "corpus" / "ancient-books" / "457-伤寒论.txt").read_bytes().decode("gb18030", "replace"))]
+    assert not [c[:30] for c in chapters if index.find(c)]
+    page = f"{paraphrased['question']}\n{paraphrased['options']}\n答案：{paraphrased['answer']}"
+    assert ("mtcmb_tcm_ed_a", "810") in [(b, i) for b, i, _ in index.find(page)]
+
+
+def test_quoted_spans_are_not_an_items_own_words():
+    grams = own_grams("“本太阳病医反下之因尔腹满时痛者”，其“腹满时痛”是病属", 13)
+    assert grams and all("是病属" in g or "其" in g for g in grams)
+    assert own_grams("“本太阳病医反下之因尔腹满时痛者”", 13), "all quoted: all n-grams count"
+
+
+def test_short_stems_are_matched_only_with_their_options(index):
+    # 与舌没有直接联系的脏是 (10 characters) is a phrase any textbook may hold
+    assert not [h for h in index.find("古人论舌，与舌没有直接联系的脏是何脏？答曰：肺也。") if h[1] == "0" and h[0] == "mtcmb_tcm_ed_a"]
+    assert ("mtcmb_tcm_ed_a", "0") in [(b, i) for b, i, _ in index.find("与舌没有直接联系的脏是 A.肝 B.心 C.脾 D.肺 E.肾 答案 D")]
+
+
+def test_flag_keeps_rows_and_names_the_item(tmp_path, items):
+    item = next(i for i in items if i["benchmark"] == "tcmchat_choice_herb_500")
+    texts = {"page": _as_page(item, 0), "clean": "黄芪甘温，补气升阳，固表止汗，利水消肿，托毒生肌。"}
+    manifest = stages.run_decontaminate(
+        [_dataset(tmp_path / "in", texts)], tmp_path / "out", {"action": "flag"}, StageManifest(stage="decontaminate"),
+        LocalEngine(), [item],
+    )
+    rows = {r["id"]: r["contamination"] for r in read_kind(tmp_path / "out", "documents").to_pylist()}
+    assert rows == {"page": f"contaminated:tcmchat_choice_herb_500:{item['item']}", "clean": None}
+    assert manifest.rows_rejected["documents"] == 0 and manifest.stats["contamination"]["tcmchat_choice_herb_500"]["rows"] == 1

@@ -1,0 +1,229 @@
+"""Deduplication: the MinHash core, near-duplicate clusters, repeated paragraphs, the persistent
+index, and precision/recall against exact Jaccard on real book text."""
+from __future__ import annotations
+
+import json
+import random
+import subprocess
+import sys
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from schemas.dataset import DatasetWriter, StageManifest, read_kind
+from schemas.records import CLUSTERS, REPEATED_PARAGRAPHS
+from transforms import minhash, stages
+from transforms.clusters import UnionFind
+from transforms.dedup_index import IndexMismatch
+from transforms.engine import LocalEngine
+
+from benchmarks.dedup_eval import build_collection, evaluate, exact_jaccard_pairs, load_passages, plant_copy
+
+
+@pytest.fixture(scope="module")
+def passages(shared_data):
+    return load_passages(shared_data / "corpus" / "ancient-books", 400)
+
+
+def test_params_from_threshold_match_datasketch():
+    from datasketch import MinHashLSH
+
+    params = minhash.MinHashParams.from_threshold(0.8)
+    lsh = MinHashLSH(threshold=0.8, num_perm=128)
+    assert (params.bands, params.rows) == (lsh.b, lsh.r)
+    recall_first = minhash.MinHashParams.from_threshold(0.8, false_negative_weight=0.9)
+    assert recall_first.candidate_probability(0.8) > params.candidate_probability(0.8)
+    with pytest.raises(ValueError, match="threshold"):
+        minhash.MinHashParams.from_threshold(1.0)
+
+
+def test_signatures_are_the_same_in_another_process(passages):
+    params = minhash.MinHashParams.from_threshold(0.8)
+    here = minhash.signatures(passages[:20], params)
+    code = (
+        "import sys, json, hashlib; sys.path.insert(0, '.');"
+        "from transforms import minhash;"
+        "texts = json.load(sys.stdin);"
+        "sig = minhash.signatures(texts, minhash.MinHashParams.from_threshold(0.8));"
+        "print(hashlib.sha256(sig.tobytes()).hexdigest())"
+    )
+    import hashlib
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    other = subprocess.run(
+        [sys.executable, "-c", code], input=json.dumps(passages[:20]), capture_output=True, text=True, cwd=repo,
+        env={"PYTHONHASHSEED": "12345", "PATH": ""}, check=True,
+    )
+    assert other.stdout.strip() == hashlib.sha256(here.tobytes()).hexdigest()
+    assert here.dtype == np.uint32 and here.shape == (20, 128)
+
+
+def test_signature_estimates_jaccard_as_well_as_datasketch(passages):
+    """One-permutation hashing with densification against datasketch's 128 permutations, on
+    pairs of real passages edited at several rates: the error to the exact Jaccard is no worse."""
+    from datasketch import MinHash
+
+    rng = random.Random(3)
+    alphabet = "".join(sorted(set("".join(passages))))
+    params = minhash.MinHashParams.from_threshold(0.8)
+    ours, theirs = [], []
+    for number, text in enumerate(passages[:150]):
+        copy = plant_copy(text, (0.01, 0.03, 0.06, 0.12, 0.25)[number % 5], rng, alphabet)
+        a, b = minhash.shingle_hashes(text, 5), minhash.shingle_hashes(copy, 5)
+        exact = len(np.intersect1d(a, b)) / len(np.union1d(a, b))
+        sig = minhash.signatures([text, copy], params)
+        ours.append(minhash.estimated_jaccard(sig[0], sig[1]) - exact)
+        reference = [MinHash(num_perm=128, seed=number), MinHash(num_perm=128, seed=number)]
+        for sketch, hashes in zip(reference, (a, b)):
+            sketch.update_batch([int(h).to_bytes(8, "little") for h in hashes])
+        theirs.append(reference[0].jaccard(reference[1]) - exact)
+    rmse_ours, rmse_theirs = np.sqrt(np.mean(np.square(ours))), np.sqrt(np.mean(np.square(theirs)))
+    assert abs(np.mean(ours)) < 0.01, "unbiased"
+    assert rmse_ours <= 1.15 * rmse_theirs, (rmse_ours, rmse_theirs)
+
+
+def test_short_and_empty_texts():
+    params = minhash.MinHashParams.from_threshold(0.8)
+    sig = minhash.signatures(["", "黄芪", "黄芪", "，。"], params)
+    assert (sig[0] == 0xFFFFFFFF).all() and (sig[3] == 0xFFFFFFFF).all()
+    assert minhash.estimated_jaccard(sig[1], sig[2]) == 1.0
+    assert len(minhash.shingle_hashes("黄芪", 5)) == 1
+    # Traditional script, punctuation and spacing do not change the shingles.
+    assert np.array_equal(minhash.shingle_hashes("黃芪補氣，升陽固表。", 5), minhash.shingle_hashes("黄芪补气 升阳固表", 5))
+
+
+def test_union_find_and_candidate_pairs():
+    sets = UnionFind(6)
+    for a, b in ((0, 1), (2, 3), (1, 3)):
+        sets.union(a, b)
+    roots = sets.roots()
+    assert len({roots[0], roots[1], roots[2], roots[3]}) == 1 and roots[4] != roots[5]
+    keys = np.array([[1, 7], [2, 7], [1, 8], [3, 9]], dtype=np.uint64)
+    first, other = minhash.candidate_pairs(keys)
+    assert sorted(zip(first.tolist(), other.tolist())) == [(0, 1), (0, 2)]
+
+
+def test_near_duplicates_on_real_books_reach_precision_and_recall(shared_data):
+    """Planted near-copies at known edit rates, scored against the exact Jaccard of the same
+    shingles over all pairs (real books copy each other too: those pairs count)."""
+    result = evaluate(shared_data / "corpus" / "ancient-books", passages=600)
+    assert result["true_pairs"] >= 200
+    assert result["precision"] >= 0.95, result
+    assert result["recall"] >= 0.95, result
+    lightly_edited = result["per_rate"][0.005]
+    assert lightly_edited["found"] == lightly_edited["copies"]
+    assert result["per_rate"][0.25]["found"] == 0
+
+
+def _dataset(folder, rows, kind="documents"):
+    manifest = StageManifest(stage="test")
+    with DatasetWriter(folder, manifest) as writer:
+        writer.write(kind, pa.Table.from_pylist(rows))
+        writer.commit()
+    return folder
+
+
+def _doc(doc_id, text, source="site", **extra):
+    return {"id": doc_id, "text": text, "source": source, "category": "web", **extra}
+
+
+FOOTER = "本站内容仅供参考，不能代替执业医师的诊断和治疗"
+NAVIGATION = "首页 中药大全 方剂大全 穴位图解 养生之道"
+
+
+def test_dedup_stage_clusters_boilerplate_and_policy(tmp_path, passages):
+    base, other = passages[0], passages[1]
+    rng = random.Random(5)
+    alphabet = "".join(sorted(set(base)))
+    near = plant_copy(base, 0.005, rng, alphabet)
+    assert near != base
+    # a web source whose pages share navigation and footer lines
+    pages = [_doc(f"page-{i}", f"{NAVIGATION}\n{p}\n{FOOTER}") for i, p in enumerate(passages[10:16])]
+    # a reference work: a line shared by its entries is content, not boilerplate
+    monographs = [
+        {**_doc(f"herb-{i}", f"{p[:200]}\n【用法与用量】9～15g。", source="pharmacopoeia"), "category": "encyclopedia"}
+        for i, p in enumerate(passages[30:37])
+    ]
+    rows = [
+        _doc("a", base, quality_score=0.2),
+        _doc("b", near, quality_score=0.9),  # better quality: kept over `a`
+        _doc("c", base.replace("。", "，"), source="books", quality_score=None),  # exact duplicate of a
+        _doc("d", other),
+        _doc("e", f"{NAVIGATION}\n{FOOTER}"),  # nothing but boilerplate
+        *pages,
+        *monographs,
+    ]
+    engine = LocalEngine(workers=1, batch_rows=4)
+    params = {"keep": ["quality", "longest", "source"], "paragraphs": {"min_documents": 5, "min_share": 0.5}}
+    manifest = stages.run_dedup([_dataset(tmp_path / "in", rows)], tmp_path / "out", params, StageManifest(stage="dedup"), engine)
+    assert manifest.rows_in["documents"] == len(rows) == manifest.rows_kept["documents"] + manifest.rows_rejected["documents"]
+    rejected = {r["id"]: r["reason"] for r in pq.read_table(tmp_path / "out" / "rejected" / "documents").to_pylist()}
+    assert rejected == {"a": "near_duplicate_of:b", "c": "near_duplicate_of:b", "e": "repeated_paragraphs_only"}
+    kept = {r["id"]: r["text"] for r in read_kind(tmp_path / "out", "documents").to_pylist()}
+    assert set(kept) == {"b", "d", *(f"page-{i}" for i in range(6)), *(f"herb-{i}" for i in range(7))}
+    assert all(kept[f"herb-{i}"].endswith("【用法与用量】9～15g。") for i in range(7))
+    assert all(FOOTER not in text and NAVIGATION not in text for text in kept.values())
+    assert kept["page-0"] == passages[10]
+    clusters = read_kind(tmp_path / "out", CLUSTERS).to_pylist()
+    by_id = {r["id"]: r for r in clusters}
+    assert set(by_id) == {"a", "b", "c"} and {r["cluster"] for r in clusters} == {"b"}
+    assert by_id["b"]["kept"] and by_id["b"]["similarity"] == 1.0
+    assert not by_id["a"]["kept"] and 0.8 <= by_id["a"]["similarity"] < 1.0 and by_id["a"]["match"] == "near"
+    audit = read_kind(tmp_path / "out", REPEATED_PARAGRAPHS).to_pylist()
+    assert {r["paragraph"] for r in audit} == {FOOTER, NAVIGATION}
+    assert all(r["documents"] == 7 and r["removed"] == 7 and r["source"] == "site" for r in audit)
+    stats = manifest.stats["dedup"]["documents"]
+    assert stats["near_duplicates"] == 2 and stats["repeated_paragraphs"]["occurrences_removed"] == 14
+    # exact only: the near copy stays, the punctuation-only variant goes, the first row wins
+    exact = stages.run_dedup(
+        [tmp_path / "in"], tmp_path / "exact", {"method": "exact", "keep": "first", "paragraphs": {"enabled": False}},
+        StageManifest(stage="dedup"), engine,
+    )
+    rejected = {r["id"]: r["reason"] for r in pq.read_table(tmp_path / "exact" / "rejected" / "documents").to_pylist()}
+    assert rejected == {"c": "exact_duplicate_of:a"} and exact.rows_kept["documents"] == len(rows) - 1
+
+
+def test_source_priority_breaks_ties(tmp_path, passages):
+    rows = [_doc("x", passages[3], source="web-copy"), _doc("y", passages[3], source="canon")]
+    params = {"keep": ["source"], "source_priority": ["canon"], "paragraphs": {"enabled": False}}
+    stages.run_dedup([_dataset(tmp_path / "in", rows)], tmp_path / "out", params, StageManifest(stage="dedup"), LocalEngine())
+    rejected = pq.read_table(tmp_path / "out" / "rejected" / "documents").to_pylist()
+    assert [(r["id"], r["reason"]) for r in rejected] == [("x", "exact_duplicate_of:y")]
+
+
+def test_index_deduplicates_a_new_crawl_against_the_corpus_before(tmp_path, passages):
+    engine = LocalEngine(workers=1, batch_rows=8)
+    params = {"index_path": str(tmp_path / "index"), "paragraphs": {"enabled": False}}
+    first = _dataset(tmp_path / "crawl1", [_doc(f"old-{i}", p) for i, p in enumerate(passages[20:30])])
+    stages.run_dedup([first], tmp_path / "out1", params, StageManifest(stage="dedup"), engine)
+    segments = sorted((tmp_path / "index" / "documents").glob("segment-*.parquet"))
+    assert len(segments) == 1 and pq.read_metadata(segments[0]).num_rows == 10
+
+    copy = passages[22][:200] + "按" + passages[22][200:]  # one character inserted
+    second = _dataset(tmp_path / "crawl2", [_doc("new-0", copy), _doc("new-1", passages[40]), _doc("new-2", passages[25])])
+    manifest = stages.run_dedup([second], tmp_path / "out2", params, StageManifest(stage="dedup"), engine)
+    rejected = {r["id"]: r["reason"] for r in pq.read_table(tmp_path / "out2" / "rejected" / "documents").to_pylist()}
+    assert rejected == {"new-0": "near_duplicate_of:old-2", "new-2": "exact_duplicate_of:old-5"}
+    assert manifest.stats["dedup"]["documents"]["prior_rows"] == 10
+    clusters = read_kind(tmp_path / "out2", CLUSTERS).to_pylist()
+    assert {(r["id"], r["prior"], r["kept"]) for r in clusters if r["cluster"] == "old-2"} == {("old-2", True, True), ("new-0", False, False)}
+    assert len(list((tmp_path / "index" / "documents").glob("segment-*.parquet"))) == 2
+
+    # the same crawl again is compared with the others, not with its own earlier segment
+    again = stages.run_dedup([first], tmp_path / "out3", params, StageManifest(stage="dedup"), engine)
+    assert again.rows_rejected["documents"] == 0
+    assert len(list((tmp_path / "index" / "documents").glob("segment-*.parquet"))) == 2
+
+    with pytest.raises(IndexMismatch, match="ngram"):
+        stages.run_dedup([second], tmp_path / "out4", {**params, "ngram": 7}, StageManifest(stage="dedup"), engine)
+
+
+def test_exact_jaccard_pairs_helper_matches_a_direct_count(passages):
+    texts, _ = build_collection(passages[:30])
+    pairs = exact_jaccard_pairs(texts, 5, 0.5)
+    for (i, j), similarity in list(pairs.items())[:5]:
+        a, b = set(minhash.shingle_hashes(texts[i], 5)), set(minhash.shingle_hashes(texts[j], 5))
+        assert similarity == pytest.approx(len(a & b) / len(a | b))

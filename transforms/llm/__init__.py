@@ -1,0 +1,1 @@
+"""Instruction conversion with any OpenAI-compatible LLM: passages, prompts, client, cache, checks."""

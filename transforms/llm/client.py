@@ -1,0 +1,301 @@
+"""An LLM chat client for any OpenAI-compatible endpoint: bounded concurrency, our own retries,
+a persistent response cache, token accounting and a budget.
+
+The openai client's own retries are off (`max_retries=0`), so every retry is decided and counted
+here: 429, 408, 5xx, time-outs and dropped connections are retried with exponential backoff and
+jitter, waiting at least what the server's Retry-After (or retry-after-ms) asks for. Other
+statuses fail the request at once; 401, 403 and 404 stop the run, as no later request can work.
+"""
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import random
+import time
+from collections import Counter
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
+from typing import AsyncContextManager, Callable, Optional
+
+import openai
+
+from .cache import CachedResponse, ResponseCache, cache_key
+
+Slot = Callable[[], AsyncContextManager]
+RETRY_STATUSES = {408, 409, 429}
+FATAL_STATUSES = {401, 403, 404}
+
+
+class RequestFailed(Exception):
+    """A request given up on; `reason` is a short rejection reason (`http_status:400`, `timeout`)."""
+
+    def __init__(self, reason: str, detail: str = ""):
+        super().__init__(f"{reason} {detail}".strip())
+        self.reason = reason
+
+
+class EndpointError(Exception):
+    """The endpoint refuses every request (bad key, unknown model or URL): the run stops."""
+
+
+class BudgetExhausted(Exception):
+    """The run's request or token budget is spent; the request was not sent."""
+
+
+@dataclass
+class ClientSettings:
+    base_url: str
+    model: str
+    api_key: str = field(repr=False)
+    concurrency: int = 8
+    request_timeout: float = 60.0
+    max_retries: int = 6
+    backoff_base: float = 1.0
+    backoff_max: float = 60.0
+    max_retry_after: float = 300.0
+    temperature: float = 0.7
+    max_tokens: int = 1024
+    json_mode: str = "auto"  # auto | on | off
+    max_requests: Optional[int] = None
+    max_total_tokens: Optional[int] = None
+
+
+@dataclass
+class Completion:
+    content: str
+    prompt_tokens: int
+    completion_tokens: int
+    cached: bool
+
+
+@dataclass
+class ClientStats:
+    requests_sent: int = 0  # every HTTP attempt
+    responses: int = 0  # completions received (billable)
+    cache_hits: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_prompt_tokens: int = 0
+    cached_completion_tokens: int = 0
+    responses_without_usage: int = 0
+    retries: Counter = field(default_factory=Counter)  # reason -> count
+    failures: Counter = field(default_factory=Counter)
+    retry_after_waits: int = 0
+    longest_wait: float = 0.0
+    json_mode_fallback: bool = False
+    budget_refusals: int = 0
+
+    def as_dict(self) -> dict:
+        return {
+            "requests_sent": self.requests_sent,
+            "responses": self.responses,
+            "cache_hits": self.cache_hits,
+            "usage": {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
+                      "total_tokens": self.prompt_tokens + self.completion_tokens},
+            "usage_served_from_cache": {"prompt_tokens": self.cached_prompt_tokens, "completion_tokens": self.cached_completion_tokens},
+            "responses_without_usage": self.responses_without_usage,
+            "retries": dict(self.retries),
+            "failures": dict(self.failures),
+            "retry_after_waits": self.retry_after_waits,
+            "longest_wait_s": round(self.longest_wait, 3),
+            "json_mode_fallback": self.json_mode_fallback,
+            "budget_refusals": self.budget_refusals,
+        }
+
+
+class Budget:
+    """Requests and tokens a run may spend. Requests are reserved before they are sent (a
+    passage reserves all its steps at once, so none is started that the budget cannot finish),
+    which makes the request bound exact; the token bound can be passed by requests in flight."""
+
+    def __init__(self, max_requests: Optional[int] = None, max_tokens: Optional[int] = None):
+        self.max_requests, self.max_tokens = max_requests, max_tokens
+        self.reserved = self.spent_requests = self.spent_tokens = 0
+        self.exhausted = False
+
+    def reserve(self, requests: int = 1) -> bool:
+        over_requests = self.max_requests is not None and self.spent_requests + self.reserved + requests > self.max_requests
+        over_tokens = self.max_tokens is not None and self.spent_tokens >= self.max_tokens
+        if over_requests or over_tokens:
+            self.exhausted = True
+            return False
+        self.reserved += requests
+        return True
+
+    def settle(self, tokens: int) -> None:
+        self.reserved -= 1
+        self.spent_requests += 1
+        self.spent_tokens += tokens
+
+    def release(self, requests: int = 1) -> None:
+        self.reserved -= requests
+
+
+class Reservation:
+    """Requests a passage holds in the budget; `None` in place of one means cache only."""
+
+    def __init__(self, budget: Budget, requests: int):
+        self.budget, self.left = budget, requests
+
+    def take(self) -> None:
+        if self.left <= 0:
+            raise BudgetExhausted()
+        self.left -= 1
+
+    def close(self) -> None:
+        if self.left:
+            self.budget.release(self.left)
+            self.left = 0
+
+
+def retry_after_seconds(headers) -> Optional[float]:
+    """Seconds a response asks to wait: `retry-after-ms`, `retry-after` in seconds or as a date."""
+    if headers is None:
+        return None
+    milliseconds = headers.get("retry-after-ms")
+    if milliseconds:
+        try:
+            return max(0.0, float(milliseconds) / 1000)
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        parsed = email.utils.parsedate_to_datetime(value) if value else None
+        return max(0.0, parsed.timestamp() - time.time()) if parsed else None
+
+
+class ChatClient:
+    """Chat completions with a cache in front and retries behind. `slot`, when given, is entered
+    around every HTTP attempt: a limit shared with other runs (a global concurrency limit)."""
+
+    def __init__(self, settings: ClientSettings, cache: Optional[ResponseCache] = None, slot: Optional[Slot] = None,
+                 rng: Optional[random.Random] = None):
+        self.settings = settings
+        self.cache = cache
+        self.slot = slot
+        self.stats = ClientStats()
+        self.budget = Budget(settings.max_requests, settings.max_total_tokens)
+        self._semaphore = asyncio.Semaphore(settings.concurrency)
+        self._json = settings.json_mode != "off"
+        self._rng = rng or random.Random()
+        self._client = openai.AsyncOpenAI(
+            base_url=settings.base_url, api_key=settings.api_key, max_retries=0, timeout=settings.request_timeout
+        )
+
+    async def close(self) -> None:
+        await self._client.close()
+
+    def key(self, messages: list[dict], *, step: str, prompt_version: str, passage_hash: str) -> str:
+        s = self.settings
+        return cache_key(model=s.model, prompt_version=prompt_version, step=step, passage=passage_hash,
+                         temperature=s.temperature, max_tokens=s.max_tokens, messages=messages)
+
+    def reserve(self, requests: int) -> Optional[Reservation]:
+        """Hold `requests` of the budget for one passage; None once the budget is spent, after
+        which only cached responses are served."""
+        if self.budget.reserve(requests):
+            return Reservation(self.budget, requests)
+        return None
+
+    async def complete(self, messages: list[dict], *, step: str, prompt_version: str, passage_hash: str,
+                       reservation: Optional[Reservation] = None) -> Completion:
+        """A completion from the cache, else from the endpoint within `reservation` (or, with
+        none given, a request reserved on the spot)."""
+        key = self.key(messages, step=step, prompt_version=prompt_version, passage_hash=passage_hash)
+        if self.cache is not None:
+            hit = self.cache.get(key)
+            if hit is not None:
+                self.stats.cache_hits += 1
+                self.stats.cached_prompt_tokens += hit.prompt_tokens
+                self.stats.cached_completion_tokens += hit.completion_tokens
+                return Completion(hit.content, hit.prompt_tokens, hit.completion_tokens, cached=True)
+        if reservation is not None:
+            try:
+                reservation.take()
+            except BudgetExhausted:
+                self.stats.budget_refusals += 1
+                raise
+        elif not self.budget.reserve():
+            self.stats.budget_refusals += 1
+            raise BudgetExhausted()
+        try:
+            completion = await self._send(messages)
+        except BaseException:
+            self.budget.release()
+            raise
+        self.budget.settle(completion.prompt_tokens + completion.completion_tokens)
+        if self.cache is not None:
+            # Stored the moment it arrives: a kill after this line costs nothing on the next run.
+            self.cache.put(key, CachedResponse(completion.content, completion.prompt_tokens, completion.completion_tokens),
+                           model=self.settings.model, prompt_version=prompt_version, step=step, passage_hash=passage_hash)
+        return completion
+
+    def _backoff(self, attempt: int) -> float:
+        ceiling = min(self.settings.backoff_max, self.settings.backoff_base * 2 ** attempt)
+        return ceiling / 2 + self._rng.uniform(0, ceiling / 2)
+
+    async def _send(self, messages: list[dict]) -> Completion:
+        s = self.settings
+        attempt = 0
+        while True:
+            use_json = self._json
+            try:
+                return await self._attempt(messages, use_json)
+            except openai.APIStatusError as exc:
+                status = exc.status_code
+                if status in FATAL_STATUSES:
+                    raise EndpointError(f"the endpoint answered {status} ({_short(exc)}); check base_url, model and the API key") from None
+                if status in (400, 422) and use_json and s.json_mode == "auto":
+                    # The server does not take response_format: ask for JSON in the prompt only.
+                    self._json = False
+                    self.stats.json_mode_fallback = True
+                    continue
+                if status not in RETRY_STATUSES and status < 500:
+                    self.stats.failures[f"http_status:{status}"] += 1
+                    raise RequestFailed(f"http_status:{status}", _short(exc)) from None
+                reason, asked = f"http_status:{status}", retry_after_seconds(exc.response.headers)
+            except openai.APITimeoutError:
+                reason, asked = "timeout", None
+            except openai.APIConnectionError:
+                reason, asked = "connection", None
+            if attempt >= s.max_retries:
+                self.stats.failures[f"{reason}:retries={attempt}"] += 1
+                raise RequestFailed(reason, f"after {attempt} retries")
+            delay = self._backoff(attempt)
+            if asked is not None:
+                self.stats.retry_after_waits += 1
+                delay = max(delay, min(asked, s.max_retry_after))
+            self.stats.retries[reason] += 1
+            self.stats.longest_wait = max(self.stats.longest_wait, delay)
+            attempt += 1
+            await asyncio.sleep(delay)
+
+    async def _attempt(self, messages: list[dict], use_json: bool) -> Completion:
+        s = self.settings
+        extra = {"response_format": {"type": "json_object"}} if use_json else {}
+        async with self._semaphore, AsyncExitStack() as stack:
+            if self.slot is not None:
+                await stack.enter_async_context(self.slot())
+            self.stats.requests_sent += 1
+            response = await self._client.chat.completions.create(
+                model=s.model, messages=messages, temperature=s.temperature, max_tokens=s.max_tokens, **extra
+            )
+        self.stats.responses += 1
+        usage = response.usage
+        if usage is None:
+            self.stats.responses_without_usage += 1
+        prompt_tokens = (usage.prompt_tokens or 0) if usage else 0
+        completion_tokens = (usage.completion_tokens or 0) if usage else 0
+        self.stats.prompt_tokens += prompt_tokens
+        self.stats.completion_tokens += completion_tokens
+        content = response.choices[0].message.content if response.choices else None
+        return Completion(content or "", prompt_tokens, completion_tokens, cached=False)
+
+
+def _short(exc: Exception) -> str:
+    text = str(exc).replace("\n", " ")
+    return text[:200]

@@ -1,0 +1,169 @@
+"""Character and line statistics of a batch of texts, computed for the whole batch at once.
+
+The texts are concatenated into one array of code points (numpy) and one array of lines
+(pyarrow), so every count is a handful of vector operations over the batch instead of a Python
+loop over characters.
+"""
+from __future__ import annotations
+
+import unicodedata
+from dataclasses import dataclass
+from functools import cached_property, lru_cache
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+# Character classes.
+SPACE, HAN, KANA, HANGUL, LATIN, LETTER, DIGIT, PUNCT, SYMBOL, DEBRIS, OTHER = range(11)
+CLASSES = 11
+
+HAN_RANGES = ((0x3400, 0x4DBF), (0x4E00, 0x9FFF), (0xF900, 0xFAFF), (0x20000, 0x3134F))
+KANA_RANGES = ((0x3041, 0x309F), (0x30A0, 0x30FF), (0x31F0, 0x31FF), (0xFF66, 0xFF9D))
+HANGUL_RANGES = ((0x1100, 0x11FF), (0x3130, 0x318F), (0xAC00, 0xD7AF))
+# What a scan or a broken conversion leaves: replacement character, lost-glyph boxes, private use.
+DEBRIS_POINTS = (0xFFFD, 0x25A1, 0x25A0, 0x2610, 0xFFFC)
+
+
+@lru_cache(maxsize=1)
+def class_table() -> np.ndarray:
+    """Class of every code point of the Basic Multilingual Plane."""
+    table = np.full(0x10000, OTHER, np.uint8)
+    for cp in range(0x10000):
+        cat = unicodedata.category(chr(cp))
+        if cat[0] == "Z" or chr(cp) in "\t\n\r":
+            table[cp] = SPACE
+        elif cat == "Nd":
+            table[cp] = DIGIT
+        elif cat[0] == "P":
+            table[cp] = PUNCT
+        elif cat[0] == "S":
+            table[cp] = SYMBOL
+        elif cat[0] == "L" or cat == "Nl":
+            table[cp] = LATIN if cp < 0x250 or 0x1E00 <= cp < 0x1F00 else LETTER
+        elif cat in ("Co", "Cn", "Cs"):
+            table[cp] = DEBRIS
+    for ranges, cls in ((HAN_RANGES, HAN), (KANA_RANGES, KANA), (HANGUL_RANGES, HANGUL)):
+        for lo, hi in ranges:
+            if lo < 0x10000:
+                table[lo : min(hi, 0xFFFF) + 1] = cls
+    table[0x3007] = HAN  # 〇, the Han zero of dates and doses
+    for cp in DEBRIS_POINTS:
+        table[cp] = DEBRIS
+    return table
+
+
+def codepoints(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """All texts' code points in one array, and each text's length."""
+    lengths = np.fromiter((len(t) for t in texts), np.int64, len(texts))
+    points = np.frombuffer("".join(texts).encode("utf-32-le"), np.uint32)
+    return points, lengths
+
+
+def classify(points: np.ndarray) -> np.ndarray:
+    classes = class_table()[np.minimum(points, 0xFFFF)]
+    astral = points > 0xFFFF
+    if astral.any():
+        high = points[astral]
+        cls = np.full(high.shape, OTHER, np.uint8)
+        cls[(high >= 0x20000) & (high <= 0x3134F)] = HAN
+        cls[high >= 0xF0000] = DEBRIS  # supplementary private use planes
+        cls[(high >= 0x1F000) & (high < 0x1FB00)] = SYMBOL  # emoji and pictographs
+        classes[astral] = cls
+    return classes
+
+
+@dataclass
+class TextBatch:
+    """Statistics of a list of texts; every property is one value per text."""
+
+    texts: list[str]
+
+    @cached_property
+    def _points(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        points, lengths = codepoints(self.texts)
+        owner = np.repeat(np.arange(len(self.texts)), lengths)
+        return points, lengths, owner
+
+    @property
+    def points(self) -> np.ndarray:
+        return self._points[0]
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return self._points[1]
+
+    @property
+    def owner(self) -> np.ndarray:
+        """Index of the text each code point belongs to."""
+        return self._points[2]
+
+    @cached_property
+    def starts(self) -> np.ndarray:
+        return np.concatenate([[0], np.cumsum(self.lengths)[:-1]]).astype(np.int64) if len(self.texts) else np.zeros(0, np.int64)
+
+    @cached_property
+    def class_counts(self) -> np.ndarray:
+        """(texts, classes) counts of characters per class."""
+        n = len(self.texts)
+        if n == 0:
+            return np.zeros((0, CLASSES), np.int64)
+        keys = self.owner * CLASSES + classify(self.points)
+        return np.bincount(keys, minlength=n * CLASSES).reshape(n, CLASSES)
+
+    def count(self, *classes: int) -> np.ndarray:
+        return self.class_counts[:, list(classes)].sum(axis=1)
+
+    @cached_property
+    def visible(self) -> np.ndarray:
+        """Characters that are not spacing."""
+        return self.lengths - self.class_counts[:, SPACE]
+
+    def share(self, *classes: int) -> np.ndarray:
+        return ratio(self.count(*classes), self.visible)
+
+    # -- lines -----------------------------------------------------------------------------
+
+    @cached_property
+    def _lines(self) -> tuple[pa.Array, np.ndarray]:
+        """Non-empty lines of all texts (flattened) and the text each belongs to."""
+        split = pc.split_pattern(pa.array(self.texts, pa.string()), "\n")
+        counts = pc.list_value_length(split).to_numpy(zero_copy_only=False)
+        flat = pc.list_flatten(split)
+        owner = np.repeat(np.arange(len(self.texts)), counts)
+        nonempty = pc.greater(pc.utf8_length(flat), 0)
+        return flat.filter(nonempty), owner[nonempty.to_numpy(zero_copy_only=False)]
+
+    @property
+    def lines(self) -> pa.Array:
+        return self._lines[0]
+
+    @property
+    def line_owner(self) -> np.ndarray:
+        return self._lines[1]
+
+    @cached_property
+    def line_lengths(self) -> np.ndarray:
+        return pc.utf8_length(self.lines).to_numpy(zero_copy_only=False).astype(np.int64)
+
+    @cached_property
+    def line_counts(self) -> np.ndarray:
+        return np.bincount(self.line_owner, minlength=len(self.texts))
+
+    def per_text_sum(self, line_values: np.ndarray) -> np.ndarray:
+        """Sum a per-line value for each text."""
+        return np.bincount(self.line_owner, weights=line_values, minlength=len(self.texts))
+
+    def line_share(self, line_mask) -> np.ndarray:
+        """Share of each text's non-empty lines for which `line_mask` holds."""
+        mask = np.asarray(line_mask.to_numpy(zero_copy_only=False) if isinstance(line_mask, (pa.Array, pa.ChunkedArray)) else line_mask, bool)
+        return ratio(self.per_text_sum(mask.astype(np.float64)), self.line_counts)
+
+
+def ratio(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
+    """numerator / denominator, 0 where the denominator is 0."""
+    numerator = np.asarray(numerator, np.float64)
+    denominator = np.asarray(denominator, np.float64)
+    out = np.zeros_like(numerator)
+    np.divide(numerator, denominator, out=out, where=denominator > 0)
+    return out
