@@ -284,6 +284,11 @@ def test_engine_section_builds_a_spark_engine_with_settings_passed_through(tmp_p
     assert isinstance(engine, SparkEngine) and engine.master == "spark://head:7077" and engine.checkpoint_dir == "hdfs:///tmp/tcm"
     assert engine.settings == {"spark.executor.instances": "8", "spark.executor.memory": "8g", "spark.dynamicAllocation.enabled": "false"}
     assert make_engine(config, stage="convert").name == "local"  # no Spark implementation yet
+    # Repeated paragraphs of a judged category's source: dedup runs locally unless switched off.
+    web = '[[sources]]\nname = "site"\nkind = "crawl"\ncategory = "web"\nstart_urls = ["http://127.0.0.1:9/"]\n[engine]\nkind = "spark"\n'
+    assert make_engine(parse_config(web, tmp_path), stage="dedup").name == "local"
+    assert make_engine(parse_config(web + "[dedup.paragraphs]\nenabled = false\n", tmp_path), stage="dedup").name == "spark"
+    assert make_engine(config, stage="dedup").name == "spark"
     assert make_engine(config, "local", stage="clean").name == "local"
 
 
