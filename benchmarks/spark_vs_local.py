@@ -86,7 +86,7 @@ def main() -> None:
         started = time.perf_counter()
         manifest = dedup(spark_engine, root / "spark-minhash", MINHASH)
         timings[("dedup (minhash)", "spark")] = (time.perf_counter() - started, sum(manifest.rows_in.values()))
-        print(f"minhash on spark: {manifest.rejected_by_reason} {manifest.stats['near_duplicates']}")
+        print(f"minhash on spark: {manifest.rejected_by_reason} {manifest.stats['dedup']}")
 
     print(f"\n{len(books)} books, {megabytes:.1f} MB; {args.cores} cores; Spark session start {session_seconds:.1f} s (not in the stage times)")
     print(f"{'stage':>16} {'engine':>6} {'rows in':>8} {'seconds':>8} {'rows/s':>8} {'MB/s':>6} {'MB/s/core':>9}")

@@ -43,7 +43,7 @@ def code_version() -> str:
 
 
 # Stages with no Spark implementation run on the local engine when the build runs on Spark.
-LOCAL_ONLY_STAGES = ("convert",)
+LOCAL_ONLY_STAGES = ("convert", "selection-dry-run")
 
 
 def _paragraphs_judged(config: BuildConfig) -> bool:
@@ -259,7 +259,7 @@ def selection_dry_run_flow(stage: str, inputs: list[str], config: Optional[str] 
     cfg = load_config(config)
     paths = _inputs(inputs)
     clean_params = cfg.section("clean") if stage == "clean" else None
-    report = stages.selection_dry_run(paths, cfg.section("select"), make_engine(cfg, engine), clean_params)
+    report = stages.selection_dry_run(paths, cfg.section("select"), make_engine(cfg, engine, "selection-dry-run"), clean_params)
     text = describe_report(report)
     for kind, part in report.items():
         get_run_logger().info("selection dry run: %s: %s of %s rows would be removed", kind, part["would_remove"], part["rows"])

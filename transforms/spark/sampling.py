@@ -24,7 +24,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from schemas import CATEGORIES, CONVERSATIONS, CORPUS, DOCUMENTS, SCHEMA_VERSION, nullable_schema
+from schemas import CATEGORIES, CORPUS, SCHEMA_VERSION, nullable_schema
 from schemas.dataset import DatasetError, StageManifest
 
 from ..sample import Codes, expand_copies, expanded_keys, id_hashes, item_weights, to_corpus_rows, with_positions

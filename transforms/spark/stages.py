@@ -21,8 +21,6 @@ from schemas import CONVERSATIONS, DOCUMENTS
 from schemas.dataset import StageManifest, conform_to
 
 from .datasets import (
-    FILE_ORDINAL,
-    ORDER_COLUMNS,
     ROW_INDEX,
     HadoopStore,
     SparkDatasetWriter,
@@ -31,7 +29,6 @@ from .datasets import (
     place_partitions,
     reason_rule,
     read_files,
-    with_order,
 )
 
 TEXT_KINDS = (DOCUMENTS, CONVERSATIONS)
