@@ -235,6 +235,7 @@ def _lexicon(args) -> int:
         print(f"{kind}: {len(sources)} file(s) ({names}): {terms}")
     total = ", ".join(f"{cls} {n}" for cls, n in build.counts().items())
     print(f"lexicon: {output}: {len(build.terms)} terms ({total})")
+    return 0
 
 
 def _serve(args, config) -> int:
