@@ -137,6 +137,10 @@ sft_epochs = 2
 [engine]
 workers = 2
 batch_rows = 256
+
+# The crash test raises in convert: no retries, so it fails at once.
+[operations.tasks.convert]
+retries = 0
 """,
         encoding="utf-8",
     )

@@ -363,7 +363,7 @@ def test_build_validates_every_stage_and_writes_the_report(tmp_path, shared_data
 
     workdir = tmp_path / "build"
     result = pipeline.build_corpus(config=str(_small_build_config(tmp_path, shared_data)), workdir=str(workdir))
-    assert set(result["validation"]) == {"ingest", "clean", "dedup", "decontaminate", "convert"}
+    assert set(result["validation"]) == {"ingest", "clean", "select", "dedup", "decontaminate", "convert"}
     for stage in result["validation"]:
         folder = workdir / "quality" / stage
         kinds = [r["kind"] for r in result["validation"][stage]["stats"]["reports"]]

@@ -119,6 +119,8 @@ def han_count(text: str) -> int:
 
 def match_key(text: str) -> str:
     """The form two texts are compared in: NFKC, simplified, without punctuation or spacing."""
-    text = unicodedata.normalize("NFKC", _INVISIBLE.sub("", text))
+    # The house NFKC (full-width punctuation kept) is twice as fast, and what it keeps is
+    # punctuation, which is removed below: the key is the one full NFKC would give.
+    text = nfkc(_INVISIBLE.sub("", text))
     text = _converter("t2s").convert(text)
     return _NOT_WORD.sub("", text).lower()
