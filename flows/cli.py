@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 
 from .runtime import prepare_environment
@@ -61,8 +62,8 @@ def _preflight(args, config) -> None:
     """Check what can be checked before any work starts, so mistakes cost one line, not a run."""
     from schemas.dataset import DatasetError, check_input
 
-    if (args.engine or config.engine.kind) == "spark":
-        raise UsageError("the spark engine is not available in this version of tcm-corpus; use --engine local")
+    if (args.engine or config.engine.kind) == "spark" and not (os.environ.get("JAVA_HOME") or shutil.which("java")):
+        raise UsageError("the spark engine needs Java 17 or newer: set JAVA_HOME or put java on PATH")
     if config.convert.backend == "openai" and args.flow in ("build-corpus", "convert"):
         _check_llm(config.convert)
     if args.dry_run and args.flow not in ("clean", "select"):

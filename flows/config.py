@@ -323,8 +323,12 @@ class EngineConfig(Section):
     kind: Literal["local", "spark"] = "local"
     workers: int = Field(2, ge=1)
     batch_rows: int = Field(2048, ge=1)
+    # Spark: local[N], spark://host:7077, yarn, k8s://https://host:443; under spark-submit its --master rules.
     master: str = "local[2]"
-    spark: dict[str, str] = {}
+    # Passed to the SparkSession as they are (spark.executor.instances, spark.hadoop.fs.s3a.* ...).
+    spark: dict[str, str | int | float | bool] = {}
+    # Where MinHash clustering checkpoints its rounds (a Hadoop path); unset: executors' local storage.
+    checkpoint_dir: Optional[str] = None
 
 
 class TaskControl(Section):

@@ -42,10 +42,28 @@ def code_version() -> str:
         return "dev"
 
 
-def make_engine(config: BuildConfig, kind: Optional[str] = None):
+# Stages with no Spark implementation run on the local engine when the build runs on Spark.
+LOCAL_ONLY_STAGES = ("convert", "selection-dry-run")
+
+
+def _paragraphs_judged(config: BuildConfig) -> bool:
+    """Whether dedup would strip repeated paragraphs: enabled, and a source of a judged category."""
+    rule = config.dedup.paragraphs
+    return rule.enabled and any(source.category in rule.categories for source in config.sources)
+
+
+def make_engine(config: BuildConfig, kind: Optional[str] = None, stage: Optional[str] = None):
+    """The engine a stage runs on. A Spark engine builds its session from `[engine]` when the
+    stage's task first needs it, so the Spark job runs inside that Prefect task."""
     kind = kind or config.engine.kind
-    if kind != "local":
-        raise ValueError(f"engine {kind!r} is not available in this version of tcm-corpus; use 'local'")
+    if kind == "spark" and stage == "dedup" and _paragraphs_judged(config):
+        kind = "local"  # repeated paragraphs have no Spark implementation
+    if kind == "spark" and stage not in LOCAL_ONLY_STAGES:
+        from transforms.spark import SparkEngine
+
+        return SparkEngine(config.engine.master, config.engine.spark, config.engine.batch_rows, checkpoint_dir=config.engine.checkpoint_dir)
+    if kind not in ("local", "spark"):
+        raise ValueError(f"unknown engine {kind!r}; use 'local' or 'spark'")
     return LocalEngine(config.engine.workers, config.engine.batch_rows)
 
 
@@ -217,7 +235,7 @@ def _simple_stage(stage: str, section_name: str, extra: Optional[Callable[[Build
         cfg = load_config(config)
         paths = _inputs(inputs)
         params = cfg.section(section_name)
-        chosen = make_engine(cfg, engine)
+        chosen = make_engine(cfg, engine, stage)
 
         def work(manifest: StageManifest, progress=None) -> StageManifest:
             more = extra(cfg) if extra else {}
@@ -241,7 +259,7 @@ def selection_dry_run_flow(stage: str, inputs: list[str], config: Optional[str] 
     cfg = load_config(config)
     paths = _inputs(inputs)
     clean_params = cfg.section("clean") if stage == "clean" else None
-    report = stages.selection_dry_run(paths, cfg.section("select"), make_engine(cfg, engine), clean_params)
+    report = stages.selection_dry_run(paths, cfg.section("select"), make_engine(cfg, engine, "selection-dry-run"), clean_params)
     text = describe_report(report)
     for kind, part in report.items():
         get_run_logger().info("selection dry run: %s: %s of %s rows would be removed", kind, part["would_remove"], part["rows"])
@@ -272,7 +290,7 @@ def decontaminate_flow(inputs: list[str], output: str, config: Optional[str] = N
     cfg = load_config(config)
     paths = _inputs(inputs)
     params = cfg.section("decontaminate")
-    chosen = make_engine(cfg, engine)
+    chosen = make_engine(cfg, engine, "decontaminate")
     references = list(cfg.decontaminate.benchmarks)
 
     def work(manifest: StageManifest, progress=None) -> StageManifest:
@@ -292,8 +310,10 @@ def sample_flow(inputs: list[str], output: str, config: Optional[str] = None, en
     paths = _inputs(inputs)
     params = cfg.section("sample")
 
+    chosen = make_engine(cfg, engine, "sample")
+
     def work(manifest: StageManifest, progress=None) -> StageManifest:
-        return stages.run_sample(paths, output, params, manifest, manifest.config_hash, progress=progress)
+        return stages.run_sample(paths, output, params, manifest, manifest.config_hash, progress=progress, engine=chosen)
 
     return _run("sample", Path(output), params, paths, work)
 

@@ -211,7 +211,6 @@ def test_stage_runs_alone_from_the_cli(tmp_path, prefect_home, shared_data):
         (["run", "clean", "--input", "{tmp}/corrupt", "--output", "{tmp}/out"], "cannot be read"),
         (["run", "build-corpus", "--config", "{tmp}/bad.toml"], "unknown key 'sample.seeds'"),
         (["run", "build-corpus", "--config", "{tmp}/nosource.toml"], "does not exist"),
-        (["run", "build-corpus", "--engine", "spark", "--workdir", "{tmp}/w"], "spark engine is not available"),
         (["run", "build-corpus", "--config", "{tmp}/llm.toml"], "environment variable TCM_UNSET_LLM_KEY is not set"),
     ],
 )

@@ -172,6 +172,13 @@ def _policy_order(rows: Fingerprints, prior: int, roots: np.ndarray, keep: Seque
     return np.lexsort(keys)
 
 
+def kept_member(members: Fingerprints, keep: Sequence[str], source_priority: Sequence[str] = ()) -> int:
+    """Which row of one cluster (rows in input order) the keep policy keeps: the same rule
+    `cluster_duplicates` applies, for engines that find the clusters themselves."""
+    roots = np.zeros(len(members), np.int64)
+    return int(_policy_order(members, 0, roots, keep, {s: i for i, s in enumerate(source_priority)})[0])
+
+
 def cluster_duplicates(
     new: Fingerprints,
     prior: Fingerprints | None = None,

@@ -135,8 +135,9 @@ def item_weights(category_codes: np.ndarray, source_codes: np.ndarray, categorie
     return np.where(np.isnan(chosen), per_category[category_codes] if len(category_codes) else chosen, chosen)
 
 
-def plan_order(hashes: np.ndarray, category_codes: np.ndarray, source_codes: np.ndarray, categories: list[str], sources: list[str], params: dict) -> SamplingPlan:
-    """The training position of every item and fine-tuning copy, from ids, categories and sources."""
+def expanded_keys(hashes: np.ndarray, category_codes: np.ndarray, source_codes: np.ndarray, categories: list[str], sources: list[str], params: dict):
+    """(starts, item_of, epoch, keys): items expanded into their fine-tuning copies, and the sort
+    key of each copy. Any slice of the items gives the same keys: engines key rows batch by batch."""
     mode = params.get("mode", "priority")
     sft_epochs = int(params.get("sft_epochs", 1))
     sft_code = categories.index(SFT) if SFT in categories else -1
@@ -148,7 +149,12 @@ def plan_order(hashes: np.ndarray, category_codes: np.ndarray, source_codes: np.
     epoch = (np.arange(len(item_of), dtype=np.int64) - starts[item_of]).astype(np.int32)
     weights = item_weights(category_codes, source_codes, categories, sources, params)
     keys = sort_keys(hashes[item_of], epoch, weights[item_of], is_sft[item_of], mode, int(params.get("seed", 0)))
-    del weights
+    return starts, item_of, epoch, keys
+
+
+def plan_order(hashes: np.ndarray, category_codes: np.ndarray, source_codes: np.ndarray, categories: list[str], sources: list[str], params: dict) -> SamplingPlan:
+    """The training position of every item and fine-tuning copy, from ids, categories and sources."""
+    starts, item_of, epoch, keys = expanded_keys(hashes, category_codes, source_codes, categories, sources, params)
     order = np.argsort(keys)
     del keys
     position = np.empty(len(order), dtype=np.int64)

@@ -60,6 +60,10 @@ def _clean_step(batch, context):
 
 def run_map_stage(step, inputs, output, manifest, engine, kinds, context_of, progress: Progress | None = None):
     """Run `step` over every batch of each kind; each result is (kept, rejected)."""
+    if engine.name == "spark":
+        from .spark import stages as spark_stages
+
+        return spark_stages.run_map_stage(step, inputs, output, manifest, engine, kinds, context_of, progress)
     with DatasetWriter(output, manifest) as writer:
         for kind in _present(inputs, kinds):
             for kept, rejected in engine.map(step, _batches(inputs, kind, engine.batch_rows), context_of(kind)):
@@ -74,6 +78,10 @@ def run_map_stage(step, inputs, output, manifest, engine, kinds, context_of, pro
 def run_clean(inputs, output, params, manifest, engine: LocalEngine, progress=None) -> StageManifest:
     """Normalise, redact and tag; the manifest's stats count redactions per kind of personal
     data and record the CPU seconds each step took (summed over workers)."""
+    if engine.name == "spark":
+        from .spark import stages as spark_stages
+
+        return spark_stages.run_clean(inputs, output, params, manifest, engine, progress)
     redactions: dict[str, dict[str, int]] = {}
     seconds: Counter = Counter()
     with DatasetWriter(output, manifest) as writer:
@@ -129,6 +137,10 @@ def selection_dry_run(inputs, select_params, engine: LocalEngine, clean_params: 
 
 def run_dedup(inputs, output, params, manifest, engine: LocalEngine, progress=None) -> StageManifest:
     """Repeated paragraphs, exact and MinHash near-duplicates; see transforms/deduplicate.py."""
+    if engine.name == "spark":
+        from .spark import stages as spark_stages
+
+        return spark_stages.run_dedup(inputs, output, params, manifest, engine, progress)
     return run_dedup_stage(inputs, output, params, manifest, engine, progress)
 
 
@@ -141,6 +153,10 @@ def _decontaminate_step(batch, context):
 
 
 def run_decontaminate(inputs, output, params, manifest, engine: LocalEngine, items: list[dict], progress=None) -> StageManifest:
+    if engine.name == "spark":
+        from .spark import stages as spark_stages
+
+        return spark_stages.run_decontaminate(inputs, output, params, manifest, engine, items, progress)
     index = ContaminationIndex.build(
         items, params.get("ngram", 13), params.get("min_overlap", 0.5), params.get("min_question_chars", 8),
         params.get("question_overlap", 0.9),
@@ -222,9 +238,13 @@ def run_convert(inputs, output, params, manifest, engine: LocalEngine, progress=
 # -- sample -----------------------------------------------------------------------------------
 
 
-def run_sample(inputs, output, params, manifest, config_hash: str, progress=None) -> StageManifest:
+def run_sample(inputs, output, params, manifest, config_hash: str, progress=None, engine=None) -> StageManifest:
     """Order everything by priority sampling and write shards `part-NNNNN.parquet` in that order,
     with `_corpus_manifest.json` describing them (see transforms.shards)."""
+    if engine is not None and engine.name == "spark":
+        from .spark import sampling as spark_sampling
+
+        return spark_sampling.run_sample(inputs, output, params, manifest, config_hash, engine, progress)
     with DatasetWriter(output, manifest) as writer:
         corpus = write_corpus(inputs, writer.folder, params, config_hash, progress=progress)
         manifest.rows_in.update(corpus["input_rows"])
