@@ -2,6 +2,7 @@
 
     flows list
     flows run build-corpus [--config FILE] [--workdir DIR] [--engine local|spark]
+    flows run refresh [--config FILE] [--workdir DIR] [--engine local|spark]
     flows run crawl|ingest [--config FILE] --output DIR
     flows run STAGE --input DIR [--input DIR ...] --output DIR [--config FILE]
     flows run train-domain-classifier [--config FILE] [--output MODEL]
@@ -24,6 +25,8 @@ from .runtime import prepare_environment
 from .pipeline_info import FLOWS
 
 STAGES = tuple(name for name in FLOWS if name != "build-corpus")
+# Flows over a whole work folder (--workdir), not over --input/--output datasets.
+WORKDIR_FLOWS = ("build-corpus", "refresh")
 TRAIN_DOMAIN = "train-domain-classifier"
 
 
@@ -40,7 +43,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--config", help="build config (TOML); default: the embedded sample build")
     run.add_argument("--input", action="append", default=[], help="input dataset folder (repeatable)")
     run.add_argument("--output", help="output dataset folder")
-    run.add_argument("--workdir", default="tcm-corpus-build", help="build-corpus: where stages and shards go")
+    run.add_argument("--workdir", default="tcm-corpus-build", help="build-corpus, refresh: where stages and shards go")
+    run.add_argument("--recrawl", action="store_true", help="crawl: fetch a finished crawl again, asking the sites only for changes")
     run.add_argument("--engine", choices=("local", "spark"), help="override [engine] kind")
     run.add_argument("--format", action="append", choices=("sharegpt", "alpaca", "jsonl"), help="export: format (repeatable)")
     run.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -76,19 +80,21 @@ def _preflight(args, config) -> None:
         except TrainingInputError as exc:
             raise UsageError(str(exc)) from None
         return
-    if args.flow == "build-corpus":
+    if args.recrawl and args.flow != "crawl":
+        raise UsageError("--recrawl works with crawl")
+    if args.flow in WORKDIR_FLOWS:
         if args.input or args.output:
-            raise UsageError("build-corpus takes --workdir, not --input/--output")
+            raise UsageError(f"{args.flow} takes --workdir, not --input/--output")
     elif not args.output and not args.dry_run:
         raise UsageError(f"{args.flow} needs --output DIR")
-    if args.flow not in ("build-corpus", "crawl", "ingest") and not args.input:
+    if args.flow not in (*WORKDIR_FLOWS, "crawl", "ingest") and not args.input:
         raise UsageError(f"{args.flow} needs at least one --input DIR")
     for path in args.input:
         try:
             check_input(path)
         except DatasetError as exc:
             raise UsageError(str(exc)) from None
-    if args.flow in ("build-corpus", "ingest"):
+    if args.flow in (*WORKDIR_FLOWS, "ingest"):
         _check_sources(config)
 
 
@@ -129,8 +135,10 @@ def _run(args) -> dict:
 
     if args.flow == "build-corpus":
         return pipeline.build_corpus(config=args.config, workdir=args.workdir, engine=args.engine)
+    if args.flow == "refresh":
+        return pipeline.refresh(config=args.config, workdir=args.workdir, engine=args.engine)
     if args.flow == "crawl":
-        return pipeline.crawl_flow(output=args.output, config=args.config)
+        return pipeline.crawl_flow(output=args.output, config=args.config, recrawl=args.recrawl)
     if args.flow == "ingest":
         return pipeline.ingest_flow(output=args.output, config=args.config, inputs=args.input)
     if args.dry_run:
@@ -169,6 +177,8 @@ def _print_result(flow: str, result: dict) -> None:
         print(as_text(result["produced"]))
     elif "corpus" in result:
         print(f"corpus: {result['corpus']} ({result['seconds']} s)")
+    if "new_rows" in result:
+        print(f"refresh: {result['new_rows']:,} new rows after dedup against the build, in {result['output']} ({result['seconds']} s)")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -90,6 +90,11 @@ def test_build_corpus_on_the_embedded_sample(tmp_path, prefect_home):
     assert again.returncode == 0, again.stderr[-3000:]
     assert again.stdout.count("skipped") >= 8, again.stdout
 
+    # A refresh from the shell: the same sources again add nothing new to the build.
+    refresh = flows_cli("run", "refresh", "--workdir", str(workdir), prefect_home=prefect_home)
+    assert refresh.returncode == 0, refresh.stderr[-3000:]
+    assert "refresh: 0 new rows after dedup against the build" in refresh.stdout, refresh.stdout
+
 
 def _shared_slice_config(tmp_path: Path, shared: Path) -> Path:
     """A few real books, a few real monographs, a few hundred real dialogues, real exam items."""
