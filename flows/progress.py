@@ -28,11 +28,6 @@ def enable_terminal(stream: Optional[TextIO] = None) -> None:
     _terminal = stream if stream.isatty() else None
 
 
-def disable_terminal() -> None:
-    global _terminal
-    _terminal = None
-
-
 def input_rows(inputs: list[Path]) -> int:
     """Rows a stage will read: the Parquet footers of its input datasets (files are not counted)."""
     total = 0

@@ -20,7 +20,8 @@ PHARMACOPOEIA = SHARED / "corpus" / "pharmacopoeia"
 INSTRUCTIONS = SHARED / "instructions"
 BENCHMARKS = SHARED / "benchmarks"
 
-needs_shared = pytest.mark.skipif(not SHARED.is_dir(), reason=f"shared test data not found at {SHARED}")
+# Tests of the real files: the `shared_data` fixture (conftest) is the one place that finds them.
+needs_shared = pytest.mark.usefixtures("shared_data")
 
 
 def imported(path: Path, fmt: str, source: str = "test", category: str = "books", options=None):
@@ -52,9 +53,7 @@ def assert_conforms(records):
 # --- books -------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def all_books():
-    if not BOOKS.is_dir():
-        pytest.skip(f"shared books not found at {BOOKS}")
+def all_books(shared_data):
     return {path.name: imported(path, "book", "ancient-books") for path in list_files(BOOKS, "book")}
 
 

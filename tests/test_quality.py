@@ -268,8 +268,7 @@ def cmtmedqa_conversations(limit: int) -> list[dict]:
     return rows
 
 
-@pytest.mark.skipif(not CMTMEDQA.is_file(), reason=f"real dialogues not found at {CMTMEDQA}")
-def test_real_cmtmedqa_dialogues_validate(tmp_path):
+def test_real_cmtmedqa_dialogues_validate(tmp_path, shared_data):
     rows = cmtmedqa_conversations(50)
     report = validate_kind(rows_of(CONVERSATIONS, rows), CONVERSATIONS, results_dir=tmp_path)
     assert report.rows == 50

@@ -23,8 +23,6 @@ from transforms.deduplicate import run_dedup_stage
 from transforms.engine import LocalEngine
 from transforms.shards import CORPUS_MANIFEST
 
-pytest.importorskip("pyspark")
-
 BOOKS = ["118-增订医方歌诀.txt", "121-医方歌括.txt", "219-跌打损伤方.txt", "251-金疮秘传禁方.txt"]
 COPIED_BOOKS = ["121-医方歌括.txt", "219-跌打损伤方.txt"]
 CLEAN = {"opencc": "t2s", "unicode_form": "NFKC", "min_chars": 80, "min_han_ratio": 0.0, "min_turn_chars": 1}

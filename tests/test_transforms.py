@@ -4,14 +4,17 @@ from collections import Counter
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from schemas import conversation_id, document_id, dumps_meta
+from schemas.dataset import StageManifest
 from transforms.clean import clean_conversations, clean_documents
 from transforms.convert import convert_documents, monograph_pairs
-from transforms.decontaminate import ContaminationIndex, decontaminate_batch
-from transforms.dedup import choose_survivors, dedup_keys, split_duplicates
+from transforms.decontaminate import ContaminationIndex, decontaminate_with_hits
+from transforms.engine import LocalEngine
 from transforms.normalize import match_key, normalize_text
+from transforms.stages import run_dedup
 from transforms.sample import priority_order, sort_keys, to_corpus_rows, uniform_draws
 
 
@@ -63,26 +66,38 @@ def test_conversations_must_alternate_and_end_with_answer():
     assert [r.split(":")[0] for r in rejected.column("reason").to_pylist()] == ["roles_not_alternating", "no_answer", "short_turn"]
 
 
-def test_exact_dedup_names_the_survivor_and_ignores_script_and_punctuation():
+def exact_dedup(tmp_path, tables, keep):
+    """The dedup stage with exact keys only: (kept ids, {rejected id: reason}) over the tables,
+    each written as its own file, in order."""
+    folder = tmp_path / f"in-{keep}" / "documents"
+    folder.mkdir(parents=True)
+    for n, table in enumerate(tables):
+        pq.write_table(table, folder / f"part-{n:05d}.parquet")
+    params = {"method": "exact", "keep": [keep], "paragraphs": {"enabled": False}}
+    out = tmp_path / f"out-{keep}"
+    run_dedup([folder.parent], out, params, StageManifest(stage="dedup"), LocalEngine(1))
+    kept = pq.read_table(out / "documents").column("id").to_pylist()
+    rejected_dir = out / "rejected" / "documents"
+    rejected = pq.read_table(rejected_dir).to_pylist() if rejected_dir.exists() else []
+    return kept, [(row["id"], row["reason"]) for row in rejected]
+
+
+def test_exact_dedup_names_the_survivor_and_ignores_script_and_punctuation(tmp_path):
     batch = docs(["黃耆，味甘。", "黄耆味甘", "当归味甘辛", "黄耆 味甘！！"])
-    duplicate_of = choose_survivors([dedup_keys(batch, "documents")], "first")
     ids = batch.column("id").to_pylist()
-    assert duplicate_of == {1: ids[0], 3: ids[0]}
-    kept, rejected = split_duplicates(batch, duplicate_of, 0)
-    assert kept.column("id").to_pylist() == [ids[0], ids[2]]
-    assert set(rejected.column("reason").to_pylist()) == {f"exact_duplicate_of:{ids[0]}"}
-    longest = choose_survivors([dedup_keys(batch, "documents")], "longest")
-    assert set(longest.values()) == {ids[3]}
+    kept, rejected = exact_dedup(tmp_path, [batch], "first")
+    assert kept == [ids[0], ids[2]]
+    assert rejected == [(ids[1], f"exact_duplicate_of:{ids[0]}"), (ids[3], f"exact_duplicate_of:{ids[0]}")]
+    kept, rejected = exact_dedup(tmp_path, [batch], "longest")
+    assert kept == [ids[2], ids[3]] and {reason for _, reason in rejected} == {f"exact_duplicate_of:{ids[3]}"}
 
 
-def test_exact_dedup_removes_a_copy_that_shares_the_survivors_id():
+def test_exact_dedup_removes_a_copy_that_shares_the_survivors_id(tmp_path):
     # The same chapter in two books of one source: same content-derived id, still one copy kept.
     first, second = docs(["味甘，无毒。主明目，益气。"]), docs(["味甘，无毒。主明目，益气。"])
-    keys = [dedup_keys(first, "documents"), dedup_keys(second, "documents")]
-    duplicate_of = choose_survivors(keys, "first")
-    assert duplicate_of == {1: first.column("id")[0].as_py()}
-    kept, rejected = split_duplicates(second, duplicate_of, 1)
-    assert kept.num_rows == 0 and rejected.num_rows == 1
+    kept, rejected = exact_dedup(tmp_path, [first, second], "first")
+    survivor = first.column("id")[0].as_py()
+    assert kept == [survivor] and rejected == [(survivor, f"exact_duplicate_of:{survivor}")]
 
 
 QUESTION = "患者男，四十五岁，恶寒发热，头身疼痛，无汗而喘，舌苔薄白，脉浮紧。治疗应首选的方剂是"
@@ -93,10 +108,10 @@ def test_decontamination_finds_a_planted_item_in_traditional_script_only():
     planted = "太阳病篇讲解。患者男，四十五歲，惡寒發熱，頭身疼痛，無汗而喘，舌苔薄白，脈浮緊。治療應首選的方劑是麻黄汤。"
     quoting = "恶寒发热，头身疼痛，是太阳伤寒的常见表现，历代医家多有论述。"
     batch = docs([planted, quoting])
-    kept, rejected = decontaminate_batch(batch, "documents", index)
+    kept, rejected, _ = decontaminate_with_hits(batch, "documents", index)
     assert rejected.column("reason").to_pylist() == ["contaminated:exam:7"]
     assert kept.column("text").to_pylist() == [quoting]
-    flagged, none = decontaminate_batch(batch, "documents", index, action="flag")
+    flagged, none, _ = decontaminate_with_hits(batch, "documents", index, action="flag")
     assert flagged.column("contamination").to_pylist() == ["contaminated:exam:7", None] and none.num_rows == 0
 
 

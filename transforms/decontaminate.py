@@ -103,6 +103,18 @@ class ContaminationIndex:
     coverage: dict[str, Counter] = field(default_factory=dict)
 
     @classmethod
+    def from_params(cls, items: list[dict], params: dict) -> "ContaminationIndex":
+        """The index a [decontaminate] section describes."""
+        return cls.build(
+            items, params.get("ngram", 13), params.get("min_overlap", 0.5), params.get("min_question_chars", 8),
+            params.get("question_overlap", 0.9),
+        )
+
+    def reference_stats(self) -> dict:
+        """What the stage's manifest says of the reference: items indexed, per benchmark."""
+        return {"reference_items": len(self.items), "benchmarks": dict(Counter(item.benchmark for item in self.items))}
+
+    @classmethod
     def build(
         cls, items: list[dict], ngram: int = 13, min_overlap: float = 0.5, min_chars: int = 8, question_overlap: float = 0.9
     ) -> "ContaminationIndex":
@@ -142,15 +154,6 @@ class ContaminationIndex:
             if passing:
                 found.append((item.benchmark, item.item, max(passing)))
         return sorted(found, key=lambda hit: -hit[2])
-
-
-def decontaminate_batch(
-    batch: pa.RecordBatch | pa.Table, kind: str, index: ContaminationIndex, action: str = "remove"
-) -> tuple[pa.Table, pa.Table]:
-    """(kept, rejected). With action 'flag', contaminated rows are kept with a `contamination`
-    column naming the item instead of being removed."""
-    kept, rejected, _ = decontaminate_with_hits(batch, kind, index, action)
-    return kept, rejected
 
 
 def decontaminate_with_hits(

@@ -9,7 +9,6 @@ Three passes over the input, the per-row work parallel through the engine, the d
 """
 from __future__ import annotations
 
-import hashlib
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +25,7 @@ from schemas.records import CLUSTERS, REPEATED_PARAGRAPHS
 
 from . import minhash, paragraphs
 from .clusters import KEEP_CRITERIA, Fingerprints, cluster_duplicates
-from .dedup import text_of
+from .dedup import exact_key, text_of
 from .dedup_index import DedupIndex, segment_name
 from .normalize import match_key
 
@@ -71,11 +70,22 @@ class DedupSettings:
         return self.paragraphs.get(name, default)
 
 
+def method_stats(method: str, mh_params: minhash.MinHashParams | None) -> dict:
+    """The manifest's record of how the stage compared rows (the same on every engine)."""
+    stats: dict = {"method": method}
+    if mh_params:
+        stats["minhash"] = {
+            "threshold": mh_params.threshold, "num_perm": mh_params.num_perm, "bands": mh_params.bands,
+            "rows": mh_params.rows, "ngram": mh_params.ngram, "seed": mh_params.seed,
+        }
+    return stats
+
+
 def fingerprint_batch(table: pa.Table, kind: str, params: minhash.MinHashParams | None, quality_column: str) -> tuple[Fingerprints, np.ndarray]:
     """Fingerprints of a batch, and which rows have no words left (empty match form)."""
     texts = text_of(table, kind)
     keys = [match_key(t) for t in texts]
-    digests = [hashlib.blake2b(k.encode("utf-8"), digest_size=16).digest() for k in keys]
+    digests = [exact_key(k) for k in keys]
     if quality_column in table.schema.names:
         quality = pc.cast(table.column(quality_column), pa.float64(), safe=False).to_numpy(zero_copy_only=False).astype(np.float64)
     else:
@@ -168,12 +178,7 @@ def run_dedup_stage(
             {"method": settings.method, **({"num_perm": mh_params.num_perm, "ngram": mh_params.ngram, "seed": mh_params.seed} if mh_params else {})},
         )
     found = {kind for path in inputs for kind in kinds_in(path)}
-    stats: dict = {"method": settings.method}
-    if mh_params:
-        stats["minhash"] = {
-            "threshold": mh_params.threshold, "num_perm": mh_params.num_perm, "bands": mh_params.bands,
-            "rows": mh_params.rows, "ngram": mh_params.ngram, "seed": mh_params.seed,
-        }
+    stats = method_stats(settings.method, mh_params)
     groups: dict[str, int] = {}
     with DatasetWriter(output, manifest) as writer:
         for kind in (k for k in TEXT_KINDS if k in found):

@@ -7,18 +7,15 @@ retries) belongs to the caller; nothing here knows about Prefect.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from collections import Counter
 from pathlib import Path
 from typing import Callable, Iterable
 
-import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from schemas import CONVERSATIONS, CORPUS, DOCUMENTS, PAGES, SCHEMA_VERSION
-from schemas.dataset import DatasetWriter, StageManifest, iter_batches, kinds_in, read_kind
+from schemas import CONVERSATIONS, CORPUS, DOCUMENTS, PAGES
+from schemas.dataset import DatasetWriter, StageManifest, iter_batches, kinds_in
 
 from . import clean
 from . import select as selection
@@ -157,13 +154,9 @@ def run_decontaminate(inputs, output, params, manifest, engine: LocalEngine, ite
         from .spark import stages as spark_stages
 
         return spark_stages.run_decontaminate(inputs, output, params, manifest, engine, items, progress)
-    index = ContaminationIndex.build(
-        items, params.get("ngram", 13), params.get("min_overlap", 0.5), params.get("min_question_chars", 8),
-        params.get("question_overlap", 0.9),
-    )
+    index = ContaminationIndex.from_params(items, params)
     action = params.get("action", "remove")
-    manifest.stats["reference_items"] = len(index.items)
-    manifest.stats["benchmarks"] = dict(Counter(item.benchmark for item in index.items))
+    manifest.stats.update(index.reference_stats())
     hits: list[dict] = []
     with DatasetWriter(output, manifest) as writer:
         for kind in _present(inputs, TEXT_KINDS):

@@ -206,13 +206,9 @@ def run_decontaminate(inputs, output, params, manifest: StageManifest, engine, i
     from ..stages import _decontaminate_step
     from .datasets import join
 
-    index = ContaminationIndex.build(
-        items, params.get("ngram", 13), params.get("min_overlap", 0.5), params.get("min_question_chars", 8),
-        params.get("question_overlap", 0.9),
-    )
+    index = ContaminationIndex.from_params(items, params)
     action = params.get("action", "remove")
-    manifest.stats["reference_items"] = len(index.items)
-    manifest.stats["benchmarks"] = dict(Counter(item.benchmark for item in index.items))
+    manifest.stats.update(index.reference_stats())
     hits: list[dict] = []
     with SparkDatasetWriter(engine.session, output, manifest) as writer:
         for _, extras in map_kinds(_decontaminate_step, inputs, writer, manifest, engine, TEXT_KINDS, lambda kind: (kind, index, action), progress):
@@ -252,7 +248,7 @@ def run_dedup(inputs, output, params, manifest: StageManifest, engine, progress:
 
     from schemas.records import CLUSTERS
 
-    from ..deduplicate import DedupSettings
+    from ..deduplicate import DedupSettings, method_stats
     from .datasets import FILE_ORDINAL, with_order
     from .near_dedup import NODE, cluster_decisions
 
@@ -264,12 +260,7 @@ def run_dedup(inputs, output, params, manifest: StageManifest, engine, progress:
         raise ValueError("dedup.index_path has no Spark implementation; leave it unset or run dedup with the local engine")
     spark = engine.session
     store = HadoopStore(spark)
-    stats: dict = {"method": settings.method}
-    if mh_params:
-        stats["minhash"] = {
-            "threshold": mh_params.threshold, "num_perm": mh_params.num_perm, "bands": mh_params.bands,
-            "rows": mh_params.rows, "ngram": mh_params.ngram, "seed": mh_params.seed,
-        }
+    stats = method_stats(settings.method, mh_params)
     groups: dict[str, int] = {}
     with SparkDatasetWriter(spark, output, manifest) as writer:
         for kind in kinds_in(store, [str(p) for p in inputs], TEXT_KINDS):
