@@ -93,7 +93,6 @@ class CleanConfig(Section):
     opencc: Optional[Literal["t2s", "tw2s", "hk2s"]] = "t2s"
     # NFKC folds compatibility forms; full-width CJK punctuation is kept as the text wrote it.
     unicode_form: Literal["NFKC", "NFC", "none"] = "NFKC"
-    min_chars: int = Field(20, ge=0)
     min_turn_chars: int = Field(1, ge=0)
     pii: PiiConfig = PiiConfig()
     # fastText language-ID model; default: lid.176.ftz bundled in the package.
@@ -107,6 +106,13 @@ class CleanConfig(Section):
     domain_lexicon: Optional[Path] = None
     domain_model: Optional[Path] = None
 
+    @model_validator(mode="before")
+    @classmethod
+    def _moved_keys(cls, data):
+        if isinstance(data, dict) and "min_chars" in data:
+            raise ValueError("min_chars is a [select] rule now (it counts an entry's body, not its title): move it to [select]")
+        return data
+
 
 class SelectConfig(Section):
     """Thresholds on the tags written by clean; None turns a rule off. Defaults keep the classical
@@ -114,6 +120,11 @@ class SelectConfig(Section):
 
     languages: list[str] = ["zh"]
     min_lang_score: Optional[float] = Field(0.5, ge=0, le=1)
+    # Characters of a text's body (after its title line; spaces and cross-references not
+    # counted): a whole short entry (a titled body that ends a sentence, a recipe list, white
+    # text) needs min_entry_chars, anything else (fragments, cross-references, untitled) min_chars.
+    min_chars: Optional[int] = Field(20, ge=0)
+    min_entry_chars: Optional[int] = Field(3, ge=0)
     max_chars: Optional[int] = Field(None, ge=1)
     min_han_chars: Optional[int] = Field(None, ge=0)
     min_han_ratio: Optional[float] = Field(0.3, ge=0, le=1)

@@ -213,7 +213,7 @@ def ingest_flow(output: str, config: Optional[str] = None, inputs: Optional[list
         for s in sources
     ]
     params = {
-        "min_chars": cfg.clean.min_chars,
+        "min_chars": cfg.select.min_chars or 0,
         "batch_rows": cfg.engine.batch_rows,
         "extract_rules": {s.name: s.extract for s in cfg.sources if s.kind == "crawl" and s.extract},
     }

@@ -294,7 +294,7 @@ def test_prefect_runs_a_stage_on_spark_from_the_config(tmp_path, corpus_input, c
     from flows import pipeline
 
     config = tmp_path / "build.toml"
-    config.write_text('[engine]\nkind = "spark"\nmaster = "local[2]"\nbatch_rows = 64\n\n[clean]\nmin_chars = 80\n', encoding="utf-8")
+    config.write_text('[engine]\nkind = "spark"\nmaster = "local[2]"\nbatch_rows = 64\n\n[clean]\nopencc = "t2s"\n', encoding="utf-8")
     summary = pipeline.clean_flow(inputs=[str(corpus_input)], output=str(tmp_path / "clean"), config=str(config))
     assert summary["rows_in"] == cleaned["local"][1].rows_in and summary["rows_kept"] == cleaned["local"][1].rows_kept
     assert read_kind(tmp_path / "clean", DOCUMENTS).to_pylist() == read_kind(cleaned["local"][0], DOCUMENTS).to_pylist()

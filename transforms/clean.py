@@ -4,6 +4,9 @@ in transforms/select.py, so a changed threshold never recomputes a tag).
 
 Each function takes a batch and the `[clean]` parameters and returns (kept, rejected); every
 input row is in exactly one of the two, and a rejected row says which rule and value removed it.
+Clean removes only what cannot be a text at all (an empty document, a malformed dialogue); how
+short an entry may be is a `[select]` rule on the `body_chars` and `body_kind` tags
+(transforms/entries.py), so the dry run shows it.
 Given a `stats` dict, it adds redaction counts per kind and CPU seconds per step to it (CPU
 time of the worker, so the figures hold on a loaded machine).
 """
@@ -22,8 +25,10 @@ import pyarrow.compute as pc
 from schemas import CONVERSATIONS, DOCUMENTS, ROLES, conform, conversation_text
 
 from . import pii
+from .entries import body_tags, opens_with_title_line, title_prefix
 from .langid import DEFAULT_MAX_CHARS, LanguageIdentifier
 from .normalize import han_count, normalize_text
+from .lexicon import list_matcher
 from .quality import quality_tags
 from .textstats import HAN, TextBatch
 
@@ -43,7 +48,6 @@ def clean_documents(batch: pa.RecordBatch | pa.Table, params: dict, stats: dict 
     stats = stats if stats is not None else {}
     table = conform(batch, DOCUMENTS)
     opencc, form = _form(params)
-    min_chars = params.get("min_chars", 20)
     redact_kinds = pii_kinds(params)
     texts, traditional, reasons = [], [], []
     timer = _Timer(stats)
@@ -55,19 +59,16 @@ def clean_documents(batch: pa.RecordBatch | pa.Table, params: dict, stats: dict 
     for text, (_, changed), han in zip(redacted, normalized, han_counts):
         texts.append(text)
         traditional.append(han > 0 and changed / han >= TRADITIONAL_SHARE)
-        if not text:
-            reasons.append("empty")
-        elif len(text) < min_chars:
-            reasons.append(f"too_short:chars={len(text)}<min_chars={min_chars}")
-        else:
-            reasons.append(None)
+        reasons.append(None if text.strip() else "empty")
     # Rejected rows keep the text as it came in, so nothing the stage changed is lost.
     original = table
     table = table.set_column(table.schema.get_field_index("text"), "text", pa.array(texts, pa.string()))
     table = _with_column(table, "traditional", pa.array(traditional, pa.bool_()))
     kept, _ = _split(table, reasons)
     _, rejected = _split(original, reasons)
-    kept = add_tags(kept, kept.column("text").to_pylist(), params, timer)
+    kept_texts = kept.column("text").to_pylist()
+    titles = [normalize_text(title, opencc, form)[0] if title else None for title in kept.column("title").to_pylist()]
+    kept = add_tags(kept, kept_texts, params, timer, title=title_prefix(kept_texts, titles))
     _add_counts(stats, "pii_redactions", redactions)
     return kept, rejected
 
@@ -114,19 +115,28 @@ def pii_kinds(params: dict) -> tuple[str, ...]:
     return tuple(kind for kind in pii.KINDS if switches.get(kind, True))
 
 
-def add_tags(table: pa.Table, texts: list[str], params: dict, timer: "_Timer | None" = None) -> pa.Table:
+def add_tags(table: pa.Table, texts: list[str], params: dict, timer: "_Timer | None" = None,
+             title: np.ndarray | None = None) -> pa.Table:
     """The table with `lang`, `lang_score`, the quality columns and (when configured) the domain
-    columns, computed for `texts` (one per row)."""
+    columns, computed for `texts` (one per row). With `title` (documents: the length of the
+    title each text opens with, `entries.title_prefix`), also `body_chars` and `body_kind`, and
+    a title line of its own is left out of the line rules."""
     timer = timer or _Timer({})
+    titled = opens_with_title_line(texts, title) if title is not None else None
     rule_seconds: dict[str, float] = {}
-    batch = TextBatch(texts)
+    batch = TextBatch(texts, titled)
     with timer("langid"):
         identifier = _identifier(params.get("lid_model"), int(params.get("lid_max_chars", DEFAULT_MAX_CHARS)))
         langs, scores = identifier.predict(texts, batch)
     tags = {"lang": pa.array(langs, pa.string()), "lang_score": pa.array(scores.astype(np.float32))}
-    for name, values in quality_tags(texts, params, rule_seconds).items():
+    for name, values in quality_tags(texts, params, rule_seconds, titled).items():
         tags[name] = pa.array(values if values.dtype.kind == "i" else values.astype(np.float32))
     timer.add(rule_seconds)
+    if title is not None:
+        with timer("entries"):
+            body = body_tags(texts, title, list_matcher(params.get("domain_lexicon")))
+        tags["body_chars"] = pa.array(body["body_chars"], pa.int64())
+        tags["body_kind"] = pa.array(body["body_kind"], pa.string())
     if params.get("domain_lexicon") or params.get("domain_model"):
         with timer("domain"):
             for name, values in _domain_tagger(params.get("domain_lexicon"), params.get("domain_model")).tag(texts).items():

@@ -16,6 +16,14 @@ pulse, tongue, theory, book.
 and the seed list shipped beside this module (acupoints, meridians, pulses, tongue signs,
 theory, classical book titles), which no file of the references holds.
 
+Lists: `LexiconMatcher.recognises_list(line)` says whether a line is a list of terms (herbs
+separated by spaces: a formula's composition, 妊娠禁忌): at least `LIST_MIN_ITEMS` items, of which
+at least two and a third are terms (an item is a term when terms cover half its Han characters;
+bracketed notes such as （入酒） are not items). Navigation (首页 新闻中心 联系我们) has no term.
+`list_matcher(path)` is the matcher the clean stage uses for it: the configured lexicon, else
+the default lexicon shipped in the package (the seed list and the words of
+resources/tcm_user_dict.txt: common herbs, formulas, syndromes, methods).
+
 Density: `LexiconMatcher.density(texts)` is, per text, the share of its Han characters covered by
 lexicon terms, matched leftmost-longest without overlaps by an Aho-Corasick automaton, so
 当归补血汤 counts as one formula, not a herb plus three characters. ahocorasick-rs (the Rust
@@ -23,9 +31,11 @@ aho-corasick crate) matches the books about 8 times as fast as pyahocorasick's i
 """
 from __future__ import annotations
 
+import os
 import re
 from collections import Counter
 from dataclasses import dataclass, field
+from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 from typing import Iterable
@@ -43,6 +53,7 @@ SEED_FILE = "tcm_seed_lexicon.txt"
 HAN = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0002ebef"
 HAN_CHAR = f"[{HAN}]"
 TERM = re.compile(f"^{HAN_CHAR}{{2,16}}$")
+HAN_PATTERN = re.compile(HAN_CHAR)
 BRACKETED = re.compile(r"^(.+?)[（(]([^）)]+)[）)]$")
 FORMULA_SUFFIXES = "汤散丸饮膏丹"
 FORMULA_HEADING = re.compile(f"(?:<篇名>|\\\\x)\\s*({HAN_CHAR}{{2,11}}[{FORMULA_SUFFIXES}])(?=\\s*(?:$|\\\\x|[（(]))", re.M)
@@ -55,6 +66,13 @@ MIN_TERMS_TO_RECOGNISE = 5
 # `风证类`, `外感时令类病`: headings that group terms, not terms a text uses.
 CATEGORY_SUFFIX = ("类", "类病")
 TRAILING_MARKS = "[]()（）,，、 "
+# A list line: items separated by spaces or 、; bracketed notes (（入酒）, （各等分）) are no items.
+LIST_ITEM_SEPARATORS = re.compile(r"[\s、]+")
+BRACKETED_NOTE = re.compile(r"[（(〔【][^（）()〔〕【】]*[）)〕】]")
+LIST_MIN_ITEMS = 3
+LIST_MIN_TERMS = 2
+LIST_TERM_SHARE = 1 / 3
+USER_DICT = ("transforms.resources", "tcm_user_dict.txt")
 
 
 class LexiconError(Exception):
@@ -259,8 +277,47 @@ class LexiconMatcher:
         # Terms are Han only, so every matched character is a Han character.
         return sum(end - start for _, start, end in self.automaton.find_matches_as_indexes(text))
 
+    def recognises_list(self, line: str) -> bool:
+        """Whether `line` is a list of domain terms (see the module's docstring)."""
+        items = [item for item in LIST_ITEM_SEPARATORS.split(BRACKETED_NOTE.sub(" ", line)) if HAN_PATTERN.search(item)]
+        if len(items) < LIST_MIN_ITEMS:
+            return False
+        terms = sum(1 for item in items if 2 * self.matched_chars(item) >= len(HAN_PATTERN.findall(item)))
+        return terms >= LIST_MIN_TERMS and terms >= LIST_TERM_SHARE * len(items)
+
     def density(self, texts: list[str]) -> np.ndarray:
         """Matched Han characters / Han characters, per text; 0 for a text with no Han."""
         han = pc.count_substring_regex(pa.array(texts, pa.large_string()), HAN_CHAR).to_numpy(zero_copy_only=False)
         matched = np.fromiter((self.matched_chars(t) if n else 0 for t, n in zip(texts, han)), np.float64, len(texts))
         return np.where(han > 0, matched / np.maximum(han, 1), 0.0)
+
+
+def default_terms() -> list[str]:
+    """The lexicon a build has without one of its own: the seed list and the shipped jieba
+    dictionary's words (herbs, formulas, syndromes, methods, acupoints)."""
+    package, name = USER_DICT
+    text = resources.files(package).joinpath(name).read_text(encoding="utf-8")
+    words = [line.split()[0] for line in text.splitlines() if line.strip() and not line.startswith("#")]
+    return sorted({term for term, _ in seed_terms()} | {w for w in words if TERM.match(w)})
+
+
+def list_matcher(path: Path | str | None = None) -> LexiconMatcher:
+    """The matcher of a lexicon file (`flows lexicon build`), or of `default_terms()` without one;
+    loaded once per process and file version. LexiconError if the file cannot be read."""
+    if path is None:
+        return _default_matcher()
+    try:
+        stat = os.stat(path)
+    except OSError as exc:
+        raise LexiconError(f"lexicon {path} cannot be read ({exc.strerror})") from None
+    return _file_matcher(str(path), stat.st_mtime_ns, stat.st_size)
+
+
+@lru_cache(maxsize=1)
+def _default_matcher() -> LexiconMatcher:
+    return LexiconMatcher(default_terms())
+
+
+@lru_cache(maxsize=4)
+def _file_matcher(path: str, mtime_ns: int, size: int) -> LexiconMatcher:
+    return LexiconMatcher(read_lexicon(path))
