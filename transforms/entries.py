@@ -35,7 +35,7 @@ BRACKETED_POINTER = re.compile(
 )
 POINTER_SENTENCE = re.compile(
     r"^(?:(?:[一二三四五六七八九十]+方)?[方治法制证说义解注论详俱具并互已余又亦皆仍宜参]{0,3}(?:见|载)[^。！？；，\s]{0,24}"
-    r"|(?:[方治法制证]{0,2})同(?:上|前)[^。！？；，\s]{0,8}|参看[^。！？；，\s]{0,24}|详载于下)[。；]?$"
+    r"|(?:[方治法制证]{0,2})同(?:上|前)(?:法|症|证|方)?|参看[^。！？；，\s]{0,24}|详载于下)[。；]?$"
 )
 SENTENCE_SPLIT = re.compile(r"(?<=[。！？；\s])")
 SENTENCE_END = set("。！？!?…")
@@ -88,7 +88,7 @@ def title_prefix(texts: list[str], titles: list[str | None]) -> np.ndarray:
 
 def opens_with_title_line(texts: list[str], prefix: np.ndarray) -> np.ndarray:
     """Whether the title is a line of its own (a heading the line rules leave out)."""
-    return np.array([bool(n) and text[n - 1] == "\n" for text, n in zip(texts, prefix)], bool)
+    return np.array([bool(n) and "\n" in text[:n] for text, n in zip(texts, prefix)], bool)
 
 
 def body_tags(texts: list[str], prefix: np.ndarray, matcher) -> dict[str, np.ndarray]:
@@ -114,9 +114,6 @@ def _judge(body: str, titled: bool, matcher) -> tuple[int, str]:
         return chars, "fragment"
     if ends_sentence(content):
         return chars, "sentence"
-    if pointed:
-        # A pointer with a clause beside it (方见寒门 治烦躁): the entry is elsewhere.
-        return chars, "cross_reference"
     # Lines of a recipe: a composition (a list of terms, or doses) and unpunctuated instructions.
     listed = unpunctuated_only = True
     for line in (line for line in content.split("\n") if line.strip()):
@@ -125,9 +122,12 @@ def _judge(body: str, titled: bool, matcher) -> tuple[int, str]:
         elif not (unpunctuated(BRACKETS.sub("", line).strip()) or ends_sentence(line)):
             listed = False
             break
-    if listed:
-        return chars, "unpunctuated" if unpunctuated_only else "list"
-    return chars, "fragment"
+    if listed and not unpunctuated_only:
+        return chars, "list"
+    if pointed:
+        # A pointer with an unfinished clause beside it (方见寒门 治烦躁): the entry is elsewhere.
+        return chars, "cross_reference"
+    return chars, "unpunctuated" if listed else "fragment"
 
 
 def unpunctuated(text: str) -> bool:

@@ -11,7 +11,10 @@ pulse, tongue, theory, book.
     terminology     `3.1.1` code lines with a term and its synonyms: a file whose terms mostly
                     end in 证 gives syndromes, any other gives diseases
     classical book  `<篇名>` chapters: formula names are chapter titles and `\\x...\\x` emphasised
-                    words that end in 汤 散 丸 饮 膏 丹 and do not open with a word of prose
+                    words that end in 汤 散 丸 饮 膏 丹 and do not open with a word of prose; in a
+                    materia medica (a book where at least a third of the chapters open with a
+                    taste and a nature: 味甘，微寒 / 苦平 / 辛、甘，平), those chapters' titles
+                    are herbs (the classical names: 野葛, 鬼臼, 天雄, 乌喙)
     lexicon list    lines `term<TAB>class` (a list a user curates, or a lexicon built before)
 and the seed list shipped beside this module (acupoints, meridians, pulses, tongue signs,
 theory, classical book titles), which no file of the references holds.
@@ -60,6 +63,17 @@ FORMULA_HEADING = re.compile(f"(?:<篇名>|\\\\x)\\s*({HAN_CHAR}{{2,11}}[{FORMUL
 # Prose that happens to end in 汤/丸/散 (此丹, 用丸散, 煎汤, 治火丹) opens with one of these.
 PROSE_OPENERS = set("此其又即用服煎熬宜或凡各再仍若以与和共每将")
 MIN_BOOK_FORMULA_CHARS = 3
+# A chapter title and the first words of its text (after 内容： / 属性：).
+CHAPTER_OPENING = re.compile(r"^<篇名>([^\n]+)\n(?:\s*\n)*\s*(?:内容|属性)：\s*([^\n]{0,24})", re.M)
+# A materia medica entry opens with its taste and nature: 味甘，微寒。 苦平， 辛、甘，平。 甘温，
+TASTE = "[甘苦辛酸咸淡涩]"
+MATERIA_MEDICA_OPENING = re.compile(
+    rf"^(?:气味|性味)?[：∶]?味?(?:微|大)?{TASTE}(?:[、，,]?(?:微|大)?{TASTE}){{0,2}}[、，,]?\s*(?:气)?(?:微|大|小)?[温寒凉平热]"
+)
+MATERIA_MEDICA_SHARE = 1 / 3
+TITLE_TAG = re.compile(r"^[（(〔][^）)〕]{1,3}[）)〕]|[（(〈〔][^）)〉〕]{0,8}[）)〉〕]$")
+# Chapter titles of a materia medica that are its sections, not herbs.
+NOT_HERB_SUFFIXES = ("部", "类", "门", "论", "篇", "卷", "品", "序", "例", "目录")
 ACTION_SEPARATORS = re.compile(r"[，。；、,;\s]+")
 ACTION = re.compile(f"^{HAN_CHAR}{{2,8}}$")
 MIN_TERMS_TO_RECOGNISE = 5
@@ -148,7 +162,7 @@ def read_terms(path: Path) -> tuple[str, list[tuple[str, str]]]:
     if listed is not None:
         return "lexicon", listed
     if "<篇名>" in text:
-        return "book", [(name, "formula") for name in book_formulas(text)]
+        return "book", [(name, "formula") for name in book_formulas(text)] + [(name, "herb") for name in book_herbs(text)]
     herbs, actions = pharmacopoeia_terms(lines)
     if len(herbs) >= MIN_TERMS_TO_RECOGNISE:
         return "pharmacopoeia", [(name, "herb") for name in herbs] + [(name, "action") for name in actions]
@@ -219,6 +233,22 @@ def book_formulas(text: str) -> list[str]:
         if len(name) >= MIN_BOOK_FORMULA_CHARS and name[0] not in PROSE_OPENERS:
             names.append(name)
     return names
+
+
+def book_herbs(text: str) -> list[str]:
+    """Titles of the chapters that open like a materia medica entry, in a book where at least
+    `MATERIA_MEDICA_SHARE` of the chapters do; none in any other book."""
+    chapters = CHAPTER_OPENING.findall(text.replace("\r\n", "\n").replace("\r", "\n"))
+    herbs = [clean_herb_title(title) for title, opening in chapters if MATERIA_MEDICA_OPENING.match(opening)]
+    if not chapters or len(herbs) < MATERIA_MEDICA_SHARE * len(chapters):
+        return []
+    return [name for name in herbs if name and TERM.match(name) and not name.endswith(NOT_HERB_SUFFIXES)]
+
+
+def clean_herb_title(title: str) -> str:
+    """`【熟地】` -> 熟地; `（补）人参` -> 人参; `枸杞子（附）`, `薏苡仁〈平〉` -> the name alone."""
+    title = TITLE_TAG.sub("", title.strip().strip("【】[]"))
+    return title.strip()
 
 
 def parse_lexicon_lines(lines: list[str], origin: Path | str, strict: bool = True) -> list[tuple[str, str]] | None:

@@ -8,7 +8,7 @@ not words; Chinese punctuation; classical texts without modern punctuation habit
 | chars, han_chars | length in characters, and in Han characters | Gopher length |
 | han_ratio | Han characters / visible characters | ChineseWebText |
 | symbol_ratio, digit_ratio | symbols (S*), digits / visible characters | Gopher symbol ratio |
-| mean_line_chars | mean characters of a non-empty line | Gopher / FineWeb |
+| mean_line_chars | mean characters of a non-empty line (a title line left out, as in every line rule) | Gopher / FineWeb |
 | punct_line_ratio | share of lines (a title line left out) that end in punctuation, or are punctuated prose, unpunctuated classical text, a heading, a verse line, a dose line or a list of lexicon terms | C4 / FineWeb |
 | dup_line_ratio | characters in repeated lines / all characters | Gopher |
 | dup_ngram_ratio | characters covered by character n-grams seen twice / all characters | Gopher |
@@ -122,14 +122,18 @@ def _lines(batch: TextBatch, params: dict) -> dict:
     first = pc.utf8_slice_codeunits(lines, 0, 1)
     bullet = pc.is_in(first, value_set=pa.array(BULLETS)).to_numpy(zero_copy_only=False)
     ellipsis = pc.match_substring_regex(lines, ELLIPSIS).to_numpy(zero_copy_only=False)
-    # A title line says what a text is about; the rule judges the lines under it.
+    # A title line says what a text is about; the line rules judge the lines under it.
     body = ~batch.title_line
     body_lines = batch.per_text_sum(body.astype(np.float64))
+
+    def share(mask: np.ndarray) -> np.ndarray:
+        return ratio(batch.per_text_sum((mask & body).astype(np.float64)), body_lines)
+
     return {
-        "mean_line_chars": ratio(batch.per_text_sum(lengths.astype(np.float64)), batch.line_counts),
-        "punct_line_ratio": np.where(body_lines > 0, ratio(batch.per_text_sum((~rest & body).astype(np.float64)), body_lines), 1.0),
-        "bullet_ratio": batch.line_share(bullet),
-        "ellipsis_ratio": batch.line_share(ellipsis),
+        "mean_line_chars": ratio(batch.per_text_sum(np.where(body, lengths, 0).astype(np.float64)), body_lines),
+        "punct_line_ratio": np.where(body_lines > 0, share(~rest), 1.0),
+        "bullet_ratio": share(bullet),
+        "ellipsis_ratio": share(ellipsis),
     }
 
 
