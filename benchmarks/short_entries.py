@@ -131,6 +131,15 @@ def main(argv=None) -> int:
     for name in ("still_rejected", "newly_kept"):
         part = [r for r in judged if r["drawn"] == name]
         print(f"judged {name} ({len(part)} rows): " + ", ".join(f"{k} {n}" for k, n in Counter(r["judgement"] for r in part).most_common()))
+    # Over all the rejected before: content = its share in the first draw; content lost = the
+    # share of content among the rows still rejected (second draw) times how many there are.
+    still = [r for r in judged if r["drawn"] == "still_rejected"]
+    still_count = sum(1 for r in before_short if after_state.get(key(r)) != "kept")
+    if drawn and still:
+        content_total = len(content) / len(drawn) * len(before_short)
+        content_lost = sum(r["judgement"] == "content" for r in still) / len(still) * still_count
+        print(f"estimate over all {len(before_short):,}: about {content_total:,.0f} content-bearing, about "
+              f"{content_lost:,.0f} of them still rejected: {1 - content_lost / content_total:.1%} kept")
     return 0
 
 

@@ -61,6 +61,8 @@ def test_body_kinds_tell_whole_entries_from_fragments_and_pointers():
         ("治方", "治方\n方见寒门 治烦躁怫热内结口渴"): (9, "cross_reference"),
         ("大承气汤", "大承气汤\n（见伤寒症）\n治狂症胃实者。"): (7, "sentence"),
         ("白术附子汤", "白术附子汤\n附子 白术 生姜 甘草 大枣"): (10, "list"),
+        # "治同上" and a composition: a recipe, not a pointer
+        ("治方", "治方\n治同上当归 桃仁 生地黄 熟地黄 升麻 红花 甘草"): (19, "list"),
         ("米泔水", "米泔水\n（即淘米汁也）"): (7, "unpunctuated"),
         ("草之一", "草之一\n山草类三十一种"): (7, "fragment"),
         ("谷部", "谷部\n（豆类七种）"): (6, "fragment"),
@@ -85,6 +87,15 @@ def test_a_short_whole_entry_keeps_its_title_and_passes_and_a_pointer_does_not(s
     assert tagged.column("body_chars").to_pylist() == [16, 0]
     assert kept.column("text").to_pylist() == ["南瓜\n甘温，补中益气，同羊肉食则壅气。"]
     assert removed.column("reason").to_pylist() == ["too_short:cross_reference:body_chars=0<min_chars=20"]
+
+
+def test_the_title_line_is_no_line_of_the_body():
+    """A one-character title would make 铁's two lines average 3.5 characters, under the
+    default min_mean_line_chars of 4; the title is left out of every line rule."""
+    row = {"id": "x", "text": "铁\n主坚肌耐痛。", "source": "s", "category": "books", "title": "铁"}
+    tagged, kept, removed = selected([row])
+    assert tagged.column("mean_line_chars").to_pylist() == [6.0]
+    assert kept.num_rows == 1
 
 
 def test_a_list_of_herbs_is_content_and_navigation_is_not(shared_data):

@@ -34,7 +34,7 @@ BRACKETED_POINTER = re.compile(
     r"[（(〔][^（）()〔〕]*?(?:" + POINTER_LEAD + r"(?:见|载)|参看|参阅|同上|同前)[^（）()〔〕]*[）)〕]"
 )
 POINTER_SENTENCE = re.compile(
-    r"^(?:(?:[一二三四五六七八九十]+方)?[方治法制证说义解注论详俱具并互已余又亦皆仍宜参]{0,3}(?:见|载)[^。！？；，\s]{0,24}"
+    r"^(?:(?:[一二三四五六七八九十]+方)?[方治法制证说义解注论详俱具并互已余又亦皆仍宜参]{0,4}(?:见|载)[^。！？；，\s]{0,24}"
     r"|(?:[方治法制证]{0,2})同(?:上|前)(?:法|症|证|方)?|参看[^。！？；，\s]{0,24}|详载于下)[。；]?$"
 )
 SENTENCE_SPLIT = re.compile(r"(?<=[。！？；\s])")
@@ -45,8 +45,9 @@ CLOSERS = re.compile(r"(?:[）)」』”’》\]]|〔[^〔〕]{1,4}〕|\s)+$")
 TRAILING_NOTE = re.compile(r"(?:[（(][^（）()]*[）)]|〔[^〔〕]{1,4}〕|\s)+$")
 SPACE = re.compile(r"\s+")
 # What follows a title at the start of a text: a line break, or a term's colon (with its
-# synonyms first: 蟠蛇疬（又称锁颈疬）：).
-TITLE_SEPARATOR = re.compile(r"[ \t]*\n\s*|(?:[（(][^（）()\n]{0,40}[）)])?[：:]\s*")
+# synonyms first: 蟠蛇疬（又称锁颈疬）：), or the comma of an entry that opens with its name
+# (白药，今为治马肺热药).
+TITLE_SEPARATOR = re.compile(r"[ \t]*\n\s*|(?:[（(][^（）()\n]{0,40}[）)])?[：:，,]\s*")
 HAN = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0003134f]")
 # A dose: a number (Arabic or Chinese) and a unit (三钱, 10g, 半两, 一枚): a line of a formula.
 DOSE = re.compile(r"[0-9一二三四五六七八九十百半两.]+\s*(?:克|g|钱|两|分|枚|个|片|升|合|斤|铢|毫升|ml|mg|粒|条|只|匙|钱匕)")
