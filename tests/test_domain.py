@@ -84,7 +84,7 @@ def test_lexicon_pieces_read_the_real_layouts():
                "<篇名>（补）人参\n内容：甘温，大补元气。\n<篇名>草部\n内容：味苦，寒。\n<篇名>序\n内容：古者。\n")
     assert book_herbs(materia) == ["丹沙", "野葛", "人参"]
     # In a book of recipes a chapter that happens to open so is not enough.
-    assert book_herbs("<篇名>结胸\n内容：苦寒之剂。\n<篇名>治方\n内容：用黄连。\n<篇名>又方\n内容：同上。\n") == []
+    assert book_herbs("<篇名>结胸\n内容：苦寒之剂。\n<篇名>治方\n内容：用黄连。\n<篇名>又方\n内容：同上。\n<篇名>论\n内容：凡病。\n") == []
 
 
 def test_lexicon_build_refuses_a_named_file_it_cannot_read_terms_from(shared_data, tmp_path, capsys):
