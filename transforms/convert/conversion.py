@@ -4,7 +4,7 @@
 conversation per section, with questions written per section kind. Deterministic: the same entry
 always gives the same conversations. `native`: conversations from dialogue and instruction datasets
 pass through, normalised (turns trimmed, an empty system turn dropped, the configured system
-prompt added where none is). `openai` (transforms/llm): passages become questions and answers
+prompt added where none is). `openai` (transforms/convert/llm): passages become questions and answers
 written by an LLM. A document no backend converts stays as text (format "text" in the corpus).
 """
 from __future__ import annotations
