@@ -52,6 +52,7 @@ NAME = re.compile(r"^[\u4e00-\u9fff（）()·、]{1,20}$")
 SPACING = re.compile(r"[\s\u00a0\u3000]+")
 CAPITALISED = re.compile(r"^(?:[A-Z][a-z]+\s?){2,}$")
 PINYIN_LABEL, LATIN_LABEL = "拼音名：", "拉丁名："
+MISSING = "缺："
 PINYIN = re.compile(r"^[A-Z][A-Za-zü']*(?:\s[A-Za-zü']+)*$")
 LATIN = re.compile(r"^[A-Za-z.\-\s\u0370-\u03ffⅠ-Ⅻ王]+$")
 DESCRIPTION = re.compile(r"^本品[为由系]")
@@ -84,6 +85,9 @@ def import_monographs(path: Path, source: str, category: str, options: dict | No
             # The heading as printed: a wrong name, kept for the audit and never trained.
             meta["printed_name"] = identity["printed"]
             untrained = ("printed_name",)
+        if entry["missing"]:
+            meta["missing_entries"] = entry["missing"]
+            untrained += ("missing_entries",)
         text = entry_text(entry)
         reason = identity.get("reason")
         if reason is None and not (entry["sections"] or entry["description"]):
@@ -298,7 +302,9 @@ def _read_rest(entry: dict, lines: list[str], position: int) -> dict:
         description.append(lines[position])
         position += 1
     entry["description"] = "\n".join(description) or None
-    body = [line for line in lines[position:] if line and not line.startswith("缺：")]
+    body = [line for line in lines[position:] if line and not line.startswith(MISSING)]
+    # 「缺：丁公藤」: the file notes an entry it does not print; not the entry's content.
+    entry["missing"] = [line[len(MISSING):].strip() for line in lines[position:] if line.startswith(MISSING)]
     entry["sections"], entry["blocks"] = parse_body(body)
     entry["body"] = body
     return entry
@@ -394,9 +400,18 @@ def entry_text(entry: dict, blocks: list[dict] | None = None, description: bool 
 
 
 def import_terms(path: Path, source: str, category: str, options: dict | None = None) -> Iterator[Imported]:
+    """One Document per term; the standard's front matter (title, scope, the lines before the
+    first code) as one more text Document (meta kind `standard_front`); each term's meta
+    `chapter` names the category heading it sits under (`3外感病类术语`)."""
     decoded = read_source(path, options)
     lines = [line.strip() for line in decoded.text.splitlines()]
     codes = [i for i, line in enumerate(lines) if TERM_CODE.match(line)]
+    front = [line for line in lines[: codes[0] if codes else len(lines)] if line]
+    if front:
+        record = document("\n".join(front), source, category, title=front[0],
+                          meta={"kind": "standard_front", "file": path.name}, fallback_key=(path.name, "front"))
+        yield record
+    chapter = next((line for line in reversed(front) if _is_section_heading(line)), None)
     for start, end in zip(codes, [*codes[1:], len(lines)]):
         term = parse_term(lines[start:end])
         if term is None:
@@ -407,10 +422,15 @@ def import_terms(path: Path, source: str, category: str, options: dict | None = 
         text += f"：{term['definition']}" if term["definition"] else ""
         if term["note"]:
             text += f"\n注：{term['note']}"
-        meta = {"kind": "term", **term, "file": path.name}
+        meta = {"kind": "term", **term, "chapter": chapter, "file": path.name}
         reason = None if term["definition"] else "empty_definition"
-        yield document(text, source, category, title=term["term"], meta=meta, reason=reason,
-                       fallback_key=(path.name, term["code"]))
+        record = document(text, source, category, title=term["term"], meta=meta, reason=reason,
+                          fallback_key=(path.name, term["code"]))
+        # The standard's numbering (3.1.1) and the category heading the term sits under.
+        record.untrained = ("code", "chapter") if chapter else ("code",)
+        yield record
+        # A category heading ends the last term of a chapter and names the next terms' one.
+        chapter = next((line for line in reversed(lines[start:end]) if _is_section_heading(line)), chapter)
 
 
 def parse_term(lines: list[str]) -> dict | None:
