@@ -85,12 +85,12 @@ def test_every_section_becomes_a_question_a_text_line_or_a_rejected_answer(recor
         entry = read_entry_text(row["text"])
         assert set(entry["sections"]) <= asked | rejected | set(result["to_text"]), row["title"]
         for section in set(entry["sections"]) & set(result["to_text"]):
-            opening = entry["sections"][section].splitlines()[0][:20]
+            opening = repair_digits(entry["sections"][section].splitlines()[0])[0][:20]
             assert result["text"] and opening in result["text"], (row["title"], section)
         outcome.update(questions=len(asked), rejected=len(rejected), text=len(result["to_text"]))
         for _, _, answer in result["pairs"]:
             assert repair_digits(answer)[1] == 0 and not lost_numbers(answer), answer
-    assert outcome["questions"] > 4000 and outcome["text"] > 1500
+    assert outcome["questions"] > 3800 and outcome["rejected"] > 400 and outcome["text"] > 1500
 
 
 @pytest.mark.parametrize("text, fixed, repaired", [
