@@ -1,6 +1,7 @@
 """The ingest stage: import file and dataset sources, extract documents from crawled pages."""
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 import pyarrow as pa
@@ -34,6 +35,8 @@ def run_ingest(sources: list[dict], page_inputs: list[Path], output, params, man
                     removed[kind] = []
 
         files_read = {}
+        import_counts: dict[str, Counter] = {}
+        untrained_meta: dict[str, Counter] = {}
         seen_ids: dict[str, set[str]] = {DOCUMENTS: set(), CONVERSATIONS: set()}
         for source in sources:
             path = Path(source["path"])
@@ -44,6 +47,8 @@ def run_ingest(sources: list[dict], page_inputs: list[Path], output, params, man
             for file in files:
                 for item in import_file(file, source["format"], source["name"], source["category"], {"encoding": source.get("encoding", "auto")}):
                     add_count(manifest, "rows_in", item.kind, 1)
+                    import_counts.setdefault(source["name"], Counter()).update(item.tally)
+                    untrained_meta.setdefault(source["name"], Counter()).update(item.untrained)
                     row_id = item.row.get("id")
                     if not item.reason and row_id in seen_ids[item.kind]:
                         # The same content again in another file of the source: one id, one row.
@@ -65,4 +70,8 @@ def run_ingest(sources: list[dict], page_inputs: list[Path], output, params, man
                 add_count(manifest, "rows_in", PAGES, batch.num_rows)
                 add_count(manifest, "rows_kept", PAGES, documents.num_rows)
         manifest.stats["files_read"] = files_read
+        manifest.stats["import_counts"] = {name: dict(sorted(c.items())) for name, c in import_counts.items() if c}
+        # Meta keys holding a record's own content that no message or text carries (what is
+        # set aside, not trained), with the rows that have each.
+        manifest.stats["untrained_meta"] = {name: dict(sorted(c.items())) for name, c in untrained_meta.items() if c}
         return writer.commit()
