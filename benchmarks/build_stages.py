@@ -69,6 +69,13 @@ path = "{instructions / 'tcm_qr.json'}"
 format = "instructions"
 category = "sft"
 
+[[sources]]
+name = "mtcmb-dialogues"
+kind = "dataset"
+path = "{instructions / 'mtcmb_tcm_chgd.jsonl'}"
+format = "instructions"
+category = "sft"
+
 {f'[clean]{chr(10)}domain_lexicon = "{lexicon}"{chr(10)}' if lexicon else ""}
 [decontaminate]
 benchmarks = [{", ".join(json.dumps(str(p)) for p in benchmarks)}]
@@ -106,7 +113,7 @@ def main() -> None:
         shutil.rmtree(workdir)
     lexicon = None
     if args.lexicon:
-        from transforms.lexicon import build_lexicon, write_lexicon
+        from transforms.clean.lexicon import build_lexicon, write_lexicon
 
         lexicon = write_lexicon(build_lexicon([args.shared / "corpus" / "pharmacopoeia", args.shared / "corpus" / "ancient-books"]), folder / "lexicon.txt")
     config = write_config(args.shared, folder, args.books, args.workers, lexicon)

@@ -14,12 +14,12 @@ from flows.config import SelectConfig
 from tests.conftest import REPO
 from schemas import document_id
 from schemas.dataset import StageManifest
-from transforms.clean import clean_documents
-from transforms.engine import LocalEngine
-from transforms.entries import body_tags, title_prefix
-from transforms.importers import import_file
-from transforms.lexicon import list_matcher
-from transforms.select import describe_report, select_batch
+from transforms.clean.steps import clean_documents
+from transforms.engines.local import LocalEngine
+from transforms.clean.entries import body_tags, title_prefix
+from transforms.ingest.importers import import_file
+from transforms.clean.lexicon import list_matcher
+from transforms.select.rules import describe_report, select_batch
 from transforms.stages import selection_dry_run
 
 DEFAULTS = SelectConfig().model_dump()
