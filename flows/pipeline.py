@@ -499,8 +499,9 @@ REFRESH_DESCRIPTION = "crawl, ingest, clean and dedup new material against the e
 @flow(name="refresh", description=REFRESH_DESCRIPTION, **FAILURE_HOOKS)
 def refresh(config: Optional[str] = None, workdir: str = "tcm-corpus-build", engine: Optional[str] = None, label: Optional[str] = None) -> dict:
     """Fetch and import the sources again into `WORKDIR/refresh/<label>/` (label: today's UTC
-    date), clean them, and dedup them after the existing `WORKDIR/stages/dedup` rows, so new
-    rows that repeat the corpus are rejected as duplicates and only new material is added."""
+    date), clean and select them (the build's own rules: a fragment or a cross-reference is no
+    new row), and dedup them after the existing `WORKDIR/stages/dedup` rows, so new rows that
+    repeat the corpus are rejected as duplicates and only new material is added."""
     cfg = load_config(config)
     root = Path(workdir).resolve()
     label = label or time.strftime("%Y%m%d", time.gmtime())
@@ -514,11 +515,12 @@ def refresh(config: Optional[str] = None, workdir: str = "tcm-corpus-build", eng
         page_inputs = [str(target / "crawl")]
     results["ingest"] = ingest_flow(str(target / "ingest"), config, page_inputs)
     results["clean"] = clean_flow([str(target / "ingest")], str(target / "clean"), config, engine)
+    results["select"] = select_flow([str(target / "clean")], str(target / "select"), config, engine)
     existing = root / "stages" / "dedup"
     earlier = [str(existing)] if read_manifest(existing) else []
     if not earlier:
         get_run_logger().info("refresh: no finished build in %s; dedup runs on the new rows alone", root)
-    results["dedup"] = dedup_flow([*earlier, str(target / "clean")], str(target / "dedup"), config, engine)
+    results["dedup"] = dedup_flow([*earlier, str(target / "select")], str(target / "dedup"), config, engine)
 
     # Text rows only: the dedup output also holds its audit kinds (clusters, repeated paragraphs).
     def text_rows(rows_out: dict) -> int:
