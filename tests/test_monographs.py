@@ -13,11 +13,11 @@ import pytest
 
 from schemas import loads_meta
 from schemas.dataset import read_manifest
-from transforms.clean import clean_documents
-from transforms.convert import MONOGRAPH_QUESTIONS, monograph_conversion
-from transforms.importers import import_file
-from transforms.importers.monographs import check_identity, entry_text, parse_entry, read_entries, read_entry_text
-from transforms.numbers import lost_numbers, repair_digits
+from transforms.clean.steps import clean_documents
+from transforms.convert.conversion import MONOGRAPH_QUESTIONS, monograph_conversion
+from transforms.ingest.importers import import_file
+from transforms.ingest.importers.monographs import check_identity, entry_text, parse_entry, read_entries, read_entry_text
+from transforms.convert.numbers import lost_numbers, repair_digits
 
 REPO = Path(__file__).resolve().parents[1]
 CASES = REPO.parent / "shared" / "cases"

@@ -25,9 +25,9 @@ from schemas.records import CLUSTERS, REPEATED_PARAGRAPHS
 
 from . import minhash, paragraphs
 from .clusters import KEEP_CRITERIA, Fingerprints, cluster_duplicates
-from .dedup import exact_key, text_of
-from .dedup_index import DedupIndex, segment_name
-from .normalize import match_key
+from .keys import exact_key, text_of
+from .index import DedupIndex, segment_name
+from transforms.clean.normalize import match_key
 
 TEXT_KINDS = (DOCUMENTS, CONVERSATIONS)
 BOILERPLATE_ONLY = "repeated_paragraphs_only"
