@@ -199,7 +199,7 @@ def test_overflow_split_truncate_reject(rows, tokenizer_dir):
 def test_position_ids_item_ids_and_padding_agree(rows, tokenizer_dir):
     tokenizer = PackTokenizer(tokenizer_dir)
     for pad in (None, 64, 1):
-        sequences, _, figures = packed(rows, tokenizer_dir, pad_to_multiple_of=pad)
+        sequences, _, figures = packed(rows[:150], tokenizer_dir, pad_to_multiple_of=pad)
         for row in sequences.to_pylist():
             n, used = len(row["input_ids"]), sum(row["seq_lens"])
             assert len(row["labels"]) == len(row["position_ids"]) == n
