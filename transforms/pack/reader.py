@@ -185,6 +185,7 @@ def collate_packed(items: list[dict]) -> dict:
         "position_ids": torch.cat([i["position_ids"] for i in items]).unsqueeze(0),
         "cu_seqlens": torch.cat(cu).to(torch.int32),
         "max_seqlen": max(i["max_seqlen"] for i in items),
+        "seq_lens": torch.cat([i["seq_lens"] for i in items]),
         "index": torch.tensor([i["index"] for i in items]),
     }
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Callable, Optional
@@ -212,6 +213,7 @@ def pack_shard(task: dict, context: dict) -> dict:
 
     task: {"index", "path"}; context: {"params", "folder"}. Returns the rejected rows, the
     figures and the written file's name, rows, bytes and sha256."""
+    started = time.process_time()
     params = context["params"]
     tokenizer = load_tokenizer(params)
     table = pq.read_table(task["path"], columns=list(CORPUS_COLUMNS))
@@ -220,6 +222,8 @@ def pack_shard(task: dict, context: dict) -> dict:
     path = Path(context["folder"]) / name
     path.parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(sequences, path, compression="zstd", row_group_size=int(params.get("row_group_rows", 256)))
+    # CPU of this process (the tokenizer's threads included), for tokens per second per core.
+    figures["cpu_seconds"] = round(time.process_time() - started, 3)
     return {"rejected": rejected, "figures": figures, "file": {"path": name, "rows": sequences.num_rows, "bytes": path.stat().st_size, "sha256": sha256_file(path)}}
 
 
@@ -239,6 +243,8 @@ def merge_figures(shards: list[dict], tokenizer: PackTokenizer, params: dict) ->
                 bucket.update(value)
             elif isinstance(value, list):
                 total.setdefault(key, []).extend(value)
+            elif key == "cpu_seconds":
+                total[key] = round(total.get(key, 0) + value, 3)
             elif key == "items_per_sequence_max":
                 total[key] = max(total.get(key, 0), value)
             else:
