@@ -218,7 +218,7 @@ def main() -> None:
     methods = args.methods.split(",")
 
     def ours(name: str, corpus_dir: Path) -> None:
-        out = work / f"out-{name}"
+        out = work / ("out-ours-" + corpus_dir.name)
         shutil.rmtree(out, ignore_errors=True)
         config = work / "pack.toml"
         config.write_text(f'[pack]\ntokenizer = "{tokenizer}"\nseq_len = {args.seq_len}\ntemplate = "huatuo"\npacking = "best_fit"\nwindow = 1000\n\n[engine]\nworkers = 2\n', encoding="utf-8")

@@ -267,6 +267,8 @@ def test_stage_ledger_manifest_and_outputs(corpus_dir, rows, tokenizer_dir, tmp_
 
     hf = datasets.load_from_disk(str(out / "hf"))
     assert hf.num_rows == figures["sequences"] and hf[0]["input_ids"] == table.column("input_ids")[0].as_py()
+    lens = first_row["seq_lens"]
+    assert hf[0]["attention_mask"] == [k + 1 for k, n in enumerate(lens) for _ in range(n)] + [0] * (len(first_row["input_ids"]) - sum(lens))
 
 
 def test_two_workers_write_what_one_writes(corpus_dir, tokenizer_dir, tmp_path):

@@ -312,6 +312,14 @@ def finish(writer: DatasetWriter, manifest: StageManifest, results: list[dict], 
     return writer.commit()
 
 
+def _segment_numbers(batch: dict) -> dict:
+    masks = []
+    for ids, seq_lens in zip(batch["input_ids"], batch["seq_lens"]):
+        numbers = np.repeat(np.arange(1, len(seq_lens) + 1, dtype=np.int32), seq_lens)
+        masks.append(np.concatenate([numbers, np.zeros(len(ids) - len(numbers), np.int32)]))
+    return {"attention_mask": masks}
+
+
 def write_hf_dataset(files: list[Path], folder: Path) -> dict:
     """The packed sequences as a Hugging Face `datasets` folder (`load_from_disk`), as the
     released HuatuoGPT-II step saved them; its Arrow cache lives in a folder removed after."""
@@ -323,6 +331,9 @@ def write_hf_dataset(files: list[Path], folder: Path) -> dict:
         raise ValueError("pack.outputs hf needs the `datasets` package (pip install datasets)") from None
     cache = folder.with_name(folder.name + ".cache")
     dataset = datasets.Dataset.from_parquet([str(f) for f in files], cache_dir=str(cache), keep_in_memory=False)
+    # attention_mask: the item number (1, 2, ...) of each token, 0 on padding: the packed layout
+    # of LLaMA-Factory's neat_packing, from which its collator builds the block-diagonal mask.
+    dataset = dataset.map(_segment_numbers, batched=True, batch_size=256)
     dataset.save_to_disk(str(folder))
     rows = dataset.num_rows
     del dataset
