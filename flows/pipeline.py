@@ -44,7 +44,7 @@ def code_version() -> str:
 
 
 # Stages with no Spark implementation run on the local engine when the build runs on Spark.
-LOCAL_ONLY_STAGES = ("convert", "selection-dry-run", "pack")
+LOCAL_ONLY_STAGES = ("convert", "selection-dry-run")
 
 
 def _paragraphs_judged(config: BuildConfig) -> bool:
