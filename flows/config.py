@@ -394,7 +394,7 @@ def _default_task_control() -> dict[str, TaskControl]:
 
 
 NETWORK_STAGES = ("crawl", "convert")
-DEPLOYABLE_FLOWS = ("build-corpus", "refresh", "crawl", "ingest", "clean", "dedup", "decontaminate", "convert", "sample", "validate", "export", "pack")
+DEPLOYABLE_FLOWS = ("build-corpus", "refresh", "crawl", "ingest", "clean", "dedup", "decontaminate", "convert", "sample", "validate", "export")
 
 
 class ScheduleConfig(Section):
