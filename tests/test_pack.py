@@ -309,3 +309,47 @@ def test_flows_run_pack(corpus_dir, tokenizer_dir, tmp_path, prefect_home):
     config.write_text("[pack]\nseq_len = 1024\n", encoding="utf-8")
     done = _flows("run", "pack", "--input", str(corpus_dir), "--output", str(tmp_path / "x"), "--config", str(config), home=prefect_home)
     assert done.returncode == 2 and "pack.tokenizer: not set" in done.stderr
+
+
+@pytest.mark.slow
+def test_build_corpus_packs_last_when_a_tokenizer_is_set(tokenizer_dir, tmp_path, prefect_home):
+    sample = REPO / "flows" / "sample"
+    config = tmp_path / "build.toml"
+    config.write_text(
+        f"""
+[[sources]]
+name = "sample-book"
+kind = "files"
+path = "{sample / 'books'}"
+format = "book"
+category = "books"
+
+[[sources]]
+name = "sample-dialogues"
+kind = "dataset"
+path = "{sample / 'dialogues' / 'tcm_dialogues.jsonl'}"
+format = "instructions"
+category = "sft"
+
+[validate]
+every_stage = false
+
+[export]
+formats = []
+
+[pack]
+tokenizer = "{tokenizer_dir}"
+seq_len = {SEQ_LEN}
+
+[engine]
+workers = 1
+""",
+        encoding="utf-8",
+    )
+    workdir = tmp_path / "build"
+    done = _flows("run", "build-corpus", "--config", str(config), "--workdir", str(workdir), home=prefect_home)
+    assert done.returncode == 0, done.stderr[-3000:]
+    corpus_rows_out = read_manifest(workdir / "corpus").rows_out["corpus"]
+    packed_manifest = read_manifest(workdir / "packed")
+    assert packed_manifest.rows_in == {"corpus": corpus_rows_out}
+    assert packed_manifest.stats["pack"]["sequences"] > 0 and "packed: " in done.stdout
