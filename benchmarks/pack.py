@@ -213,7 +213,9 @@ def main() -> None:
     tokenizer = make_tokenizer(corpus, work / "tokenizer", args.vocab)
     subset = corpus_subset(corpus, args.shards, work / "corpus")
     n_shards = len(list(subset.glob("part-*.parquet")))
-    env = {"PYTHONPATH": str(REPO), "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_HOME": str(work / "prefect")}
+    # A busy machine starts Prefect's temporary server slowly: give it time rather than fail.
+    env = {"PYTHONPATH": str(REPO), "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_HOME": str(work / "prefect"),
+           "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "300")}
     results = {}
     methods = args.methods.split(",")
 

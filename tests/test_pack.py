@@ -277,9 +277,9 @@ def test_two_workers_write_what_one_writes(corpus_dir, tokenizer_dir, tmp_path):
     assert [f["sha256"] for f in one.stats["pack"]["shards"]] == [f["sha256"] for f in two.stats["pack"]["shards"]]
 
 
-def _flows(*args, home: Path) -> subprocess.CompletedProcess:
+def _flows(*args, home: Path, timeout: int = 400) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(REPO), "PREFECT_HOME": str(home)}
-    return subprocess.run([sys.executable, "-m", "flows", *args], capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
+    return subprocess.run([sys.executable, "-m", "flows", *args], capture_output=True, text=True, env=env, cwd=REPO, timeout=timeout)
 
 
 def test_config_section_is_checked(tmp_path):
@@ -347,7 +347,7 @@ workers = 1
         encoding="utf-8",
     )
     workdir = tmp_path / "build"
-    done = _flows("run", "build-corpus", "--config", str(config), "--workdir", str(workdir), home=prefect_home)
+    done = _flows("run", "build-corpus", "--config", str(config), "--workdir", str(workdir), home=prefect_home, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     corpus_rows_out = read_manifest(workdir / "corpus").rows_out["corpus"]
     packed_manifest = read_manifest(workdir / "packed")
