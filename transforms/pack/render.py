@@ -138,7 +138,8 @@ def render_batch(table: pa.Table, tokenizer: PackTokenizer, template: str) -> Re
                 reasons[row] = "empty_text"
                 continue
             plain.add(row, texts[row], True)
-            plain.add_eos(row)
+            if not tokenizer.appends_eos:
+                plain.add_eos(row)
             continue
         segments = _chat_segments(messages[row] or [], template, tokenizer)
         if isinstance(segments, str):

@@ -90,6 +90,9 @@ class PackTokenizer:
         self.pad_id = self._id(self.pad_token, "pad_token")
         self.special_tokens["eos_token"] = self.eos_token
         self.vocab_size = self.tokenizer.get_vocab_size(with_added_tokens=True)
+        # A post-processor that already ends every text with EOS (some Llama-style tokenizers).
+        probe = self.tokenizer.encode("a", add_special_tokens=True).ids
+        self.appends_eos = bool(probe) and probe[-1] == self.eos_id
 
     def _id(self, text: str, key: str) -> int:
         token_id = self.tokenizer.token_to_id(text)
