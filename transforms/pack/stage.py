@@ -214,6 +214,9 @@ def pack_shard(task: dict, context: dict) -> dict:
     task: {"index", "path"}; context: {"params", "folder"}. Returns the rejected rows, the
     figures and the written file's name, rows, bytes and sha256."""
     started = time.process_time()
+    if context.get("single_threaded"):
+        # Shards already run in parallel processes: the tokenizer's own threads would only contend.
+        os.environ["TOKENIZERS_PARALLELISM"] = "false"
     params = context["params"]
     tokenizer = load_tokenizer(params)
     table = pq.read_table(task["path"], columns=list(CORPUS_COLUMNS))
@@ -281,7 +284,8 @@ def run_pack(inputs: list[Path], output, params: dict, manifest: StageManifest, 
 
         return spark_pack.run_pack(shards, output, params, manifest, engine, tokenizer, progress)
     with DatasetWriter(output, manifest) as writer:
-        context = {"params": params, "folder": str(writer.folder)}
+        workers = getattr(engine, "workers", 1)
+        context = {"params": params, "folder": str(writer.folder), "single_threaded": workers > 1 and len(shards) > 1}
         results = []
         for result in engine.map(pack_shard, shards, context):
             results.append(result)
