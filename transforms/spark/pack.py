@@ -43,7 +43,8 @@ def run_pack(shards: list[dict], output, params: dict, manifest: StageManifest, 
     with DatasetWriter(output, manifest) as writer:
         results: list[dict] = []
         if shards:
-            context = {"params": params, "folder": str(writer.folder)}
+            # Tasks run in parallel on the executors: one tokenizer thread each.
+            context = {"params": params, "folder": str(writer.folder), "single_threaded": True}
             # spark.range with as many slices as shards: exactly one shard per task.
             tasks = spark.range(0, len(shards), 1, numPartitions=len(shards))
             frame = tasks.mapInArrow(_pack_tasks(shards, context), spark_schema(RESULT_SCHEMA))
