@@ -44,7 +44,7 @@ def synthetic_packed(folder: Path, seq_len: int, rows: int = 4000) -> Path:
 
     from schemas import CORPUS_SCHEMA
     from schemas.dataset import StageManifest
-    from transforms.engine import LocalEngine
+    from transforms.engines.local import LocalEngine
     from transforms.pack.stage import run_pack
     from transforms.pack.tokenizer import train_bpe_tokenizer
 

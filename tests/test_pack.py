@@ -19,7 +19,7 @@ pytest.importorskip("tokenizers", reason="the pack stage needs the tokenizers pa
 
 from schemas import CORPUS_SCHEMA  # noqa: E402
 from schemas.dataset import StageManifest, read_manifest  # noqa: E402
-from transforms.engine import LocalEngine  # noqa: E402
+from transforms.engines.local import LocalEngine  # noqa: E402
 from transforms.pack.packing import best_fit, greedy  # noqa: E402
 from transforms.pack.render import IGNORE_INDEX  # noqa: E402
 from transforms.pack.stage import pack_table, run_pack  # noqa: E402

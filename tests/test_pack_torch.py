@@ -14,7 +14,7 @@ pytest.importorskip("tokenizers", reason="the pack stage needs the tokenizers pa
 
 from pack_fixtures import corpus_rows, make_tokenizer_folder, write_corpus  # noqa: E402
 from schemas.dataset import StageManifest  # noqa: E402
-from transforms.engine import LocalEngine  # noqa: E402
+from transforms.engines.local import LocalEngine  # noqa: E402
 from transforms.pack.check import TinyCausalLM, packed_vs_alone  # noqa: E402
 from transforms.pack.reader import PackedDataset, block_causal_mask, collate_packed  # noqa: E402
 from transforms.pack.stage import run_pack  # noqa: E402

@@ -280,7 +280,7 @@ def run_pack(inputs: list[Path], output, params: dict, manifest: StageManifest, 
     tokenizer = load_tokenizer(params)  # a bad tokenizer fails here, before any worker starts
     shards = corpus_shards(inputs)
     if getattr(engine, "name", "local") == "spark":
-        from ..spark import pack as spark_pack
+        from ..engines.spark import pack as spark_pack
 
         return spark_pack.run_pack(shards, output, params, manifest, engine, tokenizer, progress)
     with DatasetWriter(output, manifest) as writer:
