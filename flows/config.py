@@ -131,6 +131,10 @@ class SelectConfig(Section):
     min_domain_score: Optional[float] = Field(None, ge=0, le=1)
     # Rules to turn off by key (TOML has no null): disable = ["min_punct_line_ratio"].
     disable: list[str] = []
+    # A prompt that conversations passing the rules answer in two or more different ways (in
+    # match form): drop every such row (one question, one answer), or keep them all. Counted in
+    # the manifest's stats.conflicting_answers either way, listed in the corpus report.
+    conflicting_answers: Literal["drop", "keep"] = "drop"
 
     @field_validator("disable")
     @classmethod
@@ -160,10 +164,13 @@ class DedupConfig(Section):
     method: Literal["exact", "minhash"] = "minhash"
     # Which copy of a cluster survives: criteria in order, the input order breaking ties.
     keep: list[Literal["quality", "longest", "source", "first"]] = ["quality", "longest", "source"]
-    quality_column: str = "quality_score"
+    # Unset: the keep rule's `quality` is computed from clean's tags (transforms/dedup.quality_key);
+    # a column name reads that column instead (higher is better).
+    quality_column: Optional[str] = None
     # Sources in order of preference for the `source` criterion; unlisted sources come last.
     source_priority: list[str] = []
-    # Estimated Jaccard similarity of character n-gram shingles from which two rows are one.
+    # Jaccard similarity of character n-gram shingle sets from which two rows are one: LSH on the
+    # MinHash signatures proposes pairs, the exact Jaccard of their shingle sets decides.
     threshold: float = Field(0.8, gt=0, lt=1)
     num_perm: int = Field(128, ge=16, le=1024)
     ngram: int = Field(5, ge=1, le=32)
@@ -188,6 +195,12 @@ class DecontaminateConfig(Section):
     # Share of a question's own n-grams needed when it is matched without its options: higher,
     # because exam stems paraphrase classical clauses that books hold.
     question_overlap: float = Field(0.9, gt=0, le=1)
+    # Share of the n-grams of an item's quoted words (else its stem) that, with the right option
+    # within answer_window characters of them, make a row cite the item with its answer: such rows
+    # are flagged in the `contamination` column and reported, never removed.
+    cite_overlap: float = Field(0.6, gt=0, le=1)
+    answer_window: int = Field(64, ge=0)
+    # remove: rows holding an item are rejected; flag: kept, named in the `contamination` column.
     action: Literal["remove", "flag"] = "remove"
     # Items shorter than this, question, options and answer together in match form, are not indexed.
     min_question_chars: int = Field(8, ge=1)

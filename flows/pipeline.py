@@ -456,9 +456,11 @@ def _publish_summary(markdown: str, key: str, description: str) -> None:
 def publish_build_report(root: Path, logger) -> Optional[str]:
     """Write WORKDIR/report.html and publish the same figures as Prefect artifacts."""
     from quality.report import build_figures, write_report
+    from transforms.conflicts import corpus_conflicts
 
     try:
-        figures = build_figures(root)
+        corpus = root / "corpus"
+        figures = build_figures(root, corpus_conflicts(corpus) if corpus.is_dir() else None)
         path = write_report(figures, root / "report.html")
     except Exception as exc:  # noqa: BLE001 - the report describes a finished build; it never fails one
         logger.warning("could not write the build report: %s", exc)

@@ -88,3 +88,19 @@ def test_export_columns_case_loads_through_dataset_info(tmp_path, prefect_home, 
     for name, entry in info.items():
         if name not in ("tcm_sharegpt", "tcm_alpaca"):
             assert llama_factory_examples(export, entry, tmp_path / "cache")
+
+
+def test_dedup_keeps_the_clean_copy_case(tmp_path, prefect_home):
+    """dedup-keeps-clean-copy: A, its one-character variant B, its traditional form C and its copy
+    padded with spaced ASCII punctuation D are one cluster; the cluster keeps A, not the longer D."""
+    folder = case_folder("dedup-keeps-clean-copy", tmp_path)
+    dedup = build(folder, "config.toml", prefect_home) / "stages" / "dedup"
+    kept = {json.loads(m)["file"] for m in pq.read_table(dedup / "documents", columns=["meta"]).column("meta").to_pylist()}
+    rejected = pq.read_table(dedup / "rejected" / "documents").to_pylist()
+    gone = {json.loads(r["meta"])["file"]: r["reason"] for r in rejected}
+    assert "A.txt" in kept and "G_unrelated.txt" in kept
+    assert {"B_one_char.txt", "C_traditional.txt", "D_punct_spaces.txt"} <= set(gone), gone
+    clusters = pq.read_table(dedup / "clusters").to_pylist()
+    a_id = next(r["id"] for r in pq.read_table(dedup / "documents").to_pylist() if json.loads(r["meta"])["file"] == "A.txt")
+    assert {r["cluster"] for r in clusters} == {a_id}
+    assert all(reason.endswith(a_id) for reason in gone.values())

@@ -119,6 +119,36 @@ def test_classical_clauses_in_exam_stems_do_not_flag_the_classics(shared_data, i
     assert ("mtcmb_tcm_ed_a", "810") in [(b, i) for b, i, _ in index.find(page)]
 
 
+def test_chapters_citing_an_item_with_its_answer_are_reported_and_flagged_not_removed(tmp_path, shared_data, items):
+    """The Shanghan lun chapters holding the clause an exam item quotes (574, quoted) or cites
+    (810, unquoted) with the right option beside it: reported as cited with the answer and
+    flagged in the `contamination` column, kept even when the action is `remove`."""
+    raw = (shared_data / "corpus" / "ancient-books" / "457-伤寒论.txt").read_bytes().decode("gb18030", "replace")
+    chapters = {f"chapter-{n}": c for n, c in enumerate(re.split(r"<篇名>", raw)) if c.strip()}
+    mtcmb = [i for i in items if i["benchmark"] == "mtcmb_tcm_ed_a"]
+    for action in ("remove", "flag"):
+        out = tmp_path / action
+        manifest = stages.run_decontaminate(
+            [_dataset(tmp_path / f"in-{action}", chapters)], out, {"action": action}, StageManifest(stage="decontaminate"),
+            LocalEngine(), mtcmb,
+        )
+        assert manifest.rows_rejected.get("documents", 0) == 0
+        flags = {r["id"]: r["contamination"] for r in read_kind(out, "documents").to_pylist()}
+        assert len(flags) == len(chapters)
+        cited = {f for f in flags.values() if f}
+        assert cited == {"cites_answer:mtcmb_tcm_ed_a:574", "cites_answer:mtcmb_tcm_ed_a:810"}, cited
+        row = manifest.stats["contamination"]["mtcmb_tcm_ed_a"]
+        assert row["items_found"] == 0 and row["items_cited_with_answer"] == 2 and row["rows_citing"] >= 2
+        report = (out / "contamination.md").read_text(encoding="utf-8")
+        assert "| mtcmb_tcm_ed_a | 1200 | 1200 | 0 | 0 | 0 | 2 |" in report
+        assert "cites_answer" in report
+    # the answer must stand beside the cited words: the clause alone is not enough
+    index = ContaminationIndex.build(mtcmb)
+    clause = "风湿相搏，身体疼烦，不能自转侧，不呕不渴，脉浮虚而涩者。"
+    assert index.find_all(clause + "桂枝附子汤主之。")[1] and not index.find_all(clause)[1]
+    assert not index.find_all(clause + "夫" * 200 + "桂枝附子汤")[1]
+
+
 def test_quoted_spans_are_not_an_items_own_words():
     grams = own_grams("“本太阳病医反下之因尔腹满时痛者”，其“腹满时痛”是病属", 13)
     assert grams and all("是病属" in g or "其" in g for g in grams)
