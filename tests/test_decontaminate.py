@@ -11,7 +11,7 @@ import pytest
 
 from schemas.dataset import DatasetWriter, StageManifest, read_kind
 from transforms import stages
-from transforms.decontaminate import ContaminationIndex, own_grams
+from transforms.decontaminate import ContaminationIndex, decontaminate_with_hits, own_grams
 from transforms.engine import LocalEngine
 from transforms.importers.benchmarks import load_benchmark
 from transforms.normalize import match_key
@@ -142,8 +142,14 @@ def test_chapters_citing_an_item_with_its_answer_are_reported_and_flagged_not_re
         report = (out / "contamination.md").read_text(encoding="utf-8")
         assert "| mtcmb_tcm_ed_a | 1200 | 1200 | 0 | 0 | 0 | 2 |" in report
         assert "cites_answer" in report
-    # the answer must stand beside the cited words: the clause alone is not enough
+    # the flag reaches the corpus through the row's meta, whose other keys stay
     index = ContaminationIndex.build(mtcmb)
+    citing = next(k for k, v in flags.items() if v)
+    table = pa.table({"id": [citing, "x"], "text": [chapters[citing], "黄芪补气。"], "meta": ['{"file": "457-伤寒论.txt"}', None]})
+    kept, _, _ = decontaminate_with_hits(table, "documents", index, "remove")
+    metas = kept.column("meta").to_pylist()
+    assert json.loads(metas[0]) == {"file": "457-伤寒论.txt", "contamination": flags[citing]} and metas[1] is None
+    # the answer must stand beside the cited words: the clause alone is not enough
     clause = "风湿相搏，身体疼烦，不能自转侧，不呕不渴，脉浮虚而涩者。"
     assert index.find_all(clause + "桂枝附子汤主之。")[1] and not index.find_all(clause)[1]
     assert not index.find_all(clause + "夫" * 200 + "桂枝附子汤")[1]

@@ -238,8 +238,24 @@ def decontaminate_with_hits(
             hits.extend({"kind": kind, "id": row_id, "benchmark": b, "item": i, "share": round(s, 4), "match": match} for b, i, s in listed)
     mask = pa.array(removed, pa.bool_())
     rejected = table.filter(mask).append_column("reason", pa.array([l for l, r in zip(labels, removed) if r], pa.string()))
+    if "meta" in table.schema.names and any(labels):
+        # The column stops at the corpus schema; the row's meta carries the flag to the shards and exports.
+        metas = [_with_flag(meta, label) for meta, label in zip(table.column("meta").to_pylist(), labels)]
+        table = table.set_column(table.schema.get_field_index("meta"), "meta", pa.array(metas, table.schema.field("meta").type))
     flagged = table.append_column("contamination", pa.array(labels, pa.string())).filter(pc.invert(mask))
     return flagged, rejected, hits
+
+
+def _with_flag(meta: str | None, label: str | None) -> str | None:
+    if label is None:
+        return meta
+    try:
+        data = json.loads(meta) if meta else {}
+    except ValueError:
+        data = {"meta": meta}
+    if not isinstance(data, dict):
+        data = {"meta": data}
+    return json.dumps({**data, "contamination": label}, ensure_ascii=False)
 
 
 def contamination_report(index: ContaminationIndex, hits: list[dict], action: str) -> dict:
