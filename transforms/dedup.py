@@ -27,7 +27,7 @@ def exact_key(match_form: str) -> bytes:
 
 
 # The tags of clean (transforms/quality.py) that the keep rule's `quality` is computed from.
-QUALITY_TAGS = ("chars", "han_chars", "debris_ratio", "dup_line_ratio")
+QUALITY_TAGS = ("chars", "han_chars", "han_ratio", "debris_ratio", "dup_line_ratio")
 
 
 def quality_key(table: pa.Table) -> np.ndarray:
@@ -35,11 +35,13 @@ def quality_key(table: pa.Table) -> np.ndarray:
     (higher is better), float64; NaN where a tag is missing (a user's own folder, rows not
     tagged), which ranks after every scored row.
 
-    quality = han_chars / chars - debris_ratio - dup_line_ratio, rounded to 0.01.
+    quality = 1 - blank_share - debris_ratio - dup_line_ratio, rounded to 0.01, where
+    blank_share = 1 - visible / chars is the share of spaces and line breaks (visible characters
+    = han_chars / han_ratio; 0 for a text without Han).
     Copies in one duplicate cluster say the same thing, so what tells them apart is their form:
-    padding, spaced ASCII punctuation (「太阳病 , 头痛」), markup and blank lines add characters
-    that are not Han (a lower first term); OCR debris and repeated lines are subtracted. Rounded,
-    so copies equally clean tie and the next criterion (`longest`) decides between them.
+    padding (「太阳病 , 头痛」), spaced-out or hard-wrapped lines, OCR debris and repeated lines
+    lower the key; punctuation does not, so a punctuated copy is not ranked below a bare one.
+    Rounded, so copies equally clean tie and the next criterion (`longest`) decides.
     """
     names = table.schema.names
     if not all(tag in names for tag in QUALITY_TAGS):
@@ -48,7 +50,8 @@ def quality_key(table: pa.Table) -> np.ndarray:
     def column(name: str) -> np.ndarray:
         return pc.cast(table.column(name), pa.float64(), safe=False).to_numpy(zero_copy_only=False).astype(np.float64)
 
-    chars = column("chars")
+    chars, han_ratio = column("chars"), column("han_ratio")
     with np.errstate(invalid="ignore", divide="ignore"):
-        han_share = np.where(chars > 0, column("han_chars") / chars, 0.0)
-    return np.round(han_share - column("debris_ratio") - column("dup_line_ratio"), 2)
+        visible = np.where(han_ratio > 0, column("han_chars") / han_ratio, chars)
+        blank_share = np.where(chars > 0, np.clip(1.0 - visible / chars, 0.0, 1.0), 0.0)
+    return np.round(1.0 - blank_share - column("debris_ratio") - column("dup_line_ratio"), 2)
