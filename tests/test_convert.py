@@ -51,7 +51,7 @@ def build_input(folder: Path, tags: list[str], chapter_tags: list[str] = ()) -> 
         text = "\n".join(passage_text(tag) for tag in chapter_tags)
         rows.append({"id": document_id("books", text), "text": text, "source": "books", "category": "books",
                      "title": "长篇", "meta": dumps_meta({"book": "长篇", "chapter": "一"})})
-    rows.append({"id": "mono-1", "text": "甘草专论" * 10, "source": "pharmacopoeia", "category": "encyclopedia",
+    rows.append({"id": "mono-1", "text": "甘草\n【性味与归经】甘，平。归心、肺、脾、胃经。", "source": "pharmacopoeia", "category": "encyclopedia",
                  "title": "甘草", "meta": dumps_meta(MONOGRAPH)})
     dialogues = []
     for question in ("最近总是失眠多梦怎么办？", "  舌苔厚腻是什么原因？ "):

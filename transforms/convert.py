@@ -13,41 +13,99 @@ from collections import Counter
 
 import pyarrow as pa
 
-from schemas import CONVERSATIONS, DOCUMENTS, conform, conversation_id, dumps_meta, loads_meta, nullable_schema
+from schemas import CONVERSATIONS, DOCUMENTS, conform, conversation_id, document_id, dumps_meta, loads_meta, nullable_schema
 
-TEMPLATE_VERSION = "template-1"
+TEMPLATE_VERSION = "template-2"
 
-# Section of a monograph -> the question it answers. Sections not listed (lab assays) are skipped.
+# Section of a monograph -> the question it answers. Sections not listed (lab assays, 注) stay in
+# the entry's text row, so nothing the entry says is lost.
 MONOGRAPH_QUESTIONS = {
     "性味与归经": "{name}的性味与归经是什么？",
+    "性味": "{name}的性味是什么？",
     "功能与主治": "{name}有哪些功效？主治哪些病证？",
     "用法与用量": "{name}的用法与常用剂量是怎样的？",
     "注意": "使用{name}有哪些注意事项？",
+    "禁忌": "使用{name}有哪些禁忌？",
     "性状": "{name}药材的性状有什么特点？",
     "贮藏": "{name}应当如何贮藏？",
     "炮制": "{name}如何炮制？",
+    "制法": "{name}是如何制成的？",
+    "用途": "{name}有什么用途？",
 }
-# Answers longer than this are laboratory detail, not knowledge a clinician asks for.
+SOURCE_SECTION = "来源"
+# Answers longer than this are laboratory detail, not knowledge a clinician asks for: they stay
+# in the text row.
 MAX_ANSWER_CHARS = 1200
+TEXT_KIND = "monograph_text"
+
+
+def monograph_conversion(meta: dict, text: str) -> dict:
+    """A monograph document -> {"pairs": [(section, question, answer)], "rejected": [(section,
+    question, answer, reason)], "text": what stays as text or None, "to_text": [section],
+    "digits_repaired": n}.
+
+    The entry is read back from the document's text (transforms.importers.monographs.
+    read_entry_text), so questions and answers are the cleaned text the clean stage wrote (its
+    normalisation, OpenCC policy and PII redaction), not the sections as imported. OCR digit
+    slips in answers are repaired (transforms.numbers.repair_digits); an answer with a lost
+    number is rejected with `lost_number:<fragment>` and its section is neither a question nor
+    text. Every other section is either a question and answer or stays in the text row (with
+    the name, pinyin and Latin lines), as do answers over MAX_ANSWER_CHARS."""
+    from .importers.monographs import entry_text, read_entry_text
+    from .numbers import lost_numbers, repair_digits
+
+    entry = read_entry_text(text) if text else None
+    if entry is None or not (entry["sections"] or entry["description"]):
+        entry = _entry_from_meta(meta)  # a document whose text is not an entry's layout
+    name = entry["name"] or meta.get("name") or ""
+    result = {"pairs": [], "rejected": [], "text": None, "to_text": [], "digits_repaired": 0}
+    if not name:
+        return result
+    candidates = []
+    description = (entry.get("description") or "").strip()
+    if description:
+        candidates.append((SOURCE_SECTION, f"{name}是什么药材？来源于哪种植物或动物？", description))
+    for section, body in entry["sections"].items():
+        question = MONOGRAPH_QUESTIONS.get(section)
+        body = (body or "").strip()
+        if question and body and len(body) <= MAX_ANSWER_CHARS:
+            candidates.append((section, question.format(name=name), _answer(name, section, body)))
+    done: set[str] = set()
+    for section, question, answer in candidates:
+        answer, repaired = repair_digits(answer)
+        result["digits_repaired"] += repaired
+        lost = lost_numbers(answer)
+        if lost:
+            result["rejected"].append((section, question, answer, f"lost_number:{lost[0]}"))
+        else:
+            result["pairs"].append((section, question, answer))
+        done.add(section)
+    rest = [b for b in entry["blocks"] if not (b["sections"] and set(b["sections"]) <= done)]
+    result["to_text"] = sorted(set(entry["sections"]) - done)
+    if SOURCE_SECTION not in done and description:
+        result["to_text"].insert(0, SOURCE_SECTION)
+    if any(line != "饮片" for b in rest for line in b["lines"]) or SOURCE_SECTION not in done and description:
+        remainder = entry_text(entry, rest, description=SOURCE_SECTION not in done)
+        result["text"] = repair_digits(remainder)[0]
+    return result
+
+
+def _entry_from_meta(meta: dict) -> dict:
+    """An entry from meta alone (a document without its text)."""
+    sections = meta.get("sections") or {}
+    blocks = [{"names": [n], "lines": [f"【{n}】{t}"], "sections": [n]} for n, t in sections.items()]
+    return {"name": meta.get("name") or "", "pinyin": meta.get("pinyin"), "latin": meta.get("latin"),
+            "description": meta.get("description"), "sections": sections, "blocks": blocks,
+            "body": [line for b in blocks for line in b["lines"]]}
 
 
 def monograph_pairs(meta: dict, text: str) -> list[tuple[str, str, str]]:
-    """(section, question, answer) for each section of a monograph that a template covers."""
-    name = meta.get("name") or ""
-    pairs = []
-    description = (meta.get("description") or "").strip()
-    if name and description:
-        pairs.append(("来源", f"{name}是什么药材？来源于哪种植物或动物？", description))
-    for section, body in (meta.get("sections") or {}).items():
-        question = MONOGRAPH_QUESTIONS.get(section)
-        body = (body or "").strip()
-        if question and name and body and len(body) <= MAX_ANSWER_CHARS:
-            pairs.append((section, question.format(name=name), _answer(name, section, body)))
-    return pairs
+    """(section, question, answer) for each section of a monograph that becomes a question."""
+    return monograph_conversion(meta, text)["pairs"]
 
 
 def _answer(name: str, section: str, body: str) -> str:
-    if section == "性味与归经":
+    if section in ("性味与归经", "性味"):
         return f"{name}{body}" if not body.startswith(name) else body
     if section == "功能与主治":
         return f"{name}的功能与主治：{body}"
@@ -62,50 +120,79 @@ def term_pairs(meta: dict, text: str) -> list[tuple[str, str, str]]:
     return [("定义", f"中医所说的“{term}”是指什么？", f"{term}：{definition}")]
 
 
-# meta["kind"] of a document -> the template that turns it into (section, question, answer)s.
-TEMPLATES = {"monograph": monograph_pairs, "term": term_pairs}
+def _term_conversion(meta: dict, text: str) -> dict:
+    return {"pairs": term_pairs(meta, text), "rejected": [], "text": None, "to_text": [], "digits_repaired": 0}
 
 
-def convert_documents(batch: pa.RecordBatch | pa.Table, params: dict) -> dict[str, pa.Table]:
-    """Documents -> {"conversations": produced, "documents": left as text, "rejected": removed}.
+# meta["kind"] of a document -> the template that turns it into questions and answers.
+TEMPLATES = {"monograph": monograph_conversion, "term": _term_conversion}
 
-    A document that yields conversations counts as kept (converted); one that yields none stays
-    as text when `keep_text`, else is rejected with reason `not_converted`."""
+
+def convert_documents(batch: pa.RecordBatch | pa.Table, params: dict) -> dict:
+    """Documents -> {"conversations": produced, "documents": left as text, "rejected": removed
+    documents, "converted": n, "remainders": text rows of converted entries (sections no
+    template took), "rejected_conversations": candidate answers rejected (reason
+    `lost_number:...`), "sections": counts per section of what became a question, text, or a
+    rejected answer, and OCR digit runs repaired}.
+
+    A document that yields conversations (or rejected candidates) counts as kept (converted);
+    one that yields none stays as text when `keep_text`, else is rejected with reason
+    `not_converted`."""
     table = conform(batch, DOCUMENTS)
     system = params.get("system_prompt")
-    produced, as_text, rejected_rows = [], [], []
+    produced, as_text, rejected_rows, remainders, rejected_candidates = [], [], [], [], []
+    sections = {"questions": Counter(), "text": Counter(), "rejected": Counter(), "digits_repaired": 0}
+
+    def conversation(row: dict, section: str, question: str, answer: str) -> dict:
+        messages = ([{"role": "system", "content": system}] if system else []) + [
+            {"role": "user", "content": question},
+            {"role": "assistant", "content": answer},
+        ]
+        return {
+            "id": conversation_id(row["source"], messages),
+            "messages": messages,
+            "source": row["source"],
+            "category": row["category"],
+            "origin_id": row["id"],
+            "meta": dumps_meta(
+                {"converter": TEMPLATE_VERSION, "section": section, "title": row.get("title"), "url": row.get("url")}
+            ),
+        }
+
     for row in table.to_pylist():
         meta = loads_meta(row.get("meta"))
         template = TEMPLATES.get(meta.get("kind", ""))
-        pairs = template(meta, row["text"]) if template else []
-        if not pairs:
+        result = template(meta, row["text"]) if template else None
+        if not result or not (result["pairs"] or result["rejected"]):
             if params.get("keep_text", True):
                 as_text.append(row)
             else:
                 rejected_rows.append({**row, "reason": f"not_converted:backend={params.get('backend', 'template')}"})
             continue
-        for section, question, answer in pairs:
-            messages = ([{"role": "system", "content": system}] if system else []) + [
-                {"role": "user", "content": question},
-                {"role": "assistant", "content": answer},
-            ]
-            produced.append(
-                {
-                    "id": conversation_id(row["source"], messages),
-                    "messages": messages,
-                    "source": row["source"],
-                    "category": row["category"],
-                    "origin_id": row["id"],
-                    "meta": dumps_meta(
-                        {"converter": TEMPLATE_VERSION, "section": section, "title": row.get("title"), "url": row.get("url")}
-                    ),
-                }
-            )
+        for section, question, answer in result["pairs"]:
+            produced.append(conversation(row, section, question, answer))
+            sections["questions"][section] += 1
+        for section, question, answer, reason in result["rejected"]:
+            rejected_candidates.append({**conversation(row, section, question, answer), "reason": reason})
+            sections["rejected"][section] += 1
+        sections["text"].update(result["to_text"])
+        sections["digits_repaired"] += result["digits_repaired"]
+        if result["text"]:
+            remainders.append({
+                **row,
+                "id": document_id(row["source"], result["text"]),
+                "text": result["text"],
+                "meta": dumps_meta({**meta, "kind": TEXT_KIND, "origin_id": row["id"], "sections": None,
+                                    "sections_as_text": result["to_text"]}),
+            })
     out = {
         CONVERSATIONS: conform(pa.Table.from_pylist(produced, schema=nullable_schema(CONVERSATIONS)), CONVERSATIONS),
         DOCUMENTS: table.filter(pa.array([False] * table.num_rows)) if not as_text else _rows_like(table, as_text),
         "rejected": _rows_like(table, rejected_rows, reason=True),
         "converted": table.num_rows - len(as_text) - len(rejected_rows),
+        "remainders": _rows_like(table, remainders),
+        "rejected_conversations": rejected_candidates,
+        "sections": sections,
     }
     return out
 
@@ -158,7 +245,8 @@ class ConversionSink:
     as text, and rejected rows with reasons; it keeps the stage's ledger.
 
     Ledger: documents in = kept (converted, or left as text) + rejected (`not_converted`, only
-    without `keep_text`). Conversations in = native conversations + every conversation the stage
+    without `keep_text`); a converted entry's remainder (sections no template took) is written
+    as one more text row, counted in `remainder_text_rows`. Conversations in = native conversations + every conversation the stage
     produced, before checks; rejected = LLM candidates that failed a check or a request, and
     repeats of a conversation already written."""
 
@@ -167,6 +255,8 @@ class ConversionSink:
         self.flush_rows = flush_rows
         self.ids: set[str] = set()
         self.counts: Counter = Counter()
+        # Template sections per section name: became a question, stayed as text, answer rejected.
+        self.sections: dict[str, Counter] = {"questions": Counter(), "text": Counter(), "rejected": Counter()}
         self._text_schema = nullable_schema(DOCUMENTS)
         self._buffers: dict[str, list[dict]] = {"conversations": [], "text": [], "rejected_documents": [], "rejected_conversations": []}
 
@@ -203,6 +293,15 @@ class ConversionSink:
         self.produced(result[CONVERSATIONS].to_pylist())
         self.writer.write(DOCUMENTS, result[DOCUMENTS])
         self.writer.reject(DOCUMENTS, result["rejected"])
+        remainders = result.get("remainders")
+        if remainders is not None and remainders.num_rows:
+            self.counts["remainder_text_rows"] += remainders.num_rows
+            self.writer.write(DOCUMENTS, remainders)
+        self.reject_conversations(result.get("rejected_conversations") or [])
+        sections = result.get("sections") or {}
+        for what in ("questions", "text", "rejected"):
+            self.sections[what].update(sections.get(what, {}))
+        self.counts["template_digits_repaired"] += sections.get("digits_repaired", 0)
 
     def reject_documents(self, rows: list[dict]) -> None:
         self._buffers["rejected_documents"].extend(rows)

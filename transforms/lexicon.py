@@ -151,12 +151,14 @@ def read_terms(path: Path) -> tuple[str, list[tuple[str, str]]]:
 
 def pharmacopoeia_terms(lines: list[str]) -> tuple[list[str], list[str]]:
     """(herb names, action phrases) of a pharmacopoeia."""
-    from .importers.monographs import entry_spans, parse_entry
+    from .importers.monographs import MISMATCH, read_entries
 
     names, actions = [], []
-    for start, end in entry_spans(lines):
-        names.extend(split_alias(lines[start]))
-        function = parse_entry(lines[start:end])["sections"].get("功能与主治", "")
+    for _, entry in read_entries(lines):
+        if entry["identity"]["status"] == MISMATCH:
+            continue  # a heading its own lines contradict names no herb
+        names.extend(split_alias(entry["name"]))  # spacing removed, a wrong heading renamed
+        function = entry["sections"].get("功能与主治", "")
         # `补气升阳，固表止汗。用于气虚乏力...`: the actions come before 用于, the indications after.
         actions.extend(ACTION_SEPARATORS.split(function.split("用于")[0]) if "用于" in function else [])
     return names, [a for a in actions if ACTION.match(a)]

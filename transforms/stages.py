@@ -260,7 +260,11 @@ def run_convert(inputs, output, params, manifest, engine: LocalEngine, progress=
                 "conversations_from_templates": counts["conversations_from_templates"],
                 "conversations_native": counts["conversations_native"],
                 "documents_left_as_text": counts["documents_left_as_text"],
+                "remainder_text_rows": counts["remainder_text_rows"],
                 "text_rows_written": writer.rows_written(DOCUMENTS),
+                # Per section name: became a question, stayed in the text row, answer rejected.
+                "template_sections": {what: dict(sorted(c.items())) for what, c in sink.sections.items()},
+                "template_digits_repaired": counts["template_digits_repaired"],
             }
         )
         return writer.commit()
@@ -325,6 +329,8 @@ def run_ingest(sources: list[dict], page_inputs: list[Path], output, params, man
                     removed[kind] = []
 
         files_read = {}
+        import_counts: dict[str, Counter] = {}
+        untrained_meta: dict[str, Counter] = {}
         seen_ids: dict[str, set[str]] = {DOCUMENTS: set(), CONVERSATIONS: set()}
         for source in sources:
             path = Path(source["path"])
@@ -335,6 +341,8 @@ def run_ingest(sources: list[dict], page_inputs: list[Path], output, params, man
             for file in files:
                 for item in import_file(file, source["format"], source["name"], source["category"], {"encoding": source.get("encoding", "auto")}):
                     _count(manifest, "rows_in", item.kind, 1)
+                    import_counts.setdefault(source["name"], Counter()).update(item.tally)
+                    untrained_meta.setdefault(source["name"], Counter()).update(item.untrained)
                     row_id = item.row.get("id")
                     if not item.reason and row_id in seen_ids[item.kind]:
                         # The same content again in another file of the source: one id, one row.
@@ -356,4 +364,8 @@ def run_ingest(sources: list[dict], page_inputs: list[Path], output, params, man
                 _count(manifest, "rows_in", PAGES, batch.num_rows)
                 _count(manifest, "rows_kept", PAGES, documents.num_rows)
         manifest.stats["files_read"] = files_read
+        manifest.stats["import_counts"] = {name: dict(sorted(c.items())) for name, c in import_counts.items() if c}
+        # Meta keys holding a record's own content that no message or text carries (what is
+        # set aside, not trained), with the rows that have each.
+        manifest.stats["untrained_meta"] = {name: dict(sorted(c.items())) for name, c in untrained_meta.items() if c}
         return writer.commit()

@@ -19,6 +19,12 @@ class Imported:
     kind: str  # schemas.records.DOCUMENTS or CONVERSATIONS
     row: dict  # columns of that kind's schema
     reason: str | None = None  # set when the record is rejected; row still holds what was read
+    # Labels counted per source in the ingest manifest (stats.import_counts), e.g. identity:renamed.
+    tally: tuple[str, ...] = ()
+    # Meta keys holding the record's own content that no message or text carries: listed per
+    # source with counts in the ingest manifest (stats.untrained_meta), so nothing is set
+    # aside unseen.
+    untrained: tuple[str, ...] = ()
 
     @property
     def rejected(self) -> bool:

@@ -27,6 +27,7 @@ QUESTION_KEYS = ("question", "Question", "问题", "题目", "stem")
 ANSWER_KEYS = ("answer", "Answer", "答案", "output", "label")
 ID_KEYS = ("id", "ID", "Id", "", "Unnamed: 0")
 OPTION_LETTERS = "ABCDEFGH"
+ITEM_FIELDS = {*QUESTION_KEYS, *ANSWER_KEYS, *ID_KEYS, *OPTION_LETTERS, "options", "choices", "instruction", "input"}
 MARKUP = re.compile(r"</?(?:text|question|context|passage)>")
 # "A", "A、C", "A,C", "AC": the letters of a multiple-choice answer, less separators.
 ANSWER_LETTERS = re.compile(r"[\s,，、;；]+")
@@ -52,9 +53,14 @@ def import_benchmark(path: Path, source: str, category: str, options: dict | Non
         text = "\n".join(part for part in (item["question"], item["options"]) if part)
         meta = {"kind": "benchmark", "benchmark": name, "item": item["item"], "answer": item["answer"],
                 "answer_label": item["answer_label"], "file": path.name}
-        yield document(text, source, category, title=f"{name}:{item['item']}", meta=meta,
-                       reason=None if item["question"] else "malformed:no_question",
-                       fallback_key=(path.name, item["item"]))
+        if item["other_fields"]:
+            meta["other_fields"] = item["other_fields"]  # an explanation (parse), a source
+        record = document(text, source, category, title=f"{name}:{item['item']}", meta=meta,
+                          reason=None if item["question"] else "malformed:no_question",
+                          fallback_key=(path.name, item["item"]))
+        # An evaluation item's answer and explanation are never training data.
+        record.untrained = tuple(k for k in ("item", "answer", "answer_label", "other_fields") if meta.get(k))
+        yield record
 
 
 def _rows(path: Path) -> list[Any]:
@@ -66,14 +72,18 @@ def _rows(path: Path) -> list[Any]:
 
 def _item(row: Any, index: int, name: str, boilerplate: set[str]) -> dict:
     if not isinstance(row, dict):
-        return {"benchmark": name, "item": str(index), "question": "", "options": "", "answer": "", "answer_label": ""}
+        return {"benchmark": name, "item": str(index), "question": "", "options": "", "answer": "", "answer_label": "",
+                "other_fields": {}}
     item_id = next((str(row[k]) for k in ID_KEYS if k in row and str(row[k]).strip()), str(index))
     question = _first(row, QUESTION_KEYS)
+    boilerplate_instruction = ""
     if not question and ("input" in row or "instruction" in row):
         instruction = _clean(row.get("instruction"))
         question = _clean(row.get("input"))
         if instruction and instruction not in boilerplate:
             question = f"{instruction}\n{question}".strip()
+        elif instruction:
+            boilerplate_instruction = instruction
     options = _options(row)
     answer, label = _first(row, ANSWER_KEYS), ""
     letters = ANSWER_LETTERS.sub("", answer)
@@ -87,6 +97,11 @@ def _item(row: Any, index: int, name: str, boilerplate: set[str]) -> dict:
         if isinstance(options, dict) else options,
         "answer": answer,
         "answer_label": label,
+        # Fields no part of the item reads (an explanation, a source), kept as they are.
+        "other_fields": {
+            **{str(k): _clean(v) for k, v in row.items() if k not in ITEM_FIELDS and _clean(v)},
+            **({"instruction": boilerplate_instruction} if boilerplate_instruction else {}),
+        },
     }
 
 

@@ -89,18 +89,28 @@ def import_book(path: Path, source: str, category: str, options: dict | None = N
     if not book.chapters:
         text = clean_text(book.front, width)
         meta = {**meta_base, "chapter": None, "chapter_index": 0, "volume": None}
-        yield document(
+        record = document(
             text, source, category, title=meta_base["book"], meta=meta,
             reason=None if text else "empty_chapter", fallback_key=(path.name, "0"),
         )
+        record.untrained = _untrained(meta)
+        yield record
         return
     for index, chapter in enumerate(book.chapters):
         text = clean_text(chapter.lines, width, chapter.prefix)
         meta = {**meta_base, "chapter": chapter.title, "chapter_index": index, "volume": chapter.volume}
-        yield document(
+        record = document(
             text, source, category, title=chapter.title, meta=meta,
             reason=None if text else "empty_chapter", fallback_key=(path.name, str(index)),
         )
+        record.untrained = _untrained(meta)
+        yield record
+
+
+def _untrained(meta: dict) -> tuple[str, ...]:
+    """The header and heading lines kept in meta rather than in a chapter's text (book, author,
+    dynasty, year, the chapter's title, its volume)."""
+    return tuple(key for key in ("book", "author", "dynasty", "year", "chapter", "volume") if meta.get(key))
 
 
 def import_text(path: Path, source: str, category: str, options: dict | None = None) -> Iterator[Imported]:

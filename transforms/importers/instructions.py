@@ -12,10 +12,17 @@ lines). Each record's shape is recognised on its own, so one file may mix shapes
                 paired up turn by turn
 
 A dialogue's speakers: 患者 and those speaking for the patient (家长, 患者家属 ...) are the user,
-医生/大夫 the assistant. The conversation starts at the patient's first words: a doctor's opening
-("哪里不舒服？") says nothing the answer depends on, so it goes to meta["opening"] rather than
-becoming a turn the model would learn to answer. Consecutive turns of one speaker are merged; a
+医生/大夫 the assistant; consecutive turns of one speaker are merged. A doctor who speaks first
+("姜先生哪里不舒服？慢慢说。") answers a patient's greeting, OPENING_PROMPT, the one turn the
+importer writes (meta["added_turns"] names it). A dialogue record's `answer` (the expert's
+conclusion on the consultation, as MTCMB gives: 疾病诊断, 证候诊断, 治法, 方剂, 药物组成) becomes a
+last turn: the patient's last unanswered words, if any, then a request for the conclusion,
+naming the headings the answer has (CONCLUSION_PROMPT), answered by it. Without an answer, a
 patient's last words with no reply go to meta["unanswered"].
+
+Every non-empty string of a record lands in a message, or in a meta key listed in
+`Imported.untrained` (counted per source in the ingest manifest's stats.untrained_meta), or, for
+the record's `id`, in the origin_id column.
 
 A record that cannot be read is rejected with a reason (`malformed:json`, `malformed:no_output`,
 ...), its original in meta["raw"], and the rest of the file still imports.
@@ -41,6 +48,14 @@ SPEAKER = re.compile(rf"(?m)^[ \t\u3000]*({'|'.join(PATIENT_SIDE + DOCTOR_SIDE)}
 # Fields a shape reads; every other scalar field of a record is kept in meta.
 SHAPE_FIELDS = {"messages", "conversations", "dialogue", "text", "instruction", "instruct", "input",
                 "output", "history", "system", "id"}
+# A dialogue record's field holding the expert's conclusion on the consultation.
+CONCLUSION_FIELDS = ("answer", "diagnosis", "诊断")
+CONSUMED = "_consumed"  # fields a shape took into messages beyond SHAPE_FIELDS
+OPENING_PROMPT = "医生您好。"
+CONCLUSION_PROMPT = "请根据以上问诊，给出{headings}。"
+CONCLUSION_GENERIC = "请根据以上问诊，给出诊断和治疗意见。"
+# `中医疾病诊断：痹证`: a heading of a structured conclusion, at the start of a line.
+CONCLUSION_HEADING = re.compile(r"(?m)^([^\n：:]{2,24})[：:]")
 
 
 class Malformed(Exception):
@@ -59,8 +74,13 @@ def import_instructions(path: Path, source: str, category: str, options: dict | 
         except Malformed as exc:
             yield _rejected(f"malformed:{exc}", record, base_meta, origin, source, category, path)
             continue
-        meta = {**base_meta, **extra, **_extra_fields(record)}
-        yield conversation(messages, source, category, origin_id=origin, meta=meta)
+        consumed = extra.pop(CONSUMED, [])
+        kept_aside = {k: v for k, v in {**extra, **_extra_fields(record)}.items() if k not in consumed}
+        kept_aside.pop("added_turns", None)  # written by the importer, not the record's content
+        meta = {**base_meta, **extra, **{k: v for k, v in _extra_fields(record).items() if k not in consumed}}
+        imported = conversation(messages, source, category, origin_id=origin, meta=meta)
+        imported.untrained = tuple(sorted(kept_aside))
+        yield imported
 
 
 def read_records(path: Path, options: dict | None = None) -> Iterator[tuple[int, Any, str | None]]:
@@ -98,7 +118,10 @@ def to_messages(record: Any) -> tuple[list[dict], dict]:
         return _checked(_sharegpt(record["conversations"])), {}
     for field in ("dialogue", "text"):
         if isinstance(record.get(field), str) and SPEAKER.search(record[field]):
-            return dialogue_messages(record[field])
+            key = next((key for key in CONCLUSION_FIELDS
+                        if isinstance(record.get(key), str) and record[key].strip()), None)
+            messages, extra = dialogue_messages(record[field], record[key] if key else None)
+            return messages, {**extra, CONSUMED: [key]} if key else extra
     instruction = record.get("instruction", record.get("instruct"))
     if instruction is None and "output" not in record:
         raise Malformed("no_shape")
@@ -116,8 +139,9 @@ def to_messages(record: Any) -> tuple[list[dict], dict]:
     return _checked(messages), {}
 
 
-def dialogue_messages(text: str) -> tuple[list[dict], dict]:
-    """Messages of a consultation written as one text with 医生：/患者： turns."""
+def dialogue_messages(text: str, conclusion: str | None = None) -> tuple[list[dict], dict]:
+    """Messages of a consultation written as one text with 医生：/患者： turns; `conclusion`: the
+    expert's conclusion on it, which becomes the last turn (see the module doc)."""
     parts = SPEAKER.split(text)
     turns: list[dict] = []
     for speaker, content in zip(parts[1::2], parts[2::2]):
@@ -130,16 +154,36 @@ def dialogue_messages(text: str) -> tuple[list[dict], dict]:
         else:
             turns.append({"role": role, "content": content})
     extra: dict = {}
+    added: list[str] = []
     preamble = parts[0].strip()
     if preamble:
         extra["preamble"] = preamble
     if turns and turns[0]["role"] == ASSISTANT:
-        extra["opening"] = turns.pop(0)["content"]
-    if turns and turns[-1]["role"] == USER:
+        turns.insert(0, {"role": USER, "content": OPENING_PROMPT})
+        added.append(OPENING_PROMPT)
+    conclusion = (conclusion or "").strip()
+    if conclusion:
+        request = conclusion_request(conclusion)
+        added.append(request)
+        if turns and turns[-1]["role"] == USER:
+            turns[-1]["content"] += "\n" + request
+        else:
+            turns.append({"role": USER, "content": request})
+        turns.append({"role": ASSISTANT, "content": conclusion})
+    elif turns and turns[-1]["role"] == USER:
         extra["unanswered"] = turns.pop()["content"]
+    if added:
+        extra["added_turns"] = added
     if not turns:
         raise Malformed("no_turns")
     return _checked(turns), extra
+
+
+def conclusion_request(conclusion: str) -> str:
+    """The patient's request for a conclusion, naming its headings in order: 「请根据以上问诊，
+    给出中医疾病诊断、中医证候诊断、中医治法、方剂名称、药物组成。」"""
+    headings = list(dict.fromkeys(h.strip() for h in CONCLUSION_HEADING.findall(conclusion)))
+    return CONCLUSION_PROMPT.format(headings="、".join(headings)) if headings else CONCLUSION_GENERIC
 
 
 def _openai(messages: Any) -> list[dict]:
