@@ -42,10 +42,10 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from transforms import minhash  # noqa: E402
-from transforms.clusters import UnionFind, cluster_duplicates  # noqa: E402
-from transforms.deduplicate import DedupSettings, fingerprint_batch  # noqa: E402
-from transforms.normalize import match_key  # noqa: E402
+from transforms.clean.normalize import match_key  # noqa: E402
+from transforms.dedup import minhash  # noqa: E402
+from transforms.dedup.clusters import UnionFind, cluster_duplicates  # noqa: E402
+from transforms.dedup.deduplicate import DedupSettings, fingerprint_batch  # noqa: E402
 
 EDIT_RATES = (0.005, 0.01, 0.015, 0.02, 0.025, 0.03, 0.06, 0.12)
 _MARKUP = re.compile(r"^(<[^>]*>.*|书名：.*|作者：.*|朝代：.*|年份：.*|内容：)")

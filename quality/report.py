@@ -38,7 +38,7 @@ def _json(path: Path) -> dict | None:
 
 def build_figures(workdir: str | Path, corpus_conflicts: dict | None = None) -> dict:
     """The report's figures from a build folder. `corpus_conflicts`: prompts the corpus answers in
-    several ways ({"prompts", "rows", "examples"}, `transforms.conflicts.corpus_conflicts`), which
+    several ways ({"prompts", "rows", "examples"}, `transforms.select.conflicts.corpus_conflicts`), which
     the flows compute; the select stage's own count comes from its manifest."""
     workdir = Path(workdir)
     stages = workdir / "stages"

@@ -8,9 +8,9 @@ import pytest
 from schemas import CONVERSATIONS, SCHEMAS
 from schemas.dataset import DatasetWriter, StageManifest, read_kind
 from transforms import stages
-from transforms.conflicts import AnswerIndex, prompt_and_answer
-from transforms.engine import LocalEngine
-from transforms.importers import import_file
+from transforms.select.conflicts import AnswerIndex, prompt_and_answer
+from transforms.engines.local import LocalEngine
+from transforms.ingest.importers import import_file
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +64,7 @@ def test_select_drops_conflicting_answers_of_real_rows_by_default_and_keeps_them
 
 def test_report_lists_conflicting_answers_with_examples(tmp_path, qr_conversations):
     from quality.report import artifact_markdown, build_figures, render_html
-    from transforms.conflicts import corpus_conflicts
+    from transforms.select.conflicts import corpus_conflicts
 
     folder, rows = qr_conversations
     workdir = tmp_path / "build"

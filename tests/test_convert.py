@@ -19,11 +19,11 @@ from flows.config import ConvertConfig
 from schemas import CONVERSATIONS, DOCUMENTS, conversation_id, document_id, dumps_meta, loads_meta
 from schemas.dataset import DatasetWriter, StageManifest, read_manifest
 from transforms import stages
-from transforms.engine import LocalEngine
-from transforms.llm.client import EndpointError
-from transforms.llm.passages import SENTENCE_END, split_passages
-from transforms.llm.prompts import load_prompts
-from transforms.llm.verify import Checks, Unreadable, read_field
+from transforms.engines.local import LocalEngine
+from transforms.convert.llm.client import EndpointError
+from transforms.convert.llm.passages import SENTENCE_END, split_passages
+from transforms.convert.llm.prompts import load_prompts
+from transforms.convert.llm.verify import Checks, Unreadable, read_field
 
 sys.path.insert(0, str(Path(__file__).parent))
 from openai_server import ChatServer  # noqa: E402
@@ -250,7 +250,7 @@ KILLED_RUN = """
 import json, sys
 from schemas.dataset import StageManifest
 from transforms import stages
-from transforms.engine import LocalEngine
+from transforms.engines.local import LocalEngine
 inputs, output, params = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
 stages.run_convert([inputs], output, params, StageManifest(stage="convert"), LocalEngine(1, 64))
 """

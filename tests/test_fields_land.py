@@ -16,12 +16,12 @@ import pytest
 from schemas import CONVERSATIONS, DOCUMENTS, loads_meta
 from schemas.dataset import StageManifest, read_manifest
 from transforms import stages
-from transforms.importers import FORMATS
-from transforms.importers.benchmarks import MARKUP, _rows as benchmark_rows
-from transforms.importers.books import CONTENT_PREFIX, strip_markers
-from transforms.importers.instructions import SPEAKER, read_records
-from transforms.importers.monographs import MISSING
-from transforms.normalize import match_key
+from transforms.ingest.importers import FORMATS
+from transforms.ingest.importers.benchmarks import MARKUP, _rows as benchmark_rows
+from transforms.ingest.importers.books import CONTENT_PREFIX, strip_markers
+from transforms.ingest.importers.instructions import SPEAKER, read_records
+from transforms.ingest.importers.monographs import MISSING
+from transforms.clean.normalize import match_key
 
 SPACING = re.compile(r"\s+")
 

@@ -9,9 +9,9 @@ import pyarrow as pa
 import pytest
 
 from schemas.records import CONVERSATIONS, DOCUMENTS, conform, conversation_text, loads_meta, rejected_schema
-from transforms.importers import FORMATS, SourceError, import_file, list_files, load_benchmark
-from transforms.importers.encoding import Decoded, decode_bytes
-from transforms.importers.instructions import OPENING_PROMPT
+from transforms.ingest.importers import FORMATS, SourceError, import_file, list_files, load_benchmark
+from transforms.ingest.importers.encoding import Decoded, decode_bytes
+from transforms.ingest.importers.instructions import OPENING_PROMPT
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"

@@ -9,13 +9,13 @@ import pytest
 
 from schemas import conversation_id, document_id, dumps_meta
 from schemas.dataset import StageManifest
-from transforms.clean import clean_conversations, clean_documents
-from transforms.convert import convert_documents, monograph_pairs
-from transforms.decontaminate import ContaminationIndex, decontaminate_with_hits
-from transforms.engine import LocalEngine
-from transforms.normalize import match_key, normalize_text
+from transforms.clean.steps import clean_conversations, clean_documents
+from transforms.convert.conversion import convert_documents, monograph_pairs
+from transforms.decontaminate.contamination import ContaminationIndex, decontaminate_with_hits
+from transforms.engines.local import LocalEngine
+from transforms.clean.normalize import match_key, normalize_text
 from transforms.stages import run_dedup
-from transforms.sample import priority_order, sort_keys, to_corpus_rows, uniform_draws
+from transforms.sample.order import priority_order, sort_keys, to_corpus_rows, uniform_draws
 
 
 def docs(texts, source="s", category="books", metas=None):

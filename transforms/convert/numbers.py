@@ -7,7 +7,7 @@ leaving a range with an empty side (「～3g」, 「直径～，」, 「一次�
 (「不得过%」). A slip is repaired only in a numeric context: a run of digits and look-alike
 letters, not touching another Latin letter, that holds a digit or stands beside a range sign
 or before a unit. A lost number cannot be repaired: `lost_numbers` names what is missing, and
-a caller that states facts (the template answers of transforms/convert.py) rejects the text.
+a caller that states facts (the template answers of transforms/convert/conversion.py) rejects the text.
 """
 from __future__ import annotations
 

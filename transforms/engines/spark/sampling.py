@@ -1,5 +1,5 @@
 """The sample stage on Spark: the same training order, shards and `_corpus_manifest.json` as
-`transforms.shards.write_corpus`, apart from each shard's bytes and sha256 (the same rows, but
+`transforms.sample.shards.write_corpus`, apart from each shard's bytes and sha256 (the same rows, but
 a Parquet file's bytes also depend on the writer's batching).
 
 Keys: each row's fine-tuning copies and sort keys come from `sample.expanded_keys` in
@@ -27,9 +27,9 @@ import pyarrow.compute as pc
 from schemas import CATEGORIES, CORPUS, SCHEMA_VERSION, nullable_schema
 from schemas.dataset import DatasetError, StageManifest
 
-from ..sample import Codes, expand_copies, expanded_keys, id_hashes, item_weights, to_corpus_rows, with_positions
-from ..shards import CORPUS_MANIFEST, FORMAT_OF, ITEM_KINDS
-from ..tokens import TokenCounter
+from transforms.sample.order import Codes, expand_copies, expanded_keys, id_hashes, item_weights, to_corpus_rows, with_positions
+from transforms.sample.shards import CORPUS_MANIFEST, FORMAT_OF, ITEM_KINDS
+from transforms.sample.tokens import TokenCounter
 from .datasets import FILE_ORDINAL, ROW_INDEX, HadoopStore, SparkDatasetWriter, join, kind_files, read_files, with_order
 from .stages import spark_schema
 

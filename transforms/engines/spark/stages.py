@@ -183,7 +183,7 @@ def map_kinds(step, inputs, writer, manifest: StageManifest, engine, kinds, cont
 def run_clean(inputs, output, params, manifest: StageManifest, engine, progress: Progress | None = None) -> StageManifest:
     """`transforms.stages.run_clean` on Spark: the same step; its per-batch stats (redactions,
     CPU seconds per step) gathered from the executors and summed as the local engine does."""
-    from ..stages import _clean_step
+    from transforms.clean.stage import _clean_step
 
     redactions: dict[str, dict[str, int]] = {}
     seconds: Counter = Counter()
@@ -202,8 +202,8 @@ def run_clean(inputs, output, params, manifest: StageManifest, engine, progress:
 def run_decontaminate(inputs, output, params, manifest: StageManifest, engine, items: list[dict], progress: Progress | None = None) -> StageManifest:
     """`transforms.stages.run_decontaminate` on Spark: the index broadcast once, the hits of
     every batch gathered in dataset order for the same report."""
-    from ..decontaminate import ContaminationIndex, contamination_report, report_markdown
-    from ..stages import _decontaminate_step
+    from transforms.decontaminate.contamination import ContaminationIndex, contamination_report, report_markdown
+    from transforms.decontaminate.stage import _decontaminate_step
     from .datasets import join
 
     index = ContaminationIndex.from_params(items, params)
@@ -241,14 +241,14 @@ def paragraphs_apply(spark, files: list[str], settings) -> bool:
 
 
 def run_dedup(inputs, output, params, manifest: StageManifest, engine, progress: Progress | None = None) -> StageManifest:
-    """`transforms.deduplicate.run_dedup_stage` on Spark: the same clusters, kept rows, reasons,
+    """`transforms.dedup.deduplicate.run_dedup_stage` on Spark: the same clusters, kept rows, reasons,
     `clusters` audit and stats. Repeated paragraphs and the persistent index stay local-only."""
     from pyspark import StorageLevel
     from pyspark.sql import functions as F
 
     from schemas.records import CLUSTERS
 
-    from ..deduplicate import DedupSettings, method_stats
+    from transforms.dedup.deduplicate import DedupSettings, method_stats
     from .datasets import FILE_ORDINAL, with_order
     from .near_dedup import NODE, cluster_decisions
 

@@ -25,9 +25,9 @@ from schemas.records import CLUSTERS, REPEATED_PARAGRAPHS
 
 from . import minhash, paragraphs
 from .clusters import KEEP_CRITERIA, Fingerprints, _object_array, cluster_duplicates
-from .dedup import exact_key, quality_key, text_of
-from .dedup_index import DedupIndex, segment_name
-from .normalize import match_key
+from .keys import exact_key, quality_key, text_of
+from .index import DedupIndex, segment_name
+from transforms.clean.normalize import match_key
 
 TEXT_KINDS = (DOCUMENTS, CONVERSATIONS)
 BOILERPLATE_ONLY = "repeated_paragraphs_only"
@@ -39,7 +39,7 @@ class DedupSettings:
 
     method: str = "minhash"
     keep: list[str] = field(default_factory=lambda: ["quality", "longest", "source"])
-    # None: the keep rule's `quality` is `dedup.quality_key`, computed from clean's tags; a name
+    # None: the keep rule's `quality` is `keys.quality_key`, computed from clean's tags; a name
     # reads that column instead (higher is better), which every input row must have.
     quality_column: str | None = None
     source_priority: list[str] = field(default_factory=list)

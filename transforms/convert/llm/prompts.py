@@ -1,4 +1,4 @@
-"""Versioned prompt sets, shipped as TOML files in `transforms/llm/prompts/`."""
+"""Versioned prompt sets, shipped as TOML files in `transforms/convert/llm/prompts/`."""
 from __future__ import annotations
 
 import tomllib
@@ -28,7 +28,7 @@ class PromptSet:
 
 
 def available_versions() -> list[str]:
-    folder = resources.files("transforms.llm") / "prompts"
+    folder = resources.files("transforms.convert.llm") / "prompts"
     return sorted(p.name.removesuffix(".toml") for p in folder.iterdir() if p.name.endswith(".toml"))
 
 
@@ -38,7 +38,7 @@ def load_prompts(version: str = DEFAULT_PROMPT_VERSION, path: str | Path | None 
         text = Path(path).read_text(encoding="utf-8")
         origin = str(path)
     else:
-        resource = resources.files("transforms.llm") / "prompts" / f"{version}.toml"
+        resource = resources.files("transforms.convert.llm") / "prompts" / f"{version}.toml"
         if not resource.is_file():
             raise PromptError(f"no prompt set {version!r} (shipped: {', '.join(available_versions())})")
         text = resource.read_text(encoding="utf-8")

@@ -1,6 +1,6 @@
 """The clean stage over record batches: normalise, redact personal data, reject what is empty or
 malformed, and tag every kept row with its language and quality scores (selection comes later,
-in transforms/select.py, so a changed threshold never recomputes a tag).
+in transforms/select/rules.py, so a changed threshold never recomputes a tag).
 
 Each function takes a batch and the `[clean]` parameters and returns (kept, rejected); every
 input row is in exactly one of the two, and a rejected row says which rule and value removed it.
@@ -24,7 +24,7 @@ from schemas import CONVERSATIONS, DOCUMENTS, ROLES, conform, conversation_text
 from . import pii
 from .langid import DEFAULT_MAX_CHARS, LanguageIdentifier
 from .normalize import han_count, normalize_text
-from .quality import quality_tags
+from .tag_rules import quality_tags
 from .textstats import HAN, TextBatch
 
 # A text counts as traditional when at least this share of its Han characters changed.

@@ -119,7 +119,7 @@ def _add_all(build: LexiconBuild, found: list[tuple[str, str]]) -> dict[str, int
 
 def read_terms(path: Path) -> tuple[str, list[tuple[str, str]]]:
     """(kind of file, [(term, class)]) of one reference file; LexiconError if it is none of them."""
-    from .importers.base import SourceError, read_source
+    from transforms.ingest.importers.base import SourceError, read_source
 
     try:
         text = read_source(path).text
@@ -151,7 +151,7 @@ def read_terms(path: Path) -> tuple[str, list[tuple[str, str]]]:
 
 def pharmacopoeia_terms(lines: list[str]) -> tuple[list[str], list[str]]:
     """(herb names, action phrases) of a pharmacopoeia."""
-    from .importers.monographs import MISMATCH, read_entries
+    from transforms.ingest.importers.monographs import MISMATCH, read_entries
 
     names, actions = [], []
     for _, entry in read_entries(lines):
@@ -174,7 +174,7 @@ def split_alias(name: str) -> list[str]:
 
 def terminology_terms(lines: list[str]) -> list[list[str]]:
     """[term, synonym, ...] per entry of a terminology standard."""
-    from .importers.monographs import TERM_CODE, parse_term
+    from transforms.ingest.importers.monographs import TERM_CODE, parse_term
 
     codes = [i for i, line in enumerate(lines) if TERM_CODE.match(line)]
     groups = []

@@ -16,7 +16,7 @@ not words; Chinese punctuation; classical texts without modern punctuation habit
 | flagged_per_kchar | whole-word hits of the flagged list (ads, gambling, adult) per 1000 characters | C4 badwords, ChineseWebText |
 | debris_ratio | OCR and conversion debris: replacement chars, lost-glyph boxes and gaps, l/O for 1/0 | ours |
 
-Selection (transforms/select.py) applies thresholds to these columns later, so changing a
+Selection (transforms/select/rules.py) applies thresholds to these columns later, so changing a
 threshold never recomputes them.
 """
 from __future__ import annotations

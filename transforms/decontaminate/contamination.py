@@ -39,8 +39,8 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .dedup import text_of
-from .normalize import match_key
+from transforms.dedup.keys import text_of
+from transforms.clean.normalize import match_key
 
 # Spans an exam item quotes from elsewhere: quotations and book titles.
 _QUOTED = re.compile(r"“[^”]*”|「[^」]*」|『[^』]*』|‘[^’]*’|\"[^\"]*\"|《[^》]*》")

@@ -20,7 +20,7 @@ import pyarrow as pa
 
 from schemas import DOCUMENTS, conform, content_id, conversation_id, dumps_meta, loads_meta
 
-from ..convert import ConversionSink, convert_documents, document_kind
+from transforms.convert.conversion import ConversionSink, convert_documents, document_kind
 from .cache import ResponseCache
 from .client import BudgetExhausted, ChatClient, ClientSettings, RequestFailed, Slot
 from .passages import Passage, split_passages

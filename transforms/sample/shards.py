@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 from schemas import CATEGORIES, CONVERSATIONS, CORPUS, DOCUMENTS, SCHEMA_VERSION, nullable_schema
 from schemas.dataset import DatasetError, kind_files
 
-from .sample import Codes, SamplingPlan, expand_copies, id_hashes, plan_order, sampling_curve, to_corpus_rows, with_positions
+from .order import Codes, SamplingPlan, expand_copies, id_hashes, plan_order, sampling_curve, to_corpus_rows, with_positions
 from .tokens import TokenCounter
 
 # The corpus manifest: named with a leading underscore so that Arrow's and pandas' discovery of

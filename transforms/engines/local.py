@@ -11,7 +11,12 @@ import multiprocessing
 from collections import deque
 from concurrent.futures import ProcessPoolExecutor
 from itertools import chain, islice
+from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
+
+import pyarrow as pa
+
+from schemas.dataset import StageManifest, iter_batches, kinds_in
 
 _worker_context: Any = None
 
@@ -54,3 +59,24 @@ class LocalEngine:
                     yield pending.popleft().result()
             while pending:
                 yield pending.popleft().result()
+
+
+# -- reading and counting stage inputs on this machine ------------------------------------------
+
+
+def read_batches(inputs: Iterable[Path], kind: str, rows: int) -> Iterator[pa.RecordBatch]:
+    """The record batches of `kind` of each input dataset in turn, at most `rows` rows each."""
+    for path in inputs:
+        yield from iter_batches(path, kind, rows)
+
+
+def kinds_present(inputs: list[Path], kinds: Iterable[str]) -> list[str]:
+    """The kinds, in the order given, that at least one input dataset holds."""
+    found = {kind for path in inputs for kind in kinds_in(path)}
+    return [kind for kind in kinds if kind in found]
+
+
+def add_count(manifest: StageManifest, field: str, kind: str, n: int) -> None:
+    """Add `n` rows of `kind` to the manifest's `field` ledger ("rows_in", "rows_kept", ...)."""
+    counts = getattr(manifest, field)
+    counts[kind] = counts.get(kind, 0) + n

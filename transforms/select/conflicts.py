@@ -20,7 +20,7 @@ from typing import Iterable
 import pyarrow as pa
 import pyarrow.compute  # noqa: F401 - pa.compute in corpus_conflicts
 
-from .normalize import match_key
+from transforms.clean.normalize import match_key
 
 
 def prompt_and_answer(messages: list[dict] | None) -> tuple[str, str] | None:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import pyarrow as pa
 
-from .normalize import match_key
+from transforms.clean.normalize import match_key
 
 _BLANK_LINES = re.compile(r"\n{3,}")
 

@@ -1,4 +1,4 @@
-"""Exact and MinHash near-duplicate clusters on Spark, with the rules of `transforms.clusters`.
+"""Exact and MinHash near-duplicate clusters on Spark, with the rules of `transforms.dedup.clusters`.
 
 Each row's fingerprint (exact key, length, quality, source, MinHash signature, shingle set) comes
 from `deduplicate.fingerprint_batch` in `mapInArrow`, so both engines see the same keys, signatures
@@ -20,9 +20,9 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from .. import minhash
-from ..clusters import Fingerprints, kept_member
-from ..deduplicate import fingerprint_batch
+from transforms.dedup import minhash
+from transforms.dedup.clusters import Fingerprints, kept_member
+from transforms.dedup.deduplicate import fingerprint_batch
 
 NODE = "_tcm_node"  # a row's dataset position as one number: file ordinal << 32 | row index
 EMPTY_VALUE = np.uint32(0xFFFFFFFF)

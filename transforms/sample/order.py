@@ -10,7 +10,7 @@ where a sequential multinomial draw (exact only below 2^24 items in torch) does 
 
 The order needs only each item's id, category and source: `plan_order` works on those (per
 million items, a fifth of them fine-tuning data in 3 epochs: 46 MB kept, 115 MB at the peak of
-the sort), and the rows themselves are gathered afterwards in a stream (`transforms.shards`).
+the sort), and the rows themselves are gathered afterwards in a stream (`transforms.sample.shards`).
 """
 from __future__ import annotations
 

@@ -43,8 +43,8 @@ class Example:
 
 def read_labelled(path: Path | str, fmt: str, label: int, source: str | None = None) -> Iterator[Example]:
     """The texts of one labelled source; rejected records and texts under MIN_CHARS are skipped."""
-    from .importers import SourceError, import_file, list_files
-    from .importers.instructions import read_records
+    from transforms.ingest.importers import SourceError, import_file, list_files
+    from transforms.ingest.importers.instructions import read_records
 
     path = Path(path)
     source = source or path.name

@@ -33,7 +33,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .normalize import match_key
+from transforms.clean.normalize import match_key
 
 _U64 = np.uint64
 _LOW32 = _U64(0xFFFFFFFF)
