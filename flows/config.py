@@ -6,7 +6,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, computed_field, field_validator, model_validator
 
 from schemas import CATEGORIES
 
@@ -90,7 +90,20 @@ class PiiConfig(Section):
 class CleanConfig(Section):
     """Normalisation, redaction and tagging; what is removed for quality is decided in [select]."""
 
-    opencc: Optional[Literal["t2s", "tw2s", "hk2s"]] = "t2s"
+    # OpenCC converts only text (lines) detected as traditional: "auto" detects the variant,
+    # t2s / tw2s / hk2s fix it; simplified text passes unchanged (transforms/simplify.py).
+    opencc: Optional[Literal["auto", "t2s", "tw2s", "hk2s"]] = "auto"
+    # Extra OpenCC phrase dictionaries (`traditional<TAB>simplified[<TAB>why]` a line), after the
+    # shipped transforms/resources/opencc_phrases.tsv.
+    opencc_phrases: list[Path] = []
+    # Source damage repair (transforms/repair.py) for documents of these categories: corrections
+    # from transforms/resources/corrections.tsv (plus `repair_corrections`, same format) and lost
+    # glyphs filled where the lexicon (shipped seed + `repair_lexicon`, a `flows lexicon build`
+    # file) admits one completion; every document gets a `lost_glyphs` count.
+    repair: bool = True
+    repair_categories: list[str] = ["books"]
+    repair_lexicon: Optional[Path] = None
+    repair_corrections: Optional[Path] = None
     # NFKC folds compatibility forms; full-width CJK punctuation is kept as the text wrote it.
     unicode_form: Literal["NFKC", "NFC", "none"] = "NFKC"
     min_chars: int = Field(20, ge=0)
@@ -106,6 +119,19 @@ class CleanConfig(Section):
     # TCM domain relevance tags (lexicon density, classifier probability); off when unset.
     domain_lexicon: Optional[Path] = None
     domain_model: Optional[Path] = None
+
+    @computed_field  # in the config hash: a new shipped table re-runs clean
+    @property
+    def tables(self) -> dict[str, str]:
+        from transforms.repair import table_versions
+        from transforms.simplify import PHRASES_FILE, phrases_version
+
+        return {**table_versions(), PHRASES_FILE: phrases_version()}
+
+
+# A text with more than 1% of its characters lost (「□」 runs of a lacunose manuscript, unfilled
+# blanks) is rejected; fewer are kept with their count (see docs/ARCHITECTURE.md, Cleaning).
+LOST_GLYPHS_DEFAULT = 10.0
 
 
 class SelectConfig(Section):
@@ -127,6 +153,8 @@ class SelectConfig(Section):
     max_ellipsis_ratio: Optional[float] = Field(0.3, ge=0, le=1)
     max_flagged_per_kchar: Optional[float] = Field(3.0, ge=0)
     max_debris_ratio: Optional[float] = Field(0.1, ge=0, le=1)
+    # Lost glyphs clean could not fill (「□」, ambiguous blanks) per 1,000 characters.
+    max_lost_glyphs_per_kchar: Optional[float] = Field(LOST_GLYPHS_DEFAULT, ge=0)
     min_domain_lexicon: Optional[float] = Field(None, ge=0)
     min_domain_score: Optional[float] = Field(None, ge=0, le=1)
     # Rules to turn off by key (TOML has no null): disable = ["min_punct_line_ratio"].
