@@ -11,12 +11,13 @@ A blank is one space or 「□」 right after a Han character. A completion is a
 table and a lexicon term T = a + g + b, where a is the last j >= 1 Han characters before the
 blank and b the first m >= 0 characters after it, such that:
   1. no lexicon term longer than a ends at the blank (大黄 , 地黄 : the blank closes a word);
-  2. T starts a word: the character before a is not Han, or is a function or preparation
-     character (加 用 以 炙 ...), unless T spans at least three known characters (j + m >= 3:
-     「黄 桂枝五物汤」);
-  3. when T ends at the blank (m = 0, 「黄 三两」), what follows is what follows an item of a
-     prescription: a dose, a bracket, list punctuation, another blank, the end, or a lexicon
-     term (the next herb).
+  2. when T ends at the blank (m = 0, 「黄 三两」: only one side is evidence), T starts a word:
+     the character before a is not Han, or is a function or preparation character (加 用 以 炙
+     ...), so 鸡子黄 , 面黄 stay; and
+  3. what follows is what follows an item of a prescription: a dose (a number and a unit, 各,
+     等分), a bracket, list punctuation, another blank, the end, or a lexicon term (the next
+     herb); 「黄 一点」 is not a dose.
+A term that spans the blank (m >= 1: 「黄 桂枝五物汤」, 「当归黄 汤」) needs rule 1 only.
 Exactly one glyph -> the blank is replaced (kind `lost_glyph`). Several -> the blank stays and is
 counted in `lost_glyphs`; none -> a 「□」 is counted, a space is a space.
 
@@ -46,7 +47,8 @@ REPAIR_TYPE = pa.list_(
 # Characters that may stand right before a herb's name in a prescription or a note on it.
 FUNCTION_CHARS = set("加用以与和及同倍去减恶入宜并兼佐君臣使合配伍炙生蜜酒盐姜醋煨炒焙蒸制净好真嫩老大小上中")
 _HAN = re.compile("[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0002ebef]")
-_DOSE = re.compile(r"[一二三四五六七八九十百半两钱分厘斤升合枚个片各等0-9０-９]")
+# A dose: a number and a unit (三两, 一钱五分, 10g), or 各 / 等分.
+_DOSE = re.compile(r"(?:[一二三四五六七八九十百半0-9０-９]+[两钱分厘斤升合枚个片克g]|各|等分)")
 _LIST_MARKS = set("（(、，,。；;：:)）\n")
 MAX_SIDE = 12
 
@@ -197,7 +199,7 @@ class Repairer:
             for b, glyph in self.by_left.get(a, ()):
                 if not right.startswith(b):
                     continue
-                if not starts_word and j + len(b) < 3:  # rule 2
+                if not b and not starts_word:  # rule 2
                     continue
                 if not b and not self._item_follows(right):  # rule 3
                     continue
@@ -205,7 +207,7 @@ class Repairer:
         return glyphs
 
     def _item_follows(self, right: str) -> bool:
-        if not right or right[0] in _LIST_MARKS or right[0] in BLANKS or _DOSE.match(right[0]):
+        if not right or right[0] in _LIST_MARKS or right[0] in BLANKS or _DOSE.match(right):
             return True
         return any(right[:n] in self.terms for n in range(2, min(len(right), self.max_term) + 1))
 
