@@ -65,7 +65,7 @@ def test_separators_after_herbs_are_not_lost_glyphs(shared_data):
         result = r.repair(text)
         assert result.text == text and result.lost_glyphs == 0, text
     # A blank closing 黄 before a dose, a bracket or the next herb is 黄芪.
-    for text, want in (("黄 三两", "黄芪三两"), ("当归 黄 （蜜炙） 白术", "当归 黄芪（蜜炙） 白术"), ("加黄 、白术", "加黄芪、白术"), ("当归黄 汤", "当归黄芪汤")):
+    for text, want in (("黄 三两", "黄芪三两"), ("炙黄 人参 炙甘草", "炙黄芪 人参 炙甘草"), ("当归 黄 （蜜炙） 白术", "当归 黄芪（蜜炙） 白术"), ("加黄 、白术", "加黄芪、白术"), ("当归黄 汤", "当归黄芪汤")):
         assert r.repair(text).text == want
 
 

@@ -18,7 +18,9 @@ blank and b the first m >= 0 characters after it, such that:
      等分), a bracket, list punctuation, another blank, the end, or a lexicon term (the next
      herb); 「黄 一点」 is not a dose.
 A term that spans the blank (m >= 1: 「黄 桂枝五物汤」, 「当归黄 汤」) needs rule 1 only.
-Exactly one glyph -> the blank is replaced (kind `lost_glyph`). Several -> the blank stays and is
+Exactly one glyph -> the blank is replaced (kind `lost_glyph`); by the glyph and a space when the
+term ends at the blank and the next herb follows (「炙黄 人参」 -> 「炙黄芪 人参」: in a list
+spaced by blanks the lost glyph took its separator with it). Several -> the blank stays and is
 counted in `lost_glyphs`; none -> a 「□」 is counted, a space is a space.
 
 Every repair is kept per row as (offset, original, replacement, kind), the offset in code points
@@ -157,31 +159,42 @@ class Repairer:
         return "".join(pieces), repairs
 
     def _fill(self, text: str, repairs: list[Repair]) -> Repaired:
-        chars = list(text)
         lost = 0
-        fills: list[tuple[int, str]] = []
-        for i, ch in enumerate(chars):
+        fills: list[tuple[int, str]] = []  # (position of the blank, replacement)
+        for i, ch in enumerate(text):
             if ch not in BLANKS:
                 continue
-            if i == 0 or not _HAN.match(chars[i - 1]):
+            if i == 0 or not _HAN.match(text[i - 1]):
                 lost += ch == LOST_MARK
                 continue
-            glyphs = self.completions(text, i) if chars[i - 1] in self.glyph_after else set()
-            if len(glyphs) == 1:
-                fills.append((i, glyphs.pop()))
-            elif glyphs or ch == LOST_MARK:
+            found = self.completions(text, i) if text[i - 1] in self.glyph_after else {}
+            if len(found) == 1:
+                glyph, spans = found.popitem()
+                # 「炙黄 人参」 was 「炙黄芪 人参」: the blank was the glyph and the list's space.
+                after = text[i + 1 : i + 1 + MAX_SIDE]
+                separator = ch == " " and not spans and _HAN.match(after[:1] or "x") and not _DOSE.match(after)
+                fills.append((i, glyph + " " if separator else glyph))
+            elif found or ch == LOST_MARK:
                 lost += 1
         if not fills:
             return Repaired(text, repairs, lost)
-        # Fills replace one code point by one, so offsets (of corrections too) stay valid.
-        for i, glyph in fills:
-            repairs.append(Repair(i, chars[i], glyph, "lost_glyph"))
-            chars[i] = glyph
-        repairs.sort(key=lambda r: r.offset)
-        return Repaired("".join(chars), repairs, lost)
+        pieces, last, shift, moved = [], 0, 0, []
+        for i, replacement in fills:
+            pieces.append(text[last:i])
+            pieces.append(replacement)
+            moved.append(Repair(i + shift, text[i], replacement, "lost_glyph"))
+            shift += len(replacement) - 1
+            last = i + 1
+        pieces.append(text[last:])
+        # Corrections came first; a fill that added a separator before one moves it.
+        for r in repairs:
+            grown = sum(len(rep) - 1 for i, rep in fills if i < r.offset)
+            moved.append(Repair(r.offset + grown, r.original, r.replacement, r.kind))
+        return Repaired("".join(pieces), sorted(moved, key=lambda r: r.offset), lost)
 
-    def completions(self, text: str, i: int) -> set[str]:
-        """The glyphs the lexicon admits for the blank at text[i] (rules 1-3 of the module doc)."""
+    def completions(self, text: str, i: int) -> dict[str, bool]:
+        """The glyphs the lexicon admits for the blank at text[i] (rules 1-3 of the module doc),
+        each with whether a term admitting it continues past the blank."""
         left_start = i
         while left_start > 0 and i - left_start < MAX_SIDE and _HAN.match(text[left_start - 1]):
             left_start -= 1
@@ -189,7 +202,7 @@ class Repairer:
         right = text[i + 1 : i + 1 + MAX_SIDE]
         # Rule 1: the longest lexicon term ending at the blank.
         closing = max((j for j in range(2, len(left) + 1) if left[-j:] in self.terms), default=0)
-        glyphs = set()
+        glyphs: dict[str, bool] = {}
         for j in range(1, min(len(left), self.max_term) + 1):
             if closing > j:
                 continue
@@ -203,7 +216,7 @@ class Repairer:
                     continue
                 if not b and not self._item_follows(right):  # rule 3
                     continue
-                glyphs.add(glyph)
+                glyphs[glyph] = glyphs.get(glyph, False) or bool(b)
         return glyphs
 
     def _item_follows(self, right: str) -> bool:
