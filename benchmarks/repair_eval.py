@@ -2,6 +2,11 @@
 against the hand labels in benchmarks/repair_labels.tsv.
 
     python benchmarks/repair_eval.py [--shared ../shared/data] [--sample 200] [--seed 14] [--write]
+    python benchmarks/repair_eval.py --counts WORKDIR [WORKDIR ...]
+
+`--counts` prints, for the kept rows of each build (WORKDIR/stages/select/documents), the damage
+figures: the corrected words, 「黄 」 (not closing a herb such as 大黄) before 汤/散/丸, a bracket
+or a dose, 「□」, and the `lost_glyphs` tag where the build has it.
 
 Every chapter of every book goes through what clean does before repairing (Unicode policy,
 whitespace, OpenCC on what was traditional) and then `transforms.repair` with the shipped
@@ -54,6 +59,27 @@ def collect(shared: Path) -> list[dict]:
     return found
 
 
+DAMAGE_WORDS = ("浓朴", "毒瓦斯", "野狼", "伊芳尹", "悉尼", "黄芪", "厚朴")
+# 「黄 」 where 芪 was: not closing a herb that ends in 黄, and before what follows 黄芪 in a text.
+LOST_HUANGQI = r"(?<![大地麻雄牛蒲硫姜竺雌蛋藤])黄 (?=[汤散丸（(]|[一二三四五六七八九十半]+[两钱分斤]|各)"
+
+
+def damage_counts(workdir: Path) -> dict:
+    import re
+
+    import pyarrow.dataset as ds
+
+    table = ds.dataset(workdir / "stages" / "select" / "documents").to_table()
+    texts = table.column("text").to_pylist()
+    counts = {word: sum(t.count(word) for t in texts) for word in DAMAGE_WORDS}
+    counts["黄 before 汤/散/丸/bracket/dose"] = sum(len(re.findall(LOST_HUANGQI, t)) for t in texts)
+    counts["□"] = sum(t.count("□") for t in texts)
+    if "lost_glyphs" in table.schema.names:
+        counts["lost_glyphs (tag)"] = sum(table.column("lost_glyphs").to_pylist())
+    counts["rows"] = table.num_rows
+    return counts
+
+
 def key(row: dict) -> tuple:
     return (row["book"], str(row["chapter"]), row["original"], row["replacement"], row["context"])
 
@@ -69,7 +95,12 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=14)
     parser.add_argument("--labels", type=Path, default=LABELS)
     parser.add_argument("--write", action="store_true", help="write the sample to the labels file (keeps labels given)")
+    parser.add_argument("--counts", type=Path, nargs="+", help="print the damage figures of these builds and stop")
     args = parser.parse_args()
+    if args.counts:
+        for workdir in args.counts:
+            print(workdir, damage_counts(workdir))
+        return
     found = collect(args.shared)
     kinds = Counter(r["kind"] for r in found)
     entries = Counter(f"{r['original']}->{r['replacement']}" for r in found)

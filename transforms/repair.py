@@ -13,7 +13,7 @@ blank and b the first m >= 0 characters after it, such that:
   1. no lexicon term longer than a ends at the blank (大黄 , 地黄 : the blank closes a word);
   2. when T ends at the blank (m = 0, 「黄 三两」: only one side is evidence), T starts a word:
      the character before a is not Han, or is a function or preparation character (加 用 以 炙
-     ...), so 鸡子黄 , 面黄 stay; and
+     ...), or ends a lexicon term (白术黄 各一钱), so 鸡子黄 , 面黄 stay; and
   3. what follows is what follows an item of a prescription: a dose (a number and a unit, 各,
      等分), a bracket, list punctuation, another blank, the end, or a lexicon term (the next
      herb); 「黄 一点」 is not a dose.
@@ -208,7 +208,7 @@ class Repairer:
                 continue
             a = left[-j:]
             before = text[i - j - 1] if i - j - 1 >= 0 else ""
-            starts_word = not before or not _HAN.match(before) or before in FUNCTION_CHARS
+            starts_word = not before or not _HAN.match(before) or before in FUNCTION_CHARS or self._term_ends(left[:-j])
             for b, glyph in self.by_left.get(a, ()):
                 if not right.startswith(b):
                     continue
@@ -218,6 +218,10 @@ class Repairer:
                     continue
                 glyphs[glyph] = glyphs.get(glyph, False) or bool(b)
         return glyphs
+
+    def _term_ends(self, left: str) -> bool:
+        """Whether a lexicon term ends `left` (白术黄 : 黄 follows the herb 白术)."""
+        return any(left[-n:] in self.terms for n in range(2, min(len(left), self.max_term) + 1))
 
     def _item_follows(self, right: str) -> bool:
         if not right or right[0] in _LIST_MARKS or right[0] in BLANKS or _DOSE.match(right):
