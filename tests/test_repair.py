@@ -61,7 +61,7 @@ def test_jinkui_blood_impediment_chapter_gets_its_huangqi_back(shared_data):
 
 def test_separators_after_herbs_are_not_lost_glyphs(shared_data):
     r = repairer()
-    for text in ("大黄 芒硝 甘草", "熟地黄 当归 川芎", "鸡子黄 一枚", "雄黄 各等分为末", "炒黄 研末", "初生如粟，黄 一点"):
+    for text in ("大黄 芒硝 甘草", "熟地黄 当归 川芎", "鸡子黄 一枚", "人中黄 五味子", "雄黄 各等分为末", "炒黄 研末", "初生如粟，黄 一点"):
         result = r.repair(text)
         assert result.text == text and result.lost_glyphs == 0, text
     # A blank closing 黄 before a dose, a bracket or the next herb is 黄芪.
