@@ -9,7 +9,7 @@ figures: the corrected words, 「黄 」 (not closing a herb such as 大黄) bef
 or a dose, 「□」, and the `lost_glyphs` tag where the build has it.
 
 Every chapter of every book goes through what clean does before repairing (Unicode policy,
-whitespace, OpenCC on what was traditional) and then `transforms.repair` with the shipped
+whitespace, OpenCC on what was traditional) and then `transforms.clean.repair` with the shipped
 tables; all repairs are collected with 16 characters of context each side, counted by kind and
 entry, and `--sample` of them drawn with `--seed`: the repairs with the smallest blake2b of (seed,
 book, chapter, original, replacement, context), so a change of the rules that adds or removes a
@@ -35,10 +35,10 @@ CONTEXT = 16
 
 def collect(shared: Path) -> list[dict]:
     sys.path.insert(0, str(REPO))
-    from transforms.importers import import_file
-    from transforms.normalize import tidy_whitespace, unicode_clean
-    from transforms.repair import repairer
-    from transforms.simplify import to_simplified
+    from transforms.ingest.importers import import_file
+    from transforms.clean.normalize import tidy_whitespace, unicode_clean
+    from transforms.clean.repair import repairer
+    from transforms.clean.simplify import to_simplified
 
     tool = repairer()
     found = []

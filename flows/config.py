@@ -91,7 +91,7 @@ class CleanConfig(Section):
     """Normalisation, redaction and tagging; what is removed for quality is decided in [select]."""
 
     # OpenCC converts only text (lines) detected as traditional: "auto" detects the variant,
-    # t2s / tw2s / hk2s fix it; simplified text passes unchanged (transforms/simplify.py).
+    # t2s / tw2s / hk2s fix it; simplified text passes unchanged (transforms/clean/simplify.py).
     opencc: Optional[Literal["auto", "t2s", "tw2s", "hk2s"]] = "auto"
     # Extra OpenCC phrase dictionaries (`traditional<TAB>simplified[<TAB>why]` a line), after the
     # shipped transforms/resources/opencc_phrases.tsv.
@@ -123,8 +123,8 @@ class CleanConfig(Section):
     @computed_field  # in the config hash: a new shipped table re-runs clean
     @property
     def tables(self) -> dict[str, str]:
-        from transforms.repair import table_versions
-        from transforms.simplify import PHRASES_FILE, phrases_version
+        from transforms.clean.repair import table_versions
+        from transforms.clean.simplify import PHRASES_FILE, phrases_version
 
         return {**table_versions(), PHRASES_FILE: phrases_version()}
 
@@ -260,7 +260,7 @@ class ConvertConfig(Section):
     ngram: int = Field(2, ge=1, le=8)
     min_answer_overlap: float = Field(0.25, ge=0, le=1)
     min_passage_coverage: float = Field(0.15, ge=0, le=1)
-    leak_phrases: Optional[list[str]] = None  # default: transforms.llm.verify.DEFAULT_LEAK_PHRASES
+    leak_phrases: Optional[list[str]] = None  # default: transforms.convert.llm.verify.DEFAULT_LEAK_PHRASES
 
     @model_validator(mode="after")
     def _check_backend(self) -> "ConvertConfig":

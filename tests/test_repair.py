@@ -14,13 +14,13 @@ import pytest
 
 from schemas import DOCUMENTS, conform
 from schemas.dataset import read_manifest
-from transforms.clean import clean_documents
-from transforms.importers import import_file
-from transforms.importers.base import read_source
-from transforms.normalize import tidy_whitespace, unicode_clean
-from transforms.repair import RepairError, read_table, repairer, undo
-from transforms.select import select_batch
-from transforms.simplify import PhraseError, read_phrases, to_simplified
+from transforms.clean.steps import clean_documents
+from transforms.ingest.importers import import_file
+from transforms.ingest.importers.base import read_source
+from transforms.clean.normalize import tidy_whitespace, unicode_clean
+from transforms.clean.repair import RepairError, read_table, repairer, undo
+from transforms.select.rules import select_batch
+from transforms.clean.simplify import PhraseError, read_phrases, to_simplified
 
 
 REPO = Path(__file__).resolve().parents[1]
