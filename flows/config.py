@@ -96,7 +96,7 @@ class CleanConfig(Section):
     # Extra OpenCC phrase dictionaries (`traditional<TAB>simplified[<TAB>why]` a line), after the
     # shipped transforms/resources/opencc_phrases.tsv.
     opencc_phrases: list[Path] = []
-    # Source damage repair (transforms/repair.py) for documents of these categories: corrections
+    # Source damage repair (transforms/clean/repair.py) for documents of these categories: corrections
     # from transforms/resources/corrections.tsv (plus `repair_corrections`, same format) and lost
     # glyphs filled where the lexicon (shipped seed + `repair_lexicon`, a `flows lexicon build`
     # file) admits one completion; every document gets a `lost_glyphs` count.

@@ -1,5 +1,5 @@
 """Text normalisation for Chinese: Unicode clean-up, traditional to simplified (only what was
-traditional: transforms/simplify.py), whitespace.
+traditional: transforms/clean/simplify.py), whitespace.
 
 Unicode policy (NFKC with Chinese punctuation kept):
 - control characters (but newline and tab), zero-width characters, direction marks, variation

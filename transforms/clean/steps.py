@@ -76,7 +76,7 @@ def clean_documents(batch: pa.RecordBatch | pa.Table, params: dict, stats: dict 
 
 
 def _normalize(text: str, params: dict, stats: dict, kind: str) -> tuple[str, bool]:
-    """Unicode and whitespace policy, then OpenCC on what was traditional (transforms.simplify);
+    """Unicode and whitespace policy, then OpenCC on what was traditional (transforms.clean.simplify);
     counts rows and characters converted per variant into stats["opencc"][kind]."""
     text = tidy_whitespace(unicode_clean(text, params.get("unicode_form", "NFKC")))
     result = to_simplified(text, params.get("opencc", "auto"), tuple(map(str, params.get("opencc_phrases") or ())))
@@ -91,7 +91,7 @@ def _normalize(text: str, params: dict, stats: dict, kind: str) -> tuple[str, bo
 
 
 def _repair(texts: list[str], categories: list[str], params: dict, stats: dict) -> tuple[list[str], list[list[dict]], list[int]]:
-    """Corrections and lost-glyph filling (transforms.repair) for rows of the categories in
+    """Corrections and lost-glyph filling (transforms.clean.repair) for rows of the categories in
     `repair_categories` (default books); every row gets its `lost_glyphs` count (in other
     categories: the 「□」 marks). Counts per kind and per correction go to stats["repairs"]."""
     enabled = params.get("repair", True)
