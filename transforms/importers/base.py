@@ -26,11 +26,18 @@ class Imported:
 
 
 def read_source(path: Path, options: dict | None = None) -> Decoded:
-    """A file's text, its encoding detected unless options["encoding"] names one."""
+    """A file's text (decompressed), its encoding detected unless options["encoding"] names one;
+    what was learnt goes to options["report"] when that is a dict (encoding, detector,
+    replaced_bytes). An unreadable file or unknown encoding raises SourceError."""
+    options = options or {}
     try:
-        return read_text(path, (options or {}).get("encoding"))
+        decoded = read_text(path, options.get("encoding"))
     except (OSError, LookupError) as exc:
         raise SourceError(f"{path}: cannot read ({exc})") from exc
+    report = options.get("report")
+    if isinstance(report, dict):
+        report.update(encoding=decoded.encoding, detector=decoded.detector, replaced_bytes=decoded.replaced_bytes)
+    return decoded
 
 
 def document(
