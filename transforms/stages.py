@@ -24,7 +24,7 @@ from .decontaminate import ContaminationIndex, contamination_report, decontamina
 from .deduplicate import run_dedup_stage
 from .engine import LocalEngine
 from .export import export_corpus
-from .shards import CORPUS_MANIFEST, write_corpus
+from .shards import CORPUS_MANIFEST, DATASET_CARD, dataset_card, write_corpus
 
 TEXT_KINDS = (DOCUMENTS, CONVERSATIONS)
 Progress = Callable[[str, int], None]
@@ -244,6 +244,7 @@ def run_sample(inputs, output, params, manifest, config_hash: str, progress=None
         for shard in corpus["shards"]:
             writer.add_file(shard["path"], shard["rows"])
         (writer.folder / CORPUS_MANIFEST).write_text(json.dumps(corpus, ensure_ascii=False, indent=2), encoding="utf-8")
+        (writer.folder / DATASET_CARD).write_text(dataset_card(corpus), encoding="utf-8")
         manifest.rows_out[CORPUS] = corpus["rows"]
         manifest.stats.update({"shards": len(corpus["shards"]), "tokens": corpus["tokens"]["total"], "rows_per_format": corpus["counts"]["format"]})
         return writer.commit()
@@ -267,10 +268,18 @@ def run_export(inputs, output, formats: list[str], manifest: StageManifest, prog
 def run_ingest(sources: list[dict], page_inputs: list[Path], output, params, manifest, progress=None) -> StageManifest:
     """Import the file and dataset sources, and extract documents from crawled pages.
 
-    Each source is {"name", "category", "path", "format", "encoding"}; crawled pages come from
-    the crawl stage's dataset, with per-source extraction rules in params["extract_rules"]."""
+    Each source is {"name", "category", "path", "format", "encoding", "fields"?}; crawled pages
+    come from the crawl stage's dataset, with per-source extraction rules in
+    params["extract_rules"]. The manifest's stats say, per file read, its format, encoding (and
+    who chose it), replaced bytes and rows (`source_files`); every file of a folder not read and
+    why (`skipped_files`); rows per source with the most common rejection (`sources`); and the
+    dialogue repairs made (`repairs`: joined_turns, dropped_opening, dropped_unanswered)."""
+    from collections import Counter
+
+    from schemas.records import loads_meta
+
     from .extract import pages_to_documents
-    from .importers import SourceError, import_file, list_files
+    from .importers import SourceError, import_file, scan_source
 
     flush_rows = int(params.get("batch_rows", 2048))
     with DatasetWriter(output, manifest) as writer:
@@ -287,26 +296,50 @@ def run_ingest(sources: list[dict], page_inputs: list[Path], output, params, man
                     removed[kind] = []
 
         files_read = {}
+        source_files: list[dict] = []
+        skipped_files: list[dict] = []
+        per_source: dict[str, dict] = {}
+        repairs: Counter = Counter()
         seen_ids: dict[str, set[str]] = {DOCUMENTS: set(), CONVERSATIONS: set()}
         for source in sources:
             path = Path(source["path"])
-            files = list_files(path, source["format"])
+            files, skipped = scan_source(path, source["format"])
+            skipped_files += [{"source": source["name"], **entry} for entry in skipped]
             if not files:
                 raise SourceError(f"source {source['name']}: no {source['format']} files at {path}")
             files_read[source["name"]] = len(files)
+            reasons: Counter = Counter()
+            counts = {"rows": 0, "kept": 0, "rejected": 0}
             for file in files:
-                for item in import_file(file, source["format"], source["name"], source["category"], {"encoding": source.get("encoding", "auto")}):
+                report: dict = {}
+                options = {"encoding": source.get("encoding", "auto"), "fields": source.get("fields") or {}, "report": report}
+                file_counts = {"rows": 0, "kept": 0, "rejected": 0}
+                for item in import_file(file, source["format"], source["name"], source["category"], options):
                     _count(manifest, "rows_in", item.kind, 1)
                     row_id = item.row.get("id")
                     if not item.reason and row_id in seen_ids[item.kind]:
                         # The same content again in another file of the source: one id, one row.
                         item.reason = f"repeated_record:{row_id}"
+                    file_counts["rows"] += 1
                     if item.reason:
                         removed[item.kind].append({**item.row, "reason": item.reason})
+                        file_counts["rejected"] += 1
+                        reasons[item.reason.split(":", 1)[0] if item.reason.startswith("repeated_record") else item.reason] += 1
                     else:
                         seen_ids[item.kind].add(row_id)
                         kept[item.kind].append(item.row)
+                        file_counts["kept"] += 1
+                        if item.kind == CONVERSATIONS:
+                            repairs.update(loads_meta(item.row["meta"]).get("repairs") or {})
                 flush()
+                source_files.append({"source": source["name"], "path": str(file), **report, **file_counts})
+                for key in counts:
+                    counts[key] += file_counts[key]
+            per_source[source["name"]] = {
+                **counts,
+                "top_reason": reasons.most_common(1)[0][0] if reasons else None,
+                "allow_all_rejected": bool(source.get("allow_all_rejected")),
+            }
         flush(force=True)
 
         extract_params = {"min_chars": params.get("min_chars", 20), "rules": params.get("extract_rules", {})}
@@ -318,4 +351,23 @@ def run_ingest(sources: list[dict], page_inputs: list[Path], output, params, man
                 _count(manifest, "rows_in", PAGES, batch.num_rows)
                 _count(manifest, "rows_kept", PAGES, documents.num_rows)
         manifest.stats["files_read"] = files_read
+        manifest.stats["source_files"] = source_files
+        manifest.stats["skipped_files"] = skipped_files
+        manifest.stats["sources"] = per_source
+        manifest.stats["repairs"] = dict(sorted(repairs.items()))
         return writer.commit()
+
+
+def sources_all_rejected(stats: dict) -> list[str]:
+    """One line per source of an ingest whose rows were all rejected (and that does not allow
+    it): the source, its rows and its most common rejection reason."""
+    lines = []
+    for name, figures in (stats.get("sources") or {}).items():
+        if figures["rows"] and not figures["kept"] and not figures.get("allow_all_rejected"):
+            lines.append(
+                f"source {name}: all {figures['rows']} rows rejected, most often {figures['top_reason']} "
+                f"(see rejected/ in the output; allow_all_rejected = true in the source accepts this)"
+            )
+        elif not figures["rows"] and not figures.get("allow_all_rejected"):
+            lines.append(f"source {name}: no rows read (allow_all_rejected = true in the source accepts this)")
+    return lines

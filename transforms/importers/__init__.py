@@ -28,7 +28,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable, Iterator
 
-from .base import Imported, SourceError, reject_repeats
+from .base import Imported, SourceError, SourceRejected, reject_repeats
 from .compression import COMPRESSIONS, logical_suffix, sniff_file
 from .benchmarks import import_benchmark, load_benchmark
 from .books import import_book, import_text
@@ -39,6 +39,7 @@ __all__ = [
     "FORMATS",
     "Imported",
     "SourceError",
+    "SourceRejected",
     "check_file",
     "import_file",
     "list_files",

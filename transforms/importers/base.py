@@ -14,6 +14,11 @@ class SourceError(Exception):
     """A file that cannot be read at all; message is one line naming the file."""
 
 
+class SourceRejected(SourceError):
+    """A source every row of which was rejected; the message is one line naming the source and
+    its most common reason."""
+
+
 @dataclass
 class Imported:
     kind: str  # schemas.records.DOCUMENTS or CONVERSATIONS

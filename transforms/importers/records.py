@@ -11,7 +11,8 @@
     Arrow       IPC files or streams (.arrow, .feather, .ipc)
     datasets    a folder written by `Dataset.save_to_disk` / `DatasetDict.save_to_disk`
                 (state.json or dataset_dict.json), and a local `datasets` folder with a dataset
-                card (README.md whose YAML front matter has `configs:`), read through the
+                card (README.md whose YAML front matter has `configs:`, or .huggingface.yaml:
+                a corpus this pipeline built is one), read through the
                 `datasets` library with the hub switched off; every split, in order
 
 Any file may be compressed (.gz, .bz2, .xz, .zst): its first bytes decide. Text formats are
@@ -48,6 +49,8 @@ def is_datasets_folder(path: Path) -> bool:
     if not path.is_dir():
         return False
     if (path / "dataset_dict.json").is_file() or (path / "state.json").is_file():
+        return True
+    if (path / ".huggingface.yaml").is_file():
         return True
     card = path / "README.md"
     if card.is_file():
