@@ -78,7 +78,7 @@ def import_file(
     at the call; a file that cannot be read raises SourceError when iteration starts."""
     path = Path(path)
     importer = _importer(fmt)
-    if not path.is_file():
+    if not (path.is_file() or (fmt == "instructions" and path.is_dir())):
         raise SourceError(f"{path}: no such file")
     return reject_repeats(importer(path, source, category, options))
 

@@ -7,8 +7,9 @@ decodes as valid UTF-8. Otherwise UTF-8, GB18030 and Big5 are each tried on the 
 file and the most plausible wins: fewest invalid bytes plus characters that real Chinese text
 rarely holds. Big5 text decodes as GB18030 without a single error (every Big5 byte pair is a valid
 GBK pair), so counting errors alone would never pick Big5; the rare-character count is what tells
-them apart. Where even the best of the three reads poorly (more than `UNSURE` of its characters
-invalid or rare), charset-normalizer's guess is scored the same way and wins if it reads better.
+them apart. Where even the best of the three reads poorly (more than `UNSURE` of its non-ASCII
+characters invalid or rare), charset-normalizer is asked, and its guess wins when it names an
+encoding outside the Chinese family (a Latin, Japanese or Korean file).
 
 A file whose lines are partly valid UTF-8 (with non-ASCII text) and partly not was concatenated
 from files of two encodings: each line is decoded on its own, UTF-8 where it is valid, else with
@@ -31,8 +32,10 @@ CANDIDATES = ("utf-8", "gb18030", "big5")
 AUTO = (None, "", "auto")
 SAMPLE_BYTES = 16 * 1024
 REPLACEMENT = "\ufffd"
-# Share of invalid or rare characters above which our own guess asks charset-normalizer too.
+# Share of the non-ASCII characters read that are invalid or rare above which our own guess asks
+# charset-normalizer too.
 UNSURE = 0.05
+CHINESE_FAMILY = frozenset(codecs.lookup(name).name for name in ("utf-8", "gb2312", "gbk", "gb18030", "big5", "big5hkscs", "cp950", "hz"))
 # Longest marks first: the UTF-32 LE mark starts with the UTF-16 LE one.
 BOMS = (
     (codecs.BOM_UTF32_LE, "utf-32-le"),
@@ -127,18 +130,27 @@ def detect_legacy(data: bytes, candidates: tuple[str, ...] = CANDIDATES) -> tupl
     sample = data[:SAMPLE_BYTES]
     scores = {encoding: _score(sample, encoding) for encoding in candidates}
     best = min(candidates, key=lambda e: (scores[e], candidates.index(e)))
-    if scores[best] > UNSURE:
+    if _unsure(sample, best):
         import charset_normalizer
 
         guess = charset_normalizer.from_bytes(sample).best()
-        if guess is not None:
-            try:
-                name = codecs.lookup(guess.encoding).name
-            except LookupError:
-                name = None
-            if name and name not in scores and _score(sample, name) < scores[best]:
-                return name, "charset-normalizer"
+        try:
+            name = codecs.lookup(guess.encoding).name if guess is not None else None
+        except LookupError:
+            name = None
+        # Within the Chinese family our rare-character count tells GB from Big5 better; outside
+        # it (Latin, Japanese, Korean...) the detector's own measure of mess decides.
+        if name and name not in CHINESE_FAMILY:
+            return name, "charset-normalizer"
     return best, "ours"
+
+
+def _unsure(sample: bytes, encoding: str) -> bool:
+    """More than UNSURE of the non-ASCII characters read are invalid or rare."""
+    text = codecs.getincrementaldecoder(encoding)(errors="surrogateescape").decode(sample, final=False)
+    invalid = sum(len(run) for run in _ESCAPED.findall(text))
+    wide = sum(1 for char in text if ord(char) >= 0x80)
+    return (invalid + rare_characters(text)) > UNSURE * max(wide, 1)
 
 
 def _score(sample: bytes, encoding: str) -> float:

@@ -86,11 +86,9 @@ def record_format(path: Path) -> str:
         raise SourceError(f"{path}: named {logical_suffix(path)} but its first bytes are not {by_name}")
     if kind not in (None, "gzip", "bzip2", "xz", "zstd"):
         raise SourceError(f"{path}: a {kind} file, not records; instructions sources read {READ}")
-    if by_name:
-        return by_name
     if _looks_binary(head):
         raise SourceError(f"{path}: binary data of an unknown kind; instructions sources read {READ}")
-    return "json"  # told apart from JSON lines by content
+    return by_name or "json"  # told apart from JSON lines by content
 
 
 def _decompressed_head(path: Path, kind: str) -> bytes:
