@@ -360,3 +360,25 @@ def test_a_stage_without_config_uses_library_defaults_and_relative_paths(tmp_pat
     assert (tmp_path / "checked" / "_manifest.json").is_file()
     assert main(["run", "decontaminate", "--input", "items", "--output", "clean", "--json"]) == 0
     assert "no row is checked for evaluation items" in capsys.readouterr().err
+
+
+def test_debris_is_counted_from_the_replaced_bytes(shared_data, tmp_path):
+    """A real book page whose bytes are a third invalid: each run of bad bytes is one U+FFFD in the
+    text, so what survives looks nearly clean; the replaced bytes say otherwise, and select rejects."""
+    from schemas.records import conform
+    from transforms.clean import clean_documents
+    from transforms.select import select_batch
+
+    book = next(p for p in sorted((shared_data / "corpus").rglob("*.txt")) if decode_bytes(p.read_bytes()[:3000]).encoding == "gb18030")
+    lines = [line for line in book.read_bytes().splitlines() if len(line) > 40][:20]
+    damaged = b"\n".join(line[:40] + b"\xff" * 20 for line in lines)
+    path = tmp_path / "damaged.txt"
+    path.write_bytes(damaged)
+    (record,) = import_file(path, "text", "s", "books")
+    meta = loads_meta(record.row["meta"])
+    assert meta["replaced_bytes"] == 20 * len(lines) and meta["debris_bytes"] == 20 * len(lines)
+    table = conform(pa.Table.from_pylist([record.row]), DOCUMENTS)
+    kept, _ = clean_documents(table, {"min_chars": 1})
+    assert kept["debris_ratio"][0].as_py() > 0.25  # the text alone has 1 mark in 21 characters
+    _, rejected = select_batch(kept, DOCUMENTS, {"max_debris_ratio": 0.1})
+    assert rejected.num_rows == 1 and rejected["reason"][0].as_py().startswith("debris_ratio")

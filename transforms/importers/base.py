@@ -45,6 +45,16 @@ def read_source(path: Path, options: dict | None = None) -> Decoded:
     return decoded
 
 
+def replaced_in(text: str, decoded: Decoded) -> int:
+    """Bytes of `text` (a part of `decoded.text`) that decoding replaced: its U+FFFD marks times
+    the file's mean run of invalid bytes per mark. Goes to meta["debris_bytes"], which the
+    clean stage counts as debris."""
+    if not decoded.replaced_bytes:
+        return 0
+    marks = text.count("\ufffd")
+    return round(marks * decoded.replaced_bytes / max(decoded.text.count("\ufffd"), 1)) if marks else 0
+
+
 def document(
     text: str,
     source: str,
