@@ -243,6 +243,8 @@ def _print_result(flow: str, result: dict) -> None:
         )
         note = " [skipped: already done]" if summary.get("skipped") else ""
         print(f"{name:>14}: {ledger or '-'}{note}")
+        for entry in (summary.get("stats") or {}).get("skipped_files", []):
+            print(f"{'':>14}  source {entry['source']}: skipped {entry['path']} ({entry['reason']})")
     if "produced" in result:
         from .summary import as_text
 
