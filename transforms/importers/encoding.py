@@ -8,8 +8,8 @@ file and the most plausible wins: fewest invalid bytes plus characters that real
 rarely holds. Big5 text decodes as GB18030 without a single error (every Big5 byte pair is a valid
 GBK pair), so counting errors alone would never pick Big5; the rare-character count is what tells
 them apart. Where even the best of the three reads poorly (more than `UNSURE` of its non-ASCII
-characters invalid or rare), charset-normalizer is asked, and its guess wins when it names an
-encoding outside the Chinese family (a Latin, Japanese or Korean file).
+characters invalid or rare) and the file is not tiny, charset-normalizer is asked, and its guess
+wins when it names an encoding outside the Chinese family (a Latin, Japanese or Korean file).
 
 A file whose lines are partly valid UTF-8 (with non-ASCII text) and partly not was concatenated
 from files of two encodings: each line is decoded on its own, UTF-8 where it is valid, else with
@@ -35,6 +35,8 @@ REPLACEMENT = "\ufffd"
 # Share of the non-ASCII characters read that are invalid or rare above which our own guess asks
 # charset-normalizer too.
 UNSURE = 0.05
+# Below this, any detector guesses (a few GBK bytes read as well as Korean); ours stays.
+MIN_DETECTOR_BYTES = 200
 CHINESE_FAMILY = frozenset(codecs.lookup(name).name for name in ("utf-8", "gb2312", "gbk", "gb18030", "big5", "big5hkscs", "cp950", "hz"))
 # Longest marks first: the UTF-32 LE mark starts with the UTF-16 LE one.
 BOMS = (
@@ -130,7 +132,7 @@ def detect_legacy(data: bytes, candidates: tuple[str, ...] = CANDIDATES) -> tupl
     sample = data[:SAMPLE_BYTES]
     scores = {encoding: _score(sample, encoding) for encoding in candidates}
     best = min(candidates, key=lambda e: (scores[e], candidates.index(e)))
-    if _unsure(sample, best):
+    if len(sample) >= MIN_DETECTOR_BYTES and _unsure(sample, best):
         import charset_normalizer
 
         guess = charset_normalizer.from_bytes(sample).best()
