@@ -332,7 +332,7 @@ def run_ingest(sources: list[dict], page_inputs: list[Path], output, params, man
                         if item.kind == CONVERSATIONS:
                             repairs.update(loads_meta(item.row["meta"]).get("repairs") or {})
                 flush()
-                source_files.append({"source": source["name"], "path": str(file), **report, **file_counts})
+                source_files.append({"source": source["name"], "path": str(file), "format": source["format"], **report, **file_counts})
                 for key in counts:
                     counts[key] += file_counts[key]
             per_source[source["name"]] = {
