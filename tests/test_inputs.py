@@ -70,6 +70,8 @@ def test_input_shapes_case_imports_every_record(tmp_path, prefect_harness, monke
                     "alp-gz": 3, "alp-zst": 3, "qa-gz": 1, "qa-csv": 2, "pq": 2}
     formats = {Path(f["path"]).name: f["format"] for f in manifest["stats"]["source_files"]}
     assert formats["qa.csv"] == "csv" and formats["docs.parquet"] == "parquet" and formats["alp.jsonl.zst"] == "jsonl"
+    compressions = {Path(f["path"]).name: f.get("compression") for f in manifest["stats"]["source_files"]}
+    assert compressions["alp.jsonl.zst"] == "zstd" and compressions["alp.jsonl.gz"] == "gzip" and compressions["qa.csv"] is None
     conversations = _rows(case / "out", CONVERSATIONS)
     questions = {c["messages"][0]["content"] for c in conversations}
     assert {"什么是血瘀？", "什么是阴虚？", "什么是气虚？", "人参有什么作用？", "黄芪有什么功效？"} <= questions

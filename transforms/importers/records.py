@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from .base import SourceError, read_source
-from .compression import logical_suffix, read_bytes, sniff
+from .compression import COMPRESSIONS, logical_suffix, read_bytes, sniff, sniff_file
 
 SUFFIXES = {
     ".json": "json", ".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".tsv": "tsv",
@@ -120,6 +120,8 @@ def read_records(path: Path, options: dict | None = None) -> Iterator[tuple[int,
     report = (options or {}).get("report")
     if isinstance(report, dict):
         report["format"] = fmt
+        if path.is_file() and sniff_file(path) in COMPRESSIONS.values():
+            report["compression"] = sniff_file(path)
     if fmt == "parquet":
         yield from _enumerate(_parquet_rows(path))
     elif fmt == "arrow":
