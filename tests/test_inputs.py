@@ -207,7 +207,9 @@ def test_unsupported_or_misdeclared_files_are_one_line_and_exit_2(tmp_path, pref
     (data / "scan.pdf").write_bytes(b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n1 0 obj\n")
     (data / "blob.json").write_bytes(bytes(range(256)) * 4)
     pq.write_table(pa.table({"text": ["黄芪味甘，性微温。"]}), data / "docs.parquet")
+    (data / "cut.parquet").write_bytes((data / "docs.parquet").read_bytes()[:-40])
     cases = [
+        ("cut.parquet", "instructions", "not a readable Parquet file"),
         ("scan.pdf", "instructions", "a pdf file, not records"),
         ("blob.json", "instructions", "binary data of an unknown kind"),
         ("docs.parquet", "text", 'format = "instructions" reads'),

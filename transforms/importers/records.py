@@ -78,6 +78,14 @@ def record_format(path: Path) -> str:
         kind = sniff(inner) or kind
         head = inner
     if kind == "parquet":
+        if sniff(head) == "parquet":  # uncompressed: its footer is cheap to read, and a cut file has none
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+
+            try:
+                pq.read_metadata(path)
+            except (OSError, pa.ArrowException) as exc:
+                raise SourceError(f"{path}: not a readable Parquet file ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
         return "parquet"
     if kind in ("arrow", "arrow-stream"):
         return "arrow"
