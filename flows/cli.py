@@ -166,7 +166,7 @@ def _preflight(args, config) -> None:
 
 
 def _check_llm(convert) -> None:
-    from transforms.llm.prompts import load_prompts
+    from transforms.convert.llm.prompts import load_prompts
 
     if not os.environ.get(convert.api_key_env):
         raise UsageError(f"convert.api_key_env: the environment variable {convert.api_key_env} is not set (the openai backend reads its API key there)")
@@ -177,7 +177,7 @@ def _check_llm(convert) -> None:
 
 
 def _check_sources(config) -> None:
-    from transforms.importers import SourceError, check_file, scan_source
+    from transforms.ingest.importers import SourceError, check_file, scan_source
 
     for source in config.sources:
         if source.kind == "crawl":
@@ -283,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
 
         enable_terminal()
     known = _known_failures()
-    from transforms.importers import SourceRejected
+    from transforms.ingest.importers import SourceRejected
 
     try:
         result = _run(args)
@@ -307,7 +307,7 @@ def _lexicon(args) -> int:
     from collections import Counter
     from pathlib import Path
 
-    from transforms.lexicon import LexiconError, build_lexicon, write_lexicon
+    from transforms.clean.lexicon import LexiconError, build_lexicon, write_lexicon
 
     try:
         build = build_lexicon(args.sources, seed=not args.no_seed)
@@ -347,15 +347,15 @@ def _serve(args, config) -> int:
 
 def _known_failures() -> tuple[type[BaseException], ...]:
     from schemas.dataset import DatasetError
-    from transforms.importers import SourceError
+    from transforms.ingest.importers import SourceError
 
-    from transforms.domain_training import TrainingError
+    from transforms.clean.domain_training import TrainingError
 
     from .config import ConfigError
     from .pipeline import ValidationFailed
 
-    from transforms.llm.client import EndpointError
-    from transforms.llm.unify import ConvertError
+    from transforms.convert.llm.client import EndpointError
+    from transforms.convert.llm.unify import ConvertError
 
     failures: list[type[BaseException]] = [ConfigError, DatasetError, SourceError, ValidationFailed, EndpointError, ConvertError, TrainingError]
     try:

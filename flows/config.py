@@ -63,7 +63,7 @@ class SourceConfig(Section):
             if self.fields:
                 if self.format != "instructions":
                     raise ValueError("fields maps record fields: it needs format = \"instructions\"")
-                from transforms.importers.instructions import field_map
+                from transforms.ingest.importers.instructions import field_map
 
                 field_map(self.fields)
             if self.encoding not in ("auto", ""):
@@ -251,7 +251,7 @@ class ConvertConfig(Section):
     ngram: int = Field(2, ge=1, le=8)
     min_answer_overlap: float = Field(0.25, ge=0, le=1)
     min_passage_coverage: float = Field(0.15, ge=0, le=1)
-    leak_phrases: Optional[list[str]] = None  # default: transforms.llm.verify.DEFAULT_LEAK_PHRASES
+    leak_phrases: Optional[list[str]] = None  # default: transforms.convert.llm.verify.DEFAULT_LEAK_PHRASES
 
     @model_validator(mode="after")
     def _check_backend(self) -> "ConvertConfig":

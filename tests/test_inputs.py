@@ -22,8 +22,8 @@ import pytest
 from flows.cli import main
 from schemas import CONVERSATIONS, DOCUMENTS
 from schemas.records import loads_meta
-from transforms.importers import SourceError, check_file, import_file, scan_source
-from transforms.importers.encoding import decode_bytes
+from transforms.ingest.importers import SourceError, check_file, import_file, scan_source
+from transforms.ingest.importers.encoding import decode_bytes
 
 REPO = Path(__file__).resolve().parents[1]
 CASES = REPO.parent / "shared" / "cases"
@@ -370,8 +370,8 @@ def test_debris_is_counted_from_the_replaced_bytes(shared_data, tmp_path):
     """A real book page whose bytes are a third invalid: each run of bad bytes is one U+FFFD in the
     text, so what survives looks nearly clean; the replaced bytes say otherwise, and select rejects."""
     from schemas.records import conform
-    from transforms.clean import clean_documents
-    from transforms.select import select_batch
+    from transforms.clean.steps import clean_documents
+    from transforms.select.rules import select_batch
 
     book = next(p for p in sorted((shared_data / "corpus").rglob("*.txt")) if decode_bytes(p.read_bytes()[:3000]).encoding == "gb18030")
     lines = [line for line in book.read_bytes().splitlines() if len(line) > 40][:20]

@@ -1,0 +1,126 @@
+"""What every importer yields, and the rows it fills."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Iterator
+
+from schemas.records import CONVERSATIONS, DOCUMENTS, content_id, conversation_id, document_id, dumps_meta
+
+from .encoding import Decoded, read_text
+
+
+class SourceError(Exception):
+    """A file that cannot be read at all; message is one line naming the file."""
+
+
+class SourceRejected(SourceError):
+    """A source every row of which was rejected; the message is one line naming the source and
+    its most common reason."""
+
+
+@dataclass
+class Imported:
+    kind: str  # schemas.records.DOCUMENTS or CONVERSATIONS
+    row: dict  # columns of that kind's schema
+    reason: str | None = None  # set when the record is rejected; row still holds what was read
+    # Labels counted per source in the ingest manifest (stats.import_counts), e.g. identity:renamed.
+    tally: tuple[str, ...] = ()
+    # Meta keys holding the record's own content that no message or text carries: listed per
+    # source with counts in the ingest manifest (stats.untrained_meta), so nothing is set
+    # aside unseen.
+    untrained: tuple[str, ...] = ()
+
+    @property
+    def rejected(self) -> bool:
+        return self.reason is not None
+
+
+def read_source(path: Path, options: dict | None = None) -> Decoded:
+    """A file's text (decompressed), its encoding detected unless options["encoding"] names one;
+    what was learnt goes to options["report"] when that is a dict (encoding, detector,
+    replaced_bytes). An unreadable file or unknown encoding raises SourceError."""
+    options = options or {}
+    try:
+        decoded = read_text(path, options.get("encoding"))
+    except (OSError, LookupError) as exc:
+        raise SourceError(f"{path}: cannot read ({exc})") from exc
+    report = options.get("report")
+    if isinstance(report, dict):
+        report.update(encoding=decoded.encoding, detector=decoded.detector, replaced_bytes=decoded.replaced_bytes)
+    return decoded
+
+
+def replaced_in(text: str, decoded: Decoded) -> int:
+    """Bytes of `text` (a part of `decoded.text`) that decoding replaced: its U+FFFD marks times
+    the file's mean run of invalid bytes per mark. Goes to meta["debris_bytes"], which the
+    clean stage counts as debris."""
+    if not decoded.replaced_bytes:
+        return 0
+    marks = text.count("\ufffd")
+    return round(marks * decoded.replaced_bytes / max(decoded.text.count("\ufffd"), 1)) if marks else 0
+
+
+def document(
+    text: str,
+    source: str,
+    category: str,
+    *,
+    title: str | None = None,
+    url: str | None = None,
+    meta: dict | None = None,
+    reason: str | None = None,
+    fallback_key: Iterable[str] = (),
+) -> Imported:
+    """A Document; an empty text is rejected with `reason` and takes its id from `fallback_key`,
+    since every empty text would otherwise share one id."""
+    doc_id = document_id(source, text) if text else content_id("empty-doc", source, *fallback_key)
+    row = {
+        "id": doc_id,
+        "text": text,
+        "source": source,
+        "category": category,
+        "url": url,
+        "title": title,
+        "lang": None,
+        "meta": dumps_meta(meta),
+    }
+    return Imported(DOCUMENTS, row, reason)
+
+
+def conversation(
+    messages: list[dict],
+    source: str,
+    category: str,
+    *,
+    origin_id: str | None,
+    meta: dict | None = None,
+    reason: str | None = None,
+    fallback_key: Iterable[str] = (),
+) -> Imported:
+    conv_id = conversation_id(source, messages) if messages and reason is None else content_id(
+        "malformed-conv", source, *fallback_key
+    )
+    row = {
+        "id": conv_id,
+        "messages": messages,
+        "source": source,
+        "category": category,
+        "origin_id": origin_id,
+        "meta": dumps_meta(meta),
+    }
+    return Imported(CONVERSATIONS, row, reason)
+
+
+def reject_repeats(records: Iterable[Imported]) -> Iterator[Imported]:
+    """Content ids repeat when one source holds the same record twice; the second and later
+    copies are rejected, naming the id they repeat."""
+    seen: set[str] = set()
+    for record in records:
+        if record.reason is None:
+            record_id = record.row["id"]
+            if record_id in seen:
+                record.reason = f"repeated_record:{record_id}"
+            else:
+                seen.add(record_id)
+        yield record
