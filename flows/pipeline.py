@@ -20,7 +20,7 @@ from schemas.dataset import StageManifest, check_input, fingerprint, hash_config
 from transforms import stages
 from transforms.engines.local import LocalEngine
 
-from .config import BuildConfig, TaskControl, load_config, sample_config_path
+from .config import BuildConfig, ConfigError, TaskControl, load_config, sample_config_path
 from .domain import train_domain_classifier_flow  # noqa: F401 - a flow of this module's CLI
 from .pipeline_info import FLOWS
 from .summary import as_markdown, as_text, produced
@@ -29,6 +29,7 @@ from .progress import StageProgress, input_rows
 
 DESCRIPTIONS = FLOWS
 QUALITY = "quality"  # WORKDIR/quality/<stage>/: the suites' results on each stage's output
+PACKED = "packed"  # WORKDIR/packed/: token sequences for GPU trainers, when [pack] tokenizer is set
 
 
 class ValidationFailed(Exception):
@@ -399,6 +400,26 @@ def export_flow(inputs: list[str], output: str, config: Optional[str] = None, en
     return _run("export", Path(output), {"formats": chosen}, paths, work)
 
 
+@flow(name="pack", description=DESCRIPTIONS["pack"])
+def pack_flow(inputs: list[str], output: str, config: Optional[str] = None, engine: Optional[str] = None) -> dict:
+    """Tokenize the corpus in `inputs` with [pack] tokenizer and pack it into sequences of
+    seq_len tokens in `output` (see transforms.pack.stage). The tokenizer's files are an input:
+    a changed tokenizer packs again."""
+    from transforms.pack.stage import run_pack
+
+    cfg = load_config(config)
+    if cfg.pack.tokenizer is None:
+        raise ConfigError("pack.tokenizer: not set; the pack stage needs a tokenizer.json or a tokenizer folder")
+    paths = _inputs(inputs)
+    params = cfg.section("pack")
+    chosen = make_engine(cfg, engine, "pack")
+
+    def work(manifest: StageManifest, progress=None) -> StageManifest:
+        return run_pack(paths, output, params, manifest, chosen, progress=progress)
+
+    return _run("pack", Path(output), params, [*paths, cfg.pack.tokenizer], work)
+
+
 STAGE_FLOWS = {
     "crawl": crawl_flow,
     "ingest": ingest_flow,
@@ -410,6 +431,7 @@ STAGE_FLOWS = {
     "sample": sample_flow,
     "validate": validate_flow,
     "export": export_flow,
+    "pack": pack_flow,
 }
 
 
@@ -451,6 +473,8 @@ def build_corpus(config: Optional[str] = None, workdir: str = "tcm-corpus-build"
     results["validate"] = validate_flow([str(corpus)], str(staged / "validate"), config, engine)
     if cfg.export.formats:
         results["export"] = export_flow([str(corpus)], str(staged / "export"), config, engine)
+    if cfg.pack.tokenizer is not None:
+        results["pack"] = pack_flow([str(corpus)], str(root / PACKED), config, engine)
 
     seconds = round(time.perf_counter() - started, 2)
     report_path = publish_build_report(root, logger)
