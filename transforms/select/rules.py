@@ -39,6 +39,7 @@ RULES = (
     Rule("max_ellipsis_ratio", "ellipsis_ratio", False),
     Rule("max_flagged_per_kchar", "flagged_per_kchar", False),
     Rule("max_debris_ratio", "debris_ratio", False),
+    Rule("max_lost_glyphs_per_kchar", "lost_glyphs_per_kchar", False),
     Rule("min_domain_lexicon", "domain_lexicon", True),
     Rule("min_domain_score", "domain_score", True),
 )
