@@ -56,6 +56,7 @@ RULES = (
     Rule("max_ellipsis_ratio", "ellipsis_ratio", False),
     Rule("max_flagged_per_kchar", "flagged_per_kchar", False),
     Rule("max_debris_ratio", "debris_ratio", False),
+    Rule("max_lost_glyphs_per_kchar", "lost_glyphs_per_kchar", False),
     Rule("min_domain_lexicon", "domain_lexicon", True),
     Rule("min_domain_score", "domain_score", True),
 )
@@ -116,17 +117,38 @@ def rule_failures(table: pa.Table, params: dict, kind: str) -> list[tuple[str, n
     return failures
 
 
-def select_batch(batch: pa.RecordBatch | pa.Table, kind: str, params: dict) -> tuple[pa.Table, pa.Table]:
+CONFLICT_MODES = ("drop", "keep")
+
+
+def select_batch(
+    batch: pa.RecordBatch | pa.Table, kind: str, params: dict, conflicts: dict[int, int] | None = None
+) -> tuple[pa.Table, pa.Table]:
+    """(kept, rejected): a row fails with its first failing rule; then, with `conflicts`
+    (`conflicts.AnswerIndex.conflicts()` of the rows passing the rules) and
+    `conflicting_answers = "drop"`, a conversation whose prompt has several different answers is
+    rejected as `conflicting_answers:<answers>`."""
     table = batch if isinstance(batch, pa.Table) else pa.Table.from_batches([batch])
-    reasons: list[str | None] = [None] * table.num_rows
-    for _, mask, rule_reasons in rule_failures(table, params, kind):
-        for i in np.flatnonzero(mask):
-            if reasons[i] is None:
-                reasons[i] = rule_reasons[i]
+    reasons = rule_reasons(table, kind, params)
+    if conflicts and kind == CONVERSATIONS and params.get("conflicting_answers", "drop") == "drop":
+        from .conflicts import conflicting_rows
+
+        for i, answers in enumerate(conflicting_rows(table, conflicts)):
+            if answers is not None and reasons[i] is None:
+                reasons[i] = f"conflicting_answers:{answers}"
     rejected_mask = pa.array([r is not None for r in reasons], pa.bool_())
     kept = table.filter(pc.invert(rejected_mask))
     rejected = table.filter(rejected_mask).append_column("reason", pa.array([r for r in reasons if r is not None], pa.string()))
     return kept, rejected
+
+
+def rule_reasons(table: pa.Table, kind: str, params: dict) -> list[str | None]:
+    """Per row, the reason of its first failing threshold rule, or None."""
+    reasons: list[str | None] = [None] * table.num_rows
+    for _, mask, failing in rule_failures(table, params, kind):
+        for i in np.flatnonzero(mask):
+            if reasons[i] is None:
+                reasons[i] = failing[i]
+    return reasons
 
 
 def selection_report(table: pa.Table, kind: str, params: dict, examples: int = 3, example_chars: int = 80) -> dict:
