@@ -18,6 +18,7 @@ from .stages.decontaminate import decontaminate_flow
 from .stages.dedup import dedup_flow
 from .stages.export import export_flow
 from .stages.ingest import ingest_flow
+from .stages.pack import pack_flow
 from .stages.runner import DESCRIPTIONS
 from .stages.sample import sample_flow
 from .stages.select import select_flow
@@ -25,6 +26,7 @@ from .stages.validate import validate_flow, validate_stage_output
 from .summary import as_markdown, as_text, produced
 
 QUALITY = "quality"  # WORKDIR/quality/<stage>/: the suites' results on each stage's output
+PACKED = "packed"  # WORKDIR/packed/: token sequences for GPU trainers, when [pack] tokenizer is set
 
 
 STAGE_FLOWS = {
@@ -38,6 +40,7 @@ STAGE_FLOWS = {
     "sample": sample_flow,
     "validate": validate_flow,
     "export": export_flow,
+    "pack": pack_flow,
 }
 
 
@@ -74,6 +77,8 @@ def build_corpus(config: Optional[str] = None, workdir: str = "tcm-corpus-build"
     results["validate"] = validate_flow([str(corpus)], str(staged / "validate"), config, engine)
     if cfg.export.formats:
         results["export"] = export_flow([str(corpus)], str(staged / "export"), config, engine)
+    if cfg.pack.tokenizer is not None:
+        results["pack"] = pack_flow([str(corpus)], str(root / PACKED), config, engine)
 
     seconds = round(time.perf_counter() - started, 2)
     report_path = publish_build_report(root, logger)

@@ -5,6 +5,7 @@
     flows run refresh [--config FILE] [--workdir DIR] [--engine local|spark]
     flows run crawl|ingest [--config FILE] --output DIR
     flows run STAGE --input DIR [--input DIR ...] --output DIR [--config FILE]
+    flows run pack --input CORPUS_DIR --output DIR [--config FILE]
     flows run train-domain-classifier [--config FILE] [--output MODEL]
     flows lexicon build --from PATH [PATH ...] --output LEXICON [--no-seed]
     flows serve [--config FILE] [--workdir DIR] [--limit N]
@@ -96,6 +97,26 @@ def _preflight(args, config) -> None:
             raise UsageError(str(exc)) from None
     if args.flow in (*WORKDIR_FLOWS, "ingest"):
         _check_sources(config)
+    if args.flow == "pack" or (args.flow == "build-corpus" and config.pack.tokenizer is not None):
+        _check_pack(config.pack)
+
+
+def _check_pack(pack) -> None:
+    """The tokenizer loads, has what the template needs, and the asked outputs can be written."""
+    from importlib.util import find_spec
+
+    if pack.tokenizer is None:
+        raise UsageError("pack.tokenizer: not set; the pack stage needs a tokenizer.json or a tokenizer folder")
+    from transforms.pack.tokenizer import PackTokenizer, TokenizerError
+
+    try:
+        tokenizer = PackTokenizer(pack.tokenizer, pack.eos_token, pack.pad_token)
+    except TokenizerError as exc:
+        raise UsageError(str(exc)) from None
+    if pack.template == "tokenizer" and tokenizer.chat_template is None:
+        raise UsageError(f"pack.template: {pack.tokenizer} has no chat_template; set template = \"huatuo\" or \"chatml\"")
+    if "hf" in pack.outputs and find_spec("datasets") is None:
+        raise UsageError("pack.outputs: hf needs the `datasets` package (pip install datasets)")
 
 
 def _check_llm(convert) -> None:
@@ -177,6 +198,13 @@ def _print_result(flow: str, result: dict) -> None:
         print(as_text(result["produced"]))
     elif "corpus" in result:
         print(f"corpus: {result['corpus']} ({result['seconds']} s)")
+    for name, summary in stages.items():
+        figures = summary.get("stats", {}).get("pack") if name == "pack" else None
+        if figures:
+            print(f"packed: {summary['output']}  {figures['sequences']:,} sequences of {figures['seq_len']} tokens, "
+                  f"{figures['tokens']:,} tokens ({figures['trained_tokens']:,} trained), {figures['items_per_sequence']} items "
+                  f"per sequence, padding {figures['padding_share']:.2%}; {figures['split_rows']} split, "
+                  f"{figures['truncated_rows']} truncated, {summary['rows_rejected'].get('corpus', 0)} rejected")
     if "new_rows" in result:
         print(f"refresh: {result['new_rows']:,} new rows after dedup against the build, in {result['output']} ({result['seconds']} s)")
 
@@ -276,7 +304,9 @@ def _known_failures() -> tuple[type[BaseException], ...]:
     from transforms.convert.llm.client import EndpointError
     from transforms.convert.llm.unify import ConvertError
 
-    failures: list[type[BaseException]] = [ConfigError, DatasetError, SourceError, ValidationFailed, EndpointError, ConvertError, TrainingError]
+    from transforms.pack.tokenizer import TokenizerError
+
+    failures: list[type[BaseException]] = [ConfigError, DatasetError, SourceError, ValidationFailed, EndpointError, ConvertError, TrainingError, TokenizerError]
     try:
         from crawlers.run import CrawlError
 

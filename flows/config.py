@@ -280,6 +280,53 @@ class SampleConfig(Section):
         return weights
 
 
+class OverflowConfig(Section):
+    """What happens to an item longer than `seq_len`, per corpus format; never a silent cut."""
+
+    # text: cut into pieces of seq_len tokens, each packed as an item of its own (position ids
+    # restart in each piece); truncate: keep the first seq_len tokens; reject: a rejected row.
+    text: Literal["split", "truncate", "reject"] = "split"
+    # chat: a dialogue is never split (a piece would lose its question); truncate keeps the first
+    # seq_len tokens when an answer token is among them.
+    chat: Literal["truncate", "reject"] = "reject"
+
+
+class PackConfig(Section):
+    """Tokenize the corpus and pack it into fixed-length sequences for GPU trainers (`flows run pack`).
+
+    build-corpus runs it last when `tokenizer` is set."""
+
+    # A tokenizer.json, or a Hugging Face tokenizer folder (tokenizer.json, tokenizer_config.json
+    # with its chat_template and special tokens).
+    tokenizer: Optional[Path] = None
+    seq_len: int = Field(4096, ge=16)
+    # How a chat row becomes tokens: the tokenizer folder's own chat template (jinja, rendered as
+    # Hugging Face renders it), HuatuoGPT-II's <问>：/<答>： turns, or ChatML.
+    template: Literal["tokenizer", "huatuo", "chatml"] = "tokenizer"
+    # greedy: corpus order, a new sequence when an item does not fit (HuatuoGPT-II's way);
+    # best_fit: first-fit-decreasing within each window of `window` consecutive items.
+    packing: Literal["greedy", "best_fit"] = "best_fit"
+    window: int = Field(1000, ge=1)
+    overflow: OverflowConfig = OverflowConfig()
+    # Sequences are padded to the next multiple of this (labels -100); unset: to seq_len, so every
+    # sequence is exactly seq_len tokens long. 1: no padding stored.
+    pad_to_multiple_of: Optional[int] = Field(None, ge=1)
+    # Special tokens by their text; unset: the tokenizer folder's own, else a known name in the vocabulary.
+    eos_token: Optional[str] = None
+    pad_token: Optional[str] = None
+    # Further outputs by name: Megatron-LM's indexed dataset (megatron/tokens.bin + .idx) and a
+    # Hugging Face `datasets` folder (hf/, save_to_disk; needs the datasets package).
+    outputs: list[Literal["megatron", "hf"]] = []
+    # Sequences per Parquet row group: what the reader holds at once per worker.
+    row_group_rows: int = Field(256, ge=1)
+
+    @model_validator(mode="after")
+    def _check_padding(self) -> "PackConfig":
+        if self.pad_to_multiple_of is not None and self.pad_to_multiple_of > self.seq_len:
+            raise ValueError("pad_to_multiple_of must not exceed seq_len")
+        return self
+
+
 class ValidateConfig(Section):
     languages: Optional[list[str]] = None
     min_chars: int = Field(1, ge=0)
@@ -453,6 +500,7 @@ class BuildConfig(Section):
     sample: SampleConfig = SampleConfig()
     validate_: ValidateConfig = Field(ValidateConfig(), alias="validate")
     export: ExportConfig = ExportConfig()
+    pack: PackConfig = PackConfig()
     engine: EngineConfig = EngineConfig()
     train_domain: TrainDomainConfig = TrainDomainConfig()
     operations: OperationsConfig = OperationsConfig()
@@ -501,6 +549,7 @@ def _resolve_paths(config: BuildConfig, base: Path) -> BuildConfig:
     config.train_domain.model = fix(config.train_domain.model)
     config.operations.workdir = fix(config.operations.workdir)
     config.sample.tokenizer = fix(config.sample.tokenizer)
+    config.pack.tokenizer = fix(config.pack.tokenizer)
     return config
 
 

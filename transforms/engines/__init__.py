@@ -34,6 +34,8 @@ class Engine(Protocol):
       all inputs, the kept rows and the `clusters` audit (the `[dedup]` section as params).
     - `sample(inputs, output, params, manifest, config_hash, progress)`: the priority order and
       the corpus shards with `_corpus_manifest.json` (the `[sample]` section as params).
+    - `pack(shards, output, params, manifest, tokenizer, progress)`: corpus shards tokenized and
+      packed into sequences (`transforms/pack/`), one task per shard.
     Each stage-level operation returns the committed StageManifest.
     """
 
@@ -56,6 +58,10 @@ class Engine(Protocol):
     ) -> StageManifest: ...
 
     def dedup(self, inputs: Sequence, output, params: dict, manifest: StageManifest, progress: Optional[Progress] = None) -> StageManifest: ...
+
+    def pack(
+        self, shards: list[dict], output, params: dict, manifest: StageManifest, tokenizer, progress: Optional[Progress] = None
+    ) -> StageManifest: ...
 
     def sample(
         self, inputs: Sequence, output, params: dict, manifest: StageManifest, config_hash: str, progress: Optional[Progress] = None

@@ -96,6 +96,12 @@ class LocalEngine:
 
         return run_sample_stage(inputs, output, params, manifest, config_hash, progress)
 
+    def pack(self, shards: list[dict], output, params: dict, manifest: StageManifest, tokenizer, progress=None) -> StageManifest:
+        """Corpus shards tokenized and packed into sequences: `transforms/pack/stage.py`."""
+        from transforms.pack.stage import run_pack_shards
+
+        return run_pack_shards(shards, output, params, manifest, self, tokenizer, progress)
+
     def __repr__(self) -> str:
         return f"LocalEngine(workers={self.workers}, batch_rows={self.batch_rows})"
 

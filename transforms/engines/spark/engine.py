@@ -60,5 +60,11 @@ class SparkEngine:
 
         return run_sample(inputs, output, params, manifest, config_hash, self, progress)
 
+    def pack(self, shards, output, params, manifest, tokenizer, progress=None):
+        """Corpus shards packed with one Spark task each (`pack.run_pack`)."""
+        from .pack import run_pack
+
+        return run_pack(shards, output, params, manifest, self, tokenizer, progress)
+
     def __repr__(self) -> str:
         return f"SparkEngine(master={self.master!r})"
