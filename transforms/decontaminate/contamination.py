@@ -311,8 +311,6 @@ def report_markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_reports(folder, report: dict) -> list[str]:
-    """contamination.json and contamination.md in `folder`; their names."""
-    (folder / "contamination.json").write_text(json.dumps(report, ensure_ascii=False, indent=1), encoding="utf-8")
-    (folder / "contamination.md").write_text(report_markdown(report), encoding="utf-8")
-    return ["contamination.json", "contamination.md"]
+def report_files(report: dict) -> dict[str, str]:
+    """The report's files by name: contamination.json and contamination.md."""
+    return {"contamination.json": json.dumps(report, ensure_ascii=False, indent=1), "contamination.md": report_markdown(report)}

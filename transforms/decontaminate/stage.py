@@ -1,12 +1,12 @@
-"""The decontaminate stage: remove or flag rows that overlap the benchmarks' items."""
+"""The decontaminate stage: remove or flag rows that overlap the benchmarks' items, on any engine."""
 from __future__ import annotations
 
 from schemas import CONVERSATIONS, DOCUMENTS
-from schemas.dataset import DatasetWriter, StageManifest
+from schemas.dataset import StageManifest
 
-from transforms.engines.local import add_count, kinds_present, read_batches
+from transforms.engines import Engine, Progress
 
-from .contamination import ContaminationIndex, contamination_report, decontaminate_with_hits, write_reports
+from .contamination import ContaminationIndex, contamination_report, decontaminate_with_hits, report_files
 
 TEXT_KINDS = (DOCUMENTS, CONVERSATIONS)
 
@@ -16,29 +16,24 @@ def _decontaminate_step(batch, context):
     return decontaminate_with_hits(batch, kind, index, action)
 
 
-def run_decontaminate(inputs, output, params, manifest, engine, items: list[dict], progress=None) -> StageManifest:
-    if engine.name == "spark":
-        from transforms.engines.spark import stages as spark_stages
-
-        return spark_stages.run_decontaminate(inputs, output, params, manifest, engine, items, progress)
+def run_decontaminate(inputs, output, params, manifest: StageManifest, engine: Engine, items: list[dict], progress: Progress | None = None) -> StageManifest:
+    """Index the benchmark `items` once, then remove (or flag) the rows holding one; the hits of
+    every batch, in dataset order, make `contamination.json` / `contamination.md` in the output."""
     index = ContaminationIndex.from_params(items, params)
     action = params.get("action", "remove")
     manifest.stats.update(index.reference_stats())
     hits: list[dict] = []
-    with DatasetWriter(output, manifest) as writer:
-        for kind in kinds_present(inputs, TEXT_KINDS):
-            for kept, rejected, found in engine.map(_decontaminate_step, read_batches(inputs, kind, engine.batch_rows), (kind, index, action)):
-                writer.write(kind, kept)
-                writer.reject(kind, rejected)
-                hits.extend(found)
-                add_count(manifest, "rows_in", kind, kept.num_rows + rejected.num_rows)
-                if progress:
-                    progress(kind, kept.num_rows + rejected.num_rows)
+
+    def finish(write_file) -> None:
         report = contamination_report(index, hits, action)
-        for name in write_reports(writer.folder, report):
-            writer.add_file(name, len(hits))
+        for name, text in report_files(report).items():
+            write_file(name, text, len(hits))
         manifest.stats["contamination"] = report["benchmarks"]
-        return writer.commit()
+
+    return engine.map_stage(
+        _decontaminate_step, inputs, output, manifest, TEXT_KINDS, lambda kind: (kind, index, action), progress,
+        extras=lambda kind, found: hits.extend(found), finish=finish,
+    )
 
 
 def contamination_hits(manifest: StageManifest) -> dict[str, int]:

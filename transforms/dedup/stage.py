@@ -3,13 +3,10 @@ from __future__ import annotations
 
 from schemas.dataset import StageManifest
 
-from .deduplicate import run_dedup_stage
+from transforms.engines import Engine, Progress
 
 
-def run_dedup(inputs, output, params, manifest, engine, progress=None) -> StageManifest:
-    """Repeated paragraphs, exact and MinHash near-duplicates; see transforms/dedup/deduplicate.py."""
-    if engine.name == "spark":
-        from transforms.engines.spark import stages as spark_stages
-
-        return spark_stages.run_dedup(inputs, output, params, manifest, engine, progress)
-    return run_dedup_stage(inputs, output, params, manifest, engine, progress)
+def run_dedup(inputs, output, params, manifest: StageManifest, engine: Engine, progress: Progress | None = None) -> StageManifest:
+    """Repeated paragraphs, exact and MinHash near-duplicates, as the engine runs them: locally
+    `transforms/dedup/deduplicate.py`, on Spark `transforms/engines/spark/stages.py`."""
+    return engine.dedup(inputs, output, params, manifest, progress)

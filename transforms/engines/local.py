@@ -16,7 +16,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 import pyarrow as pa
 
-from schemas.dataset import StageManifest, iter_batches, kinds_in
+from schemas.dataset import DatasetWriter, StageManifest, iter_batches, kinds_in
 
 _worker_context: Any = None
 
@@ -31,6 +31,8 @@ def _run_step(step: Callable, batch: Any) -> Any:
 
 
 class LocalEngine:
+    """The engine interface (`transforms.engines.Engine`) on this machine's cores."""
+
     name = "local"
 
     def __init__(self, workers: int = 1, batch_rows: int = 2048):
@@ -59,6 +61,49 @@ class LocalEngine:
                     yield pending.popleft().result()
             while pending:
                 yield pending.popleft().result()
+
+    def map_stage(self, step, inputs, output, manifest: StageManifest, kinds, context_of, progress=None, extras=None, finish=None) -> StageManifest:
+        """`step` over every batch of each kind present, through `map`; see `Engine.map_stage`."""
+        with DatasetWriter(output, manifest) as writer:
+            for kind in kinds_present(inputs, kinds):
+                for result in self.map(step, read_batches(inputs, kind, self.batch_rows), context_of(kind)):
+                    kept, rejected = result[0], result[1]
+                    writer.write(kind, kept)
+                    writer.reject(kind, rejected)
+                    if extras is not None:
+                        extras(kind, result[2])
+                    add_count(manifest, "rows_in", kind, kept.num_rows + rejected.num_rows)
+                    if progress:
+                        progress(kind, kept.num_rows + rejected.num_rows)
+            if finish is not None:
+
+                def write_file(name: str, text: str, rows: int) -> None:
+                    (writer.folder / name).write_text(text, encoding="utf-8")
+                    writer.add_file(name, rows)
+
+                finish(write_file)
+            return writer.commit()
+
+    def dedup(self, inputs, output, params: dict, manifest: StageManifest, progress=None) -> StageManifest:
+        """Repeated paragraphs, exact and MinHash clusters: `transforms/dedup/deduplicate.py`."""
+        from transforms.dedup.deduplicate import run_dedup_stage
+
+        return run_dedup_stage(inputs, output, params, manifest, self, progress)
+
+    def sample(self, inputs, output, params: dict, manifest: StageManifest, config_hash: str, progress=None) -> StageManifest:
+        """Priority order and shards in three streamed passes: `transforms/sample/shards.py`."""
+        from transforms.sample.shards import run_sample_stage
+
+        return run_sample_stage(inputs, output, params, manifest, config_hash, progress)
+
+    def pack(self, shards: list[dict], output, params: dict, manifest: StageManifest, tokenizer, progress=None) -> StageManifest:
+        """Corpus shards tokenized and packed into sequences: `transforms/pack/stage.py`."""
+        from transforms.pack.stage import run_pack_shards
+
+        return run_pack_shards(shards, output, params, manifest, self, tokenizer, progress)
+
+    def __repr__(self) -> str:
+        return f"LocalEngine(workers={self.workers}, batch_rows={self.batch_rows})"
 
 
 # -- reading and counting stage inputs on this machine ------------------------------------------

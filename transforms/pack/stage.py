@@ -279,10 +279,11 @@ def run_pack(inputs: list[Path], output, params: dict, manifest: StageManifest, 
     """Pack the corpus in `inputs` into `output` (see the module docstring)."""
     tokenizer = load_tokenizer(params)  # a bad tokenizer fails here, before any worker starts
     shards = corpus_shards(inputs)
-    if getattr(engine, "name", "local") == "spark":
-        from ..engines.spark import pack as spark_pack
+    return engine.pack(shards, output, params, manifest, tokenizer, progress)
 
-        return spark_pack.run_pack(shards, output, params, manifest, engine, tokenizer, progress)
+
+def run_pack_shards(shards: list[dict], output, params: dict, manifest: StageManifest, engine, tokenizer: PackTokenizer, progress: Optional[Callable[[str, int], None]] = None) -> StageManifest:
+    """The pack stage on this machine: `pack_shard` over the shards through `engine.map`."""
     with DatasetWriter(output, manifest) as writer:
         workers = getattr(engine, "workers", 1)
         context = {"params": params, "folder": str(writer.folder), "single_threaded": workers > 1 and len(shards) > 1}

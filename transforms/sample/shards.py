@@ -11,6 +11,7 @@ Rows are read twice in input order; the same files in the same order give the sa
 from __future__ import annotations
 
 import hashlib
+import json
 import resource
 import shutil
 from collections import Counter
@@ -24,7 +25,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from schemas import CATEGORIES, CONVERSATIONS, CORPUS, DOCUMENTS, SCHEMA_VERSION, nullable_schema
-from schemas.dataset import DatasetError, kind_files
+from schemas.dataset import DatasetError, DatasetWriter, StageManifest, kind_files
 
 from .order import Codes, SamplingPlan, expand_copies, id_hashes, plan_order, sampling_curve, to_corpus_rows, with_positions
 from .tokens import TokenCounter
@@ -260,3 +261,18 @@ def dataset_card(corpus: dict) -> str:
         "  - split: train\n"
         '    path: "part-*.parquet"\n'
     )
+
+
+def run_sample_stage(inputs, output, params, manifest: StageManifest, config_hash: str, progress=None) -> StageManifest:
+    """The sample stage on this machine: `write_corpus` into a DatasetWriter's folder, the shards
+    listed in the manifest and described in `_corpus_manifest.json`."""
+    with DatasetWriter(output, manifest) as writer:
+        corpus = write_corpus(inputs, writer.folder, params, config_hash, progress=progress)
+        manifest.rows_in.update(corpus["input_rows"])
+        for shard in corpus["shards"]:
+            writer.add_file(shard["path"], shard["rows"])
+        (writer.folder / CORPUS_MANIFEST).write_text(json.dumps(corpus, ensure_ascii=False, indent=2), encoding="utf-8")
+        (writer.folder / DATASET_CARD).write_text(dataset_card(corpus), encoding="utf-8")
+        manifest.rows_out[CORPUS] = corpus["rows"]
+        manifest.stats.update({"shards": len(corpus["shards"]), "tokens": corpus["tokens"]["total"], "rows_per_format": corpus["counts"]["format"]})
+        return writer.commit()

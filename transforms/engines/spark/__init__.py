@@ -4,8 +4,9 @@ Map stages run their record-batch step, unchanged, in `DataFrame.mapInArrow`; gl
 (exact dedup, priority sampling, MinHash clustering) have a Spark implementation beside the pure
 core the local engine uses. Datasets are Parquet on any Hadoop-compatible path (local, HDFS, S3A)
 and are committed like the local writer's: a temporary folder renamed into place, `_manifest.json`
-written last. Importing this package imports pyspark; `transforms.stages` imports it only when a
-stage runs on Spark.
+written last. `SparkEngine` implements `transforms.engines.Engine`; pyspark is imported when a
+stage first runs on it. Only whoever builds an engine (flows' `make_engine`, tests) imports this
+package; no stage does.
 """
 from .engine import SparkEngine  # noqa: F401
 from .session import build_session  # noqa: F401

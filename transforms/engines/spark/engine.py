@@ -1,4 +1,4 @@
-"""SparkEngine: what a stage function needs to run on Spark (a session, the batch size)."""
+"""SparkEngine: the engine interface (`transforms.engines.Engine`) on a SparkSession."""
 from __future__ import annotations
 
 from typing import Mapping
@@ -41,6 +41,30 @@ class SparkEngine:
         raise NotImplementedError(
             "this stage has no Spark implementation; run it with the local engine (flows do so for convert)"
         )
+
+    def map_stage(self, step, inputs, output, manifest, kinds, context_of, progress=None, extras=None, finish=None):
+        """`step` in `mapInArrow` over every kind present; see `transforms.engines.Engine.map_stage`."""
+        from .stages import run_map_stage
+
+        return run_map_stage(step, inputs, output, manifest, self, kinds, context_of, progress, extras, finish)
+
+    def dedup(self, inputs, output, params, manifest, progress=None):
+        """Exact and MinHash clusters on Spark (`stages.run_dedup`, `near_dedup.py`)."""
+        from .stages import run_dedup
+
+        return run_dedup(inputs, output, params, manifest, self, progress)
+
+    def sample(self, inputs, output, params, manifest, config_hash, progress=None):
+        """Priority order and shards on Spark (`sampling.run_sample`)."""
+        from .sampling import run_sample
+
+        return run_sample(inputs, output, params, manifest, config_hash, self, progress)
+
+    def pack(self, shards, output, params, manifest, tokenizer, progress=None):
+        """Corpus shards packed with one Spark task each (`pack.run_pack`)."""
+        from .pack import run_pack
+
+        return run_pack(shards, output, params, manifest, self, tokenizer, progress)
 
     def __repr__(self) -> str:
         return f"SparkEngine(master={self.master!r})"

@@ -1,4 +1,4 @@
-"""Stages on Spark, with the arguments and manifests of `transforms.stages`.
+"""The Spark engine's map stages and dedup, with the arguments and manifests of the local engine.
 
 Map stages (clean, select, decontaminate): the local step runs unchanged in `mapInArrow`; its
 kept and rejected results travel as one Arrow schema with a flag and are written as the two parts
@@ -10,7 +10,6 @@ local engine under `--engine spark` (flows choose it).
 from __future__ import annotations
 
 import functools
-import json
 import pickle
 from collections import Counter
 from typing import Callable, Iterable, Iterator
@@ -24,6 +23,7 @@ from .datasets import (
     ROW_INDEX,
     HadoopStore,
     SparkDatasetWriter,
+    join,
     kind_files,
     kinds_in,
     place_partitions,
@@ -117,11 +117,24 @@ def _run_step(batches, step, context, schema: pa.Schema):
             )
 
 
-def run_map_stage(step, inputs, output, manifest: StageManifest, engine, kinds, context_of, progress: Progress | None = None) -> StageManifest:
-    """`transforms.stages.run_map_stage` on Spark: same step, same context, same ledger."""
+def run_map_stage(
+    step, inputs, output, manifest: StageManifest, engine, kinds, context_of, progress: Progress | None = None, extras=None, finish=None
+) -> StageManifest:
+    """`SparkEngine.map_stage`: the step's third results go to `extras(kind, extra)` in dataset
+    order; `finish(write_file)` writes its files through the Hadoop store before the commit."""
     with SparkDatasetWriter(engine.session, output, manifest) as writer:
-        for _ in map_kinds(step, inputs, writer, manifest, engine, kinds, context_of, progress):
-            pass
+        for kind, found in map_kinds(step, inputs, writer, manifest, engine, kinds, context_of, progress):
+            if extras is not None:
+                for extra in found:
+                    extras(kind, extra)
+        if finish is not None:
+            store = HadoopStore(engine.session)
+
+            def write_file(name: str, text: str, rows: int) -> None:
+                store.write_text(join(writer.folder, name), text)
+                writer.add_file(name, rows)
+
+            finish(write_file)
         return writer.commit()
 
 
@@ -178,52 +191,6 @@ def map_kinds(step, inputs, writer, manifest: StageManifest, engine, kinds, cont
         if progress:
             progress(kind, rows_in)
         yield kind, extras
-
-
-def run_clean(inputs, output, params, manifest: StageManifest, engine, progress: Progress | None = None) -> StageManifest:
-    """`transforms.stages.run_clean` on Spark: the same step; its per-batch stats (redactions,
-    CPU seconds per step) gathered from the executors and summed as the local engine does."""
-    from transforms.clean import steps as clean_step
-    from transforms.clean.stage import _clean_step
-
-    redactions: dict[str, dict[str, int]] = {}
-    seconds: Counter = Counter()
-    with SparkDatasetWriter(engine.session, output, manifest) as writer:
-        for kind, extras in map_kinds(_clean_step, inputs, writer, manifest, engine, TEXT_KINDS, lambda kind: (kind, params), progress):
-            counts = redactions.setdefault(kind, {})
-            for stats in extras:
-                for name, n in stats.get("pii_redactions", {}).items():
-                    counts[name] = counts.get(name, 0) + n
-                seconds.update(stats.get("seconds", {}))
-                clean_step.merge_counts(manifest.stats, kind, stats)
-        manifest.stats["pii_redactions"] = redactions
-        manifest.stats["cpu_seconds_per_step"] = {k: round(v, 3) for k, v in sorted(seconds.items())}
-        return writer.commit()
-
-
-def run_decontaminate(inputs, output, params, manifest: StageManifest, engine, items: list[dict], progress: Progress | None = None) -> StageManifest:
-    """`transforms.stages.run_decontaminate` on Spark: the index broadcast once, the hits of
-    every batch gathered in dataset order for the same report."""
-    from transforms.decontaminate.contamination import ContaminationIndex, contamination_report, report_markdown
-    from transforms.decontaminate.stage import _decontaminate_step
-    from .datasets import join
-
-    index = ContaminationIndex.from_params(items, params)
-    action = params.get("action", "remove")
-    manifest.stats.update(index.reference_stats())
-    hits: list[dict] = []
-    with SparkDatasetWriter(engine.session, output, manifest) as writer:
-        for _, extras in map_kinds(_decontaminate_step, inputs, writer, manifest, engine, TEXT_KINDS, lambda kind: (kind, index, action), progress):
-            for found in extras:
-                hits.extend(found)
-        report = contamination_report(index, hits, action)
-        store = HadoopStore(engine.session)
-        store.write_text(join(writer.folder, "contamination.json"), json.dumps(report, ensure_ascii=False, indent=1))
-        store.write_text(join(writer.folder, "contamination.md"), report_markdown(report))
-        for name in ("contamination.json", "contamination.md"):
-            writer.add_file(name, len(hits))
-        manifest.stats["contamination"] = report["benchmarks"]
-        return writer.commit()
 
 
 # -- dedup ------------------------------------------------------------------------------------

@@ -1,0 +1,159 @@
+"""What every stage flow shares: the engine a stage runs on, the stage task, and `_run`, which
+skips a stage whose output is finished for these inputs and config and otherwise runs it.
+"""
+from __future__ import annotations
+
+import inspect
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Callable, Optional
+
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NONE
+
+from schemas.dataset import StageManifest, check_input, fingerprint, hash_config, read_manifest, remove_stale_temporaries
+from transforms import stages
+from transforms.engines.local import LocalEngine
+
+from ..config import BuildConfig, TaskControl, load_config
+from ..pipeline_info import FLOWS
+from ..progress import StageProgress, input_rows
+
+DESCRIPTIONS = FLOWS
+
+
+def code_version() -> str:
+    try:
+        return metadata.version("tcm-corpus")
+    except metadata.PackageNotFoundError:
+        return "dev"
+
+
+# Stages with no Spark implementation run on the local engine when the build runs on Spark.
+LOCAL_ONLY_STAGES = ("convert", "selection-dry-run")
+
+
+def _paragraphs_judged(config: BuildConfig) -> bool:
+    """Whether dedup would strip repeated paragraphs: enabled, and a source of a judged category."""
+    rule = config.dedup.paragraphs
+    return rule.enabled and any(source.category in rule.categories for source in config.sources)
+
+
+def make_engine(config: BuildConfig, kind: Optional[str] = None, stage: Optional[str] = None):
+    """The engine a stage runs on. A Spark engine builds its session from `[engine]` when the
+    stage's task first needs it, so the Spark job runs inside that Prefect task."""
+    kind = kind or config.engine.kind
+    if kind == "spark" and stage == "dedup" and _paragraphs_judged(config):
+        kind = "local"  # repeated paragraphs have no Spark implementation
+    if kind == "spark" and stage not in LOCAL_ONLY_STAGES:
+        from transforms.engines.spark import SparkEngine
+
+        return SparkEngine(config.engine.master, config.engine.spark, config.engine.batch_rows, checkpoint_dir=config.engine.checkpoint_dir)
+    if kind not in ("local", "spark"):
+        raise ValueError(f"unknown engine {kind!r}; use 'local' or 'spark'")
+    return LocalEngine(config.engine.workers, config.engine.batch_rows)
+
+
+def _expected(stage: str, config_section: object, inputs: list[Path]) -> StageManifest:
+    return StageManifest(
+        stage=stage,
+        code_version=code_version(),
+        config_hash=hash_config(config_section),
+        inputs=[{"path": str(p), "fingerprint": fingerprint(p)} for p in inputs],
+    )
+
+
+@task(name="stage", task_run_name="{stage}", cache_policy=NONE)
+def _stage_task(stage: str, work: Callable[..., StageManifest], manifest: StageManifest, total_rows: int = 0) -> StageManifest:
+    return _with_progress(stage, work, manifest, total_rows)
+
+
+def _with_progress(stage: str, work, manifest: StageManifest, total_rows: int) -> StageManifest:
+    """Run the stage; a `work(manifest, progress)` gets the callback that feeds the UI and the terminal."""
+    if "progress" not in inspect.signature(work).parameters:
+        return work(manifest)
+    tracker = StageProgress(stage, total_rows)
+    completed = False
+    try:
+        result = work(manifest, progress=tracker)
+        completed = True
+        return result
+    finally:
+        tracker.finish(completed)
+
+
+def _run(stage: str, output: Path, config_section: object, inputs: list[Path], work, task_fn=None, run_control: Optional[TaskControl] = None, force: bool = False) -> dict:
+    """Skip the stage if its output is finished for these inputs and config (unless `force`); else run it.
+
+    `run_control` (from [operations.tasks.<stage>]) gives the task retries and a time-out."""
+    logger = get_run_logger()
+    removed = remove_stale_temporaries(output)
+    if removed:
+        logger.info("%s: removed %s, left by an interrupted run", stage, ", ".join(p.name for p in removed))
+    expected = _expected(stage, config_section, inputs)
+    existing = read_manifest(output)
+    if not force and existing and existing.key() == expected.key() and not existing.stats.get("failed") and not existing.stats.get("unfinished"):
+        logger.info("%s: finished before for these inputs and config, skipped (%s)", stage, output)
+        return {**_summary(existing), "skipped": True, "output": str(output)}
+    chosen = task_fn or _stage_task
+    if run_control is not None:
+        chosen = chosen.with_options(
+            retries=run_control.retries,
+            retry_delay_seconds=run_control.retry_delay_seconds,
+            timeout_seconds=run_control.timeout_seconds,
+        )
+    started = time.perf_counter()
+    if task_fn is None:
+        manifest = chosen(stage, work, expected, input_rows(inputs))
+    else:  # a stage's own task: (work, manifest, stage=, total_rows=)
+        manifest = chosen(work, expected, stage=stage, total_rows=input_rows(inputs))
+    summary = {**_summary(manifest), "skipped": False, "seconds": round(time.perf_counter() - started, 2), "output": str(output)}
+    logger.info("%s: %s", stage, _ledger_line(manifest))
+    return summary
+
+
+def _summary(manifest: StageManifest) -> dict:
+    return {
+        "stage": manifest.stage,
+        "rows_in": manifest.rows_in,
+        "rows_kept": manifest.rows_kept,
+        "rows_rejected": manifest.rows_rejected,
+        "rows_out": manifest.rows_out,
+        "rejected_by_reason": manifest.rejected_by_reason,
+        "stats": manifest.stats,
+    }
+
+
+def _ledger_line(manifest: StageManifest) -> str:
+    parts = [
+        f"{kind} {n} in, {manifest.rows_kept.get(kind, 0)} kept, {manifest.rows_rejected.get(kind, 0)} rejected"
+        for kind, n in manifest.rows_in.items()
+    ]
+    out = ", ".join(f"{n} {kind}" for kind, n in manifest.rows_out.items())
+    return "; ".join(parts) + (f" -> {out} written" if out else "")
+
+
+def _inputs(paths: list[str]) -> list[Path]:
+    return [check_input(p) for p in paths]
+
+
+def _simple_stage(stage: str, section_name: str, extra: Optional[Callable[[BuildConfig], dict]] = None) -> Callable:
+    """A flow for a stage that reads datasets and one config section: `transforms.stages.run_<stage>`;
+    `extra(config)` gives further keyword arguments of the stage function."""
+
+    @flow(name=stage, description=DESCRIPTIONS[stage])
+    def stage_flow(inputs: list[str], output: str, config: Optional[str] = None, engine: Optional[str] = None) -> dict:
+        cfg = load_config(config)
+        paths = _inputs(inputs)
+        params = cfg.section(section_name)
+        chosen = make_engine(cfg, engine, stage)
+
+        def work(manifest: StageManifest, progress=None) -> StageManifest:
+            more = extra(cfg) if extra else {}
+            return getattr(stages, f"run_{stage}")(paths, output, params, manifest, chosen, progress=progress, **more)
+
+        return _run(stage, Path(output), params, paths, work, run_control=cfg.operations.tasks.get(stage))
+
+    stage_flow.__name__ = f"{stage}_flow"
+    return stage_flow
