@@ -20,7 +20,7 @@ import os
 import shutil
 import sys
 
-from .runtime import prepare_environment
+from .runtime import prepare_environment, quiet_failures_on_terminal
 
 from .pipeline_info import FLOWS
 
@@ -49,6 +49,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--format", action="append", choices=("sharegpt", "alpaca", "jsonl"), help="export: format (repeatable)")
     run.add_argument("--json", action="store_true", help="print the result as JSON")
     run.add_argument("--dry-run", action="store_true", help="clean, select: report what selection would remove, write nothing")
+    run.add_argument("--wait", action="store_true", help="when another run holds the work folder, wait for it instead of stopping")
+    run.add_argument("--debug", action="store_true", help="on failure, print the full traceback (and Prefect's log of it)")
     lexicon = commands.add_parser("lexicon", help="build the TCM lexicon from reference files")
     lexicon.add_argument("action", choices=("build",))
     lexicon.add_argument("--from", dest="sources", action="extend", nargs="+", required=True, metavar="PATH",
@@ -96,6 +98,25 @@ def _preflight(args, config) -> None:
             raise UsageError(str(exc)) from None
     if args.flow in (*WORKDIR_FLOWS, "ingest"):
         _check_sources(config)
+    _check_paths(args, config)
+
+
+def _check_paths(args, config) -> None:
+    """No output may replace or lie inside what the run reads, nor be a file or a user's folder."""
+    from .paths import PathRefused, check_output, check_workdir
+
+    sources = [(f"source {s.name}'s path", s.path) for s in config.sources if s.path is not None]
+    sources += [(f"source {s.name}'s site_dir", s.site_dir) for s in config.sources if getattr(s, "site_dir", None) is not None]
+    try:
+        if args.flow in WORKDIR_FLOWS:
+            check_workdir(args.workdir, sources)
+        elif args.output and not args.dry_run:
+            reads = [("--input", path) for path in args.input]
+            if args.flow in ("ingest", "crawl"):
+                reads += sources
+            check_output(args.output, reads)
+    except PathRefused as exc:
+        raise UsageError(str(exc)) from None
 
 
 def _check_llm(convert) -> None:
@@ -206,20 +227,66 @@ def main(argv: list[str] | None = None) -> int:
         from .progress import enable_terminal
 
         enable_terminal()
+    from .locks import LockBusy
+
     known = _known_failures()
+    if not args.debug:
+        quiet_failures_on_terminal()  # Prefect still records every failure, traceback included
     try:
-        result = _run(args)
+        with _run_lock(args):
+            result = _run(args)
+    except LockBusy as exc:
+        return _failed(args, exc, 2)
     except known as exc:
-        print(f"flows: error: {exc}", file=sys.stderr)
-        return 1
+        return _failed(args, exc, 1)
     except KeyboardInterrupt:
         print("flows: interrupted; finished stages are kept and a re-run resumes after them", file=sys.stderr)
         return 130
+    except Exception as exc:  # noqa: BLE001 - a fault of ours: one line here, the traceback with --debug and in Prefect
+        return _failed(args, exc, 1, unexpected=True)
     if args.json:
         print(json.dumps(result, ensure_ascii=False, indent=2, default=str))
     else:
         _print_result(args.flow, result)
     return 0
+
+
+def _failed(args, exc: BaseException, code: int, unexpected: bool = False) -> int:
+    """The one line a failed run ends with; `--debug` prints the traceback before it."""
+    from transforms.llm.redact import redact
+
+    if getattr(exc, "results", None) and not args.json:
+        _print_result(args.flow, {"stages": exc.results})  # the ledger of the stages that ran
+    if args.debug:
+        import traceback
+
+        print(redact("".join(traceback.format_exception(exc))), file=sys.stderr, end="")
+    text = redact(str(exc).strip())
+    if unexpected:
+        first = text.splitlines()[0] if text else ""
+        text = f"unexpected {type(exc).__name__}" + (f": {first}" if first else "")
+        text += "" if args.debug else " (run again with --debug for the traceback)"
+    print(f"flows: error: {text}", file=sys.stderr)
+    return code
+
+
+def _run_lock(args):
+    """The work folder's lock, held for the whole run (a dry run and a model file need none)."""
+    from contextlib import nullcontext
+
+    from .locks import hold, output_lock_file, workdir_lock_file
+
+    if args.flow in WORKDIR_FLOWS:
+        lock_file, what = workdir_lock_file(args.workdir), f"work folder {args.workdir}"
+    elif args.output and not args.dry_run and args.flow != TRAIN_DOMAIN:
+        lock_file, what = output_lock_file(args.output), f"output {args.output}"
+    else:
+        return nullcontext()
+
+    def say(line: str) -> None:
+        print(f"flows: {line}", file=sys.stderr, flush=True)
+
+    return hold(lock_file, what, wait=args.wait, on_wait=say, on_takeover=say)
 
 
 def _lexicon(args) -> int:
@@ -271,12 +338,12 @@ def _known_failures() -> tuple[type[BaseException], ...]:
     from transforms.domain_training import TrainingError
 
     from .config import ConfigError
-    from .pipeline import ValidationFailed
+    from .pipeline import NothingKept, ValidationFailed
 
     from transforms.llm.client import EndpointError
     from transforms.llm.unify import ConvertError
 
-    failures: list[type[BaseException]] = [ConfigError, DatasetError, SourceError, ValidationFailed, EndpointError, ConvertError, TrainingError]
+    failures: list[type[BaseException]] = [ConfigError, DatasetError, SourceError, ValidationFailed, EndpointError, ConvertError, TrainingError, NothingKept]
     try:
         from crawlers.run import CrawlError
 

@@ -5,6 +5,7 @@ so re-running a build after a crash redoes only the stages that had not finished
 """
 from __future__ import annotations
 
+import functools
 import inspect
 import time
 from importlib import metadata
@@ -26,6 +27,7 @@ from .pipeline_info import FLOWS
 from .summary import as_markdown, as_text, produced
 from .notify import FAILURE_HOOKS
 from .progress import StageProgress, input_rows
+from .locks import hold, output_lock_file, workdir_lock_file
 
 DESCRIPTIONS = FLOWS
 QUALITY = "quality"  # WORKDIR/quality/<stage>/: the suites' results on each stage's output
@@ -33,6 +35,35 @@ QUALITY = "quality"  # WORKDIR/quality/<stage>/: the suites' results on each sta
 
 class ValidationFailed(Exception):
     """A dataset broke a hard expectation; the message names it and shows examples."""
+
+
+class NothingKept(Exception):
+    """A build stage kept no row: nothing is left to build from. `results` holds the stages run
+    so far (their ledgers), the message names the stage, its top rejection reasons and where the
+    rejected rows are."""
+
+    def __init__(self, message: str, results: dict[str, dict]):
+        super().__init__(message)
+        self.results = results
+
+
+def _kept_nothing(summary: dict) -> bool:
+    return sum(summary["rows_out"].values()) == 0
+
+
+def _stop_if_nothing_kept(stage: str, output: Path, results: dict[str, dict]) -> None:
+    summary = results[stage]
+    if not _kept_nothing(summary):
+        return
+    rejected = sum(summary["rows_rejected"].values())
+    if not rejected:
+        raise NothingKept(f"{stage} found no rows to work on; nothing is left to build a corpus from", results)
+    reasons = ", ".join(f"{reason} {n}" for reason, n in sorted(summary["rejected_by_reason"].items(), key=lambda item: -item[1])[:3])
+    raise NothingKept(
+        f"every row was rejected at {stage} ({rejected} rows: {reasons}); nothing is left to build a corpus from. "
+        f"The rejected rows and their reasons are in {output / 'rejected'}",
+        results,
+    )
 
 
 def code_version() -> str:
@@ -76,12 +107,31 @@ def _expected(stage: str, config_section: object, inputs: list[Path]) -> StageMa
     )
 
 
-@task(name="stage", task_run_name="{stage}", cache_policy=NONE)
+def _final_failures() -> tuple[type[BaseException], ...]:
+    """Failures no retry can mend: a refused key or model, a user's mistake, a busy work folder."""
+    from transforms.importers import SourceError
+    from transforms.llm.client import EndpointError
+    from transforms.llm.unify import ConvertError
+
+    from schemas.dataset import DatasetError
+
+    from .config import ConfigError
+    from .locks import LockBusy
+
+    return (EndpointError, ConvertError, SourceError, DatasetError, ConfigError, ValidationFailed, LockBusy, NothingKept)
+
+
+def retry_unless_final(task, task_run, state) -> bool:
+    """Prefect's `retry_condition_fn` for every stage task: retry, unless the failure is final."""
+    return not isinstance(state.data, _final_failures())
+
+
+@task(name="stage", task_run_name="{stage}", cache_policy=NONE, retry_condition_fn=retry_unless_final)
 def _stage_task(stage: str, work: Callable[..., StageManifest], manifest: StageManifest, total_rows: int = 0) -> StageManifest:
     return _with_progress(stage, work, manifest, total_rows)
 
 
-@task(name="crawl-sites", task_run_name="crawl", cache_policy=NONE, retries=1, retry_delay_seconds=5)
+@task(name="crawl-sites", task_run_name="crawl", cache_policy=NONE, retries=1, retry_delay_seconds=5, retry_condition_fn=retry_unless_final)
 def _crawl_task(work: Callable[..., StageManifest], manifest: StageManifest, stage: str = "crawl", total_rows: int = 0) -> StageManifest:
     return _with_progress(stage, work, manifest, total_rows)
 
@@ -100,7 +150,32 @@ def _with_progress(stage: str, work, manifest: StageManifest, total_rows: int) -
         tracker.finish(completed)
 
 
-def _run(stage: str, output: Path, config_section: object, inputs: list[Path], work, task_fn=None, run_control: Optional[TaskControl] = None, force: bool = False) -> dict:
+def _run(stage: str, output: Path, *args, **kwargs) -> dict:
+    """`_run_stage` holding the output's lock (its work folder's, inside a build), so no other
+    run writes the same folder meanwhile."""
+    with hold(output_lock_file(output), f"output {output}", on_takeover=_log_takeover):
+        return _run_stage(stage, output, *args, **kwargs)
+
+
+def _log_takeover(message: str) -> None:
+    get_run_logger().warning("%s", message)
+
+
+def _holding_workdir(flow_body: Callable) -> Callable:
+    """Run a flow over a work folder (its `workdir` parameter) holding the folder's lock."""
+
+    @functools.wraps(flow_body)
+    def holding(*args, **kwargs):
+        bound = inspect.signature(flow_body).bind(*args, **kwargs)
+        bound.apply_defaults()
+        root = Path(bound.arguments["workdir"]).resolve()
+        with hold(workdir_lock_file(root), f"work folder {root}", on_takeover=_log_takeover):
+            return flow_body(*args, **kwargs)
+
+    return holding
+
+
+def _run_stage(stage: str, output: Path, config_section: object, inputs: list[Path], work, task_fn=None, run_control: Optional[TaskControl] = None, force: bool = False) -> dict:
     """Skip the stage if its output is finished for these inputs and config (unless `force`); else run it.
 
     `run_control` (from [operations.tasks.<stage>]) gives the task retries and a time-out."""
@@ -158,6 +233,13 @@ def _inputs(paths: list[str]) -> list[Path]:
 # -- stage flows ------------------------------------------------------------------------------
 
 
+def site_dir_origin(source_name: str) -> str:
+    """The origin a `site_dir` source's pages are recorded under: `site-dir://<source name>/`."""
+    from urllib.parse import quote
+
+    return f"site-dir://{quote(source_name, safe='')}/"
+
+
 @flow(name="crawl", description=DESCRIPTIONS["crawl"])
 def crawl_flow(output: str, config: Optional[str] = None, recrawl: bool = False) -> dict:
     """Crawl the config's web sources into `output`. The crawl's state (journal, stored pages)
@@ -195,6 +277,8 @@ def crawl_flow(output: str, config: Optional[str] = None, recrawl: bool = False)
                         "deny": source.deny,
                         "max_depth": source.max_depth,
                         "max_pages": source.max_pages,
+                        # Pages of a served folder keep one URL from build to build, whatever the port.
+                        "record_origin": {"served": base, "as": site_dir_origin(source.name)} if source.site_dir is not None else None,
                     }
                 )
             return run_crawl(specs, output, manifest, settings)
@@ -404,6 +488,7 @@ STAGE_FLOWS = {
 
 
 @flow(name="build-corpus", description=DESCRIPTIONS["build-corpus"], **FAILURE_HOOKS)
+@_holding_workdir
 def build_corpus(config: Optional[str] = None, workdir: str = "tcm-corpus-build", engine: Optional[str] = None) -> dict:
     logger = get_run_logger()
     cfg = load_config(config)
@@ -417,6 +502,11 @@ def build_corpus(config: Optional[str] = None, workdir: str = "tcm-corpus-build"
     if any(s.kind == "crawl" for s in cfg.sources):
         results["crawl"] = crawl_flow(str(staged / "crawl"), config)
         page_inputs = [str(staged / "crawl")]
+        if _kept_nothing(results["crawl"]):
+            if not any(s.kind != "crawl" for s in cfg.sources):
+                _stop_if_nothing_kept("crawl", staged / "crawl", results)
+            logger.warning("crawl kept no page (reasons in %s); the build goes on with the other sources", staged / "crawl" / "rejected")
+            page_inputs = []
     validation: dict[str, dict] = {}
 
     def check(stage: str) -> None:
@@ -426,10 +516,12 @@ def build_corpus(config: Optional[str] = None, workdir: str = "tcm-corpus-build"
     if page_inputs:
         check("crawl")
     results["ingest"] = ingest_flow(str(staged / "ingest"), config, page_inputs)
+    _stop_if_nothing_kept("ingest", staged / "ingest", results)
     check("ingest")
     previous = staged / "ingest"
     for stage in ("clean", "select", "dedup", "decontaminate", "convert"):
         results[stage] = STAGE_FLOWS[stage]([str(previous)], str(staged / stage), config, engine)
+        _stop_if_nothing_kept(stage, staged / stage, results)
         check(stage)
         previous = staged / stage
     results["sample"] = sample_flow([str(previous)], str(corpus), config, engine)
@@ -497,6 +589,7 @@ REFRESH_DESCRIPTION = "crawl, ingest, clean and dedup new material against the e
 
 
 @flow(name="refresh", description=REFRESH_DESCRIPTION, **FAILURE_HOOKS)
+@_holding_workdir
 def refresh(config: Optional[str] = None, workdir: str = "tcm-corpus-build", engine: Optional[str] = None, label: Optional[str] = None) -> dict:
     """Fetch and import the sources again into `WORKDIR/refresh/<label>/` (label: today's UTC
     date), clean them, and dedup them after the existing `WORKDIR/stages/dedup` rows, so new
