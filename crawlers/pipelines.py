@@ -123,13 +123,14 @@ class PageDatasetPipeline:
 
 
 def with_origin(record: dict, origin: dict | None) -> dict:
-    """`record` with its URLs under the origin the source is recorded as (see `record_origin`)."""
+    """`record` as a page of a served local folder is kept (see `record_origin`): its URLs under
+    the stable origin, and no fetch time, so the same folder gives the same rows on every build."""
     if not origin:
         return record
     served, recorded = origin["served"], origin["as"]
     moved = {key: recorded + record[key][len(served):] for key in ("url", "final_url")
              if isinstance(record.get(key), str) and record[key].startswith(served)}
-    return {**record, **moved} if moved else record
+    return {**record, **moved, "fetched_at": None}
 
 
 def chunked(records: Iterable[dict], size: int = 500) -> Iterator[list[dict]]:

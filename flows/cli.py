@@ -146,9 +146,22 @@ def _check_sources(config) -> None:
         for file in files:
             if not os.access(file, os.R_OK):
                 raise UsageError(f"source {source.name}: file {file} cannot be read (permission denied)")
+            if file.suffix.lower() == ".parquet":
+                _check_parquet_footer(source.name, file)
     for path in config.decontaminate.benchmarks:
         if not path.is_file():
             raise UsageError(f"decontaminate.benchmarks: {path} does not exist")
+
+
+def _check_parquet_footer(source: str, file) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        pq.read_metadata(file)  # the footer only: a truncated or foreign file fails here, in one line
+    except (pa.ArrowException, OSError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UsageError(f"source {source}: {file} is not a readable Parquet file ({first})") from None
 
 
 def _run(args) -> dict:
@@ -227,6 +240,8 @@ def main(argv: list[str] | None = None) -> int:
         from .progress import enable_terminal
 
         enable_terminal()
+    from transforms.importers import SourceError
+
     from .locks import LockBusy
 
     known = _known_failures()
@@ -235,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with _run_lock(args):
             result = _run(args)
-    except LockBusy as exc:
+    except (LockBusy, SourceError) as exc:  # a busy work folder, an unreadable input file: the user's to fix
         return _failed(args, exc, 2)
     except known as exc:
         return _failed(args, exc, 1)

@@ -106,8 +106,7 @@ class ChatServer:
                 body = json.loads(self.rfile.read(length) or b"{}")
                 if self.path != "/v1/chat/completions":
                     return self._send(404, {"error": {"message": "not found"}})
-                refused = server.refuse(self.headers.get("authorization") or "", body.get("model"))
-                status, payload, headers = refused or server.handle(body)
+                status, payload, headers = server.handle(body, self.headers.get("authorization") or "")
                 self._send(status, payload, headers)
 
             def _send(self, status, payload, headers=None):
@@ -146,7 +145,7 @@ class ChatServer:
             return self._status(404, {"error": {"message": f"The model {model} does not exist or you do not have access to it (Authorization: {authorization})"}})
         return None
 
-    def handle(self, body: dict) -> tuple[int, dict, dict]:
+    def handle(self, body: dict, authorization: str = "") -> tuple[int, dict, dict]:
         messages = body.get("messages") or []
         prompt = "\n".join(m.get("content") or "" for m in messages)
         step = step_of(prompt)
@@ -158,6 +157,9 @@ class ChatServer:
         with self.lock:
             self.requests[(tag, step)] += 1
             seen = self.requests[(tag, step)]
+        refused = self.refuse(authorization, body.get("model"))
+        if refused:
+            return refused
         if self.latency:
             time.sleep(self.latency)
         with self.lock:

@@ -182,6 +182,7 @@ class ChatClient:
         self.budget = Budget(settings.max_requests, settings.max_total_tokens)
         self._semaphore = asyncio.Semaphore(settings.concurrency)
         self._json = settings.json_mode != "off"
+        self._refused: Optional[str] = None  # set by a 401/403/404: no later request is sent
         self._rng = rng or random.Random()
         register_secret(settings.api_key)  # gateways echo a refused key in their error bodies
         self._client = openai.AsyncOpenAI(
@@ -250,7 +251,8 @@ class ChatClient:
             except openai.APIStatusError as exc:
                 status = exc.status_code
                 if status in FATAL_STATUSES:
-                    raise EndpointError(refusal(status, s, exc)) from None
+                    self._refused = self._refused or refusal(status, s, exc)
+                    raise EndpointError(self._refused) from None
                 if status in (400, 422) and use_json and s.json_mode == "auto":
                     # The server does not take response_format: ask for JSON in the prompt only.
                     self._json = False
@@ -282,6 +284,8 @@ class ChatClient:
         async with self._semaphore, AsyncExitStack() as stack:
             if self.slot is not None:
                 await stack.enter_async_context(self.slot())
+            if self._refused:  # refused while this request waited for a slot: the answer would be the same
+                raise EndpointError(self._refused)
             self.stats.requests_sent += 1
             response = await self._client.chat.completions.create(
                 model=s.model, messages=messages, temperature=s.temperature, max_tokens=s.max_tokens, **extra
