@@ -9,8 +9,10 @@
     flows lexicon build --from PATH [PATH ...] --output LEXICON [--no-seed]
     flows serve [--config FILE] [--workdir DIR] [--limit N]
 
-Errors a user can fix (a bad config, a missing input, an unreadable file) are one line on
-stderr: exit code 2 for configuration and arguments, 1 for a failed run.
+Errors a user can fix (a bad config, a missing input, an unreadable file, an output that would
+replace what the run reads, a work folder another run holds) are one line on stderr: exit code
+2 for configuration, arguments, input files and a busy work folder, 1 for a failed run. A flow
+that fails inside ends with one line too; `--debug` prints the traceback before it.
 """
 from __future__ import annotations
 
