@@ -69,6 +69,13 @@ path = "{instructions / 'tcm_qr.json'}"
 format = "instructions"
 category = "sft"
 
+[[sources]]
+name = "mtcmb-dialogues"
+kind = "dataset"
+path = "{instructions / 'mtcmb_tcm_chgd.jsonl'}"
+format = "instructions"
+category = "sft"
+
 [decontaminate]
 benchmarks = [{", ".join(json.dumps(str(p)) for p in benchmarks)}]
 

@@ -23,9 +23,9 @@ sys.path.insert(0, str(REPO))
 import pyarrow as pa  # noqa: E402
 
 from flows.config import CleanConfig, SelectConfig  # noqa: E402
-from transforms.clean import clean_documents  # noqa: E402
-from transforms.importers import import_file  # noqa: E402
-from transforms.select import select_batch  # noqa: E402
+from transforms.clean.steps import clean_documents  # noqa: E402
+from transforms.ingest.importers import import_file  # noqa: E402
+from transforms.select.rules import select_batch  # noqa: E402
 
 
 def load_books(shared: Path, limit: int | None) -> tuple[pa.Table, int]:
@@ -49,7 +49,7 @@ def main() -> None:
     select_params = SelectConfig().model_dump()
     # Start-up, once per worker process and outside the timing: the language model, jieba's
     # dictionary (loaded when a flagged-word candidate first needs segmenting), character tables.
-    from transforms.words import tokenizer
+    from transforms.clean.words import tokenizer
 
     started = time.perf_counter()
     clean_documents(table.slice(0, 50), clean_params)

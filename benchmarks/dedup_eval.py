@@ -27,9 +27,9 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from transforms import minhash  # noqa: E402
-from transforms.clusters import cluster_duplicates  # noqa: E402
-from transforms.deduplicate import DedupSettings, fingerprint_batch  # noqa: E402
+from transforms.dedup import minhash  # noqa: E402
+from transforms.dedup.clusters import cluster_duplicates  # noqa: E402
+from transforms.dedup.deduplicate import DedupSettings, fingerprint_batch  # noqa: E402
 
 EDIT_RATES = (0.005, 0.01, 0.03, 0.06, 0.12, 0.25)
 _MARKUP = re.compile(r"^(<[^>]*>.*|书名：.*|作者：.*|朝代：.*|年份：.*|内容：)")

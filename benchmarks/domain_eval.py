@@ -21,9 +21,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from transforms import domain_training as training  # noqa: E402
-from transforms.domain import DomainTagger  # noqa: E402
-from transforms.lexicon import build_lexicon, write_lexicon  # noqa: E402
+from transforms.clean import domain_training as training  # noqa: E402
+from transforms.clean.domain import DomainTagger  # noqa: E402
+from transforms.clean.lexicon import build_lexicon, write_lexicon  # noqa: E402
 
 # (path under the shared data, format, label 1 = TCM)
 LABELLED = (

@@ -1,4 +1,4 @@
-"""Main-content extraction on Chinese pages: our lxml extractor (transforms.extract) against
+"""Main-content extraction on Chinese pages: our lxml extractor (transforms.ingest.extract) against
 trafilatura, if installed. Run by hand:
 
     .venv/bin/pip install trafilatura==2.3.1   # only for this comparison
@@ -24,7 +24,7 @@ sys.path.insert(0, str(REPO / "tests"))
 
 from test_crawl import ARTICLE, BOILERPLATE, html  # noqa: E402  the test site's own pages
 
-from transforms.extract import extract_main  # noqa: E402
+from transforms.ingest.extract import extract_main  # noqa: E402
 
 SITE = REPO / "flows" / "sample" / "site"
 SAMPLE_PAGES = ["herbs/huangqi.html", "formulas/guizhi-tang.html", "acupoints/zusanli.html",
@@ -118,7 +118,7 @@ def measure(name: str, extract, corpus: list[dict]) -> dict:
 
 def main() -> None:
     corpus = pages()
-    results = [measure("lxml (transforms.extract)", ours, corpus)]
+    results = [measure("lxml (transforms.ingest.extract)", ours, corpus)]
     try:
         import trafilatura
     except ImportError:

@@ -16,7 +16,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from transforms.importers import import_file, list_files, load_benchmark  # noqa: E402
+from transforms.ingest.importers import import_file, list_files, load_benchmark  # noqa: E402
 
 SETS = (
     ("book", "corpus/ancient-books"),

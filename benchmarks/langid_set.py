@@ -14,7 +14,7 @@ import json
 import random
 from pathlib import Path
 
-from transforms.importers import import_file
+from transforms.ingest.importers import import_file
 
 JAPANESE = [
     "本草綱目は明代の李時珍によって書かれた薬物学の書物です。",
@@ -96,8 +96,8 @@ def evaluate(rows: list[tuple[str, str, str]], select_params: dict, clean_params
     import pyarrow as pa
 
     from schemas import document_id
-    from transforms.clean import clean_documents
-    from transforms.select import rule_failures
+    from transforms.clean.steps import clean_documents
+    from transforms.select.rules import rule_failures
 
     texts = [text for text, _, _ in rows]
     table = pa.table(

@@ -27,7 +27,7 @@ import pyarrow as pa  # noqa: E402
 from schemas import DOCUMENTS, document_id, dumps_meta  # noqa: E402
 from schemas.dataset import DatasetWriter, StageManifest  # noqa: E402
 from transforms import stages  # noqa: E402
-from transforms.engine import LocalEngine  # noqa: E402
+from transforms.engines.local import LocalEngine  # noqa: E402
 
 HERB = "味甘，性微温，归肺、脾经。能补气升阳，固表止汗，利水消肿，生津养血，行滞通痹，托毒排脓，敛疮生肌。用于气虚乏力，食少便溏，中气下陷，久泻脱肛，便血崩漏，表虚自汗，气虚水肿。"
 

@@ -22,10 +22,10 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from benchmarks.dedup_eval import load_passages  # noqa: E402
-from transforms import minhash  # noqa: E402
-from transforms.clusters import cluster_duplicates  # noqa: E402
-from transforms.deduplicate import DedupSettings, fingerprint_batch  # noqa: E402
-from transforms.normalize import match_key  # noqa: E402
+from transforms.dedup import minhash  # noqa: E402
+from transforms.dedup.clusters import cluster_duplicates  # noqa: E402
+from transforms.dedup.deduplicate import DedupSettings, fingerprint_batch  # noqa: E402
+from transforms.clean.normalize import match_key  # noqa: E402
 
 
 class Timer:

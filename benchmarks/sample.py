@@ -28,8 +28,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from schemas import CATEGORIES, CONVERSATIONS, DOCUMENTS, SCHEMAS  # noqa: E402
-from transforms.sample import id_hashes, plan_order  # noqa: E402
-from transforms.shards import write_corpus  # noqa: E402
+from transforms.sample.order import id_hashes, plan_order  # noqa: E402
+from transforms.sample.shards import write_corpus  # noqa: E402
 
 BATCH = 65_536
 WEIGHTS = {"web": 32, "literature": 16, "encyclopedia": 8, "books": 4, "sft": 1}

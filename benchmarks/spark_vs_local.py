@@ -41,8 +41,8 @@ def main() -> None:
 
     from schemas.dataset import StageManifest, read_kind
     from transforms import stages
-    from transforms.engine import LocalEngine
-    from transforms.spark import SparkEngine
+    from transforms.engines.local import LocalEngine
+    from transforms.engines.spark import SparkEngine
 
     root = Path(tempfile.mkdtemp(prefix="tcm-spark-bench-"))
     books = sorted((args.shared / "corpus" / "ancient-books").glob("*.txt"))[: args.books or None]

@@ -122,7 +122,7 @@ def _check_paths(args, config) -> None:
 
 
 def _check_llm(convert) -> None:
-    from transforms.llm.prompts import load_prompts
+    from transforms.convert.llm.prompts import load_prompts
 
     if not os.environ.get(convert.api_key_env):
         raise UsageError(f"convert.api_key_env: the environment variable {convert.api_key_env} is not set (the openai backend reads its API key there)")
@@ -133,7 +133,7 @@ def _check_llm(convert) -> None:
 
 
 def _check_sources(config) -> None:
-    from transforms.importers import list_files
+    from transforms.ingest.importers import list_files
 
     for source in config.sources:
         if source.kind == "crawl":
@@ -242,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
         from .progress import enable_terminal
 
         enable_terminal()
-    from transforms.importers import SourceError
+    from transforms.ingest.importers import SourceError
 
     from .locks import LockBusy
 
@@ -270,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _failed(args, exc: BaseException, code: int, unexpected: bool = False) -> int:
     """The one line a failed run ends with; `--debug` prints the traceback before it."""
-    from transforms.llm.redact import redact
+    from transforms.convert.llm.redact import redact
 
     if getattr(exc, "results", None) and not args.json:
         _print_result(args.flow, {"stages": exc.results})  # the ledger of the stages that ran
@@ -310,7 +310,7 @@ def _lexicon(args) -> int:
     from collections import Counter
     from pathlib import Path
 
-    from transforms.lexicon import LexiconError, build_lexicon, write_lexicon
+    from transforms.clean.lexicon import LexiconError, build_lexicon, write_lexicon
 
     try:
         build = build_lexicon(args.sources, seed=not args.no_seed)
@@ -350,15 +350,15 @@ def _serve(args, config) -> int:
 
 def _known_failures() -> tuple[type[BaseException], ...]:
     from schemas.dataset import DatasetError
-    from transforms.importers import SourceError
+    from transforms.ingest.importers import SourceError
 
-    from transforms.domain_training import TrainingError
+    from transforms.clean.domain_training import TrainingError
 
     from .config import ConfigError
     from .pipeline import NothingKept, ValidationFailed
 
-    from transforms.llm.client import EndpointError
-    from transforms.llm.unify import ConvertError
+    from transforms.convert.llm.client import EndpointError
+    from transforms.convert.llm.unify import ConvertError
 
     failures: list[type[BaseException]] = [ConfigError, DatasetError, SourceError, ValidationFailed, EndpointError, ConvertError, TrainingError, NothingKept]
     try:

@@ -232,7 +232,7 @@ class ConvertConfig(Section):
     ngram: int = Field(2, ge=1, le=8)
     min_answer_overlap: float = Field(0.25, ge=0, le=1)
     min_passage_coverage: float = Field(0.15, ge=0, le=1)
-    leak_phrases: Optional[list[str]] = None  # default: transforms.llm.verify.DEFAULT_LEAK_PHRASES
+    leak_phrases: Optional[list[str]] = None  # default: transforms.convert.llm.verify.DEFAULT_LEAK_PHRASES
 
     @model_validator(mode="after")
     def _check_backend(self) -> "ConvertConfig":

@@ -14,7 +14,7 @@ from typing import Optional
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NONE
 
-from transforms import domain_training as training
+from transforms.clean import domain_training as training
 
 from .config import BuildConfig, TrainDomainConfig, load_config
 from .pipeline_info import FLOWS

@@ -19,7 +19,7 @@ from prefect.cache_policies import NONE
 from schemas import CATEGORIES, CONVERSATIONS, DOCUMENTS
 from schemas.dataset import StageManifest, check_input, fingerprint, hash_config, read_manifest, remove_stale_temporaries
 from transforms import stages
-from transforms.engine import LocalEngine
+from transforms.engines.local import LocalEngine
 
 from .config import BuildConfig, TaskControl, load_config
 from .domain import train_domain_classifier_flow  # noqa: F401 - a flow of this module's CLI
@@ -90,7 +90,7 @@ def make_engine(config: BuildConfig, kind: Optional[str] = None, stage: Optional
     if kind == "spark" and stage == "dedup" and _paragraphs_judged(config):
         kind = "local"  # repeated paragraphs have no Spark implementation
     if kind == "spark" and stage not in LOCAL_ONLY_STAGES:
-        from transforms.spark import SparkEngine
+        from transforms.engines.spark import SparkEngine
 
         return SparkEngine(config.engine.master, config.engine.spark, config.engine.batch_rows, checkpoint_dir=config.engine.checkpoint_dir)
     if kind not in ("local", "spark"):
@@ -109,9 +109,9 @@ def _expected(stage: str, config_section: object, inputs: list[Path]) -> StageMa
 
 def _final_failures() -> tuple[type[BaseException], ...]:
     """Failures no retry can mend: a refused key or model, a user's mistake, a busy work folder."""
-    from transforms.importers import SourceError
-    from transforms.llm.client import EndpointError
-    from transforms.llm.unify import ConvertError
+    from transforms.ingest.importers import SourceError
+    from transforms.convert.llm.client import EndpointError
+    from transforms.convert.llm.unify import ConvertError
 
     from schemas.dataset import DatasetError
 
@@ -338,7 +338,7 @@ select_flow = _simple_stage("select", "select")
 @flow(name="selection-dry-run", description="what [select] would remove, per rule, with examples; writes nothing")
 def selection_dry_run_flow(stage: str, inputs: list[str], config: Optional[str] = None, engine: Optional[str] = None) -> dict:
     """`stage` is "select" (inputs tagged by clean) or "clean" (untagged inputs, tagged in memory)."""
-    from transforms.select import describe_report
+    from transforms.select.rules import describe_report
 
     cfg = load_config(config)
     paths = _inputs(inputs)
@@ -369,7 +369,7 @@ convert_flow = _simple_stage("convert", "convert", extra=_llm_limit)
 
 @flow(name="decontaminate", description=DESCRIPTIONS["decontaminate"])
 def decontaminate_flow(inputs: list[str], output: str, config: Optional[str] = None, engine: Optional[str] = None) -> dict:
-    from transforms.importers.benchmarks import load_benchmark
+    from transforms.ingest.importers.benchmarks import load_benchmark
 
     cfg = load_config(config)
     paths = _inputs(inputs)

@@ -13,13 +13,13 @@ import pytest
 from flows.config import SelectConfig, ConfigError, parse_config
 from schemas import document_id
 from schemas.dataset import StageManifest, read_manifest
-from transforms import pii
-from transforms.clean import clean_conversations, clean_documents
-from transforms.engine import LocalEngine
-from transforms.importers import import_file
-from transforms.normalize import nfkc, normalize_text, unicode_clean
-from transforms.quality import quality_tags
-from transforms.select import MissingTag, select_batch, selection_report
+from transforms.clean import pii
+from transforms.clean.steps import clean_conversations, clean_documents
+from transforms.engines.local import LocalEngine
+from transforms.ingest.importers import import_file
+from transforms.clean.normalize import nfkc, normalize_text, unicode_clean
+from transforms.clean.tag_rules import quality_tags
+from transforms.select.rules import MissingTag, select_batch, selection_report
 from transforms.stages import run_clean, run_select, selection_dry_run
 
 DEFAULTS = SelectConfig().model_dump()

@@ -19,11 +19,11 @@ from flows.config import ConvertConfig
 from schemas import CONVERSATIONS, DOCUMENTS, conversation_id, document_id, dumps_meta, loads_meta
 from schemas.dataset import DatasetWriter, StageManifest, read_manifest
 from transforms import stages
-from transforms.engine import LocalEngine
-from transforms.llm.client import EndpointError
-from transforms.llm.passages import SENTENCE_END, split_passages
-from transforms.llm.prompts import load_prompts
-from transforms.llm.verify import Checks, Unreadable, read_field
+from transforms.engines.local import LocalEngine
+from transforms.convert.llm.client import EndpointError
+from transforms.convert.llm.passages import SENTENCE_END, split_passages
+from transforms.convert.llm.prompts import load_prompts
+from transforms.convert.llm.verify import Checks, Unreadable, read_field
 
 sys.path.insert(0, str(Path(__file__).parent))
 from openai_server import ChatServer  # noqa: E402
@@ -51,7 +51,7 @@ def build_input(folder: Path, tags: list[str], chapter_tags: list[str] = ()) -> 
         text = "\n".join(passage_text(tag) for tag in chapter_tags)
         rows.append({"id": document_id("books", text), "text": text, "source": "books", "category": "books",
                      "title": "长篇", "meta": dumps_meta({"book": "长篇", "chapter": "一"})})
-    rows.append({"id": "mono-1", "text": "甘草专论" * 10, "source": "pharmacopoeia", "category": "encyclopedia",
+    rows.append({"id": "mono-1", "text": "甘草\n【性味与归经】甘，平。归心、肺、脾、胃经。", "source": "pharmacopoeia", "category": "encyclopedia",
                  "title": "甘草", "meta": dumps_meta(MONOGRAPH)})
     dialogues = []
     for question in ("最近总是失眠多梦怎么办？", "  舌苔厚腻是什么原因？ "):
@@ -250,7 +250,7 @@ KILLED_RUN = """
 import json, sys
 from schemas.dataset import StageManifest
 from transforms import stages
-from transforms.engine import LocalEngine
+from transforms.engines.local import LocalEngine
 inputs, output, params = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
 stages.run_convert([inputs], output, params, StageManifest(stage="convert"), LocalEngine(1, 64))
 """

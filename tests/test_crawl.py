@@ -24,7 +24,7 @@ from crawlers.run import CrawlError, child_environment, crawl_command, crawl_spe
 from crawlers.spiders.site import crawl_source, decode_page, decode_page_counted, looks_binary
 from crawlers.state import STATE_FILE
 from schemas.dataset import StageManifest, read_kind, read_manifest
-from transforms.extract import pages_to_documents
+from transforms.ingest.extract import pages_to_documents
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE_SITE = REPO / "flows" / "sample" / "site"

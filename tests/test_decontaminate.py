@@ -11,10 +11,10 @@ import pytest
 
 from schemas.dataset import DatasetWriter, StageManifest, read_kind
 from transforms import stages
-from transforms.decontaminate import ContaminationIndex, own_grams
-from transforms.engine import LocalEngine
-from transforms.importers.benchmarks import load_benchmark
-from transforms.normalize import match_key
+from transforms.decontaminate.contamination import ContaminationIndex, own_grams
+from transforms.engines.local import LocalEngine
+from transforms.ingest.importers.benchmarks import load_benchmark
+from transforms.clean.normalize import match_key
 
 from benchmarks.dedup_eval import book_text, load_passages
 

@@ -14,10 +14,11 @@ import pytest
 
 from schemas.dataset import DatasetWriter, StageManifest, read_kind
 from schemas.records import CLUSTERS, REPEATED_PARAGRAPHS
-from transforms import minhash, stages
-from transforms.clusters import UnionFind
-from transforms.dedup_index import IndexMismatch
-from transforms.engine import LocalEngine
+from transforms.dedup import minhash
+from transforms import stages
+from transforms.dedup.clusters import UnionFind
+from transforms.dedup.index import IndexMismatch
+from transforms.engines.local import LocalEngine
 
 from benchmarks.dedup_eval import build_collection, evaluate, exact_jaccard_pairs, load_passages, plant_copy
 
@@ -44,7 +45,7 @@ def test_signatures_are_the_same_in_another_process(passages):
     here = minhash.signatures(passages[:20], params)
     code = (
         "import sys, json, hashlib; sys.path.insert(0, '.');"
-        "from transforms import minhash;"
+        "from transforms.dedup import minhash;"
         "texts = json.load(sys.stdin);"
         "sig = minhash.signatures(texts, minhash.MinHashParams.from_threshold(0.8));"
         "print(hashlib.sha256(sig.tobytes()).hexdigest())"

@@ -13,9 +13,9 @@ import pytest
 
 from flows.cli import main as flows_main
 from flows.config import ConfigError, parse_config
-from transforms import domain_training as training
-from transforms.domain import DomainTagger, classifier_input
-from transforms.lexicon import (
+from transforms.clean import domain_training as training
+from transforms.clean.domain import DomainTagger, classifier_input
+from transforms.clean.lexicon import (
     CLASSES,
     LexiconError,
     LexiconMatcher,
@@ -258,7 +258,7 @@ def test_clean_stage_tags_domain_and_select_removes_off_domain_rows(evaluation, 
     from flows.config import SelectConfig
     from schemas import document_id
     from schemas.dataset import StageManifest
-    from transforms.engine import LocalEngine
+    from transforms.engines.local import LocalEngine
     from transforms.stages import run_clean, run_select
 
     texts = {

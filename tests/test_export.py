@@ -12,7 +12,7 @@ import pytest
 
 from schemas import CONVERSATIONS, DOCUMENTS, SCHEMAS, conversation_id, document_id
 from schemas.dataset import StageManifest
-from transforms.export import DATASET_INFO, export_corpus
+from transforms.export.formats import DATASET_INFO, export_corpus
 from transforms.stages import run_sample
 
 SFT_EPOCHS = 2

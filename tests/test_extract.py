@@ -8,7 +8,7 @@ import pyarrow as pa
 import pytest
 
 from schemas.records import DOCUMENT_SCHEMA, PAGE_SCHEMA, document_id
-from transforms.extract import extract_main, pages_to_documents
+from transforms.ingest.extract import extract_main, pages_to_documents
 
 SITE = Path(__file__).resolve().parents[1] / "flows" / "sample" / "site"
 ARTICLES = {

@@ -24,7 +24,7 @@ from flows.cli import UsageError, _preflight, _parser
 from flows.config import load_config
 from schemas.dataset import StageManifest, read_manifest
 from transforms import stages
-from transforms.importers import SourceError
+from transforms.ingest.importers import SourceError
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "flows" / "sample"

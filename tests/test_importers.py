@@ -9,8 +9,9 @@ import pyarrow as pa
 import pytest
 
 from schemas.records import CONVERSATIONS, DOCUMENTS, conform, conversation_text, loads_meta, rejected_schema
-from transforms.importers import FORMATS, SourceError, import_file, list_files, load_benchmark
-from transforms.importers.encoding import Decoded, decode_bytes
+from transforms.ingest.importers import FORMATS, SourceError, import_file, list_files, load_benchmark
+from transforms.ingest.importers.encoding import Decoded, decode_bytes
+from transforms.ingest.importers.instructions import OPENING_PROMPT
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"
@@ -186,7 +187,8 @@ def test_plain_text_file(tmp_path):
 def test_pharmacopoeia_monographs():
     records = imported(PHARMACOPOEIA / "2022年中药药典.txt", "monograph", "pharmacopoeia", "encyclopedia")
     entries = kept(records)
-    assert len(records) == 612 and len(entries) == 607  # five entries are printed twice
+    # 615 entries (锁阳, 蓍草, 蜂蜜 follow the one before without a blank line); five printed twice
+    assert len(records) == 615 and len(entries) == 610
     assert all(r.reason.startswith("repeated_record:") for r in records if r.reason)
     by_name = {r.row["title"]: loads_meta(r.row["meta"]) for r in entries}
     huangqi = by_name["黄芪"]
@@ -207,9 +209,13 @@ def test_pharmacopoeia_monographs():
 def test_terminology_standards():
     diseases = imported(PHARMACOPOEIA / "中医临床诊疗术语疾病.txt", "terms", "terms", "encyclopedia")
     syndromes = imported(PHARMACOPOEIA / "中医临床诊疗术语证候.txt", "terms", "terms", "encyclopedia")
-    assert len(kept(diseases)) == 1308 and len(kept(syndromes)) == 2050
+    # 1308 terms, and the standard's front matter (title, scope) as one text
+    assert len(kept(diseases)) == 1309 and len(kept(syndromes)) == 2050
+    front = loads_meta(diseases[0].row["meta"])
+    assert front["kind"] == "standard_front" and diseases[0].row["text"].startswith("中医临床诊疗术语\n本文件界定了")
     cold = next(loads_meta(r.row["meta"]) for r in diseases if r.row["title"] == "感冒")
     assert cold["code"] == "3.1.1" and cold["definition"].startswith("因时令外邪侵袭肺表所致")
+    assert cold["chapter"] == "3外感病类术语"
     assert cold["note"].startswith("轻者称伤风")
     flu = next(loads_meta(r.row["meta"]) for r in diseases if r.row["title"] == "时行感冒")
     assert flu["synonyms"] == ["时邪感冒"]
@@ -269,14 +275,24 @@ def test_whole_dialogue_text_is_split_into_turns():
     assert len(kept(records)) == 100
     first = records[0]
     meta = loads_meta(first.row["meta"])
-    assert meta["opening"].startswith("姜先生哪里不舒服")  # the doctor's opening line
-    assert first.row["messages"][0]["content"].startswith("大夫，我这手脚关节又沉又疼")
-    assert "医生：" not in conversation_text(first.row["messages"])
-    assert meta["answer"].startswith("中医疾病诊断：痹证")
+    messages = first.row["messages"]
+    # The doctor's opening line answers a greeting, the one turn the importer writes...
+    assert messages[0] == {"role": "user", "content": OPENING_PROMPT}
+    assert messages[1]["role"] == "assistant" and messages[1]["content"].startswith("姜先生哪里不舒服")
+    assert messages[2]["content"].startswith("大夫，我这手脚关节又沉又疼")
+    assert "医生：" not in conversation_text(messages)
+    # ...and the expert's structured conclusion is the last answer, asked for by its headings.
+    assert messages[-2]["content"] == ("请根据以上问诊，给出中医疾病诊断、中医证候诊断、中医辨病辨证依据（含病因病机分析）、"
+                                       "中医治法、方剂名称、药物组成。")
+    assert messages[-1]["content"].startswith("中医疾病诊断：痹证\n中医证候诊断：风寒湿痹-着痹")
+    assert messages[-1]["content"].endswith("药物组成：薏苡仁、苍术、羌活、独活、防风、制川乌、麻黄、桂枝、当归、川芎、生姜、甘草")
+    assert "answer" not in meta and "opening" not in meta and meta["added_turns"][0] == OPENING_PROMPT
+    assert first.untrained == ("source",)
     assert first.row["origin_id"] == "1"
+    assert all(loads_meta(r.row["meta"]).get("added_turns") for r in records)
     # A patient speaking through a relative: 患者（家长）：
     child = records[88]
-    assert child.reason is None and child.row["messages"][0]["content"].startswith("哎哟大夫")
+    assert child.reason is None and child.row["messages"][2]["content"].startswith("哎哟大夫")
 
 
 def test_malformed_records_are_rejected_and_the_rest_import(tmp_path):

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from flows.config import SelectConfig
-from transforms.langid import LanguageIdentifier, ModelMissing, default_model_path
+from transforms.clean.langid import LanguageIdentifier, ModelMissing, default_model_path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from langid_set import evaluate, labelled_set  # noqa: E402

@@ -321,8 +321,8 @@ def test_a_refused_key_is_masked_everywhere_and_never_retried(tmp_path, prefect_
 def test_a_refused_model_stops_at_once_with_the_key_masked(tmp_path, monkeypatch, status, words):
     from schemas.dataset import StageManifest
     from transforms import stages
-    from transforms.engine import LocalEngine
-    from transforms.llm.client import EndpointError
+    from transforms.engines.local import LocalEngine
+    from transforms.convert.llm.client import EndpointError
     from flows.config import load_config
 
     secret = f"sk-model-probe-{time.time_ns()}"

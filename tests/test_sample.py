@@ -18,11 +18,11 @@ from scipy import stats
 
 from schemas import CATEGORIES, CONVERSATIONS, DOCUMENTS, SCHEMAS, conversation_id, document_id
 from schemas.dataset import StageManifest, read_manifest
-from transforms import shards as shards_module
-from transforms.sample import Codes, id_hashes, plan_order
-from transforms.shards import CORPUS_MANIFEST, write_corpus
+from transforms.sample import shards as shards_module
+from transforms.sample.order import Codes, id_hashes, plan_order
+from transforms.sample.shards import CORPUS_MANIFEST, write_corpus
 from transforms.stages import run_sample
-from transforms.tokens import TokenCounter
+from transforms.sample.tokens import TokenCounter
 
 WEIGHTS = {"web": 32, "literature": 16, "encyclopedia": 8, "books": 4, "sft": 1}
 POOL = {"web": 300, "literature": 150, "encyclopedia": 150, "books": 300, "sft": 400}
@@ -223,7 +223,7 @@ def test_shards_hold_the_planned_order_and_read_as_one_dataset(tmp_path, monkeyp
 def test_token_counts_estimated_from_characters_or_counted_by_a_tokenizer(tmp_path, monkeypatch):
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 
-    from transforms import tokens
+    from transforms.sample import tokens
 
     rows = pa.table(
         {

@@ -19,9 +19,9 @@ from schemas import CONVERSATIONS, CORPUS, DOCUMENTS
 from schemas.records import CLUSTERS
 from schemas.dataset import DatasetWriter, StageManifest, read_kind
 from transforms import stages
-from transforms.deduplicate import run_dedup_stage
-from transforms.engine import LocalEngine
-from transforms.shards import CORPUS_MANIFEST
+from transforms.dedup.deduplicate import run_dedup_stage
+from transforms.engines.local import LocalEngine
+from transforms.sample.shards import CORPUS_MANIFEST
 
 BOOKS = ["118-增订医方歌诀.txt", "121-医方歌括.txt", "219-跌打损伤方.txt", "251-金疮秘传禁方.txt"]
 COPIED_BOOKS = ["121-医方歌括.txt", "219-跌打损伤方.txt"]
@@ -39,7 +39,7 @@ SAMPLE = {
 
 @pytest.fixture(scope="session")
 def spark_engine():
-    from transforms.spark import SparkEngine, build_session
+    from transforms.engines.spark import SparkEngine, build_session
 
     # Few shuffle partitions: the test data is small, and a task costs a second on a busy machine.
     session = build_session("local[2]", {"spark.sql.shuffle.partitions": "2", "spark.default.parallelism": "2", "spark.ui.enabled": "false"})
@@ -134,7 +134,7 @@ def test_clean_keeps_the_same_rows_on_both_engines(cleaned):
 
 def test_a_file_split_over_several_tasks_keeps_its_order(tmp_path, corpus_input, spark_engine, monkeypatch):
 
-    from transforms.spark import datasets
+    from transforms.engines.spark import datasets
 
     # One file of many row groups, cut into several scan partitions (Spark lists them largest first).
     table = read_kind(corpus_input, DOCUMENTS)
@@ -193,7 +193,7 @@ def test_priority_sample_has_the_same_order_shards_and_manifest(tmp_path, cleane
 
 
 def test_a_step_that_loses_rows_breaks_the_ledger(tmp_path, corpus_input, spark_engine):
-    from transforms.spark.stages import LedgerError
+    from transforms.engines.spark.stages import LedgerError
 
     def _drop_first_row(batch, kind):  # defined here so that Spark ships it by value
         table = pa.Table.from_batches([batch])
@@ -258,7 +258,7 @@ def test_repeated_paragraphs_are_refused_on_spark_when_they_apply(tmp_path, corp
 
 
 def test_connected_components_of_a_long_chain(spark_engine):
-    from transforms.spark.near_dedup import connected_components
+    from transforms.engines.spark.near_dedup import connected_components
 
     spark = spark_engine.session
     # A path 0-1-...-12 in shuffled edge order, and a separate triangle: two components.
@@ -271,7 +271,7 @@ def test_connected_components_of_a_long_chain(spark_engine):
 def test_engine_section_builds_a_spark_engine_with_settings_passed_through(tmp_path):
     from flows.config import parse_config
     from flows.pipeline import make_engine
-    from transforms.spark import SparkEngine
+    from transforms.engines.spark import SparkEngine
 
     config = parse_config(
         '[engine]\nkind = "spark"\nmaster = "spark://head:7077"\ncheckpoint_dir = "hdfs:///tmp/tcm"\n'

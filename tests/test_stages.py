@@ -3,7 +3,7 @@ import pyarrow.parquet as pq
 
 from schemas.dataset import StageManifest, read_manifest
 from transforms import stages
-from transforms.engine import LocalEngine
+from transforms.engines.local import LocalEngine
 
 CHAPTER = "味甘，无毒。主明目，益气，令人有子。生丘陵，如碧石青。久服轻身，不老延年。"
 

@@ -9,13 +9,13 @@ import pytest
 
 from schemas import conversation_id, document_id, dumps_meta
 from schemas.dataset import StageManifest
-from transforms.clean import clean_conversations, clean_documents
-from transforms.convert import convert_documents, monograph_pairs
-from transforms.decontaminate import ContaminationIndex, decontaminate_with_hits
-from transforms.engine import LocalEngine
-from transforms.normalize import match_key, normalize_text
+from transforms.clean.steps import clean_conversations, clean_documents
+from transforms.convert.conversion import convert_documents, monograph_pairs
+from transforms.decontaminate.contamination import ContaminationIndex, decontaminate_with_hits
+from transforms.engines.local import LocalEngine
+from transforms.clean.normalize import match_key, normalize_text
 from transforms.stages import run_dedup
-from transforms.sample import priority_order, sort_keys, to_corpus_rows, uniform_draws
+from transforms.sample.order import priority_order, sort_keys, to_corpus_rows, uniform_draws
 
 
 def docs(texts, source="s", category="books", metas=None):
@@ -123,14 +123,25 @@ MONOGRAPH = {
 }
 
 
+MONOGRAPH_TEXT = (
+    "黄芪\n拼音名：Huangqi\n拉丁名：ASTRAGALI RADIX\n本品为豆科植物蒙古黄芪的干燥根。\n"
+    "【性味与归经】甘，微温。归肺、脾经。\n【功能与主治】补气升阳，固表止汗。\n【鉴别】取本品粉末……"
+)
+
+
 def test_template_converts_monograph_sections_to_conversations():
     pairs = monograph_pairs(MONOGRAPH, "")
     assert [section for section, _, _ in pairs] == ["来源", "性味与归经", "功能与主治"]
-    batch = docs(["黄芪专论全文" * 5, "一段没有结构的正文" * 5], category="encyclopedia", metas=[dumps_meta(MONOGRAPH), None])
+    assert monograph_pairs(MONOGRAPH, MONOGRAPH_TEXT) == pairs, "the text, when there, is what is read"
+    batch = docs([MONOGRAPH_TEXT, "一段没有结构的正文" * 5], category="encyclopedia", metas=[dumps_meta(MONOGRAPH), None])
     result = convert_documents(batch, {"keep_text": True})
     conversations = result["conversations"]
     assert conversations.num_rows == 3 and result["converted"] == 1
     assert result["documents"].num_rows == 1
+    # The section no template takes stays as the entry's text row, under its name.
+    (remainder,) = result["remainders"].column("text").to_pylist()
+    assert remainder == "黄芪\n拼音名：Huangqi\n拉丁名：ASTRAGALI RADIX\n【鉴别】取本品粉末……"
+    assert dict(result["sections"]["text"]) == {"鉴别": 1}
     first = conversations.to_pylist()[1]
     assert first["messages"][0] == {"role": "user", "content": "黄芪的性味与归经是什么？"}
     assert first["messages"][1]["content"] == "黄芪甘，微温。归肺、脾经。"

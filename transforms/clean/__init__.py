@@ -1,0 +1,1 @@
+"""Clean: Unicode and OpenCC normalisation, language, tag rules, personal data, domain and lexicon; the clean stage tags every row."""

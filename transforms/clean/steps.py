@@ -1,0 +1,204 @@
+"""The clean stage over record batches: normalise, redact personal data, reject what is empty or
+malformed, and tag every kept row with its language and quality scores (selection comes later,
+in transforms/select/rules.py, so a changed threshold never recomputes a tag).
+
+Each function takes a batch and the `[clean]` parameters and returns (kept, rejected); every
+input row is in exactly one of the two, and a rejected row says which rule and value removed it.
+Given a `stats` dict, it adds redaction counts per kind and CPU seconds per step to it (CPU
+time of the worker, so the figures hold on a loaded machine).
+"""
+from __future__ import annotations
+
+import time
+from collections import Counter
+from contextlib import contextmanager
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from schemas import CONVERSATIONS, DOCUMENTS, ROLES, conform, conversation_text
+
+from . import pii
+from .langid import DEFAULT_MAX_CHARS, LanguageIdentifier
+from .normalize import han_count, normalize_text
+from .tag_rules import quality_tags
+from .textstats import HAN, TextBatch
+
+# A text counts as traditional when at least this share of its Han characters changed.
+TRADITIONAL_SHARE = 0.05
+
+
+def _split(table: pa.Table, reasons: list[str | None]) -> tuple[pa.Table, pa.Table]:
+    is_rejected = pa.array([r is not None for r in reasons])
+    kept = table.filter(pc.invert(is_rejected))
+    rejected = table.filter(is_rejected)
+    rejected = rejected.append_column("reason", pa.array([r for r in reasons if r is not None], pa.string()))
+    return kept, rejected
+
+
+def clean_documents(batch: pa.RecordBatch | pa.Table, params: dict, stats: dict | None = None) -> tuple[pa.Table, pa.Table]:
+    stats = stats if stats is not None else {}
+    table = conform(batch, DOCUMENTS)
+    opencc, form = _form(params)
+    min_chars = params.get("min_chars", 20)
+    redact_kinds = pii_kinds(params)
+    texts, traditional, reasons = [], [], []
+    timer = _Timer(stats)
+    with timer("normalize"):
+        normalized = [normalize_text(raw or "", opencc, form) for raw in table.column("text").to_pylist()]
+    with timer("pii"):
+        redacted, redactions = pii.redact_batch([text for text, _ in normalized], redact_kinds)
+    han_counts = TextBatch(redacted).count(HAN)
+    for text, (_, changed), han in zip(redacted, normalized, han_counts):
+        texts.append(text)
+        traditional.append(han > 0 and changed / han >= TRADITIONAL_SHARE)
+        if not text:
+            reasons.append("empty")
+        elif len(text) < min_chars:
+            reasons.append(f"too_short:chars={len(text)}<min_chars={min_chars}")
+        else:
+            reasons.append(None)
+    # Rejected rows keep the text as it came in, so nothing the stage changed is lost.
+    original = table
+    table = table.set_column(table.schema.get_field_index("text"), "text", pa.array(texts, pa.string()))
+    table = _with_column(table, "traditional", pa.array(traditional, pa.bool_()))
+    kept, _ = _split(table, reasons)
+    _, rejected = _split(original, reasons)
+    kept = add_tags(kept, kept.column("text").to_pylist(), params, timer)
+    _add_counts(stats, "pii_redactions", redactions)
+    return kept, rejected
+
+
+def clean_conversations(batch: pa.RecordBatch | pa.Table, params: dict, stats: dict | None = None) -> tuple[pa.Table, pa.Table]:
+    stats = stats if stats is not None else {}
+    table = conform(batch, CONVERSATIONS)
+    opencc, form = _form(params)
+    min_turn = params.get("min_turn_chars", 1)
+    redact_kinds = pii_kinds(params)
+    redactions: Counter = Counter()
+    timer = _Timer(stats)
+    conversations, traditional, reasons = [], [], []
+    for messages in table.column("messages").to_pylist():
+        cleaned, changed, han = [], 0, 0
+        for message in messages or []:
+            content, n = normalize_text(message.get("content") or "", opencc, form)
+            if redact_kinds:
+                content, counts = pii.redact(content, redact_kinds)
+                redactions.update(counts)
+            cleaned.append({"role": message.get("role"), "content": content})
+            changed, han = changed + n, han + han_count(content)
+        conversations.append(cleaned)
+        traditional.append(han > 0 and changed / han >= TRADITIONAL_SHARE)
+        reasons.append(_conversation_problem(cleaned, min_turn))
+    original = table
+    index = table.schema.get_field_index("messages")
+    table = table.set_column(index, table.schema.field(index), pa.array(conversations, table.schema.field(index).type))
+    table = _with_column(table, "traditional", pa.array(traditional, pa.bool_()))
+    kept, _ = _split(table, reasons)
+    _, rejected = _split(original, reasons)
+    kept = add_tags(kept, [conversation_text(m) for m in kept.column("messages").to_pylist()], params, timer)
+    _add_counts(stats, "pii_redactions", redactions)
+    return kept, rejected
+
+
+def _form(params: dict) -> tuple[str | None, str]:
+    return params.get("opencc", "t2s"), params.get("unicode_form", "NFKC")
+
+
+def pii_kinds(params: dict) -> tuple[str, ...]:
+    """The personal-data kinds to redact: all unless `pii` switches some off."""
+    switches = params.get("pii") or {}
+    return tuple(kind for kind in pii.KINDS if switches.get(kind, True))
+
+
+def add_tags(table: pa.Table, texts: list[str], params: dict, timer: "_Timer | None" = None) -> pa.Table:
+    """The table with `lang`, `lang_score`, the quality columns and (when configured) the domain
+    columns, computed for `texts` (one per row)."""
+    timer = timer or _Timer({})
+    rule_seconds: dict[str, float] = {}
+    batch = TextBatch(texts)
+    with timer("langid"):
+        identifier = _identifier(params.get("lid_model"), int(params.get("lid_max_chars", DEFAULT_MAX_CHARS)))
+        langs, scores = identifier.predict(texts, batch)
+    tags = {"lang": pa.array(langs, pa.string()), "lang_score": pa.array(scores.astype(np.float32))}
+    for name, values in quality_tags(texts, params, rule_seconds).items():
+        tags[name] = pa.array(values if values.dtype.kind == "i" else values.astype(np.float32))
+    timer.add(rule_seconds)
+    if params.get("domain_lexicon") or params.get("domain_model"):
+        with timer("domain"):
+            for name, values in _domain_tagger(params.get("domain_lexicon"), params.get("domain_model")).tag(texts).items():
+                tags[name] = pa.array(np.asarray(values, np.float32))
+    for name, values in tags.items():
+        table = _with_column(table, name, values)
+    return table
+
+
+@lru_cache(maxsize=2)
+def _identifier(model: str | None, max_chars: int) -> LanguageIdentifier:
+    return LanguageIdentifier.load(model, max_chars)
+
+
+@lru_cache(maxsize=2)
+def _domain_tagger(lexicon: str | None, model: str | None):
+    # Imported only when a domain lexicon or model is configured.
+    from .domain import DomainTagger
+
+    return DomainTagger.load(Path(lexicon) if lexicon else None, Path(model) if model else None)
+
+
+class _Timer:
+    """Adds CPU seconds per step to stats["seconds"]."""
+
+    def __init__(self, stats: dict):
+        self.seconds = stats.setdefault("seconds", {})
+
+    @contextmanager
+    def __call__(self, step: str):
+        started = time.process_time()
+        try:
+            yield
+        finally:
+            self.seconds[step] = self.seconds.get(step, 0.0) + time.process_time() - started
+
+    def add(self, rule_seconds: dict[str, float]) -> None:
+        for name, seconds in rule_seconds.items():
+            self.seconds[f"rule:{name}"] = self.seconds.get(f"rule:{name}", 0.0) + seconds
+
+
+def _add_counts(stats: dict, key: str, counts: Counter) -> None:
+    into = stats.setdefault(key, {})
+    for name, n in counts.items():
+        into[name] = into.get(name, 0) + n
+
+
+def _conversation_problem(messages: list[dict], min_turn: int) -> str | None:
+    """Why a conversation cannot be trained on, or None: roles must alternate user/assistant
+    after an optional system turn, and end with the assistant."""
+    if not messages:
+        return "empty"
+    turns = messages[1:] if messages[0]["role"] == "system" else messages
+    if not turns:
+        return "empty"
+    for i, message in enumerate(turns):
+        if message["role"] not in ROLES:
+            return f"bad_role:{message['role']}"
+        expected = "user" if i % 2 == 0 else "assistant"
+        if message["role"] != expected:
+            return f"roles_not_alternating:turn={i}"
+        if len(message["content"]) < min_turn:
+            return f"short_turn:turn={i}<min_turn_chars={min_turn}"
+    if turns[-1]["role"] != "assistant":
+        return "no_answer"
+    return None
+
+
+def _with_column(table: pa.Table, name: str, values: pa.Array) -> pa.Table:
+    if name in table.schema.names:
+        return table.set_column(table.schema.get_field_index(name), name, values)
+    return table.append_column(name, values)
+
+
+STEPS = {DOCUMENTS: clean_documents, CONVERSATIONS: clean_conversations}

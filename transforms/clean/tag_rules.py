@@ -1,0 +1,200 @@
+"""Quality tags: each rule computes one score column for a batch of texts; nothing is removed here.
+
+The rules are those of Gopher, C4, FineWeb and ChineseWebText, adapted to Chinese (characters,
+not words; Chinese punctuation; classical texts without modern punctuation habits):
+
+| column | what it measures | origin |
+|---|---|---|
+| chars, han_chars | length in characters, and in Han characters | Gopher length |
+| han_ratio | Han characters / visible characters | ChineseWebText |
+| symbol_ratio, digit_ratio | symbols (S*), digits / visible characters | Gopher symbol ratio |
+| mean_line_chars | mean characters of a non-empty line | Gopher / FineWeb |
+| punct_line_ratio | share of lines that end in punctuation, or are punctuated prose, unpunctuated classical text, a heading, a verse line or a dose line | C4 / FineWeb |
+| dup_line_ratio | characters in repeated lines / all characters | Gopher |
+| dup_ngram_ratio | characters covered by character n-grams seen twice / all characters | Gopher |
+| bullet_ratio, ellipsis_ratio | lines opening with a bullet, ending with an ellipsis | Gopher |
+| flagged_per_kchar | whole-word hits of the flagged list (ads, gambling, adult) per 1000 characters | C4 badwords, ChineseWebText |
+| debris_ratio | OCR and conversion debris: replacement chars, lost-glyph boxes and gaps, l/O for 1/0 | ours |
+
+Selection (transforms/select/rules.py) applies thresholds to these columns later, so changing a
+threshold never recomputes them.
+"""
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from .textstats import DEBRIS, DIGIT, HAN, SYMBOL, TextBatch, ratio
+from .words import flagged_pattern, flagged_words, tokenizer, whole_word_hits
+
+# Lines that end a sentence or clause, in Chinese or Western punctuation (closing quotes too).
+LINE_END = "。！？；：…」』”’）)】》〕］].!?;:，,、—~～"
+# Chinese prose is punctuated inside the line; a hard-wrapped or truncated classical line ends
+# mid-clause; unpunctuated classical text (白文, with marks where glyphs were lost) and lists of
+# names (绀珠丹 内疏黄连汤 贵金丸) are nearly all Han. None of them is web boilerplate.
+CLAUSE_PUNCT = r"[，。；：、！？]"
+HAN_LINE_SHARE = 0.8
+# A line this short is a heading, a list item or a title, not a sentence cut off.
+HEADING_CHARS = 16
+# Verse: clauses of 4 to 7 Han characters separated by punctuation or spaces (汤头歌诀, 药性赋).
+VERSE_LINE = r"^(?:\p{Han}{3,7}[ ，,、；;。！？]+)+\p{Han}{3,7}[。！？，；]?$"
+# A dose: a number (Arabic or Chinese) followed by a unit (三钱, 10g, 半两, 一枚): a formula line.
+DOSE = r"[0-9一二三四五六七八九十百半两.]+\s*(?:克|g|钱|两|分|枚|个|片|升|合|斤|铢|毫升|ml|mg|粒|条|只|匙|钱匕)"
+# ○ is not among them: classical texts open paragraphs with it.
+BULLETS = ["•", "●", "■", "◆", "◇", "▪", "▶", "►", "·", "-", "*", "・", "★", "☆", "➢", "✓", "√", "→"]
+ELLIPSIS = r"(?:…|\.\.\.|。。。)$"
+# OCR slips in numbers (lOOcm, 1O mg), and glyphs lost as a blank before punctuation (主诸 ，).
+# A blank between two Han characters is no evidence: formula lines list herbs that way.
+OCR_SLIP = r"[0-9][lIO]|[lIO][0-9]|\bl[O0]{1,3}"
+LOST_GLYPH = r"[\p{Han}，。、；：] [，。、；：）]"
+
+TAG_COLUMNS = (
+    "chars",
+    "han_chars",
+    "han_ratio",
+    "symbol_ratio",
+    "digit_ratio",
+    "mean_line_chars",
+    "punct_line_ratio",
+    "dup_line_ratio",
+    "dup_ngram_ratio",
+    "bullet_ratio",
+    "ellipsis_ratio",
+    "flagged_per_kchar",
+    "debris_ratio",
+)
+
+
+def quality_tags(texts: list[str], params: dict | None = None, timings: dict | None = None) -> dict[str, np.ndarray]:
+    """Every quality column for `texts`; `timings` (if given) collects CPU seconds per rule."""
+    import time
+
+    params = params or {}
+    batch = TextBatch(texts)
+    tags: dict[str, np.ndarray] = {}
+    for name, rule in RULES:
+        started = time.process_time()
+        tags.update(rule(batch, params))
+        if timings is not None:
+            timings[name] = timings.get(name, 0.0) + time.process_time() - started
+    return tags
+
+
+def _length(batch: TextBatch, params: dict) -> dict:
+    return {"chars": batch.lengths.copy(), "han_chars": batch.count(HAN)}
+
+
+def _char_shares(batch: TextBatch, params: dict) -> dict:
+    return {"han_ratio": batch.share(HAN), "symbol_ratio": batch.share(SYMBOL), "digit_ratio": batch.share(DIGIT)}
+
+
+def _lines(batch: TextBatch, params: dict) -> dict:
+    lines = batch.lines
+    lengths = batch.line_lengths
+    last = pc.utf8_slice_codeunits(lines, -1)
+    ends = pc.is_in(last, value_set=pa.array(list(LINE_END))).to_numpy(zero_copy_only=False)
+    exempt = lengths <= HEADING_CHARS
+    rest = ~(ends | exempt)
+    if rest.any():
+        # Only lines not yet accepted pay for the regexes.
+        undecided = lines.filter(pa.array(rest))
+        verse = pc.match_substring_regex(undecided, VERSE_LINE).to_numpy(zero_copy_only=False)
+        dose = pc.match_substring_regex(undecided, DOSE).to_numpy(zero_copy_only=False)
+        clauses = pc.match_substring_regex(undecided, CLAUSE_PUNCT).to_numpy(zero_copy_only=False)
+        han = pc.count_substring_regex(undecided, r"\p{Han}").to_numpy(zero_copy_only=False)
+        classical = han >= HAN_LINE_SHARE * lengths[rest]
+        rest[rest] = ~(verse | dose | clauses | classical)
+    first = pc.utf8_slice_codeunits(lines, 0, 1)
+    bullet = pc.is_in(first, value_set=pa.array(BULLETS)).to_numpy(zero_copy_only=False)
+    ellipsis = pc.match_substring_regex(lines, ELLIPSIS).to_numpy(zero_copy_only=False)
+    return {
+        "mean_line_chars": ratio(batch.per_text_sum(lengths.astype(np.float64)), batch.line_counts),
+        "punct_line_ratio": np.where(batch.line_counts > 0, batch.line_share(~rest), 1.0),
+        "bullet_ratio": batch.line_share(bullet),
+        "ellipsis_ratio": batch.line_share(ellipsis),
+    }
+
+
+def _dup_lines(batch: TextBatch, params: dict) -> dict:
+    """Characters in lines that already occurred earlier in the same text, over all characters."""
+    n = len(batch.texts)
+    if len(batch.lines) == 0:
+        return {"dup_line_ratio": np.zeros(n)}
+    line_ids = pc.dictionary_encode(batch.lines).indices.to_numpy(zero_copy_only=False).astype(np.int64)
+    keys = batch.line_owner.astype(np.int64) * (int(line_ids.max()) + 1) + line_ids
+    _, first = np.unique(keys, return_index=True)
+    repeated = np.ones(len(keys), bool)
+    repeated[first] = False
+    dup_chars = np.bincount(batch.line_owner[repeated], weights=batch.line_lengths[repeated], minlength=n)
+    return {"dup_line_ratio": ratio(dup_chars, batch.lengths)}
+
+
+def _dup_ngrams(batch: TextBatch, params: dict) -> dict:
+    """Share of characters covered by a character n-gram that occurs more than once in its text."""
+    n_gram = int(params.get("dup_ngram", 10))
+    points, owner, total = batch.points, batch.owner, len(batch.points)
+    n = len(batch.texts)
+    if total < n_gram:
+        return {"dup_ngram_ratio": np.zeros(n)}
+    starts = total - n_gram + 1
+    # Polynomial rolling hash, wrapping in 64 bits: one vector operation per position of the n-gram.
+    wide = points.astype(np.uint64)
+    hashes = np.zeros(starts, np.uint64)
+    prime = np.uint64(1_000_003)
+    with np.errstate(over="ignore"):
+        for k in range(n_gram):
+            np.multiply(hashes, prime, out=hashes)
+            np.add(hashes, wide[k : k + starts], out=hashes)
+        inside = owner[:starts] == owner[n_gram - 1 :]
+        keys = hashes[inside] ^ (owner[:starts][inside].astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15))
+    repeated = np.flatnonzero(inside)[repeated_keys(keys)]
+    cover = np.bincount(repeated, minlength=total + 1)[: total + 1] - np.bincount(repeated + n_gram, minlength=total + 1)[: total + 1]
+    covered = np.cumsum(cover)[:total] > 0
+    return {"dup_ngram_ratio": ratio(np.bincount(owner[covered], minlength=n), batch.lengths)}
+
+
+def repeated_keys(keys: np.ndarray) -> np.ndarray:
+    """Mask of the keys that occur more than once: a hash table (pandas), linear in the keys;
+    sorting them (np.unique) costs twice as much."""
+    return pd.Series(keys).duplicated(keep=False).to_numpy()
+
+
+def _flagged(batch: TextBatch, params: dict) -> dict:
+    words = flagged_words(params.get("flagged_words"))
+    n = len(batch.texts)
+    hits = np.zeros(n)
+    if not words or n == 0:
+        return {"flagged_per_kchar": hits}
+    pattern = flagged_pattern(words)
+    # RE2 over the batch finds the few texts with a candidate; only those are segmented.
+    found = pc.match_substring_regex(pa.array(batch.texts, pa.string()), pattern, ignore_case=True)
+    candidates = np.flatnonzero(found.to_numpy(zero_copy_only=False))
+    if len(candidates):
+        tk = tokenizer(params.get("tcm_dict"))
+        compiled = re.compile(pattern)
+        for i in candidates:
+            text = batch.texts[i].lower()
+            hits[i] = sum(whole_word_hits(text, m.start(), m.end(), tk) for m in compiled.finditer(text))
+    return {"flagged_per_kchar": ratio(hits * 1000, batch.visible)}
+
+
+def _debris(batch: TextBatch, params: dict) -> dict:
+    texts = pa.array(batch.texts, pa.string())
+    slips = pc.count_substring_regex(texts, OCR_SLIP).to_numpy(zero_copy_only=False)
+    gaps = pc.count_substring_regex(texts, LOST_GLYPH).to_numpy(zero_copy_only=False)
+    return {"debris_ratio": ratio(batch.count(DEBRIS) + slips + gaps, batch.visible)}
+
+
+RULES = (
+    ("length", _length),
+    ("char_shares", _char_shares),
+    ("lines", _lines),
+    ("dup_lines", _dup_lines),
+    ("dup_ngrams", _dup_ngrams),
+    ("flagged_words", _flagged),
+    ("debris", _debris),
+)

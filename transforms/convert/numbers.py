@@ -1,0 +1,71 @@
+"""Numbers in OCR'd reference text: digit slips repaired where the context is numeric, and
+numbers the scan lost found, so that no stated dose or size is wrong.
+
+The pharmacopoeia was scanned and read by OCR, which prints the digit 1 as `l` or `I` and 0 as
+`O` or `o` (「5～lOg」, 「取本品粉末lg」, 「每Iml含」, 「6.O%」), and drops some numbers altogether,
+leaving a range with an empty side (「～3g」, 「直径～，」, 「一次～」) or a unit with no number
+(「不得过%」). A slip is repaired only in a numeric context: a run of digits and look-alike
+letters, not touching another Latin letter, that holds a digit or stands beside a range sign
+or before a unit. A lost number cannot be repaired: `lost_numbers` names what is missing, and
+a caller that states facts (the template answers of transforms/convert/conversion.py) rejects the text.
+"""
+from __future__ import annotations
+
+import re
+
+# OCR look-alikes of digits, and what they stand for.
+_LOOK_ALIKES = str.maketrans({"l": "1", "I": "1", "O": "0", "o": "0"})
+_RANGE = "～~"
+_UNITS = r"(?:kg|mg|μg|µg|g|ml|mL|μl|µl|μL|L|cm|mm|μm|µm|nm|m|%|℃|°C)"
+# A run of digits and look-alikes (with a decimal point inside), not touching a Latin letter
+# on the left (C24H3207, H2O stay), followed by a unit, a range sign or a non-letter.
+_RUN = re.compile(
+    rf"(?<![A-Za-z0-9.])([0-9lIOo](?:[0-9lIOo]|\.(?=[0-9lIOo]))*)(?=({_UNITS})(?![A-Za-z])|[{_RANGE}]|[^A-Za-z]|$)"
+)
+_NUMBER = r"[0-9]+(?:\.[0-9]+)?"
+# A range sign without a number on one side (a unit or % may follow a number).
+_EMPTY_RANGE_LEFT = re.compile(rf"(?<![0-9%a-zA-Zμµ℃)）])[{_RANGE}]")
+_EMPTY_RANGE_RIGHT = re.compile(rf"[{_RANGE}](?![0-9])")
+# A unit with no number before it, after Han text or punctuation: 「不得过%」, 「每次g，」.
+_BARE_UNIT = re.compile(rf"(?<=[\u4e00-\u9fff，。；：、（(])(?:%|(?:kg|mg|g|ml|cm|mm|μm)(?![A-Za-z]))")
+# A bound with nothing to bound: 「（一日量不超过）」.
+_EMPTY_BOUND = re.compile(r"(?:不超过|不得过|不得少于|不少于|不低于|不高于)(?=[，。；、）)]|$)")
+
+
+def repair_digits(text: str) -> tuple[str, int]:
+    """The text with OCR digit look-alikes in numeric runs replaced by digits, and how many
+    runs changed. 「5～lOg」 -> 「5～10g」, 「lg」 -> 「1g」, 「Iml」 -> 「1ml」, 「6.O%」 -> 「6.0%」;
+    letters inside words or formulas (Lour., H2O, l-BORNEOLUM) are left alone."""
+    changed = 0
+
+    def fix(match: re.Match) -> str:
+        nonlocal changed
+        run = match.group(1)
+        fixed = run.translate(_LOOK_ALIKES)
+        if fixed == run or not _numeric_context(match):
+            return run
+        changed += 1
+        return fixed
+
+    return _RUN.sub(fix, text), changed
+
+
+def _numeric_context(match: re.Match) -> bool:
+    run, unit = match.group(1), match.group(2)
+    text, start, end = match.string, match.start(1), match.end(1)
+    before = text[start - 1] if start else ""
+    after = text[end] if end < len(text) else ""
+    if any(c.isdigit() for c in run):
+        return True
+    # Letters only: a number only right before a unit, or beside a range sign.
+    return unit is not None or (before != "" and before in _RANGE) or (after != "" and after in _RANGE)
+
+
+def lost_numbers(text: str) -> list[str]:
+    """Fragments (with a little context) where a number is missing: a range with an empty side,
+    a unit with no number, a bound with nothing after it. Empty when every number is there."""
+    found = []
+    for pattern in (_EMPTY_RANGE_LEFT, _EMPTY_RANGE_RIGHT, _BARE_UNIT, _EMPTY_BOUND):
+        for match in pattern.finditer(text):
+            found.append(text[max(0, match.start() - 4): match.end() + 3])
+    return list(dict.fromkeys(found))

@@ -1,0 +1,1 @@
+"""Decontaminate: the benchmark n-gram index and the rows that overlap it."""

@@ -1,0 +1,1 @@
+"""Dedup: exact keys, MinHash signatures, clusters, repeated paragraphs, the persistent index, and the stage."""

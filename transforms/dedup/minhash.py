@@ -1,0 +1,239 @@
+"""MinHash signatures and LSH band keys for near-duplicate detection, computed vectorised.
+
+Pure numpy, no process state: the same texts give the same signatures in every process, on every
+machine, in a Spark executor as in a test.
+
+How the hashing works, and why it is sound:
+- Shingles are the character n-grams of the match form of a text (`normalize.match_key`: NFKC,
+  simplified, without punctuation or spacing). A text shorter than n is one shingle, itself.
+- A shingle's hash is computed from its code points only: each code point (UTF-32) is mixed by
+  splitmix64, the n mixed values are combined with n fixed odd 64-bit multipliers (multilinear
+  hashing, almost-universal: Lemire & Kaser 2014) and the sum is mixed again by splitmix64. Every
+  constant is derived from fixed numbers by splitmix64 itself, so nothing depends on Python's
+  per-process salted hash(), on numpy's random streams, or on the byte order of the machine.
+  Two distinct shingles of one corpus collide with probability about 2^-64 per pair.
+- The signature is one-permutation hashing with optimal densification (Li, Owen & Zhang 2012;
+  Shrivastava 2017): each shingle's hash, re-mixed with the seed, picks one of `num_perm` bins from
+  its high 32 bits and offers its low 32 bits as the bin's value; a bin keeps its minimum. A bin no
+  shingle fell into borrows the value of another bin, chosen by a sequence of bins that depends
+  only on the empty bin's number and the seed, so two texts borrow alike. The probability that
+  two signatures agree in a bin equals the Jaccard similarity of the shingle sets, as for classic
+  k-permutation MinHash, and the estimator's variance is no larger for texts that fill most bins
+  (tests/test_dedup.py compares its error with datasketch's on real text). It costs one hash per
+  shingle instead of one per shingle and permutation: that is what makes it fast.
+- A band key mixes the band's `rows` values and the band's number with fixed multipliers and
+  splitmix64: equal bands give equal keys, different bands collide with probability about 2^-64,
+  and the same values in two different bands give different keys, so all bands share one table.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Sequence
+
+import numpy as np
+
+from transforms.clean.normalize import match_key
+
+_U64 = np.uint64
+_LOW32 = _U64(0xFFFFFFFF)
+_EMPTY = np.uint32(0xFFFFFFFF)
+# Characters hashed together: bounds the working arrays (about 80 bytes per character).
+_CHUNK_CHARS = 1 << 19
+_BAND_CHUNK_ROWS = 1 << 12
+
+
+def _splitmix64(z: np.ndarray) -> np.ndarray:
+    """Sebastiano Vigna's splitmix64 finaliser, elementwise on uint64 (wrapping arithmetic)."""
+    with np.errstate(over="ignore"):
+        z = np.asarray(z, dtype=_U64) + _U64(0x9E3779B97F4A7C15)
+        z = (z ^ (z >> _U64(30))) * _U64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> _U64(27))) * _U64(0x94D049BB133111EB)
+        return z ^ (z >> _U64(31))
+
+
+def _constants(tag: int, count: int, seed: int = 0) -> np.ndarray:
+    """`count` fixed pseudo-random uint64 numbers named by (tag, seed): same everywhere."""
+    base = _splitmix64(np.array([(tag << 32) ^ (seed & 0xFFFFFFFF)], dtype=_U64))[0]
+    with np.errstate(over="ignore"):
+        return _splitmix64(base + np.arange(count, dtype=_U64))
+
+
+@lru_cache(maxsize=32)
+def _multipliers(tag: int, count: int) -> np.ndarray:
+    return _constants(tag, count) | _U64(1)
+
+
+@lru_cache(maxsize=64)
+def _optimal_bands(threshold: float, num_perm: int, false_negative_weight: float) -> tuple[int, int]:
+    # datasketch's own search: bands x rows minimising the weighted false positive and false
+    # negative probability mass on either side of the threshold.
+    from datasketch.lsh import _optimal_param
+
+    return _optimal_param(threshold, num_perm, 1.0 - false_negative_weight, false_negative_weight)
+
+
+@dataclass(frozen=True)
+class MinHashParams:
+    num_perm: int
+    bands: int
+    rows: int
+    ngram: int
+    seed: int
+    threshold: float
+
+    def __post_init__(self) -> None:
+        if self.num_perm < 1 or self.bands < 1 or self.rows < 1 or self.ngram < 1:
+            raise ValueError(f"MinHash parameters must be positive: {self}")
+        if self.bands * self.rows > self.num_perm:
+            raise ValueError(f"bands x rows ({self.bands} x {self.rows}) exceeds num_perm ({self.num_perm})")
+        if not 0.0 < self.threshold < 1.0:
+            raise ValueError(f"threshold must lie strictly between 0 and 1, got {self.threshold}")
+
+    @classmethod
+    def from_threshold(
+        cls, threshold: float, num_perm: int = 128, ngram: int = 5, seed: int = 1, *, false_negative_weight: float = 0.5
+    ) -> "MinHashParams":
+        """Bands x rows as datasketch's MinHashLSH chooses them; a false-negative weight above 0.5
+        trades more candidate pairs (each verified on the signatures) for fewer missed ones."""
+        if not 0.0 < threshold < 1.0:
+            raise ValueError(f"threshold must lie strictly between 0 and 1, got {threshold}")
+        if not 0.0 < false_negative_weight < 1.0:
+            raise ValueError(f"false_negative_weight must lie strictly between 0 and 1, got {false_negative_weight}")
+        bands, rows = _optimal_bands(float(threshold), int(num_perm), float(false_negative_weight))
+        return cls(num_perm=num_perm, bands=bands, rows=rows, ngram=ngram, seed=seed, threshold=threshold)
+
+    def candidate_probability(self, similarity: float) -> float:
+        """Chance that two texts of this Jaccard similarity share at least one band."""
+        return 1.0 - (1.0 - similarity**self.rows) ** self.bands
+
+
+def _gram_hashes(keys: Sequence[str], ngram: int) -> tuple[np.ndarray, np.ndarray]:
+    """(hashes, counts): the n-gram hashes of texts already in match form, concatenated in text
+    order, and how many belong to each text."""
+    lengths = np.fromiter((len(k) for k in keys), dtype=np.int64, count=len(keys))
+    counts = np.where(lengths >= ngram, lengths - ngram + 1, np.minimum(lengths, 1))
+    if not counts.sum():
+        return np.empty(0, _U64), counts
+    # Texts joined with n-1 NULs (never in match form): a window never spans two texts, and a text
+    # shorter than n is one window padded with NULs, which add nothing to the hash.
+    pad = "\0" * (ngram - 1)
+    points = np.frombuffer((pad.join(keys) + pad).encode("utf-32-le"), dtype="<u4").astype(_U64)
+    mixed = _splitmix64(points)
+    mixed[points == 0] = 0
+    windows = len(points) - ngram + 1
+    multipliers = _multipliers(1, ngram)
+    with np.errstate(over="ignore"):
+        combined = mixed[:windows] * multipliers[0]
+        for k in range(1, ngram):
+            combined += mixed[k : k + windows] * multipliers[k]
+    starts = np.concatenate(([0], np.cumsum(lengths + ngram - 1)[:-1]))
+    first = np.repeat(starts, counts)
+    within = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
+    return _splitmix64(combined[first + within]), counts
+
+
+def shingle_hashes(text: str, ngram: int) -> np.ndarray:
+    """The distinct hashes (sorted uint64) of the character n-grams of the text's match form."""
+    hashes, _ = _gram_hashes([match_key(text or "")], ngram)
+    return np.unique(hashes)
+
+
+def _signature_chunk(keys: Sequence[str], params: MinHashParams) -> np.ndarray:
+    n, perms = len(keys), params.num_perm
+    hashes, counts = _gram_hashes(keys, params.ngram)
+    signature = np.full(n * perms, _EMPTY, dtype=np.uint32)
+    if not len(hashes):
+        return signature.reshape(n, perms)
+    seeded = _splitmix64(hashes ^ _constants(2, 1, params.seed)[0])
+    with np.errstate(over="ignore"):
+        bins = ((seeded >> _U64(32)) * _U64(perms)) >> _U64(32)
+    slots = np.repeat(np.arange(n, dtype=np.int64) * perms, counts) + bins.astype(np.int64)
+    np.minimum.at(signature, slots, (seeded & _LOW32).astype(np.uint32))
+    filled = np.zeros(n * perms, dtype=bool)
+    filled[slots] = True
+    _densify(signature, filled, counts > 0, perms, params.seed)
+    return signature.reshape(n, perms)
+
+
+def _densify(signature: np.ndarray, filled: np.ndarray, has_shingles: np.ndarray, perms: int, seed: int) -> None:
+    """Optimal densification: an empty bin j takes the value of the first filled bin in a
+    sequence that depends only on (j, attempt, seed). Texts without shingles stay all-empty."""
+    original = signature.copy()
+    empty = np.flatnonzero(~filled)
+    empty = empty[has_shingles[empty // perms]]
+    rows, bins = empty // perms * perms, (empty % perms).astype(_U64)
+    base = _constants(3, 1, seed)[0]
+    attempt = 0
+    while len(empty):
+        with np.errstate(over="ignore"):
+            probe = _splitmix64(base + bins * _U64(0x100000001B3) + _U64(attempt))
+            donor = rows + (((probe >> _U64(32)) * _U64(perms)) >> _U64(32)).astype(np.int64)
+        found = filled[donor]
+        signature[empty[found]] = original[donor[found]]
+        empty, rows, bins = empty[~found], rows[~found], bins[~found]
+        attempt += 1
+
+
+def signatures(texts: Sequence[str], params: MinHashParams) -> np.ndarray:
+    """MinHash signatures, shape (len(texts), num_perm), uint32. A text with no characters left
+    in match form gets an all-0xFFFFFFFF signature; callers skip it for near-duplicates."""
+    keys = [match_key(t or "") for t in texts]
+    return signatures_of_keys(keys, params)
+
+
+def signatures_of_keys(keys: Sequence[str], params: MinHashParams) -> np.ndarray:
+    """`signatures` of texts already in match form (skips normalising twice)."""
+    parts, start, size = [], 0, 0
+    for end, key in enumerate(keys, 1):
+        size += len(key) + params.ngram
+        if size >= _CHUNK_CHARS:
+            parts.append(_signature_chunk(keys[start:end], params))
+            start, size = end, 0
+    if start < len(keys) or not parts:
+        parts.append(_signature_chunk(keys[start:], params))
+    return np.concatenate(parts) if len(parts) > 1 else parts[0]
+
+
+def band_hashes(sig: np.ndarray, params: MinHashParams) -> np.ndarray:
+    """One uint64 key per band, shape (n, bands); a band's number is part of its key."""
+    sig = np.atleast_2d(sig)
+    if len(sig) > _BAND_CHUNK_ROWS:  # the uint64 working copy is 8 bytes per signature value
+        return np.concatenate([band_hashes(sig[i : i + _BAND_CHUNK_ROWS], params) for i in range(0, len(sig), _BAND_CHUNK_ROWS)])
+    used = sig[:, : params.bands * params.rows].astype(_U64).reshape(len(sig), params.bands, params.rows)
+    multipliers = _multipliers(4, params.rows)
+    with np.errstate(over="ignore"):
+        combined = (used * multipliers).sum(axis=2, dtype=_U64)
+        combined += _constants(5, params.bands)
+    return _splitmix64(combined)
+
+
+def estimated_jaccard(a: np.ndarray, b: np.ndarray) -> float | np.ndarray:
+    """Share of equal signature values: one float for two signatures, row-wise for 2-D arrays."""
+    a, b = np.asarray(a), np.asarray(b)
+    if a.shape[-1] != b.shape[-1]:
+        raise ValueError(f"signatures of different lengths: {a.shape[-1]} and {b.shape[-1]}")
+    share = np.mean(a == b, axis=-1)
+    return float(share) if np.ndim(share) == 0 else share
+
+
+def candidate_pairs(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(first, other) row pairs sharing a band key: each row is paired with the lowest-numbered
+    row of every band bucket it falls in (a star per bucket, enough for connected components,
+    linear in the bucket size). Pairs are distinct, first < other. One band at a time, so the
+    working memory is a few arrays of one band, not of all."""
+    keys = np.atleast_2d(keys)
+    heads, rows = [], []
+    for band in range(keys.shape[1]):
+        order = np.argsort(keys[:, band], kind="stable")  # equal keys stay in row order: the head is the lowest row
+        ordered = keys[order, band]
+        starts = np.ones(len(ordered), dtype=bool)
+        starts[1:] = ordered[1:] != ordered[:-1]
+        head = order[np.flatnonzero(starts)[np.cumsum(starts) - 1]]
+        linked = head != order
+        heads.append(head[linked])
+        rows.append(order[linked])
+    if not heads or not sum(len(h) for h in heads):
+        return np.empty(0, np.int64), np.empty(0, np.int64)
+    pairs = np.unique(np.stack([np.concatenate(heads), np.concatenate(rows)], axis=1), axis=0)
+    return pairs[:, 0], pairs[:, 1]

@@ -1,0 +1,120 @@
+"""Repeated paragraphs: lines that recur across many documents of one source (site navigation and
+footers, a preface copied into every volume) are removed from the text, counted and audited.
+
+The one place cross-document boilerplate is removed. A line is a paragraph here: ingest has
+already re-joined hard-wrapped lines, so a line is a paragraph of a book or a block of a page.
+Lines are compared in match form (simplified, without punctuation or spacing), per source, and
+counted once per document. A line is repeated when it occurs in at least `min_documents`
+documents and at least `min_share` of the source's documents: the share keeps a formula quoted in
+many commentaries of a large collection from counting as boilerplate. Only sources of the
+configured categories are judged (default: web): in a reference work a line shared by many
+entries is content (【用法与用量】9～15g。 in fifty herb monographs), not boilerplate.
+"""
+from __future__ import annotations
+
+import hashlib
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+
+from transforms.clean.normalize import match_key
+
+_BLANK_LINES = re.compile(r"\n{3,}")
+
+
+def _line_hash(key: str) -> int:
+    return int.from_bytes(hashlib.blake2b(key.encode("utf-8"), digest_size=8).digest(), "little")
+
+
+def line_hashes(text: str, min_chars: int) -> list[int | None]:
+    """The hash of each line's match form, None for a line too short to judge."""
+    hashes = []
+    for line in text.split("\n"):
+        key = match_key(line) if line.strip() else ""
+        hashes.append(_line_hash(key) if len(key) >= min_chars else None)
+    return hashes
+
+
+def count_lines(table: pa.Table, min_chars: int, categories: frozenset[str] | None = None) -> tuple[Counter, Counter]:
+    """(documents holding each (source, line hash), documents per source) of one batch, for the
+    documents of the given categories (all when None)."""
+    holding: Counter = Counter()
+    documents: Counter = Counter()
+    if categories is not None and "category" in table.schema.names:
+        table = table.filter(pa.array([c in categories for c in table.column("category").to_pylist()], pa.bool_()))
+    for source, text in zip(table.column("source").to_pylist(), table.column("text").to_pylist()):
+        documents[source] += 1
+        for line in {h for h in line_hashes(text or "", min_chars) if h is not None}:
+            holding[(source, line)] += 1
+    return holding, documents
+
+
+@dataclass
+class RepeatedLines:
+    """The lines to remove, per source, with the figures of the audit."""
+
+    min_chars: int
+    lines: dict[str, set[int]] = field(default_factory=dict)
+    documents: dict[tuple[str, int], int] = field(default_factory=dict)
+    source_documents: dict[str, int] = field(default_factory=dict)
+
+    @classmethod
+    def choose(cls, holding: Counter, documents: Counter, min_chars: int, min_documents: int, min_share: float) -> "RepeatedLines":
+        chosen = cls(min_chars=min_chars, source_documents=dict(documents))
+        for (source, line), count in holding.items():
+            if count >= min_documents and count >= min_share * documents[source]:
+                chosen.lines.setdefault(source, set()).add(line)
+                chosen.documents[(source, line)] = count
+        return chosen
+
+    def __bool__(self) -> bool:
+        return bool(self.lines)
+
+    def strip(self, source: str, text: str) -> tuple[str, list[tuple[int, str]]]:
+        """The text without its repeated lines, and the (hash, line) removed."""
+        repeated = self.lines.get(source)
+        if not repeated or not text:
+            return text, []
+        kept, removed = [], []
+        for line, line_hash in zip(text.split("\n"), line_hashes(text, self.min_chars)):
+            if line_hash is not None and line_hash in repeated:
+                removed.append((line_hash, line.strip()))
+            else:
+                kept.append(line)
+        if not removed:
+            return text, []
+        return _BLANK_LINES.sub("\n\n", "\n".join(kept)).strip(), removed
+
+
+def strip_batch(table: pa.Table, repeated: RepeatedLines) -> tuple[pa.Table, Counter, dict[tuple[str, int], str]]:
+    """The batch with repeated lines removed from `text`; occurrences removed per (source, hash),
+    and the text of each removed line as first seen."""
+    removed: Counter = Counter()
+    first_seen: dict[tuple[str, int], str] = {}
+    if not repeated:
+        return table, removed, first_seen
+    texts = []
+    for source, text in zip(table.column("source").to_pylist(), table.column("text").to_pylist()):
+        stripped, lines = repeated.strip(source, text or "")
+        texts.append(stripped)
+        for line_hash, line in lines:
+            removed[(source, line_hash)] += 1
+            first_seen.setdefault((source, line_hash), line)
+    position = table.schema.get_field_index("text")
+    return table.set_column(position, table.schema.field(position), pa.array(texts, pa.string())), removed, first_seen
+
+
+def audit_table(repeated: RepeatedLines, removed: Counter, first_seen: dict[tuple[str, int], str]) -> pa.Table:
+    """One row per repeated line that was removed at least once."""
+    rows = sorted(removed, key=lambda k: (k[0], -removed[k], first_seen.get(k, "")))
+    return pa.table(
+        {
+            "source": pa.array([s for s, _ in rows], pa.string()),
+            "paragraph": pa.array([first_seen.get(k, "") for k in rows], pa.string()),
+            "documents": pa.array([repeated.documents.get(k, 0) for k in rows], pa.int64()),
+            "share": pa.array([repeated.documents.get(k, 0) / max(1, repeated.source_documents.get(k[0], 1)) for k in rows], pa.float64()),
+            "removed": pa.array([removed[k] for k in rows], pa.int64()),
+        }
+    )

@@ -1,0 +1,1 @@
+"""Export: the corpus as training files (ShareGPT, Alpaca, JSONL) with LLaMA-Factory's dataset_info."""

@@ -1,0 +1,125 @@
+"""What every importer yields, and the rows it fills."""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+from schemas.records import CONVERSATIONS, DOCUMENTS, content_id, conversation_id, document_id, dumps_meta
+
+from .encoding import Decoded, read_text
+
+
+class SourceError(Exception):
+    """A file that cannot be read at all; message is one line naming the file."""
+
+
+@dataclass
+class Imported:
+    kind: str  # schemas.records.DOCUMENTS or CONVERSATIONS
+    row: dict  # columns of that kind's schema
+    reason: str | None = None  # set when the record is rejected; row still holds what was read
+    # Labels counted per source in the ingest manifest (stats.import_counts), e.g. identity:renamed.
+    tally: tuple[str, ...] = ()
+    # Meta keys holding the record's own content that no message or text carries: listed per
+    # source with counts in the ingest manifest (stats.untrained_meta), so nothing is set
+    # aside unseen.
+    untrained: tuple[str, ...] = ()
+
+    @property
+    def rejected(self) -> bool:
+        return self.reason is not None
+
+
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def well_formed(value: Any) -> Any:
+    """`value` with every lone surrogate (a JSON "\\ud800", an undecodable byte of a file name)
+    replaced by U+FFFD, in strings nested in lists and dicts too: text that cannot be written
+    as UTF-8 would fail the whole stage."""
+    if isinstance(value, str):
+        return _LONE_SURROGATE.sub("\ufffd", value) if _LONE_SURROGATE.search(value) else value
+    if isinstance(value, list):
+        return [well_formed(v) for v in value]
+    if isinstance(value, dict):
+        return {well_formed(k): well_formed(v) for k, v in value.items()}
+    return value
+
+
+def read_source(path: Path, options: dict | None = None) -> Decoded:
+    """A file's text, its encoding detected unless options["encoding"] names one."""
+    try:
+        return read_text(path, (options or {}).get("encoding"))
+    except (OSError, LookupError) as exc:
+        raise SourceError(f"{path}: cannot read ({exc})") from exc
+
+
+def document(
+    text: str,
+    source: str,
+    category: str,
+    *,
+    title: str | None = None,
+    url: str | None = None,
+    meta: dict | None = None,
+    reason: str | None = None,
+    fallback_key: Iterable[str] = (),
+) -> Imported:
+    """A Document; an empty text is rejected with `reason` and takes its id from `fallback_key`,
+    since every empty text would otherwise share one id."""
+    text, title, url, meta = well_formed(text), well_formed(title), well_formed(url), well_formed(meta)
+    fallback_key = well_formed(list(fallback_key))
+    doc_id = document_id(source, text) if text else content_id("empty-doc", source, *fallback_key)
+    row = {
+        "id": doc_id,
+        "text": text,
+        "source": source,
+        "category": category,
+        "url": url,
+        "title": title,
+        "lang": None,
+        "meta": dumps_meta(meta),
+    }
+    return Imported(DOCUMENTS, row, reason)
+
+
+def conversation(
+    messages: list[dict],
+    source: str,
+    category: str,
+    *,
+    origin_id: str | None,
+    meta: dict | None = None,
+    reason: str | None = None,
+    fallback_key: Iterable[str] = (),
+) -> Imported:
+    messages, meta, origin_id = well_formed(messages), well_formed(meta), well_formed(origin_id)
+    fallback_key = well_formed(list(fallback_key))
+    conv_id = conversation_id(source, messages) if messages and reason is None else content_id(
+        "malformed-conv", source, *fallback_key
+    )
+    row = {
+        "id": conv_id,
+        "messages": messages,
+        "source": source,
+        "category": category,
+        "origin_id": origin_id,
+        "meta": dumps_meta(meta),
+    }
+    return Imported(CONVERSATIONS, row, reason)
+
+
+def reject_repeats(records: Iterable[Imported]) -> Iterator[Imported]:
+    """Content ids repeat when one source holds the same record twice; the second and later
+    copies are rejected, naming the id they repeat."""
+    seen: set[str] = set()
+    for record in records:
+        if record.reason is None:
+            record_id = record.row["id"]
+            if record_id in seen:
+                record.reason = f"repeated_record:{record_id}"
+            else:
+                seen.add(record_id)
+        yield record

@@ -1,0 +1,1 @@
+"""Sample: the priority order, the token counts and the corpus shards."""

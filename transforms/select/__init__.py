@@ -1,0 +1,1 @@
+"""Select: the [select] thresholds applied to the tags clean wrote."""
