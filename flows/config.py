@@ -29,7 +29,13 @@ class SourceConfig(Section):
     # files / dataset
     path: Optional[Path] = None
     format: Optional[Literal["book", "text", "monograph", "terms", "instructions"]] = None
+    # "auto": a BOM, else UTF-8, else GB18030 or Big5 (per line where a file mixes UTF-8 and GBK);
+    # or a codec name ("gbk", "big5", "utf-16") that every file of the source is read with.
     encoding: str = "auto"
+    # instructions: the file's own field names for the shape names, {question = "问题", answer = "回答"}.
+    fields: dict[str, str] = {}
+    # A source whose every row is rejected stops the command (exit 2) unless this is set.
+    allow_all_rejected: bool = False
     # crawl
     start_urls: list[str] = []
     # Sitemaps (XML, gzipped XML, sitemap indexes, or a robots.txt naming them) whose pages seed the crawl.
@@ -54,6 +60,19 @@ class SourceConfig(Section):
                 raise ValueError(f"a {self.kind} source needs a path")
             if self.format is None:
                 self.format = "instructions" if self.kind == "dataset" else "book"
+            if self.fields:
+                if self.format != "instructions":
+                    raise ValueError("fields maps record fields: it needs format = \"instructions\"")
+                from transforms.ingest.importers.instructions import field_map
+
+                field_map(self.fields)
+            if self.encoding not in ("auto", ""):
+                import codecs
+
+                try:
+                    codecs.lookup(self.encoding)
+                except LookupError:
+                    raise ValueError(f"unknown encoding {self.encoding!r} (use \"auto\" or a codec name such as \"gbk\")") from None
         return self
 
 
@@ -280,6 +299,53 @@ class SampleConfig(Section):
         return weights
 
 
+class OverflowConfig(Section):
+    """What happens to an item longer than `seq_len`, per corpus format; never a silent cut."""
+
+    # text: cut into pieces of seq_len tokens, each packed as an item of its own (position ids
+    # restart in each piece); truncate: keep the first seq_len tokens; reject: a rejected row.
+    text: Literal["split", "truncate", "reject"] = "split"
+    # chat: a dialogue is never split (a piece would lose its question); truncate keeps the first
+    # seq_len tokens when an answer token is among them.
+    chat: Literal["truncate", "reject"] = "reject"
+
+
+class PackConfig(Section):
+    """Tokenize the corpus and pack it into fixed-length sequences for GPU trainers (`flows run pack`).
+
+    build-corpus runs it last when `tokenizer` is set."""
+
+    # A tokenizer.json, or a Hugging Face tokenizer folder (tokenizer.json, tokenizer_config.json
+    # with its chat_template and special tokens).
+    tokenizer: Optional[Path] = None
+    seq_len: int = Field(4096, ge=16)
+    # How a chat row becomes tokens: the tokenizer folder's own chat template (jinja, rendered as
+    # Hugging Face renders it), HuatuoGPT-II's <问>：/<答>： turns, or ChatML.
+    template: Literal["tokenizer", "huatuo", "chatml"] = "tokenizer"
+    # greedy: corpus order, a new sequence when an item does not fit (HuatuoGPT-II's way);
+    # best_fit: first-fit-decreasing within each window of `window` consecutive items.
+    packing: Literal["greedy", "best_fit"] = "best_fit"
+    window: int = Field(1000, ge=1)
+    overflow: OverflowConfig = OverflowConfig()
+    # Sequences are padded to the next multiple of this (labels -100); unset: to seq_len, so every
+    # sequence is exactly seq_len tokens long. 1: no padding stored.
+    pad_to_multiple_of: Optional[int] = Field(None, ge=1)
+    # Special tokens by their text; unset: the tokenizer folder's own, else a known name in the vocabulary.
+    eos_token: Optional[str] = None
+    pad_token: Optional[str] = None
+    # Further outputs by name: Megatron-LM's indexed dataset (megatron/tokens.bin + .idx) and a
+    # Hugging Face `datasets` folder (hf/, save_to_disk; needs the datasets package).
+    outputs: list[Literal["megatron", "hf"]] = []
+    # Sequences per Parquet row group: what the reader holds at once per worker.
+    row_group_rows: int = Field(256, ge=1)
+
+    @model_validator(mode="after")
+    def _check_padding(self) -> "PackConfig":
+        if self.pad_to_multiple_of is not None and self.pad_to_multiple_of > self.seq_len:
+            raise ValueError("pad_to_multiple_of must not exceed seq_len")
+        return self
+
+
 class ValidateConfig(Section):
     languages: Optional[list[str]] = None
     min_chars: int = Field(1, ge=0)
@@ -453,6 +519,7 @@ class BuildConfig(Section):
     sample: SampleConfig = SampleConfig()
     validate_: ValidateConfig = Field(ValidateConfig(), alias="validate")
     export: ExportConfig = ExportConfig()
+    pack: PackConfig = PackConfig()
     engine: EngineConfig = EngineConfig()
     train_domain: TrainDomainConfig = TrainDomainConfig()
     operations: OperationsConfig = OperationsConfig()
@@ -501,6 +568,7 @@ def _resolve_paths(config: BuildConfig, base: Path) -> BuildConfig:
     config.train_domain.model = fix(config.train_domain.model)
     config.operations.workdir = fix(config.operations.workdir)
     config.sample.tokenizer = fix(config.sample.tokenizer)
+    config.pack.tokenizer = fix(config.pack.tokenizer)
     return config
 
 
@@ -526,12 +594,20 @@ def parse_config(text: str, base: Path, origin: str = "config") -> BuildConfig:
     return _resolve_paths(config, base)
 
 
+def sample_config_path() -> str:
+    """The embedded sample build's config file (books, monographs, dialogues and a small site
+    that ship in the package): what `build-corpus`, `refresh` and `serve` use without --config."""
+    sample = resources.files("flows.sample") / SAMPLE_CONFIG
+    with resources.as_file(sample) as sample_path:
+        return str(sample_path)
+
+
 def load_config(path: str | Path | None = None) -> BuildConfig:
-    """Load a build config; with no path, the embedded sample build that ships in the package."""
+    """Load a build config; with no path, the library's defaults (no sources, every section at
+    its default), so a stage run on a user's data never borrows the sample build's settings.
+    The sample build is `load_config(sample_config_path())`."""
     if path is None:
-        sample = resources.files("flows.sample") / SAMPLE_CONFIG
-        with resources.as_file(sample) as sample_path:
-            return parse_config(sample_path.read_text(encoding="utf-8"), sample_path.parent, str(sample_path))
+        return BuildConfig()
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist")
@@ -540,3 +616,79 @@ def load_config(path: str | Path | None = None) -> BuildConfig:
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"config file {path} cannot be read ({exc})") from None
     return parse_config(text, path.resolve().parent, str(path))
+
+
+# -- help: a section's keys with their defaults, as TOML -----------------------------------------
+
+# The config sections each flow reads, for `flows run FLOW --help`.
+FLOW_SECTIONS = {
+    "build-corpus": ("sources", "crawl", "clean", "select", "dedup", "decontaminate", "convert", "sample", "validate", "export", "pack", "engine"),
+    "refresh": ("sources", "crawl", "clean", "dedup", "engine"),
+    "crawl": ("sources", "crawl"),
+    "ingest": ("sources",),
+    "clean": ("clean", "engine"),
+    "select": ("select", "engine"),
+    "dedup": ("dedup", "engine"),
+    "decontaminate": ("decontaminate", "engine"),
+    "convert": ("convert",),
+    "sample": ("sample", "engine"),
+    "validate": ("validate",),
+    "export": ("export",),
+    "pack": ("pack",),
+    "train-domain-classifier": ("train_domain",),
+}
+
+
+def describe_section(name: str) -> str:
+    """The section `name` of a config file with every key at its library default, as TOML; an
+    unset optional key is shown commented out. `sources` shows one files/dataset source."""
+    if name == "sources":
+        lines = ["[[sources]]            # one per source; kind = files | dataset | crawl"]
+        for key, field in SourceConfig.model_fields.items():
+            if key in ("start_urls", "sitemap_urls", "allowed_domains", "allow", "deny", "max_depth", "max_pages", "site_dir", "extract"):
+                continue
+            example = {"name": '"my-source"', "kind": '"dataset"', "category": '"sft"  # web | literature | encyclopedia | books | sft',
+                       "path": '"data/qa.jsonl"  # a file or a folder, relative to the config file',
+                       "format": '"instructions"  # book | text | monograph | terms | instructions (default: instructions for dataset, book for files)',
+                       "encoding": '"auto"  # BOM, else UTF-8, else GB18030/Big5 (per line for UTF-8/GBK mixtures); or a codec name: "gbk"',
+                       "fields": '{}  # instructions: shape name = the file\'s field, {question = "问题", answer = "回答"}',
+                       "allow_all_rejected": 'false  # true: a source whose every row is rejected does not stop the command'}
+            lines.append(f"{key} = {example[key]}" if key in example else f"{key} = {_toml_value(field.get_default(call_default_factory=True))}")
+        lines.append("# crawl sources: start_urls, sitemap_urls, allowed_domains, allow, deny, max_depth, max_pages, site_dir, extract")
+        return "\n".join(lines)
+    model = BuildConfig.model_fields["validate_" if name == "validate" else name].get_default(call_default_factory=True)
+    return "\n".join(_section_lines(name, model))
+
+
+def _section_lines(prefix: str, model: BaseModel) -> list[str]:
+    lines, nested = [f"[{prefix}]"], []
+    for key in type(model).model_fields:
+        value = getattr(model, key)
+        if isinstance(value, BaseModel):
+            nested.append((f"{prefix}.{key}", value))
+        elif isinstance(value, dict) and value and all(isinstance(v, BaseModel) for v in value.values()):
+            for sub, item in value.items():
+                nested.append((f"{prefix}.{key}.{sub}", item))
+        elif value is None:
+            lines.append(f"# {key} = (unset)")
+        else:
+            lines.append(f"{key} = {_toml_value(value)}")
+    for sub_prefix, sub_model in nested:
+        lines += [""] + _section_lines(sub_prefix, sub_model)
+    return lines
+
+
+def _toml_value(value) -> str:
+    import json
+
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, Path):
+        return json.dumps(str(value))
+    if isinstance(value, BaseModel):
+        value = value.model_dump(mode="json")
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return json.dumps(value, ensure_ascii=False)

@@ -21,7 +21,7 @@ from schemas.dataset import StageManifest, check_input, fingerprint, hash_config
 from transforms import stages
 from transforms.engines.local import LocalEngine
 
-from .config import BuildConfig, TaskControl, load_config
+from .config import BuildConfig, ConfigError, TaskControl, load_config, sample_config_path
 from .domain import train_domain_classifier_flow  # noqa: F401 - a flow of this module's CLI
 from .pipeline_info import FLOWS
 from .summary import as_markdown, as_text, produced
@@ -31,6 +31,7 @@ from .locks import hold, output_lock_file, workdir_lock_file
 
 DESCRIPTIONS = FLOWS
 QUALITY = "quality"  # WORKDIR/quality/<stage>/: the suites' results on each stage's output
+PACKED = "packed"  # WORKDIR/packed/: token sequences for GPU trainers, when [pack] tokenizer is set
 
 
 class ValidationFailed(Exception):
@@ -293,7 +294,8 @@ def ingest_flow(output: str, config: Optional[str] = None, inputs: Optional[list
     sources = [s for s in cfg.sources if s.kind in ("files", "dataset")]
     pages = _inputs(inputs or [])
     source_dicts = [
-        {"name": s.name, "category": s.category, "path": str(s.path), "format": s.format, "encoding": s.encoding}
+        {"name": s.name, "category": s.category, "path": str(s.path), "format": s.format, "encoding": s.encoding,
+         "fields": s.fields, "allow_all_rejected": s.allow_all_rejected}
         for s in sources
     ]
     params = {
@@ -307,7 +309,19 @@ def ingest_flow(output: str, config: Optional[str] = None, inputs: Optional[list
     def work(manifest: StageManifest) -> StageManifest:
         return stages.run_ingest(source_dicts, pages, output, params, manifest)
 
-    return _run("ingest", Path(output), section, fingerprints, work)
+    summary = _run("ingest", Path(output), section, fingerprints, work)
+    logger = get_run_logger()
+    for entry in summary["stats"].get("skipped_files", []):
+        logger.warning("ingest: source %s: skipped %s (%s)", entry["source"], entry["path"], entry["reason"])
+    from transforms.ingest.stage import sources_all_rejected
+
+    rejected_sources = sources_all_rejected(summary["stats"])
+    if rejected_sources:
+        from transforms.ingest.importers import SourceRejected
+
+        # The dataset is written (its rejected/ says why); the command still fails, in one line.
+        raise SourceRejected("; ".join(rejected_sources))
+    return summary
 
 
 def _simple_stage(stage: str, section_name: str, extra: Optional[Callable[[BuildConfig], dict]] = None) -> Callable:
@@ -470,6 +484,26 @@ def export_flow(inputs: list[str], output: str, config: Optional[str] = None, en
     return _run("export", Path(output), {"formats": chosen}, paths, work)
 
 
+@flow(name="pack", description=DESCRIPTIONS["pack"])
+def pack_flow(inputs: list[str], output: str, config: Optional[str] = None, engine: Optional[str] = None) -> dict:
+    """Tokenize the corpus in `inputs` with [pack] tokenizer and pack it into sequences of
+    seq_len tokens in `output` (see transforms.pack.stage). The tokenizer's files are an input:
+    a changed tokenizer packs again."""
+    from transforms.pack.stage import run_pack
+
+    cfg = load_config(config)
+    if cfg.pack.tokenizer is None:
+        raise ConfigError("pack.tokenizer: not set; the pack stage needs a tokenizer.json or a tokenizer folder")
+    paths = _inputs(inputs)
+    params = cfg.section("pack")
+    chosen = make_engine(cfg, engine, "pack")
+
+    def work(manifest: StageManifest, progress=None) -> StageManifest:
+        return run_pack(paths, output, params, manifest, chosen, progress=progress)
+
+    return _run("pack", Path(output), params, [*paths, cfg.pack.tokenizer], work)
+
+
 STAGE_FLOWS = {
     "crawl": crawl_flow,
     "ingest": ingest_flow,
@@ -481,6 +515,7 @@ STAGE_FLOWS = {
     "sample": sample_flow,
     "validate": validate_flow,
     "export": export_flow,
+    "pack": pack_flow,
 }
 
 
@@ -490,7 +525,9 @@ STAGE_FLOWS = {
 @flow(name="build-corpus", description=DESCRIPTIONS["build-corpus"], **FAILURE_HOOKS)
 @_holding_workdir
 def build_corpus(config: Optional[str] = None, workdir: str = "tcm-corpus-build", engine: Optional[str] = None) -> dict:
+    """Every stage in order into `workdir`; without `config`, the embedded sample build."""
     logger = get_run_logger()
+    config = config or sample_config_path()
     cfg = load_config(config)
     root = Path(workdir).resolve()
     staged = root / "stages"
@@ -528,6 +565,8 @@ def build_corpus(config: Optional[str] = None, workdir: str = "tcm-corpus-build"
     results["validate"] = validate_flow([str(corpus)], str(staged / "validate"), config, engine)
     if cfg.export.formats:
         results["export"] = export_flow([str(corpus)], str(staged / "export"), config, engine)
+    if cfg.pack.tokenizer is not None:
+        results["pack"] = pack_flow([str(corpus)], str(root / PACKED), config, engine)
 
     seconds = round(time.perf_counter() - started, 2)
     report_path = publish_build_report(root, logger)
@@ -593,7 +632,9 @@ REFRESH_DESCRIPTION = "crawl, ingest, clean and dedup new material against the e
 def refresh(config: Optional[str] = None, workdir: str = "tcm-corpus-build", engine: Optional[str] = None, label: Optional[str] = None) -> dict:
     """Fetch and import the sources again into `WORKDIR/refresh/<label>/` (label: today's UTC
     date), clean them, and dedup them after the existing `WORKDIR/stages/dedup` rows, so new
-    rows that repeat the corpus are rejected as duplicates and only new material is added."""
+    rows that repeat the corpus are rejected as duplicates and only new material is added.
+    Without `config`, the embedded sample build."""
+    config = config or sample_config_path()
     cfg = load_config(config)
     root = Path(workdir).resolve()
     label = label or time.strftime("%Y%m%d", time.gmtime())

@@ -12,6 +12,7 @@ FLOWS = {
     "sample": "order everything by priority sampling into Parquet shards with a manifest",
     "validate": "check datasets with Great Expectations suites",
     "export": "write the corpus in trainer formats (sharegpt, alpaca, jsonl)",
+    "pack": "tokenize the corpus and pack it into fixed-length sequences for GPU trainers ([pack] tokenizer)",
     "refresh": "crawl and import the sources again, clean them, dedup them against the build in --workdir",
     "train-domain-classifier": "train the fastText TCM domain classifier on [train_domain] sources; print held-out precision/recall",
 }

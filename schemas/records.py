@@ -81,6 +81,26 @@ CORPUS_SCHEMA = pa.schema(
     ]
 )
 
+# Packed token sequences for GPU trainers (the pack stage): one row per training sequence.
+SEQUENCES = "sequences"
+SEQUENCE_SCHEMA = pa.schema(
+    [
+        pa.field("input_ids", pa.list_(pa.int32()), nullable=False),
+        # -100 on system and user tokens and on padding: only answers, their EOS and texts train.
+        pa.field("labels", pa.list_(pa.int32()), nullable=False),
+        # Restart at 0 in each packed item (and in the padding after the last one).
+        pa.field("position_ids", pa.list_(pa.int32()), nullable=False),
+        # Token lengths of the items in the row, in order; cu_seqlens = [0, *cumsum(seq_lens)].
+        pa.field("seq_lens", pa.list_(pa.int32()), nullable=False),
+        # The corpus id of each item; a split text repeats its id, item_offsets telling the pieces apart.
+        pa.field("item_ids", pa.list_(pa.string()), nullable=False),
+        # Where each item starts inside its corpus row's tokens (0 unless the row was split).
+        pa.field("item_offsets", pa.list_(pa.int32()), nullable=False),
+        # Corpus position (training order) of the row's first item.
+        pa.field("first_position", pa.int64(), nullable=False),
+    ]
+)
+
 # One row per member of a duplicate cluster: which row was kept and how alike each member is.
 CLUSTER_SCHEMA = pa.schema(
     [
@@ -113,6 +133,7 @@ SCHEMAS = {
     CORPUS: CORPUS_SCHEMA,
     CLUSTERS: CLUSTER_SCHEMA,
     REPEATED_PARAGRAPHS: REPEATED_PARAGRAPH_SCHEMA,
+    SEQUENCES: SEQUENCE_SCHEMA,
 }
 
 REQUIRED = {
@@ -122,6 +143,7 @@ REQUIRED = {
     CORPUS: ("id", "position", "source", "category", "format"),
     CLUSTERS: ("kind", "id", "cluster", "kept", "similarity", "match"),
     REPEATED_PARAGRAPHS: ("source", "paragraph", "documents", "share", "removed"),
+    SEQUENCES: tuple(SEQUENCE_SCHEMA.names),
 }
 
 REASON_FIELD = pa.field("reason", pa.string(), nullable=False)

@@ -81,6 +81,25 @@ def test_shards_load_with_pyarrow_pandas_and_datasets(corpus, tmp_path, monkeypa
     assert [row["position"] for _, row in zip(range(5), streamed)] == list(range(5))
 
 
+def test_the_folder_loads_with_datasets_at_one_shard_as_at_many(corpus, tmp_path, monkeypatch):
+    """The README's `load_dataset("<build>/corpus")`: the dataset card names the shards, so one
+    part beside two JSON manifests is still read as Parquet."""
+    one = tmp_path / "one-shard"
+    params = {"weights": {"encyclopedia": 8, "sft": 1}, "sft_epochs": SFT_EPOCHS, "seed": 1, "shard_rows": 100_000}
+    run_sample([corpus.parent / "items"], one, params, StageManifest(stage="sample"), "test")
+    assert len(list(one.glob("part-*.parquet"))) == 1 and (one / ".huggingface.yaml").is_file()
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    import datasets
+
+    for folder in (one, corpus):
+        loaded = datasets.load_dataset(str(folder), cache_dir=str(tmp_path / "cache"))
+        assert list(loaded) == ["train"]
+        rows = json.loads((folder / "_corpus_manifest.json").read_text(encoding="utf-8"))["rows"]
+        assert loaded["train"].num_rows == rows and loaded["train"]["position"] == list(range(rows))
+
+
 def test_exports_in_trainer_formats_keep_the_order(corpus, tmp_path):
     out = tmp_path / "export"
     out.mkdir()

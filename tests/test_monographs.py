@@ -3,6 +3,7 @@ numbers are right or absent: on the real pharmacopoeia, and through build-corpus
 cases monograph-identity and template-answers-cleaned."""
 from __future__ import annotations
 
+import json
 from collections import Counter
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from schemas.dataset import read_manifest
 from transforms.clean.steps import clean_documents
 from transforms.convert.conversion import MONOGRAPH_QUESTIONS, monograph_conversion
 from transforms.ingest.importers import import_file
-from transforms.ingest.importers.monographs import check_identity, parse_entry, read_entries, read_entry_text
+from transforms.ingest.importers.monographs import check_identity, entry_text, parse_entry, read_entries, read_entry_text
 from transforms.convert.numbers import lost_numbers, repair_digits
 
 REPO = Path(__file__).resolve().parents[1]
@@ -174,3 +175,23 @@ def test_case_template_answers_cleaned(tmp_path, prefect_harness):
     assert sections["questions"]["禁忌"] == 1 and sections["questions"]["性味"] == 1
     assert sections["rejected"] == {"性状": 2} and sections["text"]["鉴别"] == 3
     assert set(MONOGRAPH_QUESTIONS) >= {"性味", "禁忌", "制法"}
+
+
+def test_template_answers_follow_the_clean_policy_of_documents(shared_data):
+    """The 丁香 entry as printed, in traditional characters and with a telephone number planted
+    in its storage line: its answers come out simplified and redacted, as its document text does."""
+    import opencc
+
+    lines = [line.strip() for line in (shared_data / PHARMACOPOEIA).read_text(encoding="utf-8").splitlines()]
+    start = lines.index("丁香")
+    end = next(i for i in range(start + 3, len(lines)) if lines[i].startswith("【贮藏】")) + 1
+    printed = [opencc.OpenCC("s2t").convert(line) for line in lines[start:end]]
+    printed[-1] = "【貯藏】置陰涼乾燥處。諮詢電話13912345678"
+    entry = parse_entry(printed)
+    row = {"id": "d1", "text": entry_text(entry), "source": "p", "category": "encyclopedia", "url": None,
+           "title": entry["name"], "lang": None, "meta": json.dumps({"kind": "monograph", "name": entry["name"]})}
+    kept, _ = clean_documents(pa.Table.from_pylist([row]), {})
+    (cleaned,) = kept.to_pylist()
+    answers = {q: a for _, q, a in monograph_conversion(loads_meta(cleaned["meta"]), cleaned["text"])["pairs"]}
+    assert answers["丁香的性味与归经是什么？"] == "丁香辛，温。归脾、胃、肺、肾经。"
+    assert answers["丁香应当如何贮藏？"] == "置阴凉干燥处。咨询电话<phone>"

@@ -300,3 +300,28 @@ def test_prefect_runs_a_stage_on_spark_from_the_config(tmp_path, corpus_input, c
     assert read_kind(tmp_path / "clean", DOCUMENTS).to_pylist() == read_kind(cleaned["local"][0], DOCUMENTS).to_pylist()
     again = pipeline.clean_flow(inputs=[str(corpus_input)], output=str(tmp_path / "clean"), config=str(config))
     assert again["skipped"]  # the Spark stage's manifest is one the flows recognise as finished
+
+
+def test_pack_on_spark_equals_local(spark_engine, shared_data, tmp_path):
+    """One Spark task per corpus shard, tokenizing in mapInArrow: the same packed shards, byte
+    for byte, and the same ledger and figures as the local engine."""
+    pytest.importorskip("tokenizers", reason="the pack stage needs the tokenizers package (test extra)")
+    from pack_fixtures import corpus_rows, make_tokenizer_folder, write_corpus
+
+    from transforms.pack.stage import run_pack
+
+    tokenizer = make_tokenizer_folder(shared_data, tmp_path / "tokenizer", vocab_size=1000)
+    corpus = write_corpus(corpus_rows(shared_data, texts=90, chats=40), tmp_path / "corpus", shards=3)
+    params = {"tokenizer": str(tokenizer), "seq_len": 1024, "template": "tokenizer", "packing": "best_fit", "window": 30,
+              "overflow": {"text": "split", "chat": "reject"}, "pad_to_multiple_of": 64, "eos_token": None, "pad_token": None,
+              "outputs": ["megatron"], "row_group_rows": 8}
+    local = run_pack([corpus], tmp_path / "local", params, StageManifest(stage="pack"), LocalEngine(1))
+    spark = run_pack([corpus], tmp_path / "spark", params, StageManifest(stage="pack"), spark_engine)
+    assert spark.rows_in == local.rows_in and spark.rows_rejected == local.rows_rejected and spark.rows_out == local.rows_out
+    drop = ("cpu_seconds",)
+    assert {k: v for k, v in spark.stats["pack"].items() if k not in drop} == {k: v for k, v in local.stats["pack"].items() if k not in drop}
+    assert len(local.stats["pack"]["shards"]) == 3
+    rejected = [read_kind(tmp_path / engine / "rejected", CORPUS).column("id").to_pylist() for engine in ("spark", "local")]
+    assert rejected[0] == rejected[1] and rejected[0]
+    for name in ("megatron/tokens.bin", "megatron/tokens.idx"):
+        assert (tmp_path / "spark" / name).read_bytes() == (tmp_path / "local" / name).read_bytes()

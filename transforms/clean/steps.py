@@ -20,6 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from schemas import CONVERSATIONS, DOCUMENTS, ROLES, conform, conversation_text
+from schemas.records import loads_meta
 
 from . import pii
 from .langid import DEFAULT_MAX_CHARS, LanguageIdentifier
@@ -124,7 +125,10 @@ def add_tags(table: pa.Table, texts: list[str], params: dict, timer: "_Timer | N
         identifier = _identifier(params.get("lid_model"), int(params.get("lid_max_chars", DEFAULT_MAX_CHARS)))
         langs, scores = identifier.predict(texts, batch)
     tags = {"lang": pa.array(langs, pa.string()), "lang_score": pa.array(scores.astype(np.float32))}
-    for name, values in quality_tags(texts, params, rule_seconds).items():
+    quality = quality_tags(texts, params, rule_seconds)
+    if "debris_ratio" in quality and "meta" in table.column_names:
+        quality["debris_ratio"] = _with_replaced_bytes(quality["debris_ratio"], batch, texts, table.column("meta").to_pylist())
+    for name, values in quality.items():
         tags[name] = pa.array(values if values.dtype.kind == "i" else values.astype(np.float32))
     timer.add(rule_seconds)
     if params.get("domain_lexicon") or params.get("domain_model"):
@@ -134,6 +138,24 @@ def add_tags(table: pa.Table, texts: list[str], params: dict, timer: "_Timer | N
     for name, values in tags.items():
         table = _with_column(table, name, values)
     return table
+
+
+def _with_replaced_bytes(debris: np.ndarray, batch: TextBatch, texts: list[str], metas: list) -> np.ndarray:
+    """Debris counted from the bytes decoding replaced (meta `debris_bytes`), not only from what
+    survives: a run of invalid bytes is one U+FFFD in the text, so a file that was mostly
+    undecodable would otherwise read as nearly clean. Each replaced byte beyond its U+FFFD counts
+    as one more debris character."""
+    if not any(meta and "debris_bytes" in meta for meta in metas):
+        return debris
+    replaced = np.array([int(loads_meta(meta).get("debris_bytes") or 0) if meta else 0 for meta in metas], np.float64)
+    marks = np.array([text.count("\ufffd") for text in texts], np.float64)
+    extra = np.maximum(replaced - marks, 0)
+    if not extra.any():
+        return debris
+    visible = batch.visible.astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        adjusted = (np.nan_to_num(debris) * visible + extra) / (visible + extra)
+    return np.where(extra > 0, adjusted, debris)
 
 
 @lru_cache(maxsize=2)

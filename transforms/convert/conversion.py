@@ -1,8 +1,9 @@
 """Conversion of documents into conversations, and the ledger every backend writes through.
 
 `template`: structured entries (herb monographs, terminology) become question-answer pairs, one
-conversation per section, with questions written per section kind. Deterministic: the same entry
-always gives the same conversations. `native`: conversations from dialogue and instruction datasets
+conversation per section, with questions written per section kind, read from the cleaned text
+(numbers repaired or the answer rejected); the sections no template takes stay as the entry's
+text row. Deterministic: the same entry always gives the same conversations. `native`: conversations from dialogue and instruction datasets
 pass through, normalised (turns trimmed, an empty system turn dropped, the configured system
 prompt added where none is). `openai` (transforms/convert/llm): passages become questions and answers
 written by an LLM. A document no backend converts stays as text (format "text" in the corpus).
@@ -14,6 +15,9 @@ from collections import Counter
 import pyarrow as pa
 
 from schemas import CONVERSATIONS, DOCUMENTS, conform, conversation_id, document_id, dumps_meta, loads_meta, nullable_schema
+
+from transforms.ingest.importers.monographs import PROCESSED, entry_text, read_entry_text
+from .numbers import lost_numbers, repair_digits
 
 TEMPLATE_VERSION = "template-2"
 
@@ -51,9 +55,6 @@ def monograph_conversion(meta: dict, text: str) -> dict:
     number is rejected with `lost_number:<fragment>` and its section is neither a question nor
     text. Every other section is either a question and answer or stays in the text row (with
     the name, pinyin and Latin lines), as do answers over MAX_ANSWER_CHARS."""
-    from transforms.ingest.importers.monographs import entry_text, read_entry_text
-    from .numbers import lost_numbers, repair_digits
-
     entry = read_entry_text(text) if text else None
     if entry is None or not (entry["sections"] or entry["description"]):
         entry = _entry_from_meta(meta)  # a document whose text is not an entry's layout
@@ -84,7 +85,7 @@ def monograph_conversion(meta: dict, text: str) -> dict:
     result["to_text"] = sorted(set(entry["sections"]) - done)
     if SOURCE_SECTION not in done and description:
         result["to_text"].insert(0, SOURCE_SECTION)
-    if any(line != "饮片" for b in rest for line in b["lines"]) or SOURCE_SECTION not in done and description:
+    if any(line != PROCESSED for b in rest for line in b["lines"]) or SOURCE_SECTION not in done and description:
         remainder = entry_text(entry, rest, description=SOURCE_SECTION not in done)
         result["text"] = repair_digits(remainder)[0]
     return result

@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-from .base import Imported, document, read_source
+from .base import Imported, document, read_source, replaced_in
 
 # Traditional-character spellings too, for the same layout saved in Big5.
 HEADER_KEYS = {"书名": "book", "書名": "book", "作者": "author", "朝代": "dynasty", "年份": "year"}
@@ -88,7 +88,7 @@ def import_book(path: Path, source: str, category: str, options: dict | None = N
     }
     if not book.chapters:
         text = clean_text(book.front, width)
-        meta = {**meta_base, "chapter": None, "chapter_index": 0, "volume": None}
+        meta = {**meta_base, "chapter": None, "chapter_index": 0, "volume": None, "debris_bytes": replaced_in(text, decoded)}
         record = document(
             text, source, category, title=meta_base["book"], meta=meta,
             reason=None if text else "empty_chapter", fallback_key=(path.name, "0"),
@@ -98,7 +98,8 @@ def import_book(path: Path, source: str, category: str, options: dict | None = N
         return
     for index, chapter in enumerate(book.chapters):
         text = clean_text(chapter.lines, width, chapter.prefix)
-        meta = {**meta_base, "chapter": chapter.title, "chapter_index": index, "volume": chapter.volume}
+        meta = {**meta_base, "chapter": chapter.title, "chapter_index": index, "volume": chapter.volume,
+                "debris_bytes": replaced_in(text, decoded)}
         record = document(
             text, source, category, title=chapter.title, meta=meta,
             reason=None if text else "empty_chapter", fallback_key=(path.name, str(index)),
@@ -119,7 +120,8 @@ def import_text(path: Path, source: str, category: str, options: dict | None = N
     decoded = read_source(path, options)
     lines = LINE_BREAK.split(decoded.text)
     text = clean_text(lines, wrap_width(lines))
-    meta = {"file": path.name, "encoding": decoded.encoding, "replaced_bytes": decoded.replaced_bytes}
+    meta = {"file": path.name, "encoding": decoded.encoding, "replaced_bytes": decoded.replaced_bytes,
+            "debris_bytes": replaced_in(text, decoded)}
     yield document(
         text, source, category, title=options.get("title") or path.stem, url=options.get("url"),
         meta=meta, reason=None if text else "empty_text", fallback_key=(path.name,),

@@ -1,0 +1,267 @@
+"""Tokenize and pack, side by side in one run, on the corpus of a full build, with one tokenizer:
+
+1. ours: `flows run pack` (the command users run; best_fit, window 1000, huatuo template),
+   also on the first corpus shard alone, to show memory does not grow with the corpus;
+2. HuatuoGPT-II's released approach: benchmarks/pack_huatuo_reference.py (per-item encode,
+   Python list concatenation, greedy packing in batches of 256, datasets.from_dict);
+3. Hugging Face `datasets.map` with batched fast-tokenizer calls (`encode_batch`), then a
+   batched greedy packing map, saved with save_to_disk.
+
+Each runs as its own process; measured: wall seconds, CPU seconds of the process tree (every
+core), tokens (not padding) per CPU second = tokens per second per core, peak resident memory of
+the process tree (sampled every 0.1 s), padding share at seq_len. The tokenizer is a byte-level
+BPE (32k) trained here on the corpus's own text (no hub), saved in WORKDIR/tokenizer/.
+
+    python benchmarks/pack.py [--corpus /work/before/build/corpus] [--workdir /tmp/pack-bench] [--shards N]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+IGNORE = -100
+
+
+# -- measuring a process tree -----------------------------------------------------------------
+
+
+def _tree_rss(root: int) -> int:
+    """Resident bytes of `root` and all its descendants, from /proc."""
+    children: dict[int, list[int]] = {}
+    rss: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as handle:
+                fields = handle.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        pid, ppid = int(entry), int(fields[1])
+        children.setdefault(ppid, []).append(pid)
+        rss[pid] = int(fields[21]) * os.sysconf("SC_PAGE_SIZE")
+    total, stack = 0, [root]
+    while stack:
+        pid = stack.pop()
+        total += rss.get(pid, 0)
+        stack.extend(children.get(pid, []))
+    return total
+
+
+def measure(command: list[str], env: dict | None = None) -> dict:
+    """Run `command`; wall seconds and the peak RSS of its process tree."""
+    started = time.perf_counter()
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})}, cwd=REPO)
+    peak = [0]
+    done = threading.Event()
+
+    def sample():
+        while not done.is_set():
+            peak[0] = max(peak[0], _tree_rss(process.pid))
+            done.wait(0.1)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    stdout, stderr = process.communicate()
+    done.set()
+    sampler.join()
+    wall = time.perf_counter() - started
+    if process.returncode != 0:
+        raise SystemExit(f"{command[:4]} failed ({process.returncode}):\n{stderr[-3000:]}")
+    return {"wall": wall, "peak_rss": peak[0], "stdout": stdout, "stderr": stderr}
+
+
+def run(command: list[str], env: dict | None = None) -> dict:
+    """`measure`, plus the CPU seconds of the run (its waited-for descendants included)."""
+    import resource
+
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    result = measure(command, env)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    result["cpu"] = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return result
+
+
+# -- the datasets.map method ------------------------------------------------------------------
+
+
+def datasets_map(corpus: str, tokenizer_path: str, output: str, seq_len: int, shards: int) -> None:
+    """Tokenize with `datasets.map(batched=True)` and the fast tokenizer's batch call, rendering
+    the huatuo turns as our stage does; pack greedily per map batch; save_to_disk."""
+    import datasets
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(tokenizer_path)
+    eos = tokenizer.token_to_id("<|endoftext|>")
+    files = sorted(str(p) for p in Path(corpus).glob("part-*.parquet"))
+    files = files[:shards] if shards else files
+    cache = Path(output + ".cache")
+    dataset = datasets.Dataset.from_parquet(files, cache_dir=str(cache), columns=["format", "text", "messages"])
+
+    def tokenize(batch):
+        segments, owners = [], []  # (text, trained) per row
+        for row, (fmt, text, messages) in enumerate(zip(batch["format"], batch["text"], batch["messages"])):
+            if fmt != "chat":
+                segments.append((text, True, True))
+                owners.append(row)
+                continue
+            pending, started = "", False
+            for m in messages:
+                if m["role"] == "system":
+                    pending += m["content"] + "\n"
+                elif m["role"] == "user":
+                    pending += ("\n" if started else "") + "<问>：" + m["content"]
+                    started = True
+                else:
+                    pending += ("\n" if started else "") + "<答>："
+                    segments += [(pending, False, False), (m["content"], True, True)]
+                    owners += [row, row]
+                    pending, started = "", True
+        encoded = tokenizer.encode_batch([s[0] for s in segments], add_special_tokens=False)
+        ids = [[] for _ in batch["format"]]
+        labels = [[] for _ in batch["format"]]
+        for (text, trained, eos_after), encoding, row in zip(segments, encoded, owners):
+            ids[row] += encoding.ids
+            labels[row] += encoding.ids if trained else [IGNORE] * len(encoding.ids)
+            if eos_after:
+                ids[row].append(eos)
+                labels[row].append(eos)
+        return {"input_ids": [i[:seq_len] for i in ids], "labels": [lab[:seq_len] for lab in labels]}
+
+    def pack(batch):
+        out_ids, out_labels, cur_ids, cur_labels = [], [], [], []
+        for ids, labels in zip(batch["input_ids"], batch["labels"]):
+            if len(cur_ids) + len(ids) > seq_len and cur_ids:
+                pad = seq_len - len(cur_ids)
+                out_ids.append(cur_ids + [eos] * pad)
+                out_labels.append(cur_labels + [IGNORE] * pad)
+                cur_ids, cur_labels = [], []
+            cur_ids = cur_ids + ids
+            cur_labels = cur_labels + labels
+        if cur_ids:
+            pad = seq_len - len(cur_ids)
+            out_ids.append(cur_ids + [eos] * pad)
+            out_labels.append(cur_labels + [IGNORE] * pad)
+        return {"input_ids": out_ids, "labels": out_labels}
+
+    tokenized = dataset.map(tokenize, batched=True, batch_size=1000, remove_columns=dataset.column_names)
+    tokens = sum(len(ids) for part in tokenized.iter(batch_size=10_000) for ids in part["input_ids"])
+    packed = tokenized.map(pack, batched=True, batch_size=1000, remove_columns=tokenized.column_names)
+    packed.save_to_disk(output)
+    shutil.rmtree(cache, ignore_errors=True)
+    capacity = packed.num_rows * seq_len
+    print(json.dumps({"items": dataset.num_rows, "sequences": packed.num_rows, "tokens": tokens, "padding_share": round(1 - tokens / capacity, 6)}))
+
+
+# -- the run ----------------------------------------------------------------------------------
+
+
+def make_tokenizer(corpus: Path, folder: Path, vocab: int) -> Path:
+    if (folder / "tokenizer.json").is_file():
+        return folder
+    import pyarrow.parquet as pq
+
+    sys.path.insert(0, str(REPO))
+    from transforms.pack.tokenizer import train_bpe_tokenizer
+
+    table = pq.read_table(sorted(corpus.glob("part-*.parquet"))[0], columns=["text", "messages"]).slice(0, 12000)
+    texts = [t for t in table.column("text").to_pylist() if t]
+    texts += [m["content"] for ms in table.column("messages").to_pylist() if ms for m in ms]
+    folder.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    train_bpe_tokenizer(texts, vocab).save(str(folder / "tokenizer.json"))
+    (folder / "tokenizer_config.json").write_text(json.dumps({"eos_token": "<|endoftext|>", "pad_token": "<|endoftext|>"}), encoding="utf-8")
+    print(f"tokenizer: byte-level BPE, {vocab} tokens, trained on {len(texts)} texts of the corpus in {time.perf_counter() - started:.1f} s")
+    return folder
+
+
+def corpus_subset(corpus: Path, shards: int, folder: Path) -> Path:
+    if not shards:
+        return corpus
+    folder.mkdir(parents=True, exist_ok=True)
+    for file in sorted(corpus.glob("part-*.parquet"))[:shards]:
+        link = folder / file.name
+        if not link.exists():
+            link.symlink_to(file)
+    return folder
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--corpus", default="/work/before/build/corpus")
+    parser.add_argument("--workdir", default="/tmp/pack-bench")
+    parser.add_argument("--vocab", type=int, default=32000)
+    parser.add_argument("--seq-len", type=int, default=4096)
+    parser.add_argument("--shards", type=int, default=0, help="only the first N corpus shards (0: all)")
+    parser.add_argument("--methods", default="ours,huatuo,datasets")
+    parser.add_argument("--datasets-map", nargs=3, metavar=("CORPUS", "TOKENIZER", "OUT"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.datasets_map:
+        datasets_map(*args.datasets_map, args.seq_len, args.shards)
+        return
+    corpus = Path(args.corpus)
+    work = Path(args.workdir)
+    work.mkdir(parents=True, exist_ok=True)
+    tokenizer = make_tokenizer(corpus, work / "tokenizer", args.vocab)
+    subset = corpus_subset(corpus, args.shards, work / "corpus")
+    n_shards = len(list(subset.glob("part-*.parquet")))
+    # A busy machine starts Prefect's temporary server slowly: give it time rather than fail.
+    env = {"PYTHONPATH": str(REPO), "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_HOME": str(work / "prefect"),
+           "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "300")}
+    results = {}
+    methods = args.methods.split(",")
+
+    def ours(name: str, corpus_dir: Path) -> None:
+        out = work / ("out-ours-" + corpus_dir.name)
+        shutil.rmtree(out, ignore_errors=True)
+        config = work / "pack.toml"
+        config.write_text(f'[pack]\ntokenizer = "{tokenizer}"\nseq_len = {args.seq_len}\ntemplate = "huatuo"\npacking = "best_fit"\nwindow = 1000\n\n[engine]\nworkers = 2\n', encoding="utf-8")
+        result = run([sys.executable, "-m", "flows", "run", "pack", "--input", str(corpus_dir), "--output", str(out), "--config", str(config)], env)
+        figures = json.loads((out / "_manifest.json").read_text(encoding="utf-8"))["stats"]["pack"]
+        result.update(tokens=figures["tokens"], sequences=figures["sequences"], padding=figures["padding_share"], items=figures["items"],
+                      stage_cpu=figures["cpu_seconds"], trained=figures["trained_tokens"])
+        results[name] = result
+
+    if "ours" in methods:
+        ours("flows run pack (best_fit)", subset)
+        if n_shards > 1:
+            ours("flows run pack, 1st shard only", corpus_subset(corpus, 1, work / "corpus-1"))
+    if "huatuo" in methods:
+        out = work / "out-huatuo"
+        shutil.rmtree(out, ignore_errors=True)
+        result = run([sys.executable, str(REPO / "benchmarks/pack_huatuo_reference.py"), str(subset), str(tokenizer / "tokenizer.json"), str(out), "--max-seq-len", str(args.seq_len)], env)
+        figures = json.loads(result["stdout"].strip().splitlines()[-1])
+        result.update(tokens=figures["tokens"], sequences=figures["sequences"], padding=figures["padding_share"], items=figures["items"])
+        results["HuatuoGPT-II reference (per-item encode)"] = result
+    if "datasets" in methods:
+        out = work / "out-datasets"
+        shutil.rmtree(out, ignore_errors=True)
+        result = run([sys.executable, __file__, "--seq-len", str(args.seq_len), "--datasets-map", str(subset), str(tokenizer / "tokenizer.json"), str(out)], env)
+        figures = json.loads(result["stdout"].strip().splitlines()[-1])
+        result.update(tokens=figures["tokens"], sequences=figures["sequences"], padding=figures["padding_share"], items=figures["items"])
+        results["datasets.map (batched encode_batch)"] = result
+
+    print(f"\ncorpus: {corpus} ({n_shards} shard(s)); seq_len {args.seq_len}; {os.cpu_count()} cores; load average {os.getloadavg()[0]:.1f}")
+    print(f"{'method':<44} {'wall s':>7} {'CPU s':>7} {'tokens':>11} {'tok/s/core':>10} {'peak MB':>8} {'seqs':>6} {'padding':>8}")
+    for name, r in results.items():
+        print(f"{name:<44} {r['wall']:>7.1f} {r['cpu']:>7.1f} {r['tokens']:>11,} {r['tokens'] / r['cpu']:>10,.0f} {r['peak_rss'] / 2**20:>8.0f} {r['sequences']:>6,} {r['padding']:>8.2%}")
+    mine = results.get("flows run pack (best_fit)")
+    if mine:
+        print(f"\nours inside the stage (no Prefect start-up): {mine['stage_cpu']:.1f} CPU s, {mine['tokens'] / mine['stage_cpu']:,.0f} tokens/s/core; "
+              f"{mine['trained']:,} trained tokens; {mine['items']:,} items")
+        others = [r["tokens"] / r["cpu"] for n, r in results.items() if not n.startswith("flows")]
+        if others:
+            print(f"ours / faster reference, tokens per second per core: {mine['tokens'] / mine['cpu'] / max(others):.2f}x (whole command), "
+                  f"{mine['tokens'] / mine['stage_cpu'] / max(others):.2f}x (stage)")
+
+
+if __name__ == "__main__":
+    main()
