@@ -60,6 +60,8 @@ def read_source(path: Path, options: dict | None = None) -> Decoded:
     options = options or {}
     try:
         decoded = read_text(path, options.get("encoding"))
+    except UnicodeError as exc:  # a byte-order mark that lies about the bytes after it
+        raise SourceError(f"{path}: cannot be decoded as {exc.encoding} ({exc.reason})") from None
     except (OSError, LookupError) as exc:
         raise SourceError(f"{path}: cannot read ({exc})") from exc
     report = options.get("report")
