@@ -1,6 +1,7 @@
 """`flows`: run the corpus build or any one stage from a shell.
 
     flows list
+    flows run FLOW --help     the flow's arguments and its config sections with their defaults
     flows run build-corpus [--config FILE] [--workdir DIR] [--engine local|spark]
     flows run refresh [--config FILE] [--workdir DIR] [--engine local|spark]
     flows run crawl|ingest [--config FILE] --output DIR
@@ -10,8 +11,10 @@
     flows lexicon build --from PATH [PATH ...] --output LEXICON [--no-seed]
     flows serve [--config FILE] [--workdir DIR] [--limit N]
 
-Errors a user can fix (a bad config, a missing input, an unreadable file) are one line on
-stderr: exit code 2 for configuration and arguments, 1 for a failed run.
+A stage run without --config uses the library's defaults; build-corpus, refresh and serve use
+the embedded sample build. Errors a user can fix (a bad config, a missing input, an unreadable
+or unsupported file, a source whose every row was rejected) are one line on stderr: exit code 2
+for configuration, arguments and inputs, 1 for a failed run.
 """
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ import json
 import os
 import shutil
 import sys
+from pathlib import Path
 
 from .runtime import prepare_environment
 
@@ -35,21 +39,37 @@ class UsageError(Exception):
     pass
 
 
+# What each flow takes besides --config and --json: build-corpus and refresh a work folder,
+# crawl and ingest an output (ingest: crawled pages as --input too), the rest --input/--output.
+FLOW_ARGUMENTS = {
+    "build-corpus": ("workdir", "engine"),
+    "refresh": ("workdir", "engine"),
+    "crawl": ("output", "recrawl"),
+    "ingest": ("output", "pages"),
+    "clean": ("input", "output", "engine", "dry_run"),
+    "select": ("input", "output", "engine", "dry_run"),
+    "dedup": ("input", "output", "engine"),
+    "decontaminate": ("input", "output", "engine"),
+    "convert": ("input", "output", "engine"),
+    "sample": ("input", "output", "engine"),
+    "validate": ("input", "output", "engine"),
+    "export": ("input", "output", "format"),
+    "pack": ("input", "output", "engine"),
+    TRAIN_DOMAIN: ("model",),
+}
+# Every flow's namespace has every attribute; a flow that does not take one gets this value.
+ARGUMENT_DEFAULTS = {"input": [], "output": None, "workdir": "tcm-corpus-build", "recrawl": False, "engine": None,
+                     "format": None, "dry_run": False}
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="flows", description="Build an instruction corpus from Traditional Chinese Medicine text.")
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("list", help="name the flows and what each does")
-    run = commands.add_parser("run", help="run build-corpus or one stage")
-    run.add_argument("flow", choices=("build-corpus", *STAGES), metavar="FLOW", help="build-corpus or a stage: " + ", ".join(STAGES))
-    run.add_argument("--config", help="build config (TOML); default: the embedded sample build")
-    run.add_argument("--input", action="append", default=[], help="input dataset folder (repeatable)")
-    run.add_argument("--output", help="output dataset folder")
-    run.add_argument("--workdir", default="tcm-corpus-build", help="build-corpus, refresh: where stages and shards go")
-    run.add_argument("--recrawl", action="store_true", help="crawl: fetch a finished crawl again, asking the sites only for changes")
-    run.add_argument("--engine", choices=("local", "spark"), help="override [engine] kind")
-    run.add_argument("--format", action="append", choices=("sharegpt", "alpaca", "jsonl"), help="export: format (repeatable)")
-    run.add_argument("--json", action="store_true", help="print the result as JSON")
-    run.add_argument("--dry-run", action="store_true", help="clean, select: report what selection would remove, write nothing")
+    run = commands.add_parser("run", help="run build-corpus or one stage", description="Run build-corpus or one stage. `flows run FLOW --help` shows the flow's arguments and the config sections it reads, with their defaults.")
+    flows = run.add_subparsers(dest="flow", required=True, metavar="FLOW", help="build-corpus or a stage: " + ", ".join(STAGES))
+    for name in ("build-corpus", *STAGES):
+        _flow_parser(flows, name)
     lexicon = commands.add_parser("lexicon", help="build the TCM lexicon from reference files")
     lexicon.add_argument("action", choices=("build",))
     lexicon.add_argument("--from", dest="sources", action="extend", nargs="+", required=True, metavar="PATH",
@@ -60,6 +80,48 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", help="build config (TOML); default: the embedded sample build")
     serve.add_argument("--workdir", help="where deployed runs build; default: [operations] workdir, else ./tcm-corpus-build")
     serve.add_argument("--limit", type=int, help="at most this many flow runs at once")
+    return parser
+
+
+def _flow_parser(flows, name: str) -> argparse.ArgumentParser:
+    """`flows run NAME`: its own arguments, and in its help the config sections it reads."""
+    from .config import FLOW_SECTIONS, describe_section
+    from .pipeline_info import FLOWS
+
+    takes = FLOW_ARGUMENTS[name]
+    sections = FLOW_SECTIONS[name]
+    if name in WORKDIR_FLOWS:
+        shown = "\n".join(f"  [{s}]" if s != "sources" else "  [[sources]]" for s in sections)
+        epilog = f"config sections read (`flows run STAGE --help` shows each with its defaults):\n{shown}"
+    else:
+        epilog = "config sections read, with the library's defaults (what runs without --config):\n\n" + "\n\n".join(
+            describe_section(s) for s in sections)
+    parser = flows.add_parser(name, help=FLOWS[name], description=FLOWS[name], epilog=epilog,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    default_config = "the embedded sample build" if name in WORKDIR_FLOWS else "the library's defaults (no sources)"
+    parser.add_argument("--config", help=f"build config (TOML); default: {default_config}")
+    if "input" in takes:
+        parser.add_argument("--input", action="append", default=[],
+                            help="input dataset folder (repeatable; a plain folder of Parquet files is read as one kind)")
+    if "pages" in takes:
+        parser.add_argument("--input", action="append", default=[], help="crawled pages dataset to extract documents from (repeatable)")
+    if "output" in takes:
+        parser.add_argument("--output", help="output dataset folder (a relative path is relative to the current folder)")
+    if "model" in takes:
+        parser.add_argument("--output", help="model file to write; default: [train_domain] model")
+    if "workdir" in takes:
+        parser.add_argument("--workdir", default="tcm-corpus-build", help="where stages and shards go (default: ./tcm-corpus-build)")
+    if "recrawl" in takes:
+        parser.add_argument("--recrawl", action="store_true", help="fetch a finished crawl again, asking the sites only for changes")
+    if "engine" in takes:
+        parser.add_argument("--engine", choices=("local", "spark"), help="override [engine] kind")
+    if "format" in takes:
+        parser.add_argument("--format", action="append", choices=("sharegpt", "alpaca", "jsonl"), help="format (repeatable); default: [export] formats")
+    if "dry_run" in takes:
+        parser.add_argument("--dry-run", action="store_true", help="report what selection would remove, write nothing")
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    present = {action.dest for action in parser._actions}
+    parser.set_defaults(**{key: value for key, value in ARGUMENT_DEFAULTS.items() if key not in present})
     return parser
 
 
@@ -95,8 +157,14 @@ def _preflight(args, config) -> None:
             check_input(path)
         except DatasetError as exc:
             raise UsageError(str(exc)) from None
+    if args.flow == "ingest" and not args.input and not any(s.kind in ("files", "dataset") for s in config.sources):
+        raise UsageError("ingest needs a config with files or dataset [[sources]] (--config FILE), or crawled pages (--input DIR)")
+    if args.flow == "crawl" and not any(s.kind == "crawl" for s in config.sources):
+        raise UsageError("crawl needs a config with crawl [[sources]] (--config FILE)")
     if args.flow in (*WORKDIR_FLOWS, "ingest"):
         _check_sources(config)
+    if args.flow == "decontaminate" and not config.decontaminate.benchmarks:
+        print("flows: note: [decontaminate] benchmarks is empty, so no row is checked for evaluation items", file=sys.stderr)
     if args.flow == "pack" or (args.flow == "build-corpus" and config.pack.tokenizer is not None):
         _check_pack(config.pack)
 
@@ -131,7 +199,7 @@ def _check_llm(convert) -> None:
 
 
 def _check_sources(config) -> None:
-    from transforms.ingest.importers import list_files
+    from transforms.ingest.importers import SourceError, check_file, scan_source
 
     for source in config.sources:
         if source.kind == "crawl":
@@ -140,12 +208,17 @@ def _check_sources(config) -> None:
             continue
         if not source.path.exists():
             raise UsageError(f"source {source.name}: path {source.path} does not exist")
-        files = list_files(source.path, source.format)
+        files, skipped = scan_source(source.path, source.format)
         if not files:
-            raise UsageError(f"source {source.name}: no {source.format} files at {source.path}")
+            seen = f" (skipped: {', '.join(Path(e['path']).name + ' ' + e['reason'] for e in skipped[:5])})" if skipped else ""
+            raise UsageError(f"source {source.name}: no {source.format} files at {source.path}{seen}")
         for file in files:
             if not os.access(file, os.R_OK):
                 raise UsageError(f"source {source.name}: file {file} cannot be read (permission denied)")
+            try:
+                check_file(file, source.format)
+            except SourceError as exc:
+                raise UsageError(f"source {source.name}: {exc}") from None
     for path in config.decontaminate.benchmarks:
         if not path.is_file():
             raise UsageError(f"decontaminate.benchmarks: {path} does not exist")
@@ -192,6 +265,8 @@ def _print_result(flow: str, result: dict) -> None:
         )
         note = " [skipped: already done]" if summary.get("skipped") else ""
         print(f"{name:>14}: {ledger or '-'}{note}")
+        for entry in (summary.get("stats") or {}).get("skipped_files", []):
+            print(f"{'':>14}  source {entry['source']}: skipped {entry['path']} ({entry['reason']})")
     if "produced" in result:
         from .summary import as_text
 
@@ -220,8 +295,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "lexicon":
         return _lexicon(args)
     prepare_environment()
-    from .config import ConfigError, load_config
+    from .config import ConfigError, load_config, sample_config_path
 
+    if args.config is None and (args.command == "serve" or args.flow in WORKDIR_FLOWS):
+        args.config = sample_config_path()
     try:
         config = load_config(args.config)
         if args.command == "serve":
@@ -235,8 +312,13 @@ def main(argv: list[str] | None = None) -> int:
 
         enable_terminal()
     known = _known_failures()
+    from transforms.ingest.importers import SourceRejected
+
     try:
         result = _run(args)
+    except SourceRejected as exc:
+        print(f"flows: error: {exc}", file=sys.stderr)
+        return 2
     except known as exc:
         print(f"flows: error: {exc}", file=sys.stderr)
         return 1

@@ -6,7 +6,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, computed_field, field_validator, model_validator
 
 from schemas import CATEGORIES
 
@@ -29,7 +29,13 @@ class SourceConfig(Section):
     # files / dataset
     path: Optional[Path] = None
     format: Optional[Literal["book", "text", "monograph", "terms", "instructions"]] = None
+    # "auto": a BOM, else UTF-8, else GB18030 or Big5 (per line where a file mixes UTF-8 and GBK);
+    # or a codec name ("gbk", "big5", "utf-16") that every file of the source is read with.
     encoding: str = "auto"
+    # instructions: the file's own field names for the shape names, {question = "问题", answer = "回答"}.
+    fields: dict[str, str] = {}
+    # A source whose every row is rejected stops the command (exit 2) unless this is set.
+    allow_all_rejected: bool = False
     # crawl
     start_urls: list[str] = []
     # Sitemaps (XML, gzipped XML, sitemap indexes, or a robots.txt naming them) whose pages seed the crawl.
@@ -54,6 +60,19 @@ class SourceConfig(Section):
                 raise ValueError(f"a {self.kind} source needs a path")
             if self.format is None:
                 self.format = "instructions" if self.kind == "dataset" else "book"
+            if self.fields:
+                if self.format != "instructions":
+                    raise ValueError("fields maps record fields: it needs format = \"instructions\"")
+                from transforms.ingest.importers.instructions import field_map
+
+                field_map(self.fields)
+            if self.encoding not in ("auto", ""):
+                import codecs
+
+                try:
+                    codecs.lookup(self.encoding)
+                except LookupError:
+                    raise ValueError(f"unknown encoding {self.encoding!r} (use \"auto\" or a codec name such as \"gbk\")") from None
         return self
 
 
@@ -90,10 +109,22 @@ class PiiConfig(Section):
 class CleanConfig(Section):
     """Normalisation, redaction and tagging; what is removed for quality is decided in [select]."""
 
-    opencc: Optional[Literal["t2s", "tw2s", "hk2s"]] = "t2s"
+    # OpenCC converts only text (lines) detected as traditional: "auto" detects the variant,
+    # t2s / tw2s / hk2s fix it; simplified text passes unchanged (transforms/clean/simplify.py).
+    opencc: Optional[Literal["auto", "t2s", "tw2s", "hk2s"]] = "auto"
+    # Extra OpenCC phrase dictionaries (`traditional<TAB>simplified[<TAB>why]` a line), after the
+    # shipped transforms/resources/opencc_phrases.tsv.
+    opencc_phrases: list[Path] = []
+    # Source damage repair (transforms/clean/repair.py) for documents of these categories: corrections
+    # from transforms/resources/corrections.tsv (plus `repair_corrections`, same format) and lost
+    # glyphs filled where the lexicon (shipped seed + `repair_lexicon`, a `flows lexicon build`
+    # file) admits one completion; every document gets a `lost_glyphs` count.
+    repair: bool = True
+    repair_categories: list[str] = ["books"]
+    repair_lexicon: Optional[Path] = None
+    repair_corrections: Optional[Path] = None
     # NFKC folds compatibility forms; full-width CJK punctuation is kept as the text wrote it.
     unicode_form: Literal["NFKC", "NFC", "none"] = "NFKC"
-    min_chars: int = Field(20, ge=0)
     min_turn_chars: int = Field(1, ge=0)
     pii: PiiConfig = PiiConfig()
     # fastText language-ID model; default: lid.176.ftz bundled in the package.
@@ -107,6 +138,26 @@ class CleanConfig(Section):
     domain_lexicon: Optional[Path] = None
     domain_model: Optional[Path] = None
 
+    @model_validator(mode="before")
+    @classmethod
+    def _moved_keys(cls, data):
+        if isinstance(data, dict) and "min_chars" in data:
+            raise ValueError("min_chars is a [select] rule now (it counts an entry's body, not its title): move it to [select]")
+        return data
+
+    @computed_field  # in the config hash: a new shipped table re-runs clean
+    @property
+    def tables(self) -> dict[str, str]:
+        from transforms.clean.repair import table_versions
+        from transforms.clean.simplify import PHRASES_FILE, phrases_version
+
+        return {**table_versions(), PHRASES_FILE: phrases_version()}
+
+
+# A text with more than 1% of its characters lost (「□」 runs of a lacunose manuscript, unfilled
+# blanks) is rejected; fewer are kept with their count (see docs/ARCHITECTURE.md, Cleaning).
+LOST_GLYPHS_DEFAULT = 10.0
+
 
 class SelectConfig(Section):
     """Thresholds on the tags written by clean; None turns a rule off. Defaults keep the classical
@@ -114,6 +165,11 @@ class SelectConfig(Section):
 
     languages: list[str] = ["zh"]
     min_lang_score: Optional[float] = Field(0.5, ge=0, le=1)
+    # Characters of a text's body (after its title line; spaces and cross-references not
+    # counted): a whole short entry (a titled body that ends a sentence, a recipe list, white
+    # text) needs min_entry_chars, anything else (fragments, cross-references, untitled) min_chars.
+    min_chars: Optional[int] = Field(20, ge=0)
+    min_entry_chars: Optional[int] = Field(3, ge=0)
     max_chars: Optional[int] = Field(None, ge=1)
     min_han_chars: Optional[int] = Field(None, ge=0)
     min_han_ratio: Optional[float] = Field(0.3, ge=0, le=1)
@@ -127,10 +183,16 @@ class SelectConfig(Section):
     max_ellipsis_ratio: Optional[float] = Field(0.3, ge=0, le=1)
     max_flagged_per_kchar: Optional[float] = Field(3.0, ge=0)
     max_debris_ratio: Optional[float] = Field(0.1, ge=0, le=1)
+    # Lost glyphs clean could not fill (「□」, ambiguous blanks) per 1,000 characters.
+    max_lost_glyphs_per_kchar: Optional[float] = Field(LOST_GLYPHS_DEFAULT, ge=0)
     min_domain_lexicon: Optional[float] = Field(None, ge=0)
     min_domain_score: Optional[float] = Field(None, ge=0, le=1)
     # Rules to turn off by key (TOML has no null): disable = ["min_punct_line_ratio"].
     disable: list[str] = []
+    # A prompt that conversations passing the rules answer in two or more different ways (in
+    # match form): drop every such row (one question, one answer), or keep them all. Counted in
+    # the manifest's stats.conflicting_answers either way, listed in the corpus report.
+    conflicting_answers: Literal["drop", "keep"] = "drop"
 
     @field_validator("disable")
     @classmethod
@@ -160,10 +222,13 @@ class DedupConfig(Section):
     method: Literal["exact", "minhash"] = "minhash"
     # Which copy of a cluster survives: criteria in order, the input order breaking ties.
     keep: list[Literal["quality", "longest", "source", "first"]] = ["quality", "longest", "source"]
-    quality_column: str = "quality_score"
+    # Unset: the keep rule's `quality` is computed from clean's tags (transforms/dedup.quality_key);
+    # a column name reads that column instead (higher is better).
+    quality_column: Optional[str] = None
     # Sources in order of preference for the `source` criterion; unlisted sources come last.
     source_priority: list[str] = []
-    # Estimated Jaccard similarity of character n-gram shingles from which two rows are one.
+    # Jaccard similarity of character n-gram shingle sets from which two rows are one: LSH on the
+    # MinHash signatures proposes pairs, the exact Jaccard of their shingle sets decides.
     threshold: float = Field(0.8, gt=0, lt=1)
     num_perm: int = Field(128, ge=16, le=1024)
     ngram: int = Field(5, ge=1, le=32)
@@ -188,6 +253,12 @@ class DecontaminateConfig(Section):
     # Share of a question's own n-grams needed when it is matched without its options: higher,
     # because exam stems paraphrase classical clauses that books hold.
     question_overlap: float = Field(0.9, gt=0, le=1)
+    # Share of the n-grams of an item's quoted words (else its stem) that, with the right option
+    # within answer_window characters of them, make a row cite the item with its answer: such rows
+    # are flagged in the `contamination` column and reported, never removed.
+    cite_overlap: float = Field(0.6, gt=0, le=1)
+    answer_window: int = Field(64, ge=0)
+    # remove: rows holding an item are rejected; flag: kept, named in the `contamination` column.
     action: Literal["remove", "flag"] = "remove"
     # Items shorter than this, question, options and answer together in match form, are not indexed.
     min_question_chars: int = Field(8, ge=1)
@@ -575,12 +646,20 @@ def parse_config(text: str, base: Path, origin: str = "config") -> BuildConfig:
     return _resolve_paths(config, base)
 
 
+def sample_config_path() -> str:
+    """The embedded sample build's config file (books, monographs, dialogues and a small site
+    that ship in the package): what `build-corpus`, `refresh` and `serve` use without --config."""
+    sample = resources.files("flows.sample") / SAMPLE_CONFIG
+    with resources.as_file(sample) as sample_path:
+        return str(sample_path)
+
+
 def load_config(path: str | Path | None = None) -> BuildConfig:
-    """Load a build config; with no path, the embedded sample build that ships in the package."""
+    """Load a build config; with no path, the library's defaults (no sources, every section at
+    its default), so a stage run on a user's data never borrows the sample build's settings.
+    The sample build is `load_config(sample_config_path())`."""
     if path is None:
-        sample = resources.files("flows.sample") / SAMPLE_CONFIG
-        with resources.as_file(sample) as sample_path:
-            return parse_config(sample_path.read_text(encoding="utf-8"), sample_path.parent, str(sample_path))
+        return BuildConfig()
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist")
@@ -589,3 +668,79 @@ def load_config(path: str | Path | None = None) -> BuildConfig:
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"config file {path} cannot be read ({exc})") from None
     return parse_config(text, path.resolve().parent, str(path))
+
+
+# -- help: a section's keys with their defaults, as TOML -----------------------------------------
+
+# The config sections each flow reads, for `flows run FLOW --help`.
+FLOW_SECTIONS = {
+    "build-corpus": ("sources", "crawl", "clean", "select", "dedup", "decontaminate", "convert", "sample", "validate", "export", "pack", "engine"),
+    "refresh": ("sources", "crawl", "clean", "dedup", "engine"),
+    "crawl": ("sources", "crawl"),
+    "ingest": ("sources",),
+    "clean": ("clean", "engine"),
+    "select": ("select", "engine"),
+    "dedup": ("dedup", "engine"),
+    "decontaminate": ("decontaminate", "engine"),
+    "convert": ("convert",),
+    "sample": ("sample", "engine"),
+    "validate": ("validate",),
+    "export": ("export",),
+    "pack": ("pack",),
+    "train-domain-classifier": ("train_domain",),
+}
+
+
+def describe_section(name: str) -> str:
+    """The section `name` of a config file with every key at its library default, as TOML; an
+    unset optional key is shown commented out. `sources` shows one files/dataset source."""
+    if name == "sources":
+        lines = ["[[sources]]            # one per source; kind = files | dataset | crawl"]
+        for key, field in SourceConfig.model_fields.items():
+            if key in ("start_urls", "sitemap_urls", "allowed_domains", "allow", "deny", "max_depth", "max_pages", "site_dir", "extract"):
+                continue
+            example = {"name": '"my-source"', "kind": '"dataset"', "category": '"sft"  # web | literature | encyclopedia | books | sft',
+                       "path": '"data/qa.jsonl"  # a file or a folder, relative to the config file',
+                       "format": '"instructions"  # book | text | monograph | terms | instructions (default: instructions for dataset, book for files)',
+                       "encoding": '"auto"  # BOM, else UTF-8, else GB18030/Big5 (per line for UTF-8/GBK mixtures); or a codec name: "gbk"',
+                       "fields": '{}  # instructions: shape name = the file\'s field, {question = "问题", answer = "回答"}',
+                       "allow_all_rejected": 'false  # true: a source whose every row is rejected does not stop the command'}
+            lines.append(f"{key} = {example[key]}" if key in example else f"{key} = {_toml_value(field.get_default(call_default_factory=True))}")
+        lines.append("# crawl sources: start_urls, sitemap_urls, allowed_domains, allow, deny, max_depth, max_pages, site_dir, extract")
+        return "\n".join(lines)
+    model = BuildConfig.model_fields["validate_" if name == "validate" else name].get_default(call_default_factory=True)
+    return "\n".join(_section_lines(name, model))
+
+
+def _section_lines(prefix: str, model: BaseModel) -> list[str]:
+    lines, nested = [f"[{prefix}]"], []
+    for key in type(model).model_fields:
+        value = getattr(model, key)
+        if isinstance(value, BaseModel):
+            nested.append((f"{prefix}.{key}", value))
+        elif isinstance(value, dict) and value and all(isinstance(v, BaseModel) for v in value.values()):
+            for sub, item in value.items():
+                nested.append((f"{prefix}.{key}.{sub}", item))
+        elif value is None:
+            lines.append(f"# {key} = (unset)")
+        else:
+            lines.append(f"{key} = {_toml_value(value)}")
+    for sub_prefix, sub_model in nested:
+        lines += [""] + _section_lines(sub_prefix, sub_model)
+    return lines
+
+
+def _toml_value(value) -> str:
+    import json
+
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, Path):
+        return json.dumps(str(value))
+    if isinstance(value, BaseModel):
+        value = value.model_dump(mode="json")
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return json.dumps(value, ensure_ascii=False)

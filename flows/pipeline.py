@@ -20,7 +20,7 @@ from schemas.dataset import StageManifest, check_input, fingerprint, hash_config
 from transforms import stages
 from transforms.engines.local import LocalEngine
 
-from .config import BuildConfig, ConfigError, TaskControl, load_config
+from .config import BuildConfig, ConfigError, TaskControl, load_config, sample_config_path
 from .domain import train_domain_classifier_flow  # noqa: F401 - a flow of this module's CLI
 from .pipeline_info import FLOWS
 from .summary import as_markdown, as_text, produced
@@ -210,11 +210,12 @@ def ingest_flow(output: str, config: Optional[str] = None, inputs: Optional[list
     sources = [s for s in cfg.sources if s.kind in ("files", "dataset")]
     pages = _inputs(inputs or [])
     source_dicts = [
-        {"name": s.name, "category": s.category, "path": str(s.path), "format": s.format, "encoding": s.encoding}
+        {"name": s.name, "category": s.category, "path": str(s.path), "format": s.format, "encoding": s.encoding,
+         "fields": s.fields, "allow_all_rejected": s.allow_all_rejected}
         for s in sources
     ]
     params = {
-        "min_chars": cfg.clean.min_chars,
+        "min_chars": cfg.select.min_chars or 0,
         "batch_rows": cfg.engine.batch_rows,
         "extract_rules": {s.name: s.extract for s in cfg.sources if s.kind == "crawl" and s.extract},
     }
@@ -224,7 +225,19 @@ def ingest_flow(output: str, config: Optional[str] = None, inputs: Optional[list
     def work(manifest: StageManifest) -> StageManifest:
         return stages.run_ingest(source_dicts, pages, output, params, manifest)
 
-    return _run("ingest", Path(output), section, fingerprints, work)
+    summary = _run("ingest", Path(output), section, fingerprints, work)
+    logger = get_run_logger()
+    for entry in summary["stats"].get("skipped_files", []):
+        logger.warning("ingest: source %s: skipped %s (%s)", entry["source"], entry["path"], entry["reason"])
+    from transforms.ingest.stage import sources_all_rejected
+
+    rejected_sources = sources_all_rejected(summary["stats"])
+    if rejected_sources:
+        from transforms.ingest.importers import SourceRejected
+
+        # The dataset is written (its rejected/ says why); the command still fails, in one line.
+        raise SourceRejected("; ".join(rejected_sources))
+    return summary
 
 
 def _simple_stage(stage: str, section_name: str, extra: Optional[Callable[[BuildConfig], dict]] = None) -> Callable:
@@ -427,7 +440,9 @@ STAGE_FLOWS = {
 
 @flow(name="build-corpus", description=DESCRIPTIONS["build-corpus"], **FAILURE_HOOKS)
 def build_corpus(config: Optional[str] = None, workdir: str = "tcm-corpus-build", engine: Optional[str] = None) -> dict:
+    """Every stage in order into `workdir`; without `config`, the embedded sample build."""
     logger = get_run_logger()
+    config = config or sample_config_path()
     cfg = load_config(config)
     root = Path(workdir).resolve()
     staged = root / "stages"
@@ -480,9 +495,11 @@ def _publish_summary(markdown: str, key: str, description: str) -> None:
 def publish_build_report(root: Path, logger) -> Optional[str]:
     """Write WORKDIR/report.html and publish the same figures as Prefect artifacts."""
     from quality.report import build_figures, write_report
+    from transforms.select.conflicts import corpus_conflicts
 
     try:
-        figures = build_figures(root)
+        corpus = root / "corpus"
+        figures = build_figures(root, corpus_conflicts(corpus) if corpus.is_dir() else None)
         path = write_report(figures, root / "report.html")
     except Exception as exc:  # noqa: BLE001 - the report describes a finished build; it never fails one
         logger.warning("could not write the build report: %s", exc)
@@ -523,8 +540,11 @@ REFRESH_DESCRIPTION = "crawl, ingest, clean and dedup new material against the e
 @flow(name="refresh", description=REFRESH_DESCRIPTION, **FAILURE_HOOKS)
 def refresh(config: Optional[str] = None, workdir: str = "tcm-corpus-build", engine: Optional[str] = None, label: Optional[str] = None) -> dict:
     """Fetch and import the sources again into `WORKDIR/refresh/<label>/` (label: today's UTC
-    date), clean them, and dedup them after the existing `WORKDIR/stages/dedup` rows, so new
-    rows that repeat the corpus are rejected as duplicates and only new material is added."""
+    date), clean and select them (the build's own rules: a fragment or a cross-reference is no
+    new row), and dedup them after the existing `WORKDIR/stages/dedup` rows, so new rows that
+    repeat the corpus are rejected as duplicates and only new material is added.
+    Without `config`, the embedded sample build."""
+    config = config or sample_config_path()
     cfg = load_config(config)
     root = Path(workdir).resolve()
     label = label or time.strftime("%Y%m%d", time.gmtime())
@@ -538,11 +558,12 @@ def refresh(config: Optional[str] = None, workdir: str = "tcm-corpus-build", eng
         page_inputs = [str(target / "crawl")]
     results["ingest"] = ingest_flow(str(target / "ingest"), config, page_inputs)
     results["clean"] = clean_flow([str(target / "ingest")], str(target / "clean"), config, engine)
+    results["select"] = select_flow([str(target / "clean")], str(target / "select"), config, engine)
     existing = root / "stages" / "dedup"
     earlier = [str(existing)] if read_manifest(existing) else []
     if not earlier:
         get_run_logger().info("refresh: no finished build in %s; dedup runs on the new rows alone", root)
-    results["dedup"] = dedup_flow([*earlier, str(target / "clean")], str(target / "dedup"), config, engine)
+    results["dedup"] = dedup_flow([*earlier, str(target / "select")], str(target / "dedup"), config, engine)
 
     # Text rows only: the dedup output also holds its audit kinds (clusters, repeated paragraphs).
     def text_rows(rows_out: dict) -> int:

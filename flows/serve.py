@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Optional
 from zoneinfo import ZoneInfo
 
-from .config import BuildConfig, ScheduleConfig
+from .config import BuildConfig, ScheduleConfig, sample_config_path
 
 FLOW_ATTRIBUTES = {
     "build-corpus": "build_corpus",
@@ -148,7 +148,7 @@ def serve(cfg: BuildConfig, config: Optional[str], workdir: Path, limit: Optiona
     """Register the deployments and run their flow runs until stopped. Blocks."""
     from prefect import serve as prefect_serve
 
-    served = deployments(cfg, str(Path(config).resolve()) if config else None, workdir)
+    served = deployments(cfg, str(Path(config).resolve()) if config else sample_config_path(), workdir)
     url = api_url()
     if cfg.convert.backend != "template":
         from .limits import ensure_limit

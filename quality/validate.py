@@ -190,7 +190,8 @@ class QualityRun:
 
     def __init__(self, *, options: Mapping | None = None, results_dir: Path | None = None):
         self.options = Options.from_mapping(options)
-        self.results_dir = Path(results_dir) if results_dir is not None else None
+        # Absolute: Great Expectations refuses a relative Data Docs folder.
+        self.results_dir = Path(results_dir).resolve() if results_dir is not None else None
         self.context = gx.get_context(mode="ephemeral")
         self.context.variables.progress_bars = ProgressBarsConfig(globally=False)
         self.datasource = self.context.data_sources.add_pandas(DATASOURCE)

@@ -1,7 +1,7 @@
 """Configuration: typed, validated on load, one-line errors naming the key."""
 import pytest
 
-from flows.config import ConfigError, load_config, parse_config
+from flows.config import ConfigError, load_config, sample_config_path, parse_config
 
 
 def _write(tmp_path, text):
@@ -67,7 +67,7 @@ def test_missing_config_file(tmp_path):
 
 
 def test_embedded_sample_config_loads():
-    config = load_config(None)
+    config = load_config(sample_config_path())
     kinds = {source.kind for source in config.sources}
     assert {"crawl", "files", "dataset"} <= kinds
     for source in config.sources:

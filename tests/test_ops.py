@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from flows.config import ConfigError, LLMLimitConfig, parse_config
+from flows.config import ConfigError, LLMLimitConfig, parse_config, sample_config_path
 from flows.progress import StageProgress, enable_terminal
 from schemas.dataset import read_manifest, remove_stale_temporaries
 
@@ -140,7 +140,8 @@ def test_served_deployments_run_cancel_and_resume(api, tmp_path):
             assert [(s["schedule"]["cron"], s["schedule"]["timezone"], s["active"]) for s in nightly] == [("0 2 * * *", "UTC", True)]
             assert names["build-corpus/weekly"]["schedules"][0]["schedule"]["cron"] == "0 3 * * 0"
             assert names["clean/tcm-corpus-sample"]["parameters"] == {
-                "inputs": [str(workdir / "stages" / "ingest")], "output": str(workdir / "stages" / "clean"), "config": None,
+                "inputs": [str(workdir / "stages" / "ingest")], "output": str(workdir / "stages" / "clean"),
+                "config": str(Path(sample_config_path()).resolve()),  # a stage's own default is the library's, not the sample
             }
             assert names["build-corpus/tcm-corpus-sample"]["schedules"] == []
 
@@ -186,13 +187,14 @@ def test_served_deployments_run_cancel_and_resume(api, tmp_path):
 
         again = refresh(workdir=str(workdir), label="again")
         dedup = read_manifest(workdir / "refresh" / "again" / "dedup")
-        clean = read_manifest(workdir / "refresh" / "again" / "clean")
+        selected = read_manifest(workdir / "refresh" / "again" / "select")
         assert again["new_rows"] == 0
         def text_rows(rows: dict) -> dict:  # the dedup output also holds its audit kinds
             return {kind: n for kind, n in rows.items() if kind in ("documents", "conversations")}
 
         assert text_rows(dedup.rows_out) == text_rows(read_manifest(workdir / "stages" / "dedup").rows_out)
-        assert sum(dedup.rows_rejected.values()) == sum(clean.rows_out.values()) > 0
+        # What the build's select keeps, the refresh's select keeps: every row of it repeats the build.
+        assert sum(dedup.rows_rejected.values()) == sum(selected.rows_out.values()) > 0
         assert set(dedup.rejected_by_reason) == {"exact_duplicate_of"}
     finally:
         serving.send_signal(signal.SIGINT)

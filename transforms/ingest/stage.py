@@ -15,10 +15,17 @@ from transforms.engines.local import add_count
 def run_ingest(sources: list[dict], page_inputs: list[Path], output, params, manifest, progress=None) -> StageManifest:
     """Import the file and dataset sources, and extract documents from crawled pages.
 
-    Each source is {"name", "category", "path", "format", "encoding"}; crawled pages come from
-    the crawl stage's dataset, with per-source extraction rules in params["extract_rules"]."""
+    Each source is {"name", "category", "path", "format", "encoding", "fields"?,
+    "allow_all_rejected"?}; crawled pages come from the crawl stage's dataset, with per-source
+    extraction rules in params["extract_rules"]. The manifest's stats say, per file read, its
+    format, compression, encoding (and who chose it), replaced bytes and rows (`source_files`);
+    every file of a folder not read and why (`skipped_files`); rows per source with the most
+    common rejection (`sources`, see `sources_all_rejected`); and the dialogue repairs made
+    (`repairs`: joined_turns, dropped_opening, dropped_unanswered)."""
+    from schemas.records import loads_meta
+
     from .extract import pages_to_documents
-    from .importers import SourceError, import_file, list_files
+    from .importers import SourceError, import_file, scan_source
 
     flush_rows = int(params.get("batch_rows", 2048))
     with DatasetWriter(output, manifest) as writer:
@@ -35,17 +42,27 @@ def run_ingest(sources: list[dict], page_inputs: list[Path], output, params, man
                     removed[kind] = []
 
         files_read = {}
+        source_files: list[dict] = []
+        skipped_files: list[dict] = []
+        per_source: dict[str, dict] = {}
+        repairs: Counter = Counter()
         import_counts: dict[str, Counter] = {}
         untrained_meta: dict[str, Counter] = {}
         seen_ids: dict[str, set[str]] = {DOCUMENTS: set(), CONVERSATIONS: set()}
         for source in sources:
             path = Path(source["path"])
-            files = list_files(path, source["format"])
+            files, skipped = scan_source(path, source["format"])
+            skipped_files += [{"source": source["name"], **entry} for entry in skipped]
             if not files:
                 raise SourceError(f"source {source['name']}: no {source['format']} files at {path}")
             files_read[source["name"]] = len(files)
+            reasons: Counter = Counter()
+            counts = {"rows": 0, "kept": 0, "rejected": 0}
             for file in files:
-                for item in import_file(file, source["format"], source["name"], source["category"], {"encoding": source.get("encoding", "auto")}):
+                report: dict = {}
+                options = {"encoding": source.get("encoding", "auto"), "fields": source.get("fields") or {}, "report": report}
+                file_counts = {"rows": 0, "kept": 0, "rejected": 0}
+                for item in import_file(file, source["format"], source["name"], source["category"], options):
                     add_count(manifest, "rows_in", item.kind, 1)
                     import_counts.setdefault(source["name"], Counter()).update(item.tally)
                     untrained_meta.setdefault(source["name"], Counter()).update(item.untrained)
@@ -53,12 +70,26 @@ def run_ingest(sources: list[dict], page_inputs: list[Path], output, params, man
                     if not item.reason and row_id in seen_ids[item.kind]:
                         # The same content again in another file of the source: one id, one row.
                         item.reason = f"repeated_record:{row_id}"
+                    file_counts["rows"] += 1
                     if item.reason:
                         removed[item.kind].append({**item.row, "reason": item.reason})
+                        file_counts["rejected"] += 1
+                        reasons[item.reason.split(":", 1)[0] if item.reason.startswith("repeated_record") else item.reason] += 1
                     else:
                         seen_ids[item.kind].add(row_id)
                         kept[item.kind].append(item.row)
+                        file_counts["kept"] += 1
+                        if item.kind == CONVERSATIONS:
+                            repairs.update(loads_meta(item.row["meta"]).get("repairs") or {})
                 flush()
+                source_files.append({"source": source["name"], "path": str(file), "format": source["format"], **report, **file_counts})
+                for key in counts:
+                    counts[key] += file_counts[key]
+            per_source[source["name"]] = {
+                **counts,
+                "top_reason": reasons.most_common(1)[0][0] if reasons else None,
+                "allow_all_rejected": bool(source.get("allow_all_rejected")),
+            }
         flush(force=True)
 
         extract_params = {"min_chars": params.get("min_chars", 20), "rules": params.get("extract_rules", {})}
@@ -70,8 +101,29 @@ def run_ingest(sources: list[dict], page_inputs: list[Path], output, params, man
                 add_count(manifest, "rows_in", PAGES, batch.num_rows)
                 add_count(manifest, "rows_kept", PAGES, documents.num_rows)
         manifest.stats["files_read"] = files_read
+        manifest.stats["source_files"] = source_files
+        manifest.stats["skipped_files"] = skipped_files
+        manifest.stats["sources"] = per_source
+        manifest.stats["repairs"] = dict(sorted(repairs.items()))
         manifest.stats["import_counts"] = {name: dict(sorted(c.items())) for name, c in import_counts.items() if c}
         # Meta keys holding a record's own content that no message or text carries (what is
         # set aside, not trained), with the rows that have each.
         manifest.stats["untrained_meta"] = {name: dict(sorted(c.items())) for name, c in untrained_meta.items() if c}
         return writer.commit()
+
+
+def sources_all_rejected(stats: dict) -> list[str]:
+    """One line per source of an ingest whose rows were all rejected (and that does not allow
+    it): the source, its rows and its most common rejection reason."""
+    lines = []
+    for name, figures in (stats.get("sources") or {}).items():
+        if figures.get("allow_all_rejected"):
+            continue
+        if figures["rows"] and not figures["kept"]:
+            lines.append(
+                f"source {name}: all {figures['rows']} rows rejected, most often {figures['top_reason']} "
+                f"(see rejected/ in the output; allow_all_rejected = true in the source accepts this)"
+            )
+        elif not figures["rows"]:
+            lines.append(f"source {name}: no rows read (allow_all_rejected = true in the source accepts this)")
+    return lines

@@ -32,6 +32,11 @@ from .tokens import TokenCounter
 # The corpus manifest: named with a leading underscore so that Arrow's and pandas' discovery of
 # the folder as one dataset skip it, like the stage manifest beside it.
 CORPUS_MANIFEST = "_corpus_manifest.json"
+# The `datasets` library's standalone card (YAML), naming the shards, so that
+# `datasets.load_dataset(folder)` reads the Parquet parts at any shard count: without it, the two
+# JSON manifests can outnumber one part and the library picks its JSON builder. A dot file, so
+# Arrow's and pandas' discovery of the folder skip it as they skip the manifests.
+DATASET_CARD = ".huggingface.yaml"
 SPILL = "_spill"
 SPILL_ROWS = 65_536
 KEY_COLUMNS = ["id", "category", "source"]
@@ -243,3 +248,15 @@ def _write_shard(folder, spill, number, shard_rows, row_group_rows, counter: Tok
         "tokens": int(round(float(tokens.sum()))),
         "tokens_by_category": {categories[i]: float(v) for i, v in enumerate(by_category) if v},
     }
+
+
+def dataset_card(corpus: dict) -> str:
+    """The folder's `.huggingface.yaml`: the shards are the `train` split of the default config."""
+    return (
+        "# Read by datasets.load_dataset(<this folder>) and the Hugging Face hub; figures: _corpus_manifest.json\n"
+        "configs:\n"
+        "- config_name: default\n"
+        "  data_files:\n"
+        "  - split: train\n"
+        '    path: "part-*.parquet"\n'
+    )

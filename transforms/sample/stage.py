@@ -6,7 +6,7 @@ import json
 from schemas import CORPUS
 from schemas.dataset import DatasetWriter, StageManifest
 
-from .shards import CORPUS_MANIFEST, write_corpus
+from .shards import CORPUS_MANIFEST, DATASET_CARD, dataset_card, write_corpus
 
 
 def run_sample(inputs, output, params, manifest, config_hash: str, progress=None, engine=None) -> StageManifest:
@@ -22,6 +22,7 @@ def run_sample(inputs, output, params, manifest, config_hash: str, progress=None
         for shard in corpus["shards"]:
             writer.add_file(shard["path"], shard["rows"])
         (writer.folder / CORPUS_MANIFEST).write_text(json.dumps(corpus, ensure_ascii=False, indent=2), encoding="utf-8")
+        (writer.folder / DATASET_CARD).write_text(dataset_card(corpus), encoding="utf-8")
         manifest.rows_out[CORPUS] = corpus["rows"]
         manifest.stats.update({"shards": len(corpus["shards"]), "tokens": corpus["tokens"]["total"], "rows_per_format": corpus["counts"]["format"]})
         return writer.commit()

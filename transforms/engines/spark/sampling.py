@@ -28,7 +28,7 @@ from schemas import CATEGORIES, CORPUS, SCHEMA_VERSION, nullable_schema
 from schemas.dataset import DatasetError, StageManifest
 
 from transforms.sample.order import Codes, expand_copies, expanded_keys, id_hashes, item_weights, to_corpus_rows, with_positions
-from transforms.sample.shards import CORPUS_MANIFEST, FORMAT_OF, ITEM_KINDS
+from transforms.sample.shards import CORPUS_MANIFEST, DATASET_CARD, FORMAT_OF, ITEM_KINDS, dataset_card
 from transforms.sample.tokens import TokenCounter
 from .datasets import FILE_ORDINAL, ROW_INDEX, HadoopStore, SparkDatasetWriter, join, kind_files, read_files, with_order
 from .stages import spark_schema
@@ -271,6 +271,7 @@ def run_sample(inputs, output, params, manifest: StageManifest, config_hash: str
             "shards": shards,
         }
         store.write_text(join(writer.folder, CORPUS_MANIFEST), json.dumps(corpus, ensure_ascii=False, indent=2))
+        store.write_text(join(writer.folder, DATASET_CARD), dataset_card(corpus))
         manifest.rows_in.update(input_rows)
         manifest.rows_out[CORPUS] = total
         manifest.stats.update({"shards": len(shards), "tokens": corpus["tokens"]["total"], "rows_per_format": counts["format"]})

@@ -14,6 +14,11 @@ class SourceError(Exception):
     """A file that cannot be read at all; message is one line naming the file."""
 
 
+class SourceRejected(SourceError):
+    """A source every row of which was rejected; the message is one line naming the source and
+    its most common reason."""
+
+
 @dataclass
 class Imported:
     kind: str  # schemas.records.DOCUMENTS or CONVERSATIONS
@@ -32,11 +37,28 @@ class Imported:
 
 
 def read_source(path: Path, options: dict | None = None) -> Decoded:
-    """A file's text, its encoding detected unless options["encoding"] names one."""
+    """A file's text (decompressed), its encoding detected unless options["encoding"] names one;
+    what was learnt goes to options["report"] when that is a dict (encoding, detector,
+    replaced_bytes). An unreadable file or unknown encoding raises SourceError."""
+    options = options or {}
     try:
-        return read_text(path, (options or {}).get("encoding"))
+        decoded = read_text(path, options.get("encoding"))
     except (OSError, LookupError) as exc:
         raise SourceError(f"{path}: cannot read ({exc})") from exc
+    report = options.get("report")
+    if isinstance(report, dict):
+        report.update(encoding=decoded.encoding, detector=decoded.detector, replaced_bytes=decoded.replaced_bytes)
+    return decoded
+
+
+def replaced_in(text: str, decoded: Decoded) -> int:
+    """Bytes of `text` (a part of `decoded.text`) that decoding replaced: its U+FFFD marks times
+    the file's mean run of invalid bytes per mark. Goes to meta["debris_bytes"], which the
+    clean stage counts as debris."""
+    if not decoded.replaced_bytes:
+        return 0
+    marks = text.count("\ufffd")
+    return round(marks * decoded.replaced_bytes / max(decoded.text.count("\ufffd"), 1)) if marks else 0
 
 
 def document(

@@ -1,10 +1,19 @@
-"""Decoding text files of unknown encoding: UTF-8, GB18030 or Big5.
+"""Decoding text files of unknown encoding: a BOM, else UTF-8, GB18030 or Big5, line by line
+when a file mixes UTF-8 with a legacy encoding.
 
-UTF-8 is tried strictly first, since a GB18030 or Big5 file almost never decodes as valid UTF-8.
-Otherwise UTF-8, GB18030 and Big5 are each tried on the opening of the file and the most
-plausible wins: fewest invalid bytes plus characters that real Chinese text rarely holds. Big5 text
-decodes as GB18030 without a single error (every Big5 byte pair is a valid GBK pair), so counting
-errors alone would never pick Big5; the rare-character count is what tells them apart.
+A byte-order mark decides first: UTF-8, UTF-16 LE/BE, UTF-32 LE/BE or GB18030 (the mark itself
+is not text). Without one, UTF-8 is tried strictly, since a GB18030 or Big5 file almost never
+decodes as valid UTF-8. Otherwise UTF-8, GB18030 and Big5 are each tried on the opening of the
+file and the most plausible wins: fewest invalid bytes plus characters that real Chinese text
+rarely holds. Big5 text decodes as GB18030 without a single error (every Big5 byte pair is a valid
+GBK pair), so counting errors alone would never pick Big5; the rare-character count is what tells
+them apart. Where even the best of the three reads poorly (more than `UNSURE` of its non-ASCII
+characters invalid or rare) and the file is not tiny, charset-normalizer is asked, and its guess
+wins when it names an encoding outside the Chinese family (a Latin, Japanese or Korean file).
+
+A file whose lines are partly valid UTF-8 (with non-ASCII text) and partly not was concatenated
+from files of two encodings: each line is decoded on its own, UTF-8 where it is valid, else with
+the legacy encoding detected from the other lines (`Decoded.encoding` is then "utf-8+gb18030").
 
 Invalid bytes are replaced, not fatal: each run of them becomes one U+FFFD and every replaced byte
 is counted, so a corrupt file imports and says how corrupt it is.
@@ -23,6 +32,21 @@ CANDIDATES = ("utf-8", "gb18030", "big5")
 AUTO = (None, "", "auto")
 SAMPLE_BYTES = 16 * 1024
 REPLACEMENT = "\ufffd"
+# Share of the non-ASCII characters read that are invalid or rare above which our own guess asks
+# charset-normalizer too.
+UNSURE = 0.05
+# Below this, any detector guesses (a few GBK bytes read as well as Korean); ours stays.
+MIN_DETECTOR_BYTES = 200
+CHINESE_FAMILY = frozenset(codecs.lookup(name).name for name in ("utf-8", "gb2312", "gbk", "gb18030", "big5", "big5hkscs", "cp950", "hz"))
+# Longest marks first: the UTF-32 LE mark starts with the UTF-16 LE one.
+BOMS = (
+    (codecs.BOM_UTF32_LE, "utf-32-le"),
+    (codecs.BOM_UTF32_BE, "utf-32-be"),
+    (codecs.BOM_UTF8, "utf-8"),
+    (codecs.BOM_UTF16_LE, "utf-16-le"),
+    (codecs.BOM_UTF16_BE, "utf-16-be"),
+    (b"\x84\x31\x95\x33", "gb18030"),
+)
 
 # surrogateescape turns each undecodable byte into one lone surrogate: exact byte counts, no
 # process-wide error handler to register.
@@ -32,42 +56,111 @@ _ESCAPED = re.compile("[\udc80-\udcff]+")
 @dataclass(frozen=True)
 class Decoded:
     text: str
-    encoding: str
-    replaced_bytes: int
+    encoding: str  # codec name, "utf-8+<legacy>" for a file decoded line by line
+    replaced_bytes: int  # invalid bytes, each run of them now one U+FFFD in `text`
+    detector: str = "given"  # how the encoding was chosen: given, bom, utf-8, ours, charset-normalizer, per-line
 
 
 def decode_bytes(data: bytes, encoding: str | None = None) -> Decoded:
-    """Decode `data`, detecting the encoding unless one is given ("auto" detects too)."""
-    if encoding in AUTO:
-        if data.startswith(codecs.BOM_UTF8):
-            data, encoding = data[len(codecs.BOM_UTF8):], "utf-8"
-        else:
-            try:
-                return Decoded(data.decode("utf-8"), "utf-8", 0)
-            except UnicodeDecodeError:
-                encoding = detect_legacy(data)
+    """Decode `data`, detecting the encoding unless one is given ("auto" detects too).
+    An unknown encoding name raises LookupError."""
+    if encoding not in AUTO:
+        return _decode(data, encoding, "given")
+    for mark, name in BOMS:
+        if data.startswith(mark):
+            return _decode(data[len(mark):], name, "bom")
+    try:
+        return Decoded(data.decode("utf-8"), "utf-8", 0, "utf-8")
+    except UnicodeDecodeError:
+        pass
+    mixed = _decode_mixed(data)
+    if mixed is not None:
+        return mixed
+    encoding, detector = detect_legacy(data)
+    return _decode(data, encoding, detector)
+
+
+def _decode(data: bytes, encoding: str, detector: str) -> Decoded:
     text = data.decode(encoding, errors="surrogateescape")
     replaced = 0
     if _ESCAPED.search(text):
         replaced = sum(len(run) for run in _ESCAPED.findall(text))
         text = _ESCAPED.sub(REPLACEMENT, text)
-    return Decoded(text, codecs.lookup(encoding).name, replaced)
+    return Decoded(text, codecs.lookup(encoding).name, replaced, detector)
+
+
+def _decode_mixed(data: bytes) -> Decoded | None:
+    """Line by line, when some lines read better as UTF-8 than in the file's legacy encoding:
+    a UTF-8 line with non-ASCII text beside lines that are not UTF-8 at all. A legacy line that
+    happens to be valid UTF-8 (short GBK lines often are: `<目录>` is `<Ŀ¼>`) reads worse as
+    UTF-8, so it stays legacy."""
+    lines = data.splitlines(keepends=True)
+    utf8: list[str | None] = []
+    for line in lines:
+        try:
+            text = line.decode("utf-8")
+            utf8.append(None if text.isascii() else text)
+        except UnicodeDecodeError:
+            utf8.append(None)
+    if not any(utf8):
+        return None
+    legacy_bytes = b"".join(line for line, text in zip(lines, utf8) if text is None)
+    legacy, _ = detect_legacy(legacy_bytes, candidates=CANDIDATES[1:])
+    parts, replaced, mixed = [], 0, False
+    for line, text in zip(lines, utf8):
+        decoded = _decode(line, legacy, "per-line")
+        if text is not None and rare_characters(text) < rare_characters(decoded.text) + decoded.replaced_bytes:
+            parts.append(text)
+            mixed = True
+        else:
+            parts.append(decoded.text)
+            replaced += decoded.replaced_bytes
+    if not mixed:
+        return None
+    return Decoded("".join(parts), f"utf-8+{codecs.lookup(legacy).name}", replaced, "per-line")
 
 
 def read_text(path: Path, encoding: str | None = None) -> Decoded:
-    return decode_bytes(Path(path).read_bytes(), encoding)
+    from .compression import read_bytes
+
+    return decode_bytes(read_bytes(path), encoding)
 
 
-def detect_legacy(data: bytes) -> str:
-    """The most plausible encoding for bytes that are not strictly UTF-8."""
+def detect_legacy(data: bytes, candidates: tuple[str, ...] = CANDIDATES) -> tuple[str, str]:
+    """The most plausible encoding for bytes that are not strictly UTF-8, and who chose it
+    ("ours", or "charset-normalizer" where our best guess reads poorly and its guess reads better)."""
     sample = data[:SAMPLE_BYTES]
-    scores = {}
-    for encoding in CANDIDATES:
-        # An incremental decoder leaves a character cut at the sample's end undecoded, not invalid.
-        text = codecs.getincrementaldecoder(encoding)(errors="surrogateescape").decode(sample, final=False)
-        invalid = sum(len(run) for run in _ESCAPED.findall(text))
-        scores[encoding] = (invalid + rare_characters(text)) / max(len(text), 1)
-    return min(CANDIDATES, key=lambda e: (scores[e], CANDIDATES.index(e)))
+    scores = {encoding: _score(sample, encoding) for encoding in candidates}
+    best = min(candidates, key=lambda e: (scores[e], candidates.index(e)))
+    if len(sample) >= MIN_DETECTOR_BYTES and _unsure(sample, best):
+        import charset_normalizer
+
+        guess = charset_normalizer.from_bytes(sample).best()
+        try:
+            name = codecs.lookup(guess.encoding).name if guess is not None else None
+        except LookupError:
+            name = None
+        # Within the Chinese family our rare-character count tells GB from Big5 better; outside
+        # it (Latin, Japanese, Korean...) the detector's own measure of mess decides.
+        if name and name not in CHINESE_FAMILY:
+            return name, "charset-normalizer"
+    return best, "ours"
+
+
+def _unsure(sample: bytes, encoding: str) -> bool:
+    """More than UNSURE of the non-ASCII characters read are invalid or rare."""
+    text = codecs.getincrementaldecoder(encoding)(errors="surrogateescape").decode(sample, final=False)
+    invalid = sum(len(run) for run in _ESCAPED.findall(text))
+    wide = sum(1 for char in text if ord(char) >= 0x80)
+    return (invalid + rare_characters(text)) > UNSURE * max(wide, 1)
+
+
+def _score(sample: bytes, encoding: str) -> float:
+    """Invalid bytes plus rare characters per decoded character (lower reads better)."""
+    # An incremental decoder leaves a character cut at the sample's end undecoded, not invalid.
+    text = codecs.getincrementaldecoder(encoding)(errors="surrogateescape").decode(sample, final=False)
+    invalid = sum(len(run) for run in _ESCAPED.findall(text))
+    return (invalid + rare_characters(text)) / max(len(text), 1)
 
 
 def rare_characters(text: str) -> int:

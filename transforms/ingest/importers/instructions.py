@@ -1,15 +1,26 @@
-"""Fine-tuning records → Conversations, whatever shape each record has.
+"""Records of any common shape → Conversations (or Documents, for text records).
 
-A file is a JSON list or JSON lines; the content decides, not the extension (tcm_qr.json is JSON
-lines). Each record's shape is recognised on its own, so one file may mix shapes:
+A file is any format `records.read_records` reads (JSON, JSON lines, CSV, TSV, Parquet, Arrow,
+datasets folders; compressed or not). Each record's shape is recognised on its own, so one file
+may mix shapes:
 
     OpenAI     {"messages": [{"role", "content"}, ...]}
     ShareGPT   {"conversations": [{"from": "human"|"gpt"|"system", "value"}, ...]}
-    dialogue   {"dialogue" or "text": "医生：...\\n患者：..."}  a whole consultation in one string
-    alpaca     {"instruction", "input"?, "output", "history"?: [[user, assistant], ...],
-                "system"?}; history turns come before the final instruction/output turn;
-                `instruct` stands for `instruction`; list-valued instruction/output are
-                paired up turn by turn
+    dialogue   {"dialogue", "text" or "content": "医生：...\\n患者：..."}  a consultation in one string
+    Q&A        a question field (instruction, instruct, question, query, prompt), an answer
+               field (output, answer, response, completion), "input"? (appended to the
+               question; alone with an answer it is the question), "history"?: [[user,
+               assistant], ...] before the final turn, "system"?; list-valued question and
+               answer are paired up turn by turn
+    text       {"text" or "content": "..."} with none of the above, or a bare string (a JSON
+               list of strings): a Document, `title` kept
+
+A source's `fields` maps shape names (question, answer, input, system, history, messages,
+conversations, text, title, id) to its own field names: {"question": "问题", "answer": "回答"}.
+
+Dialogues are repaired rather than lost: consecutive turns of one role are joined, an opening
+assistant turn and a last user turn with no reply go to meta ("opening", "unanswered"), and
+meta["repairs"] counts what was done.
 
 A dialogue's speakers: 患者 and those speaking for the patient (家长, 患者家属 ...) are the user,
 医生/大夫 the assistant; consecutive turns of one speaker are merged. A doctor who speaks first
@@ -29,12 +40,11 @@ A record that cannot be read is rejected with a reason (`malformed:json`, `malfo
 """
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Any, Iterator
 
-from .base import Imported, SourceError, conversation, read_source
+from .base import Imported, conversation, document
 
 USER, ASSISTANT, SYSTEM = "user", "assistant", "system"
 SHAREGPT_ROLES = {
@@ -45,9 +55,19 @@ PATIENT_SIDE = ("患者家属", "患者母亲", "患者父亲", "病人家属", 
 DOCTOR_SIDE = ("医生", "大夫", "医师")
 # A speaker may carry a qualifier: 患者（家长）：
 SPEAKER = re.compile(rf"(?m)^[ \t\u3000]*({'|'.join(PATIENT_SIDE + DOCTOR_SIDE)})(?:[（(][^）)\n]{{1,8}}[）)])?[：:]")
+QUESTION_KEYS = ("instruction", "instruct", "question", "query", "prompt")
+ANSWER_KEYS = ("output", "answer", "response", "completion")
+TEXT_KEYS = ("text", "content")
+# The names a source's `fields` may map, and the field each stands for here.
+FIELD_NAMES = {
+    "question": "instruction", "instruction": "instruction", "input": "input", "answer": "output",
+    "output": "output", "system": "system", "history": "history", "messages": "messages",
+    "conversations": "conversations", "text": "text", "title": "title", "id": "id",
+}
 # Fields a shape reads; every other scalar field of a record is kept in meta.
-SHAPE_FIELDS = {"messages", "conversations", "dialogue", "text", "instruction", "instruct", "input",
-                "output", "history", "system", "id"}
+SHAPE_FIELDS = {"messages", "conversations", "dialogue", "text", "input", "history", "system", "id",
+                *QUESTION_KEYS, *ANSWER_KEYS}
+DOCUMENT_FIELDS = SHAPE_FIELDS | {"content", "title"}
 # A dialogue record's field holding the expert's conclusion on the consultation.
 CONCLUSION_FIELDS = ("answer", "diagnosis", "诊断")
 CONSUMED = "_consumed"  # fields a shape took into messages beyond SHAPE_FIELDS
@@ -63,11 +83,19 @@ class Malformed(Exception):
 
 
 def import_instructions(path: Path, source: str, category: str, options: dict | None = None) -> Iterator[Imported]:
+    """Every record of a records file (any format `records.read_records` reads) as a Conversation,
+    or a Document for a text record; `options["fields"]` maps shape names to the file's own."""
+    fields = field_map((options or {}).get("fields"))
     for index, record, raw_error in read_records(path, options):
         base_meta = {"file": path.name, "index": index}
         origin = _origin_id(record, path.name, index)
         if raw_error is not None:
             yield _rejected("malformed:json", raw_error, base_meta, origin, source, category, path)
+            continue
+        if isinstance(record, dict) and fields:
+            record = _renamed(record, fields)
+        if isinstance(record, str) or (isinstance(record, dict) and _is_text_record(record)):
+            yield _text_document(record, base_meta, source, category, path)
             continue
         try:
             messages, extra = to_messages(record)
@@ -77,6 +105,7 @@ def import_instructions(path: Path, source: str, category: str, options: dict | 
         consumed = extra.pop(CONSUMED, [])
         kept_aside = {k: v for k, v in {**extra, **_extra_fields(record)}.items() if k not in consumed}
         kept_aside.pop("added_turns", None)  # written by the importer, not the record's content
+        kept_aside.pop("repairs", None)
         meta = {**base_meta, **extra, **{k: v for k, v in _extra_fields(record).items() if k not in consumed}}
         imported = conversation(messages, source, category, origin_id=origin, meta=meta)
         imported.untrained = tuple(sorted(kept_aside))
@@ -84,50 +113,55 @@ def import_instructions(path: Path, source: str, category: str, options: dict | 
 
 
 def read_records(path: Path, options: dict | None = None) -> Iterator[tuple[int, Any, str | None]]:
-    """(index, record, None) per record, or (index, None, raw line) for a line that is not JSON.
+    """(index, record, None) per record, or (index, None, raw line) for a line that is not JSON;
+    every format of `records.read_records`."""
+    from .records import read_records as read_any
 
-    A file that parses as one JSON value is a list of records, one record, or a wrapping object
-    holding one list of records ({"data": [...]}); any other file is read as JSON lines."""
-    text = read_source(path, options).text.lstrip("\ufeff \t\r\n")
-    try:
-        whole = json.loads(text)
-    except json.JSONDecodeError as exc:
-        if text.startswith("["):
-            raise SourceError(f"{path}: not valid JSON ({exc})") from exc
-        for index, line in enumerate(line for line in text.splitlines() if line.strip()):
-            try:
-                yield index, json.loads(line), None
-            except json.JSONDecodeError:
-                yield index, None, line
-        return
-    records = whole if isinstance(whole, list) else [whole]
-    if isinstance(whole, dict) and not _has_shape(whole):
-        lists = [v for v in whole.values() if isinstance(v, list) and v and all(isinstance(r, dict) for r in v)]
-        records = lists[0] if len(lists) == 1 else records
-    for index, record in enumerate(records):
-        yield index, record, None
+    return read_any(path, options)
+
+
+def field_map(fields: dict | None) -> dict[str, str]:
+    """A source's `fields` ({shape name: the file's field name}) checked, with the shape names
+    made the importer's own (question -> instruction, answer -> output). ValueError names a key
+    that is not a shape name."""
+    if not fields:
+        return {}
+    mapped = {}
+    for name, own in fields.items():
+        if name not in FIELD_NAMES:
+            raise ValueError(f"fields: unknown name {name!r} (names: {', '.join(FIELD_NAMES)})")
+        if not isinstance(own, str) or not own:
+            raise ValueError(f"fields.{name}: give the file's field name as a string")
+        mapped[FIELD_NAMES[name]] = own
+    return mapped
 
 
 def to_messages(record: Any) -> tuple[list[dict], dict]:
-    """A record's turns as messages, plus what meta should keep of them; raises Malformed."""
+    """A record's turns as messages, plus what meta should keep of them (the repairs made:
+    joined turns, a dropped opening or unanswered last turn); raises Malformed."""
     if not isinstance(record, dict):
         raise Malformed("not_object")
     if "messages" in record:
-        return _checked(_openai(record["messages"])), {}
+        return repaired(_openai(record["messages"]))
     if "conversations" in record:
-        return _checked(_sharegpt(record["conversations"])), {}
-    for field in ("dialogue", "text"):
+        return repaired(_sharegpt(record["conversations"]))
+    for field in ("dialogue", "text", "content"):
         if isinstance(record.get(field), str) and SPEAKER.search(record[field]):
             key = next((key for key in CONCLUSION_FIELDS
                         if isinstance(record.get(key), str) and record[key].strip()), None)
             messages, extra = dialogue_messages(record[field], record[key] if key else None)
             return messages, {**extra, CONSUMED: [key]} if key else extra
-    instruction = record.get("instruction", record.get("instruct"))
-    if instruction is None and "output" not in record:
+    question_key = next((key for key in QUESTION_KEYS if key in record), None)
+    answer_key = next((key for key in ANSWER_KEYS if key in record), None)
+    extra_input = record.get("input")
+    if question_key is None and answer_key is not None and "input" in record:
+        question_key, extra_input = "input", None  # {"input", "output"}: the input is the question
+    if question_key is None and answer_key is None:
         raise Malformed("no_shape")
-    output = record.get("output")
+    output = record.get(answer_key) if answer_key else None
     if output is None or (isinstance(output, (str, list)) and not _text(output)):
         raise Malformed("no_output")
+    instruction = record.get(question_key) if question_key else None
     if instruction is None or (isinstance(instruction, (str, list)) and not _text(instruction)):
         raise Malformed("no_instruction")
     messages = _system(record.get("system"))
@@ -135,8 +169,34 @@ def to_messages(record: Any) -> tuple[list[dict], dict]:
     if isinstance(instruction, list) or isinstance(output, list):
         messages += _paired(instruction, output)
     else:
-        messages += [_message(USER, _with_input(instruction, record.get("input"))), _message(ASSISTANT, output)]
-    return _checked(messages), {}
+        messages += [_message(USER, _with_input(instruction, extra_input)), _message(ASSISTANT, output)]
+    return repaired(messages)
+
+
+def repaired(messages: list[dict]) -> tuple[list[dict], dict]:
+    """Messages made to alternate, then checked: consecutive turns of one role are joined (one
+    turn a line), an opening assistant turn goes to meta["opening"] and an unanswered last user
+    turn to meta["unanswered"]; meta["repairs"] counts each kind. Raises Malformed when nothing
+    answerable is left."""
+    system = messages[:1] if messages and messages[0]["role"] == SYSTEM else []
+    body: list[dict] = []
+    repairs: dict[str, int] = {}
+    for message in messages[len(system):]:
+        if body and body[-1]["role"] == message["role"] and message["role"] != SYSTEM:
+            body[-1] = {**body[-1], "content": f"{body[-1]['content']}\n{message['content']}".strip()}
+            repairs["joined_turns"] = repairs.get("joined_turns", 0) + 1
+        else:
+            body.append(message)
+    extra: dict = {}
+    if body and body[0]["role"] == ASSISTANT and len(body) > 1:
+        extra["opening"] = body.pop(0)["content"]
+        repairs["dropped_opening"] = 1
+    if body and body[-1]["role"] == USER and any(m["role"] == ASSISTANT for m in body):
+        extra["unanswered"] = body.pop()["content"]
+        repairs["dropped_unanswered"] = 1
+    if repairs:
+        extra["repairs"] = repairs
+    return _checked(system + body), extra
 
 
 def dialogue_messages(text: str, conclusion: str | None = None) -> tuple[list[dict], dict]:
@@ -149,10 +209,7 @@ def dialogue_messages(text: str, conclusion: str | None = None) -> tuple[list[di
         content = content.strip()
         if not content:
             continue
-        if turns and turns[-1]["role"] == role:
-            turns[-1]["content"] += "\n" + content
-        else:
-            turns.append({"role": role, "content": content})
+        turns.append({"role": role, "content": content})
     extra: dict = {}
     added: list[str] = []
     preamble = parts[0].strip()
@@ -176,7 +233,8 @@ def dialogue_messages(text: str, conclusion: str | None = None) -> tuple[list[di
         extra["added_turns"] = added
     if not turns:
         raise Malformed("no_turns")
-    return _checked(turns), extra
+    messages, repairs = repaired(turns)
+    return messages, {**extra, **repairs}
 
 
 def conclusion_request(conclusion: str) -> str:
@@ -193,9 +251,10 @@ def _openai(messages: Any) -> list[dict]:
     for turn in messages:
         if not isinstance(turn, dict) or "role" not in turn or "content" not in turn:
             raise Malformed("bad_turn")
-        if turn["role"] not in (USER, ASSISTANT, SYSTEM):
+        role = SHAREGPT_ROLES.get(str(turn["role"]).lower())
+        if role is None:
             raise Malformed("unknown_role")
-        result.append(_message(turn["role"], turn["content"]))
+        result.append(_message(role, turn["content"]))
     return result
 
 
@@ -281,8 +340,36 @@ def _text(value: Any) -> str:
     return value.strip()
 
 
-def _has_shape(record: dict) -> bool:
-    return bool(SHAPE_FIELDS.intersection(record))
+def _is_text_record(record: dict) -> bool:
+    """A record holding a text (`text` or `content`) and no question, answer or turns: a
+    document, unless the text is a whole dialogue written with speakers."""
+    if any(key in record for key in ("messages", "conversations", *QUESTION_KEYS, *ANSWER_KEYS)):
+        return False
+    text = next((record[key] for key in TEXT_KEYS if isinstance(record.get(key), str)), None)
+    return text is not None and not SPEAKER.search(text)
+
+
+def _renamed(record: dict, fields: dict[str, str]) -> dict:
+    """The record with the file's own field names replaced by the shape names they stand for."""
+    renamed = dict(record)
+    for name, own in fields.items():
+        if own in record and own != name:
+            renamed.pop(own, None)
+            renamed[name] = record[own]
+    return renamed
+
+
+def _text_document(record: Any, meta: dict, source: str, category: str, path: Path) -> Imported:
+    if isinstance(record, str):
+        text, title = record.strip(), None
+    else:
+        text = next(record[key] for key in TEXT_KEYS if isinstance(record.get(key), str)).strip()
+        title = record.get("title") if isinstance(record.get("title"), str) else None
+        meta = {**meta, **_extra_fields(record, DOCUMENT_FIELDS)}
+    return document(
+        text, source, category, title=title, meta={**meta, "kind": "text"},
+        reason=None if text else "empty_text", fallback_key=(path.name, str(meta["index"])),
+    )
 
 
 def _origin_id(record: Any, file_name: str, index: int) -> str:
@@ -293,10 +380,11 @@ def _origin_id(record: Any, file_name: str, index: int) -> str:
     return f"{file_name}:{index}"
 
 
-def _extra_fields(record: dict) -> dict:
+def _extra_fields(record: dict, read: set[str] | frozenset[str] = SHAPE_FIELDS) -> dict:
+    """The record's scalar fields that its shape did not read, for meta."""
     return {
         key: value for key, value in record.items()
-        if key not in SHAPE_FIELDS and isinstance(value, (str, int, float, bool)) and value != ""
+        if key not in read and isinstance(value, (str, int, float, bool)) and value != ""
     }
 
 
