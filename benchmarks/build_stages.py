@@ -1,6 +1,6 @@
 """Time build-corpus stage by stage on the shared data and print the figures.
 
-    python benchmarks/build_stages.py [--shared ../shared/data] [--workdir DIR] [--books N] [--workers W]
+    python benchmarks/build_stages.py [--shared ../shared/data] [--workdir DIR] [--books N] [--workers W] [--lexicon]
 
 Uses the real files beside the repository: the ancient books (GB18030), the pharmacopoeia
 monographs, the instruction datasets and the evaluation sets. Prints, per stage, rows in and out,
@@ -22,7 +22,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
-def write_config(shared: Path, folder: Path, books: int | None, workers: int) -> Path:
+def write_config(shared: Path, folder: Path, books: int | None, workers: int, lexicon: Path | None = None) -> Path:
     book_dir = shared / "corpus" / "ancient-books"
     if books:
         book_dir = folder / "books"
@@ -76,6 +76,7 @@ path = "{instructions / 'mtcmb_tcm_chgd.jsonl'}"
 format = "instructions"
 category = "sft"
 
+{f'[clean]{chr(10)}domain_lexicon = "{lexicon}"{chr(10)}' if lexicon else ""}
 [decontaminate]
 benchmarks = [{", ".join(json.dumps(str(p)) for p in benchmarks)}]
 
@@ -96,6 +97,8 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path)
     parser.add_argument("--books", type=int, help="only the first N books")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--lexicon", action="store_true",
+                        help="build the TCM lexicon from the pharmacopoeia and the books first (flows lexicon build) and tag with it")
     args = parser.parse_args()
     if not args.shared.is_dir():
         sys.exit(f"shared data not found at {args.shared}")
@@ -108,7 +111,12 @@ def main() -> None:
     workdir = args.workdir or folder / "work"
     if workdir.exists():
         shutil.rmtree(workdir)
-    config = write_config(args.shared, folder, args.books, args.workers)
+    lexicon = None
+    if args.lexicon:
+        from transforms.clean.lexicon import build_lexicon, write_lexicon
+
+        lexicon = write_lexicon(build_lexicon([args.shared / "corpus" / "pharmacopoeia", args.shared / "corpus" / "ancient-books"]), folder / "lexicon.txt")
+    config = write_config(args.shared, folder, args.books, args.workers, lexicon)
     input_mb = sum(p.stat().st_size for p in Path(folder / "books" if args.books else args.shared / "corpus" / "ancient-books").glob("*.txt")) / 1e6
 
     from flows.pipeline import build_corpus

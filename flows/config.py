@@ -6,7 +6,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, computed_field, field_validator, model_validator
 
 from schemas import CATEGORIES
 
@@ -109,10 +109,22 @@ class PiiConfig(Section):
 class CleanConfig(Section):
     """Normalisation, redaction and tagging; what is removed for quality is decided in [select]."""
 
-    opencc: Optional[Literal["t2s", "tw2s", "hk2s"]] = "t2s"
+    # OpenCC converts only text (lines) detected as traditional: "auto" detects the variant,
+    # t2s / tw2s / hk2s fix it; simplified text passes unchanged (transforms/clean/simplify.py).
+    opencc: Optional[Literal["auto", "t2s", "tw2s", "hk2s"]] = "auto"
+    # Extra OpenCC phrase dictionaries (`traditional<TAB>simplified[<TAB>why]` a line), after the
+    # shipped transforms/resources/opencc_phrases.tsv.
+    opencc_phrases: list[Path] = []
+    # Source damage repair (transforms/clean/repair.py) for documents of these categories: corrections
+    # from transforms/resources/corrections.tsv (plus `repair_corrections`, same format) and lost
+    # glyphs filled where the lexicon (shipped seed + `repair_lexicon`, a `flows lexicon build`
+    # file) admits one completion; every document gets a `lost_glyphs` count.
+    repair: bool = True
+    repair_categories: list[str] = ["books"]
+    repair_lexicon: Optional[Path] = None
+    repair_corrections: Optional[Path] = None
     # NFKC folds compatibility forms; full-width CJK punctuation is kept as the text wrote it.
     unicode_form: Literal["NFKC", "NFC", "none"] = "NFKC"
-    min_chars: int = Field(20, ge=0)
     min_turn_chars: int = Field(1, ge=0)
     pii: PiiConfig = PiiConfig()
     # fastText language-ID model; default: lid.176.ftz bundled in the package.
@@ -126,6 +138,26 @@ class CleanConfig(Section):
     domain_lexicon: Optional[Path] = None
     domain_model: Optional[Path] = None
 
+    @model_validator(mode="before")
+    @classmethod
+    def _moved_keys(cls, data):
+        if isinstance(data, dict) and "min_chars" in data:
+            raise ValueError("min_chars is a [select] rule now (it counts an entry's body, not its title): move it to [select]")
+        return data
+
+    @computed_field  # in the config hash: a new shipped table re-runs clean
+    @property
+    def tables(self) -> dict[str, str]:
+        from transforms.clean.repair import table_versions
+        from transforms.clean.simplify import PHRASES_FILE, phrases_version
+
+        return {**table_versions(), PHRASES_FILE: phrases_version()}
+
+
+# A text with more than 1% of its characters lost (「□」 runs of a lacunose manuscript, unfilled
+# blanks) is rejected; fewer are kept with their count (see docs/ARCHITECTURE.md, Cleaning).
+LOST_GLYPHS_DEFAULT = 10.0
+
 
 class SelectConfig(Section):
     """Thresholds on the tags written by clean; None turns a rule off. Defaults keep the classical
@@ -133,6 +165,11 @@ class SelectConfig(Section):
 
     languages: list[str] = ["zh"]
     min_lang_score: Optional[float] = Field(0.5, ge=0, le=1)
+    # Characters of a text's body (after its title line; spaces and cross-references not
+    # counted): a whole short entry (a titled body that ends a sentence, a recipe list, white
+    # text) needs min_entry_chars, anything else (fragments, cross-references, untitled) min_chars.
+    min_chars: Optional[int] = Field(20, ge=0)
+    min_entry_chars: Optional[int] = Field(3, ge=0)
     max_chars: Optional[int] = Field(None, ge=1)
     min_han_chars: Optional[int] = Field(None, ge=0)
     min_han_ratio: Optional[float] = Field(0.3, ge=0, le=1)
@@ -146,10 +183,16 @@ class SelectConfig(Section):
     max_ellipsis_ratio: Optional[float] = Field(0.3, ge=0, le=1)
     max_flagged_per_kchar: Optional[float] = Field(3.0, ge=0)
     max_debris_ratio: Optional[float] = Field(0.1, ge=0, le=1)
+    # Lost glyphs clean could not fill (「□」, ambiguous blanks) per 1,000 characters.
+    max_lost_glyphs_per_kchar: Optional[float] = Field(LOST_GLYPHS_DEFAULT, ge=0)
     min_domain_lexicon: Optional[float] = Field(None, ge=0)
     min_domain_score: Optional[float] = Field(None, ge=0, le=1)
     # Rules to turn off by key (TOML has no null): disable = ["min_punct_line_ratio"].
     disable: list[str] = []
+    # A prompt that conversations passing the rules answer in two or more different ways (in
+    # match form): drop every such row (one question, one answer), or keep them all. Counted in
+    # the manifest's stats.conflicting_answers either way, listed in the corpus report.
+    conflicting_answers: Literal["drop", "keep"] = "drop"
 
     @field_validator("disable")
     @classmethod
@@ -179,10 +222,13 @@ class DedupConfig(Section):
     method: Literal["exact", "minhash"] = "minhash"
     # Which copy of a cluster survives: criteria in order, the input order breaking ties.
     keep: list[Literal["quality", "longest", "source", "first"]] = ["quality", "longest", "source"]
-    quality_column: str = "quality_score"
+    # Unset: the keep rule's `quality` is computed from clean's tags (transforms/dedup.quality_key);
+    # a column name reads that column instead (higher is better).
+    quality_column: Optional[str] = None
     # Sources in order of preference for the `source` criterion; unlisted sources come last.
     source_priority: list[str] = []
-    # Estimated Jaccard similarity of character n-gram shingles from which two rows are one.
+    # Jaccard similarity of character n-gram shingle sets from which two rows are one: LSH on the
+    # MinHash signatures proposes pairs, the exact Jaccard of their shingle sets decides.
     threshold: float = Field(0.8, gt=0, lt=1)
     num_perm: int = Field(128, ge=16, le=1024)
     ngram: int = Field(5, ge=1, le=32)
@@ -207,6 +253,12 @@ class DecontaminateConfig(Section):
     # Share of a question's own n-grams needed when it is matched without its options: higher,
     # because exam stems paraphrase classical clauses that books hold.
     question_overlap: float = Field(0.9, gt=0, le=1)
+    # Share of the n-grams of an item's quoted words (else its stem) that, with the right option
+    # within answer_window characters of them, make a row cite the item with its answer: such rows
+    # are flagged in the `contamination` column and reported, never removed.
+    cite_overlap: float = Field(0.6, gt=0, le=1)
+    answer_window: int = Field(64, ge=0)
+    # remove: rows holding an item are rejected; flag: kept, named in the `contamination` column.
     action: Literal["remove", "flag"] = "remove"
     # Items shorter than this, question, options and answer together in match form, are not indexed.
     min_question_chars: int = Field(8, ge=1)

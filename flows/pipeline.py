@@ -299,7 +299,7 @@ def ingest_flow(output: str, config: Optional[str] = None, inputs: Optional[list
         for s in sources
     ]
     params = {
-        "min_chars": cfg.clean.min_chars,
+        "min_chars": cfg.select.min_chars or 0,
         "batch_rows": cfg.engine.batch_rows,
         "extract_rules": {s.name: s.extract for s in cfg.sources if s.kind == "crawl" and s.extract},
     }
@@ -587,9 +587,11 @@ def _publish_summary(markdown: str, key: str, description: str) -> None:
 def publish_build_report(root: Path, logger) -> Optional[str]:
     """Write WORKDIR/report.html and publish the same figures as Prefect artifacts."""
     from quality.report import build_figures, write_report
+    from transforms.select.conflicts import corpus_conflicts
 
     try:
-        figures = build_figures(root)
+        corpus = root / "corpus"
+        figures = build_figures(root, corpus_conflicts(corpus) if corpus.is_dir() else None)
         path = write_report(figures, root / "report.html")
     except Exception as exc:  # noqa: BLE001 - the report describes a finished build; it never fails one
         logger.warning("could not write the build report: %s", exc)
@@ -631,8 +633,9 @@ REFRESH_DESCRIPTION = "crawl, ingest, clean and dedup new material against the e
 @_holding_workdir
 def refresh(config: Optional[str] = None, workdir: str = "tcm-corpus-build", engine: Optional[str] = None, label: Optional[str] = None) -> dict:
     """Fetch and import the sources again into `WORKDIR/refresh/<label>/` (label: today's UTC
-    date), clean them, and dedup them after the existing `WORKDIR/stages/dedup` rows, so new
-    rows that repeat the corpus are rejected as duplicates and only new material is added.
+    date), clean and select them (the build's own rules: a fragment or a cross-reference is no
+    new row), and dedup them after the existing `WORKDIR/stages/dedup` rows, so new rows that
+    repeat the corpus are rejected as duplicates and only new material is added.
     Without `config`, the embedded sample build."""
     config = config or sample_config_path()
     cfg = load_config(config)
@@ -648,11 +651,12 @@ def refresh(config: Optional[str] = None, workdir: str = "tcm-corpus-build", eng
         page_inputs = [str(target / "crawl")]
     results["ingest"] = ingest_flow(str(target / "ingest"), config, page_inputs)
     results["clean"] = clean_flow([str(target / "ingest")], str(target / "clean"), config, engine)
+    results["select"] = select_flow([str(target / "clean")], str(target / "select"), config, engine)
     existing = root / "stages" / "dedup"
     earlier = [str(existing)] if read_manifest(existing) else []
     if not earlier:
         get_run_logger().info("refresh: no finished build in %s; dedup runs on the new rows alone", root)
-    results["dedup"] = dedup_flow([*earlier, str(target / "clean")], str(target / "dedup"), config, engine)
+    results["dedup"] = dedup_flow([*earlier, str(target / "select")], str(target / "dedup"), config, engine)
 
     # Text rows only: the dedup output also holds its audit kinds (clusters, repeated paragraphs).
     def text_rows(rows_out: dict) -> int:

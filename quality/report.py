@@ -36,7 +36,10 @@ def _json(path: Path) -> dict | None:
         return None
 
 
-def build_figures(workdir: str | Path) -> dict:
+def build_figures(workdir: str | Path, corpus_conflicts: dict | None = None) -> dict:
+    """The report's figures from a build folder. `corpus_conflicts`: prompts the corpus answers in
+    several ways ({"prompts", "rows", "examples"}, `transforms.select.conflicts.corpus_conflicts`), which
+    the flows compute; the select stage's own count comes from its manifest."""
     workdir = Path(workdir)
     stages = workdir / "stages"
     corpus = workdir / "corpus"
@@ -60,6 +63,10 @@ def build_figures(workdir: str | Path) -> dict:
         "sampling_curve": corpus_manifest.get("sampling_curve", []),
         "top_sources": sorted(corpus_manifest.get("counts", {}).get("source", {}).items(), key=lambda kv: -kv[1])[:TOP_SOURCES],
         "dedup": dedup_clusters(stages / "dedup", manifests.get("dedup")),
+        "conflicting_answers": {
+            "select": (_json(stages / "select" / MANIFEST) or {}).get("stats", {}).get("conflicting_answers"),
+            "corpus": corpus_conflicts,
+        },
         "shards": corpus_manifest.get("shards", []),
         "rows": corpus_manifest.get("rows", 0),
     }
@@ -288,10 +295,37 @@ def render_html(figures: dict) -> str:
         if dedup.get("members_by_match"):
             text += "<p>Members by how they matched:</p>" + bars_svg(list(dedup["members_by_match"]), list(dedup["members_by_match"].values()))
         sections.append("<h2>Dedup clusters</h2>" + text)
+    conflicts = figures.get("conflicting_answers") or {}
+    if conflicts.get("select") or conflicts.get("corpus"):
+        sections.append("<h2>Conflicting answers</h2>" + "".join(f"<p>{html.escape(line)}</p>" for line in conflict_lines(conflicts))
+                        + _table(conflict_rows(conflicts), ["where", "prompt", "answer", "source"]))
     sources = figures["top_sources"]
     sections.append("<h2>Top sources</h2>" + bars_svg([s for s, _ in sources], [n for _, n in sources]))
     sections.append("<h2>Shards</h2>" + _table(figures["shards"], ["path", "rows", "bytes", "tokens", "sha256"]))
     return f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>Corpus report</title><style>{STYLE}</style></head><body>{"".join(sections)}</body></html>'
+
+
+def conflict_lines(conflicts: dict) -> list[str]:
+    """Sentences on prompts given several different answers: at select, and left in the corpus."""
+    lines = []
+    chosen = conflicts.get("select")
+    if chosen:
+        done = "dropped" if chosen["mode"] == "drop" else "kept (select.conflicting_answers = \"keep\")"
+        lines.append(f"select: {chosen['prompts']} prompt(s) with several different answers, {chosen['rows']} conversation(s) {done}.")
+    corpus = conflicts.get("corpus")
+    if corpus is not None:
+        lines.append(f"corpus: {corpus['prompts']} prompt(s) with several different answers left, in {corpus['rows']} row(s).")
+    return lines
+
+
+def conflict_rows(conflicts: dict) -> list[dict]:
+    """One row per example answer: where it was seen, the prompt, the answer, its source."""
+    rows = []
+    for where in ("select", "corpus"):
+        for example in (conflicts.get(where) or {}).get("examples", []):
+            for answer in example["answers"]:
+                rows.append({"where": where, "prompt": example["prompt"], "answer": answer["answer"], "source": answer["source"]})
+    return rows
 
 
 def write_report(figures: dict, path: str | Path) -> Path:
@@ -317,6 +351,7 @@ def artifact_tables(figures: dict) -> dict[str, tuple[str, list[dict]]]:
             for c, n in mix.items()
         ]),
         "corpus-top-sources": ("Rows per source", [{"source": s, "rows": n} for s, n in figures["top_sources"]]),
+        "corpus-conflicting-answers": ("Prompts given several different answers, examples", conflict_rows(figures.get("conflicting_answers") or {})),
         "corpus-sampling-curve": ("Share of each category per tenth of training positions", curve_by_tenth(figures["sampling_curve"])),
     }
 
@@ -340,6 +375,9 @@ def artifact_markdown(figures: dict) -> str:
         names = [k for k in tenths[0] if k != "positions"]
         lines += ["## Sampling curve (share per tenth of positions)\n", "| positions | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
         lines += [f"| {row['positions']} | " + " | ".join(f"{row[n]:.3f}" for n in names) + " |" for row in tenths]
+    conflict_text = conflict_lines(figures.get("conflicting_answers") or {})
+    if conflict_text:
+        lines += ["\n## Conflicting answers\n", *[f"- {line}" for line in conflict_text]]
     failed = [r for r in figures["validation"] if not r["success"]]
     lines.append(f"\n## Validation\n\n{len(figures['validation']) - len(failed)} of {len(figures['validation'])} datasets passed.")
     lines += [f"- {r['stage']}: {r['summary']}" for r in failed]

@@ -11,7 +11,7 @@ import pytest
 
 from schemas.dataset import DatasetWriter, StageManifest, read_kind
 from transforms import stages
-from transforms.decontaminate.contamination import ContaminationIndex, own_grams
+from transforms.decontaminate.contamination import ContaminationIndex, decontaminate_with_hits, own_grams
 from transforms.engines.local import LocalEngine
 from transforms.ingest.importers.benchmarks import load_benchmark
 from transforms.clean.normalize import match_key
@@ -117,6 +117,42 @@ def test_classical_clauses_in_exam_stems_do_not_flag_the_classics(shared_data, i
     assert not [c[:30] for c in chapters if index.find(c)]
     page = f"{paraphrased['question']}\n{paraphrased['options']}\n答案：{paraphrased['answer']}"
     assert ("mtcmb_tcm_ed_a", "810") in [(b, i) for b, i, _ in index.find(page)]
+
+
+def test_chapters_citing_an_item_with_its_answer_are_reported_and_flagged_not_removed(tmp_path, shared_data, items):
+    """The Shanghan lun chapters holding the clause an exam item quotes (574, quoted) or cites
+    (810, unquoted) with the right option beside it: reported as cited with the answer and
+    flagged in the `contamination` column, kept even when the action is `remove`."""
+    raw = (shared_data / "corpus" / "ancient-books" / "457-伤寒论.txt").read_bytes().decode("gb18030", "replace")
+    chapters = {f"chapter-{n}": c for n, c in enumerate(re.split(r"<篇名>", raw)) if c.strip()}
+    mtcmb = [i for i in items if i["benchmark"] == "mtcmb_tcm_ed_a"]
+    for action in ("remove", "flag"):
+        out = tmp_path / action
+        manifest = stages.run_decontaminate(
+            [_dataset(tmp_path / f"in-{action}", chapters)], out, {"action": action}, StageManifest(stage="decontaminate"),
+            LocalEngine(), mtcmb,
+        )
+        assert manifest.rows_rejected.get("documents", 0) == 0
+        flags = {r["id"]: r["contamination"] for r in read_kind(out, "documents").to_pylist()}
+        assert len(flags) == len(chapters)
+        cited = {f for f in flags.values() if f}
+        assert cited == {"cites_answer:mtcmb_tcm_ed_a:574", "cites_answer:mtcmb_tcm_ed_a:810"}, cited
+        row = manifest.stats["contamination"]["mtcmb_tcm_ed_a"]
+        assert row["items_found"] == 0 and row["items_cited_with_answer"] == 2 and row["rows_citing"] >= 2
+        report = (out / "contamination.md").read_text(encoding="utf-8")
+        assert "| mtcmb_tcm_ed_a | 1200 | 1200 | 0 | 0 | 0 | 2 |" in report
+        assert "cites_answer" in report
+    # the flag reaches the corpus through the row's meta, whose other keys stay
+    index = ContaminationIndex.build(mtcmb)
+    citing = next(k for k, v in flags.items() if v)
+    table = pa.table({"id": [citing, "x"], "text": [chapters[citing], "黄芪补气。"], "meta": ['{"file": "457-伤寒论.txt"}', None]})
+    kept, _, _ = decontaminate_with_hits(table, "documents", index, "remove")
+    metas = kept.column("meta").to_pylist()
+    assert json.loads(metas[0]) == {"file": "457-伤寒论.txt", "contamination": flags[citing]} and metas[1] is None
+    # the answer must stand beside the cited words: the clause alone is not enough
+    clause = "风湿相搏，身体疼烦，不能自转侧，不呕不渴，脉浮虚而涩者。"
+    assert index.find_all(clause + "桂枝附子汤主之。")[1] and not index.find_all(clause)[1]
+    assert not index.find_all(clause + "夫" * 200 + "桂枝附子汤")[1]
 
 
 def test_quoted_spans_are_not_an_items_own_words():

@@ -19,7 +19,7 @@ from transforms.clean.lexicon import (
     CLASSES,
     LexiconError,
     LexiconMatcher,
-    book_formulas,
+    book_formulas, book_herbs,
     build_lexicon,
     read_lexicon,
     split_run_on,
@@ -79,6 +79,12 @@ def test_lexicon_pieces_read_the_real_layouts():
     assert split_run_on("虚中夹实证") == ["虚中夹实证"]
     text = "<篇名>桂枝汤\n属性：...\n\\x六君子汤\\x 治气虚挟痰。\n<篇名>此丹\n<篇名>中风门第一\n<篇名>丸\n"
     assert book_formulas(text) == ["桂枝汤", "六君子汤"]
+    # A materia medica gives its herbs: chapters that open with a taste and a nature.
+    materia = ("<篇名>丹沙\n内容：味甘，微寒。主身体五脏百病。\n<篇名>【野葛】\n\n内容：辛、甘，平。\n"
+               "<篇名>（补）人参\n内容：甘温，大补元气。\n<篇名>草部\n内容：味苦，寒。\n<篇名>序\n内容：古者。\n")
+    assert book_herbs(materia) == ["丹沙", "野葛", "人参"]
+    # In a book of recipes a chapter that happens to open so is not enough.
+    assert book_herbs("<篇名>结胸\n内容：苦寒之剂。\n<篇名>治方\n内容：用黄连。\n<篇名>又方\n内容：同上。\n<篇名>论\n内容：凡病。\n") == []
 
 
 def test_lexicon_build_refuses_a_named_file_it_cannot_read_terms_from(shared_data, tmp_path, capsys):

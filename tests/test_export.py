@@ -108,8 +108,8 @@ def test_exports_in_trainer_formats_keep_the_order(corpus, tmp_path):
     chat = [row for row in ordered if row["format"] == "chat"]
     text = [row for row in ordered if row["format"] == "text"]
     assert dict(counts) == {
-        "sharegpt.jsonl": len(chat), "sharegpt-pretrain.jsonl": len(text),
-        "alpaca.jsonl": len(chat), "alpaca-pretrain.jsonl": len(text), "corpus.jsonl": len(ordered),
+        "sharegpt.jsonl": len(chat), "pretrain.jsonl": len(text),
+        "alpaca.jsonl": len(chat), "corpus.jsonl": len(ordered),
     }
 
     def lines(name):
@@ -121,7 +121,8 @@ def test_exports_in_trainer_formats_keep_the_order(corpus, tmp_path):
         roles = [m["from"] for m in record["conversations"]]
         assert roles == ["human", "gpt"] * (len(roles) // 2)
         assert record["conversations"][-1]["value"] == row["messages"][-1]["content"]
-    with_system = [r for r in sharegpt if "system" in r]
+    assert all("system" in r for r in sharegpt), "every row holds every column dataset_info.json maps"
+    with_system = [r for r in sharegpt if r["system"]]
     assert len(with_system) == SFT_EPOCHS and with_system[0]["system"] == "你是一名中医师。"
 
     alpaca = lines("alpaca.jsonl")
@@ -130,7 +131,7 @@ def test_exports_in_trainer_formats_keep_the_order(corpus, tmp_path):
         assert record["output"] == turns_[-1]["content"] and record["instruction"] == turns_[-2]["content"]
         assert len(record["history"]) == len(turns_) // 2 - 1
     assert any(record["history"] for record in alpaca), "real dialogues have several rounds"
-    assert [r["text"] for r in lines("sharegpt-pretrain.jsonl")] == [row["text"] for row in text]
+    assert [r["text"] for r in lines("pretrain.jsonl")] == [row["text"] for row in text]
     assert [r["position"] for r in lines("corpus.jsonl")] == list(range(len(ordered)))
 
     info = json.loads((out / DATASET_INFO).read_text(encoding="utf-8"))
@@ -154,7 +155,7 @@ def test_export_flow_writes_the_chosen_formats(corpus, tmp_path, prefect_harness
     from flows.pipeline import export_flow
 
     result = export_flow(inputs=[str(corpus)], output=str(tmp_path / "export"), formats=["alpaca"])
-    assert set(result["stats"]["files"]) == {"alpaca.jsonl", "alpaca-pretrain.jsonl"}
+    assert set(result["stats"]["files"]) == {"alpaca.jsonl", "pretrain.jsonl"}
     assert (tmp_path / "export" / "alpaca.jsonl").is_file() and (tmp_path / "export" / DATASET_INFO).is_file()
     total = sum(pq.read_metadata(path).num_rows for path in corpus.glob("part-*.parquet"))
     assert result["rows_in"] == {"corpus": total}

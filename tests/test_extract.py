@@ -73,9 +73,25 @@ def test_site_rules_choose_content_drop_parts_and_title():
     <span class="headline">规则给出的标题</span></body></html>"""
     rules = {"content": "#story", "drop": [".note"], "title": "span.headline"}
     page = extract_main(html, rules=rules)
-    assert page == {"title": "规则给出的标题", "text": "正文第一段。", "headings": []}
+    # the rule's title is the page's heading: the text opens with it
+    assert page == {"title": "规则给出的标题", "text": "规则给出的标题\n\n正文第一段。", "headings": ["规则给出的标题"]}
     # a content rule that matches nothing falls back to the heuristics
     assert "别的内容" in extract_main(html, rules={"content": "#gone"})["text"]
+
+
+def test_a_heading_above_the_content_becomes_the_first_line():
+    body = "<p>这一段讲山药的性味与功效，甘平，补脾养胃，生津益肺，补肾涩精。</p>" * 3
+    html = f"""<html><head><title>山药 - 本草站</title></head><body>
+    <div class="wrap"><h1>山药</h1><div class="meta-info">2024-05-01</div><div class="txt">{body}</div></div></body></html>"""
+    page = extract_main(html)
+    assert page["title"] == "山药" and page["text"].startswith("山药\n\n这一段讲山药")
+    # an <h1> inside the content, after a dateline, is moved to the front, not repeated
+    inside = f"<html><body><article><p>2024-05-01 发布</p><h1>山药</h1>{body}</article></body></html>"
+    text = extract_main(inside)["text"]
+    assert text.startswith("山药\n\n2024-05-01 发布") and text.count("山药\n") == 1
+    # without a heading the text is left as it is; the <title> only names the page
+    plain = extract_main(f"<html><head><title>山药的功效 - 站</title></head><body><div>{body}</div></body></html>")
+    assert plain["title"] == "山药的功效" and plain["text"].startswith("这一段讲山药")
 
 
 def test_empty_and_broken_html_give_empty_text():

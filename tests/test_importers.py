@@ -91,7 +91,8 @@ def test_book_header_chapters_and_volumes(all_books):
     assert [r.row["title"] for r in records[:3]] == ["邵序", "张序", "孙序"]
     dansha = next(r for r in records if r.row["title"] == "丹沙")
     assert loads_meta(dansha.row["meta"])["volume"] == "卷一/上经"
-    assert dansha.row["text"].startswith("味甘，微寒。")  # the 内容： prefix is gone
+    # the chapter's title opens its text, on a line of its own; the 内容： prefix is gone
+    assert dansha.row["text"].startswith("丹沙\n味甘，微寒。")
     assert [loads_meta(r.row["meta"])["chapter_index"] for r in records] == list(range(len(records)))
 
 
@@ -155,7 +156,7 @@ def test_big5_and_utf8_are_detected(tmp_path):
         meta = loads_meta(record.row["meta"])
         assert meta["encoding"] == encoding and meta["replaced_bytes"] == 0
         assert meta["book"] == "傷寒論" and record.row["title"] == "辨脈法"
-        assert record.row["text"].startswith("問曰：脈有陰陽")
+        assert record.row["text"].startswith("辨脈法\n問曰：脈有陰陽")
     corrupt_utf8 = "甘草，味甘，平。".encode("utf-8") * 20 + b"\xff" + "归心经。".encode("utf-8")
     assert decode_bytes(corrupt_utf8).encoding == "utf-8" and decode_bytes(corrupt_utf8).replaced_bytes == 1
     # A lead byte followed by a digit, as in 婴童类萃; then a run of two invalid bytes.
@@ -380,9 +381,13 @@ def test_sample_book():
     meta = loads_meta(records[0].row["meta"])
     assert meta["encoding"] == "gb18030" and meta["book"] == "杏林撮要" and meta["author"] == "林鹤年"
     reasons = Counter((r.reason or "kept").split(":")[0] for r in records)
-    assert reasons == {"kept": len(records) - 2, "empty_chapter": 1, "repeated_record": 1}
+    # 异功散 and 六君子汤 share a body (a cross-reference), but each entry names its own subject
+    assert reasons == {"kept": len(records) - 1, "empty_chapter": 1}
+    by_title = {r.row["title"]: r.row["text"] for r in records}
+    assert by_title["异功散"] == "异功散\n（方见四君子汤条下。）"
     sijunzi = next(r for r in records if r.row["title"] == "四君子汤")
     assert loads_meta(sijunzi.row["meta"])["volume"] == "卷下/方论"
+    # a body that opens with its title does not get it twice
     assert sijunzi.row["text"].startswith("四君子汤 治脾胃气虚。\n人参 白术 茯苓（各三钱） 甘草（炙，二钱）\n")
     assert_conforms(records)
 

@@ -43,12 +43,14 @@ def test_match_key_ignores_script_punctuation_and_spacing():
 
 def test_clean_ledger_and_reasons():
     batch = docs(["黃耆味甘微溫，主治癰疽久敗瘡，排膿止痛。", "短", "  \u200b "])
-    kept, rejected = clean_documents(batch, {"min_chars": 10})
+    kept, rejected = clean_documents(batch, {})
     assert kept.num_rows + rejected.num_rows == batch.num_rows
-    assert kept.column("traditional").to_pylist() == [True]
-    assert rejected.column("reason").to_pylist() == ["too_short:chars=1<min_chars=10", "empty"]
+    # Clean removes only the empty text; how short is too short is select's rule on body_chars.
+    assert kept.column("traditional").to_pylist() == [True, False]
+    assert kept.column("body_chars").to_pylist() == [20, 1]
+    assert rejected.column("reason").to_pylist() == ["empty"]
     # A rejected row keeps its text as it came in.
-    assert rejected.column("text").to_pylist()[0] == "短"
+    assert rejected.column("text").to_pylist()[0] == "  \u200b "
 
 
 def test_conversations_must_alternate_and_end_with_answer():

@@ -11,10 +11,21 @@ pulse, tongue, theory, book.
     terminology     `3.1.1` code lines with a term and its synonyms: a file whose terms mostly
                     end in 证 gives syndromes, any other gives diseases
     classical book  `<篇名>` chapters: formula names are chapter titles and `\\x...\\x` emphasised
-                    words that end in 汤 散 丸 饮 膏 丹 and do not open with a word of prose
+                    words that end in 汤 散 丸 饮 膏 丹 and do not open with a word of prose; in a
+                    materia medica (a book where at least a third of the chapters open with a
+                    taste and a nature: 味甘，微寒 / 苦平 / 辛、甘，平), those chapters' titles
+                    are herbs (the classical names: 野葛, 鬼臼, 天雄, 乌喙)
     lexicon list    lines `term<TAB>class` (a list a user curates, or a lexicon built before)
 and the seed list shipped beside this module (acupoints, meridians, pulses, tongue signs,
 theory, classical book titles), which no file of the references holds.
+
+Lists: `LexiconMatcher.recognises_list(line)` says whether a line is a list of terms (herbs
+separated by spaces: a formula's composition, 妊娠禁忌): at least `LIST_MIN_ITEMS` items, of which
+at least two and a third are terms (an item is a term when terms cover half its Han characters;
+bracketed notes such as （入酒） are not items). Navigation (首页 新闻中心 联系我们) has no term.
+`list_matcher(path)` is the matcher the clean stage uses for it: the configured lexicon, else
+the default lexicon shipped in the package (the seed list and the words of
+resources/tcm_user_dict.txt: common herbs, formulas, syndromes, methods).
 
 Density: `LexiconMatcher.density(texts)` is, per text, the share of its Han characters covered by
 lexicon terms, matched leftmost-longest without overlaps by an Aho-Corasick automaton, so
@@ -23,9 +34,11 @@ aho-corasick crate) matches the books about 8 times as fast as pyahocorasick's i
 """
 from __future__ import annotations
 
+import os
 import re
 from collections import Counter
 from dataclasses import dataclass, field
+from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 from typing import Iterable
@@ -43,18 +56,37 @@ SEED_FILE = "tcm_seed_lexicon.txt"
 HAN = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0002ebef"
 HAN_CHAR = f"[{HAN}]"
 TERM = re.compile(f"^{HAN_CHAR}{{2,16}}$")
+HAN_PATTERN = re.compile(HAN_CHAR)
 BRACKETED = re.compile(r"^(.+?)[（(]([^）)]+)[）)]$")
 FORMULA_SUFFIXES = "汤散丸饮膏丹"
 FORMULA_HEADING = re.compile(f"(?:<篇名>|\\\\x)\\s*({HAN_CHAR}{{2,11}}[{FORMULA_SUFFIXES}])(?=\\s*(?:$|\\\\x|[（(]))", re.M)
 # Prose that happens to end in 汤/丸/散 (此丹, 用丸散, 煎汤, 治火丹) opens with one of these.
 PROSE_OPENERS = set("此其又即用服煎熬宜或凡各再仍若以与和共每将")
 MIN_BOOK_FORMULA_CHARS = 3
+# A chapter title and the first words of its text (after 内容： / 属性：).
+CHAPTER_OPENING = re.compile(r"^<篇名>([^\n]+)\n(?:\s*\n)*\s*(?:内容|属性)：\s*([^\n]{0,24})", re.M)
+# A materia medica entry opens with its taste and nature: 味甘，微寒。 苦平， 辛、甘，平。 甘温，
+TASTE = "[甘苦辛酸咸淡涩]"
+MATERIA_MEDICA_OPENING = re.compile(
+    rf"^(?:气味|性味)?[：∶]?味?(?:微|大)?{TASTE}(?:[、，,]?(?:微|大)?{TASTE}){{0,2}}[、，,]?\s*(?:气)?(?:微|大|小)?[温寒凉平热]"
+)
+MATERIA_MEDICA_SHARE = 1 / 3
+TITLE_TAG = re.compile(r"^[（(〔][^）)〕]{1,3}[）)〕]|[（(〈〔][^）)〉〕]{0,8}[）)〉〕]$")
+# Chapter titles of a materia medica that are its sections, not herbs.
+NOT_HERB_SUFFIXES = ("部", "类", "门", "论", "篇", "卷", "品", "序", "例", "目录")
 ACTION_SEPARATORS = re.compile(r"[，。；、,;\s]+")
 ACTION = re.compile(f"^{HAN_CHAR}{{2,8}}$")
 MIN_TERMS_TO_RECOGNISE = 5
 # `风证类`, `外感时令类病`: headings that group terms, not terms a text uses.
 CATEGORY_SUFFIX = ("类", "类病")
 TRAILING_MARKS = "[]()（）,，、 "
+# A list line: items separated by spaces or 、; bracketed notes (（入酒）, （各等分）) are no items.
+LIST_ITEM_SEPARATORS = re.compile(r"[\s、]+")
+BRACKETED_NOTE = re.compile(r"[（(〔【][^（）()〔〕【】]*[）)〕】]")
+LIST_MIN_ITEMS = 3
+LIST_MIN_TERMS = 2
+LIST_TERM_SHARE = 1 / 3
+USER_DICT = ("transforms.resources", "tcm_user_dict.txt")
 
 
 class LexiconError(Exception):
@@ -130,7 +162,7 @@ def read_terms(path: Path) -> tuple[str, list[tuple[str, str]]]:
     if listed is not None:
         return "lexicon", listed
     if "<篇名>" in text:
-        return "book", [(name, "formula") for name in book_formulas(text)]
+        return "book", [(name, "formula") for name in book_formulas(text)] + [(name, "herb") for name in book_herbs(text)]
     herbs, actions = pharmacopoeia_terms(lines)
     if len(herbs) >= MIN_TERMS_TO_RECOGNISE:
         return "pharmacopoeia", [(name, "herb") for name in herbs] + [(name, "action") for name in actions]
@@ -205,6 +237,22 @@ def book_formulas(text: str) -> list[str]:
     return names
 
 
+def book_herbs(text: str) -> list[str]:
+    """Titles of the chapters that open like a materia medica entry, in a book where at least
+    `MATERIA_MEDICA_SHARE` of the chapters do; none in any other book."""
+    chapters = CHAPTER_OPENING.findall(text.replace("\r\n", "\n").replace("\r", "\n"))
+    herbs = [clean_herb_title(title) for title, opening in chapters if MATERIA_MEDICA_OPENING.match(opening)]
+    if not chapters or len(herbs) < MATERIA_MEDICA_SHARE * len(chapters):
+        return []
+    return [name for name in herbs if name and TERM.match(name) and not name.endswith(NOT_HERB_SUFFIXES)]
+
+
+def clean_herb_title(title: str) -> str:
+    """`【熟地】` -> 熟地; `（补）人参` -> 人参; `枸杞子（附）`, `薏苡仁〈平〉` -> the name alone."""
+    title = TITLE_TAG.sub("", title.strip().strip("【】[]"))
+    return title.strip()
+
+
 def parse_lexicon_lines(lines: list[str], origin: Path | str, strict: bool = True) -> list[tuple[str, str]] | None:
     """`term<TAB>class` lines ('#' comments and blank lines skipped). Not strict: None when the
     file is not such a list; strict: a bad line is a LexiconError naming it."""
@@ -261,8 +309,47 @@ class LexiconMatcher:
         # Terms are Han only, so every matched character is a Han character.
         return sum(end - start for _, start, end in self.automaton.find_matches_as_indexes(text))
 
+    def recognises_list(self, line: str) -> bool:
+        """Whether `line` is a list of domain terms (see the module's docstring)."""
+        items = [item for item in LIST_ITEM_SEPARATORS.split(BRACKETED_NOTE.sub(" ", line)) if HAN_PATTERN.search(item)]
+        if len(items) < LIST_MIN_ITEMS:
+            return False
+        terms = sum(1 for item in items if 2 * self.matched_chars(item) >= len(HAN_PATTERN.findall(item)))
+        return terms >= LIST_MIN_TERMS and terms >= LIST_TERM_SHARE * len(items)
+
     def density(self, texts: list[str]) -> np.ndarray:
         """Matched Han characters / Han characters, per text; 0 for a text with no Han."""
         han = pc.count_substring_regex(pa.array(texts, pa.large_string()), HAN_CHAR).to_numpy(zero_copy_only=False)
         matched = np.fromiter((self.matched_chars(t) if n else 0 for t, n in zip(texts, han)), np.float64, len(texts))
         return np.where(han > 0, matched / np.maximum(han, 1), 0.0)
+
+
+def default_terms() -> list[str]:
+    """The lexicon a build has without one of its own: the seed list and the shipped jieba
+    dictionary's words (herbs, formulas, syndromes, methods, acupoints)."""
+    package, name = USER_DICT
+    text = resources.files(package).joinpath(name).read_text(encoding="utf-8")
+    words = [line.split()[0] for line in text.splitlines() if line.strip() and not line.startswith("#")]
+    return sorted({term for term, _ in seed_terms()} | {w for w in words if TERM.match(w)})
+
+
+def list_matcher(path: Path | str | None = None) -> LexiconMatcher:
+    """The matcher of a lexicon file (`flows lexicon build`), or of `default_terms()` without one;
+    loaded once per process and file version. LexiconError if the file cannot be read."""
+    if path is None:
+        return _default_matcher()
+    try:
+        stat = os.stat(path)
+    except OSError as exc:
+        raise LexiconError(f"lexicon {path} cannot be read ({exc.strerror})") from None
+    return _file_matcher(str(path), stat.st_mtime_ns, stat.st_size)
+
+
+@lru_cache(maxsize=1)
+def _default_matcher() -> LexiconMatcher:
+    return LexiconMatcher(default_terms())
+
+
+@lru_cache(maxsize=4)
+def _file_matcher(path: str, mtime_ns: int, size: int) -> LexiconMatcher:
+    return LexiconMatcher(read_lexicon(path))

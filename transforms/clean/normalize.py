@@ -1,4 +1,5 @@
-"""Text normalisation for Chinese: Unicode clean-up, traditional to simplified, whitespace.
+"""Text normalisation for Chinese: Unicode clean-up, traditional to simplified (only what was
+traditional: transforms/clean/simplify.py), whitespace.
 
 Unicode policy (NFKC with Chinese punctuation kept):
 - control characters (but newline and tab), zero-width characters, direction marks, variation
@@ -17,7 +18,6 @@ import re
 import unicodedata
 from functools import lru_cache
 
-import numpy as np
 
 # Full-width punctuation that plain NFKC would turn into ASCII (and the Chinese ellipsis …,
 # which it would turn into three dots).
@@ -93,21 +93,17 @@ def tidy_whitespace(text: str) -> str:
     return _BLANK_LINES.sub("\n\n", text).strip(" \n")
 
 
-def to_simplified(text: str, config: str | None = "t2s") -> tuple[str, int]:
-    """The text in simplified characters, and how many characters changed."""
-    if not config:
-        return text, 0
-    converted = _converter(config).convert(text)
-    if converted == text:
-        return text, 0
-    if len(converted) == len(text):
-        before = np.frombuffer(text.encode("utf-32-le"), np.uint32)
-        after = np.frombuffer(converted.encode("utf-32-le"), np.uint32)
-        return converted, int(np.count_nonzero(before != after))
-    return converted, abs(len(converted) - len(text)) or 1
+def to_simplified(text: str, config: str | None = "auto", phrase_files: tuple[str, ...] = ()) -> tuple[str, int]:
+    """The text with what was written in traditional characters simplified (transforms.clean.simplify:
+    detection per text and line, OpenCC with the protected phrases), and how many characters
+    changed. `config`: "auto", "t2s", "tw2s", "hk2s" or None (off)."""
+    from .simplify import to_simplified as simplify
+
+    result = simplify(text, config, phrase_files)
+    return result.text, result.changed
 
 
-def normalize_text(text: str, opencc: str | None = "t2s", unicode_form: str = "NFKC") -> tuple[str, int]:
+def normalize_text(text: str, opencc: str | None = "auto", unicode_form: str = "NFKC") -> tuple[str, int]:
     """Clean text for training; returns it with the count of characters changed by OpenCC."""
     text = tidy_whitespace(unicode_clean(text, unicode_form))
     return to_simplified(text, opencc)

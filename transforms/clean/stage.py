@@ -39,6 +39,7 @@ def run_clean(inputs, output, params, manifest, engine, progress=None) -> StageM
                 for name, n in stats.get("pii_redactions", {}).items():
                     counts[name] = counts.get(name, 0) + n
                 seconds.update(stats.get("seconds", {}))
+                clean.merge_counts(manifest.stats, kind, stats)
                 if progress:
                     progress(kind, kept.num_rows + rejected.num_rows)
         manifest.stats["pii_redactions"] = redactions

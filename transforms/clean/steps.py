@@ -4,6 +4,9 @@ in transforms/select/rules.py, so a changed threshold never recomputes a tag).
 
 Each function takes a batch and the `[clean]` parameters and returns (kept, rejected); every
 input row is in exactly one of the two, and a rejected row says which rule and value removed it.
+Clean removes only what cannot be a text at all (an empty document, a malformed dialogue); how
+short an entry may be is a `[select]` rule on the `body_chars` and `body_kind` tags
+(transforms/entries.py), so the dry run shows it.
 Given a `stats` dict, it adds redaction counts per kind and CPU seconds per step to it (CPU
 time of the worker, so the figures hold on a loaded machine).
 """
@@ -23,14 +26,14 @@ from schemas import CONVERSATIONS, DOCUMENTS, ROLES, conform, conversation_text
 from schemas.records import loads_meta
 
 from . import pii
+from .entries import body_tags, opens_with_title_line, title_prefix
 from .langid import DEFAULT_MAX_CHARS, LanguageIdentifier
-from .normalize import han_count, normalize_text
+from .lexicon import list_matcher
+from .normalize import tidy_whitespace, unicode_clean
+from .repair import REPAIR_TYPE, repairer
+from .simplify import to_simplified
 from .tag_rules import quality_tags
 from .textstats import HAN, TextBatch
-
-# A text counts as traditional when at least this share of its Han characters changed.
-TRADITIONAL_SHARE = 0.05
-
 
 def _split(table: pa.Table, reasons: list[str | None]) -> tuple[pa.Table, pa.Table]:
     is_rejected = pa.array([r is not None for r in reasons])
@@ -43,56 +46,104 @@ def _split(table: pa.Table, reasons: list[str | None]) -> tuple[pa.Table, pa.Tab
 def clean_documents(batch: pa.RecordBatch | pa.Table, params: dict, stats: dict | None = None) -> tuple[pa.Table, pa.Table]:
     stats = stats if stats is not None else {}
     table = conform(batch, DOCUMENTS)
-    opencc, form = _form(params)
-    min_chars = params.get("min_chars", 20)
     redact_kinds = pii_kinds(params)
     texts, traditional, reasons = [], [], []
     timer = _Timer(stats)
     with timer("normalize"):
-        normalized = [normalize_text(raw or "", opencc, form) for raw in table.column("text").to_pylist()]
+        normalized = [_normalize(raw or "", params, stats, DOCUMENTS) for raw in table.column("text").to_pylist()]
     with timer("pii"):
         redacted, redactions = pii.redact_batch([text for text, _ in normalized], redact_kinds)
-    han_counts = TextBatch(redacted).count(HAN)
-    for text, (_, changed), han in zip(redacted, normalized, han_counts):
+    with timer("repair"):
+        redacted, repairs, lost = _repair(redacted, table.column("category").to_pylist(), params, stats)
+    for text, (_, is_traditional) in zip(redacted, normalized):
         texts.append(text)
-        traditional.append(han > 0 and changed / han >= TRADITIONAL_SHARE)
-        if not text:
-            reasons.append("empty")
-        elif len(text) < min_chars:
-            reasons.append(f"too_short:chars={len(text)}<min_chars={min_chars}")
-        else:
-            reasons.append(None)
+        traditional.append(is_traditional)
+        reasons.append(None if text.strip() else "empty")
     # Rejected rows keep the text as it came in, so nothing the stage changed is lost.
     original = table
     table = table.set_column(table.schema.get_field_index("text"), "text", pa.array(texts, pa.string()))
     table = _with_column(table, "traditional", pa.array(traditional, pa.bool_()))
+    table = _with_column(table, "repairs", pa.array(repairs, REPAIR_TYPE))
+    table = _with_column(table, "lost_glyphs", pa.array(lost, pa.int32()))
     kept, _ = _split(table, reasons)
     _, rejected = _split(original, reasons)
-    kept = add_tags(kept, kept.column("text").to_pylist(), params, timer)
+    kept_texts = kept.column("text").to_pylist()
+    titles = [_normalize(title, params, {}, DOCUMENTS)[0] if title else None for title in kept.column("title").to_pylist()]
+    kept = add_tags(kept, kept_texts, params, timer, title=title_prefix(kept_texts, titles))
+    lengths = np.maximum(pc.utf8_length(kept.column("text")).to_numpy(zero_copy_only=False), 1)
+    per_kchar = kept.column("lost_glyphs").to_numpy(zero_copy_only=False) * 1000.0 / lengths
+    kept = _with_column(kept, "lost_glyphs_per_kchar", pa.array(per_kchar.astype(np.float32)))
     _add_counts(stats, "pii_redactions", redactions)
     return kept, rejected
+
+
+def _normalize(text: str, params: dict, stats: dict, kind: str) -> tuple[str, bool]:
+    """Unicode and whitespace policy, then OpenCC on what was traditional (transforms.clean.simplify);
+    counts rows and characters converted per variant into stats["opencc"][kind]."""
+    text = tidy_whitespace(unicode_clean(text, params.get("unicode_form", "NFKC")))
+    result = to_simplified(text, params.get("opencc", "auto"), tuple(map(str, params.get("opencc_phrases") or ())))
+    counts = stats.setdefault("opencc", {}).setdefault(kind, {})
+    counts["texts"] = counts.get("texts", 0) + 1
+    if result.traditional:
+        counts["traditional_texts"] = counts.get("traditional_texts", 0) + 1
+    if result.variant:
+        counts[f"converted_texts:{result.variant}"] = counts.get(f"converted_texts:{result.variant}", 0) + 1
+        counts["converted_chars"] = counts.get("converted_chars", 0) + result.changed
+    return result.text, result.traditional
+
+
+def _repair(texts: list[str], categories: list[str], params: dict, stats: dict) -> tuple[list[str], list[list[dict]], list[int]]:
+    """Corrections and lost-glyph filling (transforms.clean.repair) for rows of the categories in
+    `repair_categories` (default books); every row gets its `lost_glyphs` count (in other
+    categories: the 「□」 marks). Counts per kind and per correction go to stats["repairs"]."""
+    enabled = params.get("repair", True)
+    scope = set(params.get("repair_categories") or ["books"])
+    counts = stats.setdefault("repairs", {})
+    by_entry = stats.setdefault("repairs_by_entry", {})
+    out_texts, out_repairs, out_lost = [], [], []
+    tool = repairer(_path(params.get("repair_lexicon")), _path(params.get("repair_corrections"))) if enabled else None
+    for text, category in zip(texts, categories):
+        if tool is None or category not in scope:
+            out_texts.append(text)
+            out_repairs.append([])
+            out_lost.append(text.count("□"))
+            continue
+        result = tool.repair(text)
+        out_texts.append(result.text)
+        out_repairs.append([r.as_dict() for r in result.repairs])
+        out_lost.append(result.lost_glyphs)
+        for r in result.repairs:
+            counts[r.kind] = counts.get(r.kind, 0) + 1
+            key = f"{r.original}->{r.replacement}"
+            by_entry[key] = by_entry.get(key, 0) + 1
+        counts["lost_glyphs_tagged"] = counts.get("lost_glyphs_tagged", 0) + result.lost_glyphs
+        counts["rows_repaired"] = counts.get("rows_repaired", 0) + bool(result.repairs)
+    return out_texts, out_repairs, out_lost
+
+
+def _path(value) -> str | None:
+    return str(value) if value else None
 
 
 def clean_conversations(batch: pa.RecordBatch | pa.Table, params: dict, stats: dict | None = None) -> tuple[pa.Table, pa.Table]:
     stats = stats if stats is not None else {}
     table = conform(batch, CONVERSATIONS)
-    opencc, form = _form(params)
     min_turn = params.get("min_turn_chars", 1)
     redact_kinds = pii_kinds(params)
     redactions: Counter = Counter()
     timer = _Timer(stats)
     conversations, traditional, reasons = [], [], []
     for messages in table.column("messages").to_pylist():
-        cleaned, changed, han = [], 0, 0
+        cleaned, any_traditional = [], False
         for message in messages or []:
-            content, n = normalize_text(message.get("content") or "", opencc, form)
+            content, is_traditional = _normalize(message.get("content") or "", params, stats, CONVERSATIONS)
             if redact_kinds:
                 content, counts = pii.redact(content, redact_kinds)
                 redactions.update(counts)
             cleaned.append({"role": message.get("role"), "content": content})
-            changed, han = changed + n, han + han_count(content)
+            any_traditional |= is_traditional
         conversations.append(cleaned)
-        traditional.append(han > 0 and changed / han >= TRADITIONAL_SHARE)
+        traditional.append(any_traditional)
         reasons.append(_conversation_problem(cleaned, min_turn))
     original = table
     index = table.schema.get_field_index("messages")
@@ -105,32 +156,37 @@ def clean_conversations(batch: pa.RecordBatch | pa.Table, params: dict, stats: d
     return kept, rejected
 
 
-def _form(params: dict) -> tuple[str | None, str]:
-    return params.get("opencc", "t2s"), params.get("unicode_form", "NFKC")
-
-
 def pii_kinds(params: dict) -> tuple[str, ...]:
     """The personal-data kinds to redact: all unless `pii` switches some off."""
     switches = params.get("pii") or {}
     return tuple(kind for kind in pii.KINDS if switches.get(kind, True))
 
 
-def add_tags(table: pa.Table, texts: list[str], params: dict, timer: "_Timer | None" = None) -> pa.Table:
+def add_tags(table: pa.Table, texts: list[str], params: dict, timer: "_Timer | None" = None,
+             title: np.ndarray | None = None) -> pa.Table:
     """The table with `lang`, `lang_score`, the quality columns and (when configured) the domain
-    columns, computed for `texts` (one per row)."""
+    columns, computed for `texts` (one per row). With `title` (documents: the length of the
+    title each text opens with, `entries.title_prefix`), also `body_chars` and `body_kind`, and
+    a title line of its own is left out of the line rules."""
     timer = timer or _Timer({})
+    titled = opens_with_title_line(texts, title) if title is not None else None
     rule_seconds: dict[str, float] = {}
-    batch = TextBatch(texts)
+    batch = TextBatch(texts, titled)
     with timer("langid"):
         identifier = _identifier(params.get("lid_model"), int(params.get("lid_max_chars", DEFAULT_MAX_CHARS)))
         langs, scores = identifier.predict(texts, batch)
     tags = {"lang": pa.array(langs, pa.string()), "lang_score": pa.array(scores.astype(np.float32))}
-    quality = quality_tags(texts, params, rule_seconds)
+    quality = quality_tags(texts, params, rule_seconds, titled)
     if "debris_ratio" in quality and "meta" in table.column_names:
         quality["debris_ratio"] = _with_replaced_bytes(quality["debris_ratio"], batch, texts, table.column("meta").to_pylist())
     for name, values in quality.items():
         tags[name] = pa.array(values if values.dtype.kind == "i" else values.astype(np.float32))
     timer.add(rule_seconds)
+    if title is not None:
+        with timer("entries"):
+            body = body_tags(texts, title, list_matcher(params.get("domain_lexicon")))
+        tags["body_chars"] = pa.array(body["body_chars"], pa.int64())
+        tags["body_kind"] = pa.array(body["body_kind"], pa.string())
     if params.get("domain_lexicon") or params.get("domain_model"):
         with timer("domain"):
             for name, values in _domain_tagger(params.get("domain_lexicon"), params.get("domain_model")).tag(texts).items():
@@ -221,6 +277,22 @@ def _with_column(table: pa.Table, name: str, values: pa.Array) -> pa.Table:
     if name in table.schema.names:
         return table.set_column(table.schema.get_field_index(name), name, values)
     return table.append_column(name, values)
+
+
+# Counts a clean step adds to its stats, summed over batches by the stage into the manifest:
+# stats[name][kind][counter]. (pii_redactions keeps its own shape, kind -> redaction kind.)
+COUNTED_STATS = ("opencc", "repairs", "repairs_by_entry")
+
+
+def merge_counts(totals: dict, kind: str, stats: dict) -> None:
+    """Adds one batch's COUNTED_STATS into totals[name][kind] (the manifest's stats)."""
+    for name in COUNTED_STATS:
+        found = stats.get(name) or {}
+        # opencc counts are already per kind; repairs are counted for documents only.
+        found = found.get(kind, {}) if name == "opencc" else found
+        into = totals.setdefault(name, {}).setdefault(kind, {})
+        for key, n in found.items():
+            into[key] = into.get(key, 0) + n
 
 
 STEPS = {DOCUMENTS: clean_documents, CONVERSATIONS: clean_conversations}

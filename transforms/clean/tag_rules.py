@@ -8,8 +8,8 @@ not words; Chinese punctuation; classical texts without modern punctuation habit
 | chars, han_chars | length in characters, and in Han characters | Gopher length |
 | han_ratio | Han characters / visible characters | ChineseWebText |
 | symbol_ratio, digit_ratio | symbols (S*), digits / visible characters | Gopher symbol ratio |
-| mean_line_chars | mean characters of a non-empty line | Gopher / FineWeb |
-| punct_line_ratio | share of lines that end in punctuation, or are punctuated prose, unpunctuated classical text, a heading, a verse line or a dose line | C4 / FineWeb |
+| mean_line_chars | mean characters of a non-empty line (a title line left out, as in every line rule) | Gopher / FineWeb |
+| punct_line_ratio | share of lines (a title line left out) that end in punctuation, or are punctuated prose, unpunctuated classical text, a heading, a verse line, a dose line or a list of lexicon terms | C4 / FineWeb |
 | dup_line_ratio | characters in repeated lines / all characters | Gopher |
 | dup_ngram_ratio | characters covered by character n-grams seen twice / all characters | Gopher |
 | bullet_ratio, ellipsis_ratio | lines opening with a bullet, ending with an ellipsis | Gopher |
@@ -28,6 +28,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from .lexicon import list_matcher
 from .textstats import DEBRIS, DIGIT, HAN, SYMBOL, TextBatch, ratio
 from .words import flagged_pattern, flagged_words, tokenizer, whole_word_hits
 
@@ -69,12 +70,14 @@ TAG_COLUMNS = (
 )
 
 
-def quality_tags(texts: list[str], params: dict | None = None, timings: dict | None = None) -> dict[str, np.ndarray]:
-    """Every quality column for `texts`; `timings` (if given) collects CPU seconds per rule."""
+def quality_tags(texts: list[str], params: dict | None = None, timings: dict | None = None,
+                 titled: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """Every quality column for `texts`; `timings` (if given) collects CPU seconds per rule;
+    `titled` (per text: its first line is its title) keeps title lines out of punct_line_ratio."""
     import time
 
     params = params or {}
-    batch = TextBatch(texts)
+    batch = TextBatch(texts, titled)
     tags: dict[str, np.ndarray] = {}
     for name, rule in RULES:
         started = time.process_time()
@@ -107,15 +110,30 @@ def _lines(batch: TextBatch, params: dict) -> dict:
         clauses = pc.match_substring_regex(undecided, CLAUSE_PUNCT).to_numpy(zero_copy_only=False)
         han = pc.count_substring_regex(undecided, r"\p{Han}").to_numpy(zero_copy_only=False)
         classical = han >= HAN_LINE_SHARE * lengths[rest]
-        rest[rest] = ~(verse | dose | clauses | classical)
+        undecided_rest = ~(verse | dose | clauses | classical)
+        if undecided_rest.any():
+            # A list of herbs or ingredients (妊娠禁忌, a formula's composition) is content when
+            # the lexicon knows its items; navigation and tag clouds are not.
+            matcher = list_matcher(params.get("domain_lexicon"))
+            candidates = undecided.filter(pa.array(undecided_rest)).to_pylist()
+            listed = np.fromiter((matcher.recognises_list(line) for line in candidates), bool, len(candidates))
+            undecided_rest[undecided_rest] = ~listed
+        rest[rest] = undecided_rest
     first = pc.utf8_slice_codeunits(lines, 0, 1)
     bullet = pc.is_in(first, value_set=pa.array(BULLETS)).to_numpy(zero_copy_only=False)
     ellipsis = pc.match_substring_regex(lines, ELLIPSIS).to_numpy(zero_copy_only=False)
+    # A title line says what a text is about; the line rules judge the lines under it.
+    body = ~batch.title_line
+    body_lines = batch.per_text_sum(body.astype(np.float64))
+
+    def share(mask: np.ndarray) -> np.ndarray:
+        return ratio(batch.per_text_sum((mask & body).astype(np.float64)), body_lines)
+
     return {
-        "mean_line_chars": ratio(batch.per_text_sum(lengths.astype(np.float64)), batch.line_counts),
-        "punct_line_ratio": np.where(batch.line_counts > 0, batch.line_share(~rest), 1.0),
-        "bullet_ratio": batch.line_share(bullet),
-        "ellipsis_ratio": batch.line_share(ellipsis),
+        "mean_line_chars": ratio(batch.per_text_sum(np.where(body, lengths, 0).astype(np.float64)), body_lines),
+        "punct_line_ratio": np.where(body_lines > 0, share(~rest), 1.0),
+        "bullet_ratio": share(bullet),
+        "ellipsis_ratio": share(ellipsis),
     }
 
 

@@ -78,6 +78,8 @@ class TextBatch:
     """Statistics of a list of texts; every property is one value per text."""
 
     texts: list[str]
+    # Per text, whether its first line is its title (a heading, not content); None: no titles.
+    titled: np.ndarray | None = None
 
     @cached_property
     def _points(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -141,6 +143,16 @@ class TextBatch:
     @property
     def line_owner(self) -> np.ndarray:
         return self._lines[1]
+
+    @cached_property
+    def title_line(self) -> np.ndarray:
+        """Per line: whether it is the title line that opens a titled text."""
+        owner = self.line_owner
+        if self.titled is None or len(owner) == 0:
+            return np.zeros(len(owner), bool)
+        first = np.ones(len(owner), bool)
+        first[1:] = owner[1:] != owner[:-1]
+        return first & np.asarray(self.titled, bool)[owner]
 
     @cached_property
     def line_lengths(self) -> np.ndarray:

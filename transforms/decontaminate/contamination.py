@@ -18,6 +18,16 @@ Two ways a naive index flags clean text, and what is done about them:
   the clause a stem paraphrases covers part). An item shorter than n even whole is not indexed
   (counted as too short in the report).
 A stem that is one whole classical sentence, unquoted, still flags the books holding it.
+
+The books an item quotes are not the item, but a row that holds the quoted clause *and* the
+right option beside it teaches the item's answer all the same (“本太阳病，医反下之，因尔腹满时痛者”
+… 属太阴也). So each item also has its cited words: the n-grams of its quoted spans (when a quoted
+span is at least n characters), else of its whole stem. A row holding `cite_overlap` of them and
+the right option's text (at least two characters in match form) within `answer_window`
+characters of one of them cites the item with its answer. Such a row is the canon (伤寒论,
+金匮要略 and their commentaries), so it is never removed for that: it is reported beside the items
+found and flagged in the `contamination` column (`cites_answer:<benchmark>:<item>`), which a user
+filters on. Rows holding the item itself follow `action` (remove, or flag in the same column).
 """
 from __future__ import annotations
 
@@ -71,6 +81,9 @@ class IndexedItem:
     item: str
     # (n-grams, share needed) of each way the item may be printed; found when one is covered
     forms: tuple[tuple[frozenset, float], ...]
+    # the n-grams of the clause the item cites, and the right option's text in match form
+    cited: frozenset = frozenset()
+    answer_key: str = ""
 
 
 def item_forms(item: dict, n: int, min_overlap: float, question_overlap: float) -> list[tuple[frozenset, float]]:
@@ -92,11 +105,29 @@ def item_forms(item: dict, n: int, min_overlap: float, question_overlap: float) 
     return forms
 
 
+def cited_grams(item: dict, n: int) -> frozenset:
+    """The n-grams of the words an item cites: its quoted spans of at least n characters (in
+    match form), else its whole stem."""
+    question = str(item.get("question") or "")
+    quoted = [key for key in (match_key(span.group()) for span in _QUOTED.finditer(question)) if len(key) >= n]
+    texts = quoted or [match_key(question)]
+    return frozenset(text[i : i + n] for text in texts for i in range(len(text) - n + 1))
+
+
+def answer_text(item: dict) -> str:
+    """The right option's text in match form (`answer` is that text for choice items), or "" when
+    it has fewer than two characters (a letter, a digit: no evidence in a row)."""
+    key = match_key(str(item.get("answer") or ""))
+    return key if len(key) >= 2 else ""
+
+
 @dataclass
 class ContaminationIndex:
     ngram: int
     min_overlap: float
     question_overlap: float = 0.9
+    cite_overlap: float = 0.6
+    answer_window: int = 64
     grams: dict[str, list[int]] = field(default_factory=dict)
     items: list[IndexedItem] = field(default_factory=list)
     # benchmark -> {"items": read, "indexed": in the index, "too_short": not indexable}
@@ -107,7 +138,7 @@ class ContaminationIndex:
         """The index a [decontaminate] section describes."""
         return cls.build(
             items, params.get("ngram", 13), params.get("min_overlap", 0.5), params.get("min_question_chars", 8),
-            params.get("question_overlap", 0.9),
+            params.get("question_overlap", 0.9), params.get("cite_overlap", 0.6), params.get("answer_window", 64),
         )
 
     def reference_stats(self) -> dict:
@@ -116,9 +147,11 @@ class ContaminationIndex:
 
     @classmethod
     def build(
-        cls, items: list[dict], ngram: int = 13, min_overlap: float = 0.5, min_chars: int = 8, question_overlap: float = 0.9
+        cls, items: list[dict], ngram: int = 13, min_overlap: float = 0.5, min_chars: int = 8, question_overlap: float = 0.9,
+        cite_overlap: float = 0.6, answer_window: int = 64,
     ) -> "ContaminationIndex":
-        index = cls(ngram=ngram, min_overlap=min_overlap, question_overlap=question_overlap)
+        index = cls(ngram=ngram, min_overlap=min_overlap, question_overlap=question_overlap, cite_overlap=cite_overlap,
+                    answer_window=answer_window)
         for item in items:
             benchmark = str(item.get("benchmark", ""))
             counts = index.coverage.setdefault(benchmark, Counter())
@@ -129,56 +162,109 @@ class ContaminationIndex:
                 counts["too_short"] += 1
                 continue
             number = len(index.items)
-            index.items.append(IndexedItem(benchmark, str(item.get("item", number)), tuple(forms)))
+            answer = answer_text(item)
+            cited = cited_grams(item, ngram) if answer else frozenset()
+            index.items.append(IndexedItem(benchmark, str(item.get("item", number)), tuple(forms), cited, answer))
             counts["indexed"] += 1
-            for gram in frozenset().union(*(grams for grams, _ in forms)):
+            for gram in frozenset().union(cited, *(grams for grams, _ in forms)):
                 index.grams.setdefault(gram, []).append(number)
         return index
 
-    def find(self, text: str) -> list[tuple[str, str, float]]:
-        """The items found in a text: (benchmark, item, share of the item's n-grams present)."""
-        key = match_key(text)
+    def _hits(self, key: str) -> dict[int, dict[str, int]]:
+        """Per item number, its n-grams present in a match form, with their first position."""
         n = self.ngram
-        hits: dict[int, set[str]] = defaultdict(set)
+        hits: dict[int, dict[str, int]] = defaultdict(dict)
         for i in range(len(key) - n + 1):
             gram = key[i : i + n]
             numbers = self.grams.get(gram)
             if numbers:
                 for number in numbers:
-                    hits[number].add(gram)
-        found = []
-        for number, grams in hits.items():
+                    hits[number].setdefault(gram, i)
+        return hits
+
+    def find(self, text: str) -> list[tuple[str, str, float]]:
+        """The items found in a text: (benchmark, item, share of the item's n-grams present)."""
+        return self.find_all(text)[0]
+
+    def find_all(self, text: str) -> tuple[list[tuple[str, str, float]], list[tuple[str, str, float]]]:
+        """(items found, items cited with their answer) in a text, each as (benchmark, item,
+        share of the n-grams present: of the item's forms, or of its cited words); an item
+        found is not listed again as cited."""
+        key = match_key(text)
+        found, cited = [], []
+        for number, present in self._hits(key).items():
             item = self.items[number]
+            grams = present.keys()
             shares = [(len(grams & form) / len(form), needed) for form, needed in item.forms]
             passing = [share for share, needed in shares if share >= needed]
             if passing:
                 found.append((item.benchmark, item.item, max(passing)))
-        return sorted(found, key=lambda hit: -hit[2])
+                continue
+            if not item.cited:
+                continue
+            where = [present[g] for g in item.cited if g in present]
+            share = len(where) / len(item.cited)
+            if share >= self.cite_overlap and self._answer_near(key, item.answer_key, where):
+                cited.append((item.benchmark, item.item, share))
+        return sorted(found, key=lambda hit: -hit[2]), sorted(cited, key=lambda hit: -hit[2])
+
+    def _answer_near(self, key: str, answer: str, positions: list[int]) -> bool:
+        """Whether `answer` occurs in `key` within answer_window characters of a cited n-gram."""
+        lo, hi = min(positions), max(positions) + self.ngram
+        start = key.find(answer, max(0, lo - self.answer_window - len(answer)))
+        while start != -1 and start <= hi + self.answer_window:
+            if any(p - self.answer_window - len(answer) <= start <= p + self.ngram + self.answer_window for p in positions):
+                return True
+            start = key.find(answer, start + 1)
+        return False
 
 
 def decontaminate_with_hits(
     batch: pa.RecordBatch | pa.Table, kind: str, index: ContaminationIndex, action: str = "remove"
 ) -> tuple[pa.Table, pa.Table, list[dict]]:
-    """(kept, rejected, hits): every item found, one dict per (row, item)."""
+    """(kept, rejected, hits): every item found or cited with its answer, one dict per (row,
+    item) with `match` "item" or "cites_answer". Kept rows carry a `contamination` column:
+    `contaminated:<benchmark>:<item>` (action flag), `cites_answer:<benchmark>:<item>`, or null."""
     table = batch if isinstance(batch, pa.Table) else pa.Table.from_batches([batch])
-    labels, hits = [], []
+    labels, removed, hits = [], [], []
     for row_id, text in zip(table.column("id").to_pylist(), text_of(table, kind)):
-        found = index.find(text) if index.items else []
-        labels.append(f"contaminated:{found[0][0]}:{found[0][1]}" if found else None)
-        hits.extend({"kind": kind, "id": row_id, "benchmark": b, "item": i, "share": round(s, 4)} for b, i, s in found)
-    if action == "flag":
-        empty = table.schema.empty_table().append_column("reason", pa.array([], pa.string()))
-        return table.append_column("contamination", pa.array(labels, pa.string())), empty, hits
-    mask = pa.array([label is not None for label in labels])
-    rejected = table.filter(mask).append_column("reason", pa.array([l for l in labels if l], pa.string()))
-    return table.filter(pc.invert(mask)), rejected, hits
+        found, cited = index.find_all(text) if index.items else ([], [])
+        if found:
+            labels.append(f"contaminated:{found[0][0]}:{found[0][1]}")
+        else:
+            labels.append(f"cites_answer:{cited[0][0]}:{cited[0][1]}" if cited else None)
+        removed.append(bool(found) and action == "remove")
+        for match, listed in (("item", found), ("cites_answer", cited)):
+            hits.extend({"kind": kind, "id": row_id, "benchmark": b, "item": i, "share": round(s, 4), "match": match} for b, i, s in listed)
+    mask = pa.array(removed, pa.bool_())
+    rejected = table.filter(mask).append_column("reason", pa.array([l for l, r in zip(labels, removed) if r], pa.string()))
+    if "meta" in table.schema.names and any(labels):
+        # The column stops at the corpus schema; the row's meta carries the flag to the shards and exports.
+        metas = [_with_flag(meta, label) for meta, label in zip(table.column("meta").to_pylist(), labels)]
+        table = table.set_column(table.schema.get_field_index("meta"), "meta", pa.array(metas, table.schema.field("meta").type))
+    flagged = table.append_column("contamination", pa.array(labels, pa.string())).filter(pc.invert(mask))
+    return flagged, rejected, hits
+
+
+def _with_flag(meta: str | None, label: str | None) -> str | None:
+    if label is None:
+        return meta
+    try:
+        data = json.loads(meta) if meta else {}
+    except ValueError:
+        data = {"meta": meta}
+    if not isinstance(data, dict):
+        data = {"meta": data}
+    return json.dumps({**data, "contamination": label}, ensure_ascii=False)
 
 
 def contamination_report(index: ContaminationIndex, hits: list[dict], action: str) -> dict:
-    """Per benchmark: items read, indexed and too short; items found; rows holding them."""
+    """Per benchmark: items read, indexed and too short; items found and the rows holding them;
+    items cited with their answer and the rows citing them (flagged, whatever the action)."""
     report = {}
     for benchmark in sorted(index.coverage):
-        mine = [h for h in hits if h["benchmark"] == benchmark]
+        mine = [h for h in hits if h["benchmark"] == benchmark and h.get("match", "item") == "item"]
+        citing = [h for h in hits if h["benchmark"] == benchmark and h.get("match") == "cites_answer"]
         coverage = index.coverage[benchmark]
         report[benchmark] = {
             "items": coverage["items"],
@@ -186,9 +272,12 @@ def contamination_report(index: ContaminationIndex, hits: list[dict], action: st
             "too_short": coverage["too_short"],
             "items_found": len({h["item"] for h in mine}),
             "rows": len({(h["kind"], h["id"]) for h in mine}),
+            "items_cited_with_answer": len({h["item"] for h in citing}),
+            "rows_citing": len({(h["kind"], h["id"]) for h in citing}),
         }
     return {"action": action, "ngram": index.ngram, "min_overlap": index.min_overlap,
-            "question_overlap": index.question_overlap, "benchmarks": report, "hits": hits}
+            "question_overlap": index.question_overlap, "cite_overlap": index.cite_overlap,
+            "answer_window": index.answer_window, "benchmarks": report, "hits": hits}
 
 
 def report_markdown(report: dict) -> str:
@@ -198,15 +287,25 @@ def report_markdown(report: dict) -> str:
         f"{report['ngram']}-character n-grams; an item is found at {report['min_overlap']:.0%} of its own n-grams, "
         f"its question alone at {report['question_overlap']:.0%}; "
         f"contaminated rows were {'removed' if report['action'] == 'remove' else 'flagged'}.",
+        f"An item is cited with its answer when a row holds {report.get('cite_overlap', 0.6):.0%} of the n-grams of the words it "
+        f"quotes (else of its stem) and the right option within {report.get('answer_window', 64)} characters of them: "
+        "such rows (the classics the exams quote) are kept and flagged in the `contamination` column "
+        "(`cites_answer:<benchmark>:<item>`), whatever the action.",
         "",
-        "| benchmark | items | indexed | too short | items found | rows |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| benchmark | items | indexed | too short | items found | rows | cited with answer | rows citing |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, row in report["benchmarks"].items():
-        lines.append(f"| {name} | {row['items']} | {row['indexed']} | {row['too_short']} | {row['items_found']} | {row['rows']} |")
+        lines.append(
+            f"| {name} | {row['items']} | {row['indexed']} | {row['too_short']} | {row['items_found']} | {row['rows']} "
+            f"| {row.get('items_cited_with_answer', 0)} | {row.get('rows_citing', 0)} |"
+        )
     if report["hits"]:
-        lines += ["", "| row | kind | benchmark | item | share |", "|---|---|---|---|---:|"]
-        lines += [f"| {h['id']} | {h['kind']} | {h['benchmark']} | {h['item']} | {h['share']:.2f} |" for h in report["hits"][:500]]
+        lines += ["", "| row | kind | benchmark | item | match | share |", "|---|---|---|---|---|---:|"]
+        lines += [
+            f"| {h['id']} | {h['kind']} | {h['benchmark']} | {h['item']} | {h.get('match', 'item')} | {h['share']:.2f} |"
+            for h in report["hits"][:500]
+        ]
         if len(report["hits"]) > 500:
             lines.append(f"\n{len(report['hits']) - 500} more hits in contamination.json")
     return "\n".join(lines) + "\n"

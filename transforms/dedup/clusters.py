@@ -1,9 +1,13 @@
 """Duplicate clusters: the global decision of deduplication, one pure core for every engine.
 
-Rows are described by their fingerprints (exact key, MinHash signature, length, quality, source
-rank), never by their text. Rows with the same exact key, and rows whose signatures share an LSH
-band and agree on at least `threshold` of their values, are joined by union-find; in each cluster
-one row is kept, by policy; the others are rejected naming it. Rows of the corpus built before
+Rows are described by their fingerprints (exact key, MinHash signature, shingle set, length,
+quality, source rank), never by their text. Rows with the same exact key, and rows whose
+signatures share an LSH band (the candidates) and whose shingle sets have an exact Jaccard
+similarity of at least `threshold`, are joined by union-find; in each cluster one row is kept, by
+policy; the others are rejected naming it. The signature only proposes pairs: verified on its
+estimate, a true pair just above the threshold is dropped about half the time (the estimate's
+standard deviation at 128 values is about 0.035). A row without a shingle set (an index segment
+written before they were stored) is verified on the estimate. Rows of the corpus built before
 (the persistent index) always win: they are already in the corpus.
 """
 from __future__ import annotations
@@ -31,6 +35,7 @@ class Fingerprints:
     quality: np.ndarray  # float64, NaN where unknown
     sources: np.ndarray  # object (str)
     signatures: np.ndarray | None = None  # (n, num_perm) uint32, None for exact dedup only
+    shingles: np.ndarray | None = None  # object: per row a sorted uint32 array (minhash.shingle_sets_of_keys) or None
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -44,6 +49,7 @@ class Fingerprints:
             quality=np.empty(0, np.float64),
             sources=np.empty(0, object),
             signatures=None if num_perm is None else np.empty((0, num_perm), np.uint32),
+            shingles=None if num_perm is None else np.empty(0, object),
         )
 
     @classmethod
@@ -57,6 +63,7 @@ class Fingerprints:
             quality=np.concatenate([p.quality for p in parts]),
             sources=np.concatenate([p.sources for p in parts]),
             signatures=np.concatenate([p.signatures for p in parts]) if signed else None,
+            shingles=_concat_shingles(parts) if signed else None,
         )
 
     @classmethod
@@ -67,6 +74,12 @@ class Fingerprints:
             width = column.type.list_size
             values = column.flatten().to_numpy(zero_copy_only=False).astype(np.uint32, copy=False)
             signatures = values.reshape(len(table), width)
+        shingles = None
+        if "shingles" in table.schema.names:
+            column = table.column("shingles").combine_chunks()
+            flat = column.flatten().to_numpy(zero_copy_only=False).astype(np.uint32, copy=False)
+            offsets = column.offsets.to_numpy()
+            shingles = _object_array([flat[offsets[i] : offsets[i + 1]] for i in range(len(table))])
         return cls(
             ids=np.array(table.column("id").to_pylist(), dtype=object),
             keys=np.array(table.column("key").to_pylist(), dtype="S16"),
@@ -74,6 +87,7 @@ class Fingerprints:
             quality=table.column("quality").to_numpy(zero_copy_only=False).astype(np.float64),
             sources=np.array(table.column("source").to_pylist(), dtype=object),
             signatures=signatures,
+            shingles=shingles,
         )
 
     def to_table(self) -> pa.Table:
@@ -87,13 +101,29 @@ class Fingerprints:
         if self.signatures is not None:
             width = self.signatures.shape[1]
             columns["signature"] = pa.FixedSizeListArray.from_arrays(pa.array(self.signatures.ravel(), pa.uint32()), width)
+        if self.shingles is not None and all(s is not None for s in self.shingles):
+            lengths = np.fromiter((len(s) for s in self.shingles), np.int64, count=len(self.shingles))
+            offsets = np.concatenate(([0], np.cumsum(lengths))).astype(np.int32)
+            values = np.concatenate(list(self.shingles)) if len(self.shingles) else np.empty(0, np.uint32)
+            columns["shingles"] = pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), pa.array(values, pa.uint32()))
         return pa.table(columns)
 
     def take(self, rows: np.ndarray) -> "Fingerprints":
         return Fingerprints(
             self.ids[rows], self.keys[rows], self.lengths[rows], self.quality[rows], self.sources[rows],
             None if self.signatures is None else self.signatures[rows],
+            None if self.shingles is None else self.shingles[rows],
         )
+
+
+def _object_array(items: list) -> np.ndarray:
+    out = np.empty(len(items), dtype=object)
+    out[:] = items
+    return out
+
+
+def _concat_shingles(parts: Sequence["Fingerprints"]) -> np.ndarray:
+    return _object_array([s for p in parts for s in (p.shingles if p.shingles is not None else [None] * len(p))])
 
 
 class UnionFind:
@@ -142,12 +172,19 @@ def _exact_pairs(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return head[linked], rows[linked]
 
 
-def _verify(signatures: np.ndarray, first: np.ndarray, other: np.ndarray, threshold: float, chunk: int = 65536) -> np.ndarray:
-    similar = np.empty(len(first), dtype=bool)
+def similarities(rows: Fingerprints, first: np.ndarray, other: np.ndarray, chunk: int = 65536) -> np.ndarray:
+    """Jaccard similarity of each pair (first[i], other[i]): exact on the shingle sets where both
+    rows have one, else the signatures' estimate."""
+    values = np.empty(len(first), dtype=np.float64)
     for start in range(0, len(first), chunk):
         end = start + chunk
-        similar[start:end] = minhash.estimated_jaccard(signatures[first[start:end]], signatures[other[start:end]]) >= threshold
-    return similar
+        values[start:end] = minhash.estimated_jaccard(rows.signatures[first[start:end]], rows.signatures[other[start:end]])
+    if rows.shingles is not None:
+        for i, (a, b) in enumerate(zip(first.tolist(), other.tolist())):
+            left, right = rows.shingles[a], rows.shingles[b]
+            if left is not None and right is not None:
+                values[i] = minhash.exact_jaccard(left, right)
+    return values
 
 
 def _policy_order(rows: Fingerprints, prior: int, roots: np.ndarray, keep: Sequence[str], source_rank: dict[str, int]) -> np.ndarray:
@@ -213,7 +250,7 @@ def cluster_duplicates(
         a, b = a[fresh], b[fresh]
         same_key = rows.keys[a] == rows.keys[b]
         a, b = a[~same_key], b[~same_key]
-        similar = _verify(rows.signatures, a, b, params.threshold)
+        similar = similarities(rows, a, b) >= params.threshold
         checked, similar_count = len(a), int(similar.sum())
         for x, y in zip(a[similar].tolist(), b[similar].tolist()):
             sets.union(x, y)
@@ -230,8 +267,9 @@ def cluster_duplicates(
     kept_rows = np.fromiter((kept_of_root[r] for r in roots[members].tolist()), np.int64, count=len(members))
     exact = rows.keys[members] == rows.keys[kept_rows]
     if rows.signatures is not None and len(members):
-        similarity = np.asarray(minhash.estimated_jaccard(rows.signatures[members], rows.signatures[kept_rows]), np.float64)
-        similarity = np.where(exact, 1.0, similarity)
+        similarity = np.ones(len(members))
+        near = np.flatnonzero(~exact)
+        similarity[near] = similarities(rows, members[near], kept_rows[near])
     else:
         similarity = np.ones(len(members))
     is_kept = members == kept_rows

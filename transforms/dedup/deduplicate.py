@@ -24,8 +24,8 @@ from schemas.dataset import DatasetWriter, StageManifest, fingerprint, iter_batc
 from schemas.records import CLUSTERS, REPEATED_PARAGRAPHS
 
 from . import minhash, paragraphs
-from .clusters import KEEP_CRITERIA, Fingerprints, cluster_duplicates
-from .keys import exact_key, text_of
+from .clusters import KEEP_CRITERIA, Fingerprints, _object_array, cluster_duplicates
+from .keys import exact_key, quality_key, text_of
 from .index import DedupIndex, segment_name
 from transforms.clean.normalize import match_key
 
@@ -39,7 +39,9 @@ class DedupSettings:
 
     method: str = "minhash"
     keep: list[str] = field(default_factory=lambda: ["quality", "longest", "source"])
-    quality_column: str = "quality_score"
+    # None: the keep rule's `quality` is `keys.quality_key`, computed from clean's tags; a name
+    # reads that column instead (higher is better), which every input row must have.
+    quality_column: str | None = None
     source_priority: list[str] = field(default_factory=list)
     threshold: float = 0.8
     num_perm: int = 128
@@ -81,15 +83,18 @@ def method_stats(method: str, mh_params: minhash.MinHashParams | None) -> dict:
     return stats
 
 
-def fingerprint_batch(table: pa.Table, kind: str, params: minhash.MinHashParams | None, quality_column: str) -> tuple[Fingerprints, np.ndarray]:
-    """Fingerprints of a batch, and which rows have no words left (empty match form)."""
+def fingerprint_batch(table: pa.Table, kind: str, params: minhash.MinHashParams | None, quality_column: str | None) -> tuple[Fingerprints, np.ndarray]:
+    """Fingerprints of a batch, and which rows have no words left (empty match form).
+    Raises ValueError when a named `quality_column` is not in the batch."""
     texts = text_of(table, kind)
     keys = [match_key(t) for t in texts]
     digests = [exact_key(k) for k in keys]
-    if quality_column in table.schema.names:
+    if quality_column is None:
+        quality = quality_key(table)
+    elif quality_column in table.schema.names:
         quality = pc.cast(table.column(quality_column), pa.float64(), safe=False).to_numpy(zero_copy_only=False).astype(np.float64)
     else:
-        quality = np.full(table.num_rows, np.nan)
+        raise ValueError(f"dedup.quality_column {quality_column!r} is not a column of the {kind} input; leave it unset to rank copies by clean's tags")
     rows = Fingerprints(
         ids=np.array(table.column("id").to_pylist(), dtype=object),
         keys=np.array(digests, dtype="S16"),
@@ -97,6 +102,7 @@ def fingerprint_batch(table: pa.Table, kind: str, params: minhash.MinHashParams 
         quality=quality,
         sources=np.array(table.column("source").to_pylist(), dtype=object),
         signatures=None if params is None else minhash.signatures_of_keys(keys, params),
+        shingles=None if params is None else _object_array(minhash.shingle_sets_of_keys(keys, params.ngram)),
     )
     return rows, np.array([not k for k in keys], dtype=bool)
 

@@ -1,9 +1,13 @@
 """The corpus in the formats trainers read (LLaMA-Factory, axolotl): JSON lines in training order.
 
-- `sharegpt`: {"id", "conversations": [{"from": human|gpt, "value"}], "system"?}
-- `alpaca`: {"instruction", "input", "output", "history": [[q, a], ...], "system"?}
+- `sharegpt`: {"id", "conversations": [{"from": human|gpt, "value"}], "system"}
+- `alpaca`: {"instruction", "input", "output", "history": [[q, a], ...], "system"}
 - `jsonl`: every corpus column as it is (file `corpus.jsonl`).
-Plain text rows have no place in a chat format: they go to `<format>-pretrain.jsonl` as {"id", "text"}.
+`system` is on every chat row, "" when the conversation has no system turn: LLaMA-Factory reads
+every column its `dataset_info.json` entry maps, and a column no row holds is not in the loaded
+dataset at all. Plain text rows have no place in a chat format: they go once, whatever the chat
+formats, to `pretrain.jsonl` as {"id", "text"} (two copies registered under two names would
+double the book text for a user who registers both).
 A `dataset_info.json` beside the files registers them with LLaMA-Factory.
 """
 from __future__ import annotations
@@ -30,23 +34,20 @@ def export_record(row: dict, fmt: str) -> tuple[str, dict]:
         return "corpus", {k: row[k] for k in ("id", "position", "source", "category", "format", "messages", "text", "meta")}
     if row["format"] == "text":
         return "pretrain", {"id": row["id"], "text": row["text"]}
-    system = messages[0]["content"] if messages and messages[0]["role"] == "system" else None
-    turns = messages[1:] if system is not None else messages
+    has_system = bool(messages) and messages[0]["role"] == "system"
+    system = messages[0]["content"] if has_system else ""
+    turns = messages[1:] if has_system else messages
     if fmt == "sharegpt":
-        record = {"id": row["id"], "conversations": [{"from": EXPORT_ROLES[m["role"]], "value": m["content"]} for m in turns]}
-        if system:
-            record["system"] = system
-        return "sharegpt", record
+        conversations = [{"from": EXPORT_ROLES[m["role"]], "value": m["content"]} for m in turns]
+        return "sharegpt", {"id": row["id"], "conversations": conversations, "system": system}
     pairs = [(turns[i]["content"], turns[i + 1]["content"]) for i in range(0, len(turns) - 1, 2)]
     *history, (instruction, output) = pairs
-    record = {"instruction": instruction, "input": "", "output": output, "history": [list(p) for p in history]}
-    if system:
-        record["system"] = system
-    return "alpaca", record
+    return "alpaca", {"instruction": instruction, "input": "", "output": output, "history": [list(p) for p in history], "system": system}
 
 
 def file_name(fmt: str, stem: str) -> str:
-    return f"{stem}.jsonl" if stem in (fmt, "corpus") else f"{fmt}-{stem}.jsonl"
+    """`sharegpt.jsonl`, `alpaca.jsonl`, `corpus.jsonl`, and `pretrain.jsonl` shared by the chat formats."""
+    return f"{stem}.jsonl"
 
 
 def llama_factory_info(names: list[str], prefix: str = "tcm") -> dict:
@@ -66,8 +67,8 @@ def llama_factory_info(names: list[str], prefix: str = "tcm") -> dict:
                 "file_name": name,
                 "columns": {"prompt": "instruction", "query": "input", "response": "output", "history": "history", "system": "system"},
             }
-        elif stem.endswith("-pretrain"):
-            info[f"{prefix}_{stem.replace('-', '_')}"] = {"file_name": name, "columns": {"prompt": "text"}}
+        elif stem == "pretrain":
+            info[f"{prefix}_pretrain"] = {"file_name": name, "columns": {"prompt": "text"}}
     return info
 
 
@@ -78,6 +79,7 @@ def export_corpus(inputs: list[Path], folder: Path, formats: list[str], counted:
         raise ValueError(f"unknown export format {unknown[0]!r}; known: {', '.join(FORMATS)}")
     handles = {}
     counts: Counter = Counter()
+    first_chat = next((f for f in formats if f != "jsonl"), None)
     try:
         for fmt in formats:
             for path in inputs:
@@ -86,6 +88,8 @@ def export_corpus(inputs: list[Path], folder: Path, formats: list[str], counted:
                         counted(batch.num_rows)
                     for row in batch.to_pylist():
                         stem, record = export_record(row, fmt)
+                        if stem == "pretrain" and fmt != first_chat:
+                            continue  # written once, by the first chat format
                         name = file_name(fmt, stem)
                         if name not in handles:
                             handles[name] = open(folder / name, "w", encoding="utf-8")

@@ -45,7 +45,9 @@ CJK_WRAP = re.compile(f"(?<=[{CJK}])[^\\S\\n]*\\n\\s*(?=[{CJK}])")
 
 
 def extract_main(html: str, url: str | None = None, rules: dict | None = None) -> dict:
-    """Main content of a page: {"title", "text", "headings"}.
+    """Main content of a page: {"title", "text", "headings"}. A page with a heading (the site
+    rule's title, else its <h1>) has it as the text's first line, its subject; `title` is that
+    heading, else the page's <title>.
 
     `rules` may name, for one site, the CSS selector of the content ("content"), of extra parts
     to remove ("drop", a list) and of the title ("title")."""
@@ -53,7 +55,7 @@ def extract_main(html: str, url: str | None = None, rules: dict | None = None) -
     root = _parse(html, url)
     if root is None:
         return {"title": None, "text": "", "headings": []}
-    title = _first_text(root, rules["title"]) if rules.get("title") else None
+    heading = _first_text(root, rules["title"]) if rules.get("title") else None
     page_title = _page_title(root)
     _drop_chrome(root, rules.get("drop") or [])
     # A site rule that matches nothing (the site's layout changed) falls back to the heuristics.
@@ -61,9 +63,13 @@ def extract_main(html: str, url: str | None = None, rules: dict | None = None) -
     blocks = Blocks()
     for container in containers or [_content_root(root)]:
         blocks.add(container)
-    if title is None:
-        title = next((h for tag, h in blocks.items if tag == "h1"), None) or page_title
-    return {"title": title, "text": blocks.text(), "headings": [h for tag, h in blocks.items if tag != "p"]}
+    if heading is None:
+        # The article's <h1>, inside the content or above it (a page's own header is chrome).
+        heading = next((h for tag, h in blocks.items if tag == "h1"), None) or _only_h1(root)
+    if heading:
+        blocks.lead(heading)
+    headings = [h for tag, h in blocks.items if tag != "p"]
+    return {"title": heading or page_title, "text": blocks.text(), "headings": headings}
 
 
 def pages_to_documents(
@@ -150,6 +156,12 @@ def _first_text(root: etree._Element, selector: str) -> str | None:
         if text:
             return text
     return None
+
+
+def _only_h1(root: etree._Element) -> str | None:
+    """The page's one <h1> left after the chrome is gone; with several, none is the article's."""
+    found = [text for text in (_clean(h.text_content()) for h in root.iter("h1")) if text]
+    return found[0] if len(found) == 1 else None
 
 
 def _page_title(root: etree._Element) -> str | None:
@@ -279,6 +291,11 @@ class Blocks:
                 self.flush()
         if element.tail:
             self.buffer.append(element.tail)
+
+    def lead(self, heading: str) -> None:
+        """The page's heading as the first block: the text opens with what it is about."""
+        self.flush()
+        self.items = [("h1", heading)] + [item for item in self.items if item != ("h1", heading)]
 
     def flush(self) -> None:
         gathered, self.buffer = "".join(self.buffer), []

@@ -16,14 +16,52 @@ TEXT_KINDS = (DOCUMENTS, CONVERSATIONS)
 
 
 def _select_step(batch, context):
-    kind, params = context
-    return selection.select_batch(batch, kind, params)
+    kind, params, conflicts = context
+    return selection.select_batch(batch, kind, params, conflicts)
+
+
+def _answers_step(batch, params):
+    """The prompt and answer digests of the conversations of a batch that pass the rules."""
+    from .conflicts import AnswerIndex
+
+    table = batch if isinstance(batch, pa.Table) else pa.Table.from_batches([batch])
+    passing = pa.array([r is None for r in selection.rule_reasons(table, CONVERSATIONS, params)], pa.bool_())
+    index = AnswerIndex()
+    index.add(table.filter(passing))
+    return index
+
+
+def answer_conflicts(inputs, params, engine) -> tuple[dict[int, int], int, list[dict]]:
+    """Prompts given several different answers by the conversations that pass the [select]
+    rules, the rows holding them, and examples; one pass over the conversations (digests only,
+    in this process)."""
+    from .conflicts import AnswerIndex, conflict_examples
+
+    if CONVERSATIONS not in kinds_present(inputs, TEXT_KINDS):
+        return {}, 0, []
+    index = AnswerIndex()
+    for batch in read_batches(inputs, CONVERSATIONS, engine.batch_rows):
+        index.merge(_answers_step(batch, params))
+    conflicts = index.conflicts()
+    tables = (pa.Table.from_batches([b]) for b in read_batches(inputs, CONVERSATIONS, engine.batch_rows)) if conflicts else ()
+    return conflicts, sum(index.rows[p] for p in conflicts), conflict_examples(tables, conflicts)
 
 
 def run_select(inputs, output, params, manifest, engine, progress=None) -> StageManifest:
-    """Apply the [select] thresholds to the tags the clean stage wrote."""
-    result = run_map_stage(_select_step, inputs, output, manifest, engine, TEXT_KINDS, lambda kind: (kind, params), progress)
-    return result
+    """Apply the [select] thresholds to the tags the clean stage wrote; then drop (or keep, by
+    `conflicting_answers`) the conversations whose prompt has several different answers."""
+    mode = params.get("conflicting_answers", "drop")
+    if mode not in selection.CONFLICT_MODES:
+        raise ValueError(f"select.conflicting_answers must be one of {', '.join(selection.CONFLICT_MODES)}, got {mode!r}")
+    conflicts, rows, examples = answer_conflicts(inputs, params, engine)
+    # rows: conversations holding a prompt in conflict (rejected when the mode is drop)
+    manifest.stats["conflicting_answers"] = {
+        "mode": mode, "prompts": len(conflicts), "answers": sum(conflicts.values()), "rows": rows, "examples": examples,
+    }
+    return run_map_stage(
+        _select_step, inputs, output, manifest, engine, TEXT_KINDS,
+        lambda kind: (kind, params, conflicts if kind == CONVERSATIONS else None), progress,
+    )
 
 
 def _report_step(batch, context):

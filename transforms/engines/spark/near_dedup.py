@@ -1,11 +1,12 @@
 """Exact and MinHash near-duplicate clusters on Spark, with the rules of `transforms.dedup.clusters`.
 
-Each row's fingerprint (exact key, length, quality, source, MinHash signature) comes from
-`deduplicate.fingerprint_batch` in `mapInArrow`, so both engines see the same keys and signatures.
-Edges: every row to the first row (dataset order) of its exact key; with MinHash, every row to the
-first row of each LSH band bucket it falls in (`minhash.candidate_pairs`' star), a pair dropped
-when either row has no words or both share an exact key, kept when `minhash.estimated_jaccard`
-reaches the threshold. Clusters are the connected components of those edges, found by the
+Each row's fingerprint (exact key, length, quality, source, MinHash signature, shingle set) comes
+from `deduplicate.fingerprint_batch` in `mapInArrow`, so both engines see the same keys, signatures
+and shingles. Edges: every row to the first row (dataset order) of its exact key; with MinHash,
+every row to the first row of each LSH band bucket it falls in (`minhash.candidate_pairs`' star),
+a pair dropped when either row has no words or both share an exact key, kept when the exact
+Jaccard of the two shingle sets (`minhash.exact_jaccard`, as the local engine) reaches the
+threshold. Clusters are the connected components of those edges, found by the
 large-star / small-star algorithm (Kiveris et al., "Connected Components in MapReduce and
 Beyond", SoCC 2014) as DataFrame joins, checkpointed every round so the plan does not grow. In each
 cluster the kept row is chosen by `clusters.kept_member`, the local engine's policy function,
@@ -41,7 +42,7 @@ def _fingerprints(batches, kind: str, columns: list[str], params: minhash.MinHas
         }
         if params is not None:
             sig = rows.signatures
-            out["_tcm_signature"] = pa.array([r.tobytes() for r in sig], pa.binary())
+            out["_tcm_shingles"] = pa.array([r.tobytes() for r in rows.shingles], pa.binary())
             out["_tcm_bands"] = pa.array(list(minhash.band_hashes(sig, params).view(np.int64)), pa.list_(pa.int64()))
             out["_tcm_wordless"] = pa.array((sig == EMPTY_VALUE).all(axis=1) if len(sig) else np.zeros(0, bool), pa.bool_())
         yield from pa.table(out).to_batches()
@@ -49,18 +50,18 @@ def _fingerprints(batches, kind: str, columns: list[str], params: minhash.MinHas
 
 def _schema(signed: bool) -> str:
     base = f"{NODE} long, _tcm_id string, _tcm_key binary, _tcm_length long, _tcm_quality double, _tcm_source string"
-    return base + (", _tcm_signature binary, _tcm_bands array<long>, _tcm_wordless boolean" if signed else "")
+    return base + (", _tcm_shingles binary, _tcm_bands array<long>, _tcm_wordless boolean" if signed else "")
+
+
+def _shingle_set(value: bytes) -> np.ndarray:
+    return np.frombuffer(value, dtype=np.uint32)
 
 
 def _similarities(batches):
     for batch in batches:
-        left = np.frombuffer(b"".join(batch.column("sa").to_pylist()), dtype=np.uint32)
-        right = np.frombuffer(b"".join(batch.column("sb").to_pylist()), dtype=np.uint32)
-        width = len(left) // max(1, batch.num_rows)
-        share = minhash.estimated_jaccard(left.reshape(-1, width), right.reshape(-1, width)) if batch.num_rows else np.zeros(0)
-        yield pa.RecordBatch.from_arrays(
-            [batch.column("a"), batch.column("b"), pa.array(np.asarray(share, np.float64))], names=["a", "b", "similarity"]
-        )
+        pairs = zip(batch.column("sa").to_pylist(), batch.column("sb").to_pylist())
+        share = np.fromiter((minhash.exact_jaccard(_shingle_set(a), _shingle_set(b)) for a, b in pairs), np.float64, count=batch.num_rows)
+        yield pa.RecordBatch.from_arrays([batch.column("a"), batch.column("b"), pa.array(share)], names=["a", "b", "similarity"])
 
 
 def _truncate(frame):
@@ -113,8 +114,8 @@ def _decide(members: pd.DataFrame, keep: list[str], source_priority: list[str], 
     exact = rows.keys == rows.keys[kept]
     similarity = np.ones(len(rows))
     if signed:
-        sig = np.stack([np.frombuffer(b, dtype=np.uint32) for b in members["_tcm_signature"]])
-        similarity = np.where(exact, 1.0, np.asarray(minhash.estimated_jaccard(sig, sig[kept][None, :]), np.float64))
+        sets = [_shingle_set(b) for b in members["_tcm_shingles"]]
+        similarity = np.array([1.0 if same else minhash.exact_jaccard(one, sets[kept]) for one, same in zip(sets, exact)])
     is_kept = np.arange(len(rows)) == kept
     match = np.where(is_kept, "kept", np.where(exact, "exact", "near"))
     label = np.where(exact, "exact_duplicate_of:", "near_duplicate_of:")
@@ -153,8 +154,8 @@ def cluster_decisions(rows, kind: str, columns: list[str], settings, params: min
         candidates = (
             buckets.join(heads, ["_tcm_band_no", "_tcm_band"]).where(F.col(NODE) != F.col("a")).select("a", F.col(NODE).alias("b")).distinct()
         )
-        left = prints.select(F.col(NODE).alias("a"), F.col("_tcm_key").alias("ka"), F.col("_tcm_signature").alias("sa"), F.col("_tcm_wordless").alias("wa"))
-        right = prints.select(F.col(NODE).alias("b"), F.col("_tcm_key").alias("kb"), F.col("_tcm_signature").alias("sb"), F.col("_tcm_wordless").alias("wb"))
+        left = prints.select(F.col(NODE).alias("a"), F.col("_tcm_key").alias("ka"), F.col("_tcm_shingles").alias("sa"), F.col("_tcm_wordless").alias("wa"))
+        right = prints.select(F.col(NODE).alias("b"), F.col("_tcm_key").alias("kb"), F.col("_tcm_shingles").alias("sb"), F.col("_tcm_wordless").alias("wb"))
         pairs = (
             candidates.join(left, "a").join(right, "b")
             .where(~F.col("wa") & ~F.col("wb") & (F.col("ka") != F.col("kb")))

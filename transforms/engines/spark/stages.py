@@ -183,6 +183,7 @@ def map_kinds(step, inputs, writer, manifest: StageManifest, engine, kinds, cont
 def run_clean(inputs, output, params, manifest: StageManifest, engine, progress: Progress | None = None) -> StageManifest:
     """`transforms.stages.run_clean` on Spark: the same step; its per-batch stats (redactions,
     CPU seconds per step) gathered from the executors and summed as the local engine does."""
+    from transforms.clean import steps as clean_step
     from transforms.clean.stage import _clean_step
 
     redactions: dict[str, dict[str, int]] = {}
@@ -194,6 +195,7 @@ def run_clean(inputs, output, params, manifest: StageManifest, engine, progress:
                 for name, n in stats.get("pii_redactions", {}).items():
                     counts[name] = counts.get(name, 0) + n
                 seconds.update(stats.get("seconds", {}))
+                clean_step.merge_counts(manifest.stats, kind, stats)
         manifest.stats["pii_redactions"] = redactions
         manifest.stats["cpu_seconds_per_step"] = {k: round(v, 3) for k, v in sorted(seconds.items())}
         return writer.commit()

@@ -1,0 +1,86 @@
+"""One question, one answer: prompts the real instruction sets answer in two different ways are
+found, dropped (or kept) by the select stage, counted in its manifest and listed in the report."""
+from __future__ import annotations
+
+import pyarrow as pa
+import pytest
+
+from schemas import CONVERSATIONS, SCHEMAS
+from schemas.dataset import DatasetWriter, StageManifest, read_kind
+from transforms import stages
+from transforms.select.conflicts import AnswerIndex, prompt_and_answer
+from transforms.engines.local import LocalEngine
+from transforms.ingest.importers import import_file
+
+
+@pytest.fixture(scope="module")
+def qr_conversations(shared_data, tmp_path_factory):
+    """The tcm-qr instruction set as imported: its real conversations."""
+    rows = [r.row for r in import_file(shared_data / "instructions" / "tcm_qr.json", "instructions", "tcm-qr", "sft") if not r.rejected]
+    folder = tmp_path_factory.mktemp("qr") / "in"
+    schema = pa.schema([f.with_nullable(True) for f in SCHEMAS[CONVERSATIONS]])
+    with DatasetWriter(folder, StageManifest(stage="test")) as writer:
+        writer.write(CONVERSATIONS, pa.Table.from_pylist(rows, schema=schema))
+        writer.commit()
+    return folder, rows
+
+
+def test_prompt_and_answer_ignore_form_and_system_turns():
+    a = [{"role": "system", "content": "你是中医"}, {"role": "user", "content": "黄芪有什么功效？"}, {"role": "assistant", "content": "补气升阳。"}]
+    b = [{"role": "user", "content": "黄芪有什么功效?"}, {"role": "assistant", "content": "补气升阳"}]
+    assert prompt_and_answer(a) == prompt_and_answer(b)
+    assert prompt_and_answer([{"role": "user", "content": "问"}]) is None
+    index = AnswerIndex()
+    c = [{"role": "user", "content": "黄芪有什么功效？"}, {"role": "assistant", "content": "补血活血。"}]
+    index.add(pa.table({"messages": [a, b, c]}))
+    assert list(index.conflicts().values()) == [2]
+
+
+def test_select_drops_conflicting_answers_of_real_rows_by_default_and_keeps_them_when_asked(tmp_path, qr_conversations):
+    folder, rows = qr_conversations
+    index = AnswerIndex()
+    index.add(pa.Table.from_pylist([{"messages": r["messages"]} for r in rows]))
+    conflicts = index.conflicts()
+    assert conflicts, "tcm_qr answers some prompts (我咳嗽了，没有其他症状……) in two ways"
+    in_conflict = sum(index.rows[p] for p in conflicts)
+
+    dropped = stages.run_select([folder], tmp_path / "drop", {}, StageManifest(stage="select"), LocalEngine(workers=1))
+    stats = dropped.stats["conflicting_answers"]
+    assert stats["mode"] == "drop" and stats["prompts"] == len(conflicts) and stats["rows"] == in_conflict
+    assert stats["examples"] and len(stats["examples"][0]["answers"]) >= 2
+    assert dropped.rows_rejected[CONVERSATIONS] == in_conflict
+    assert dropped.rows_in[CONVERSATIONS] == len(rows) == dropped.rows_kept[CONVERSATIONS] + in_conflict
+    rejected = read_kind(tmp_path / "drop" / "rejected", CONVERSATIONS).column("reason").to_pylist()
+    assert all(r.startswith("conflicting_answers:") for r in rejected)
+    left = AnswerIndex()
+    left.add(read_kind(tmp_path / "drop", CONVERSATIONS))
+    assert not left.conflicts()
+
+    kept = stages.run_select([folder], tmp_path / "keep", {"conflicting_answers": "keep"}, StageManifest(stage="select"), LocalEngine(workers=1))
+    assert kept.rows_kept[CONVERSATIONS] == len(rows) and kept.stats["conflicting_answers"]["rows"] == in_conflict
+    with pytest.raises(ValueError, match="conflicting_answers"):
+        stages.run_select([folder], tmp_path / "bad", {"conflicting_answers": "maybe"}, StageManifest(stage="select"), LocalEngine(workers=1))
+
+
+def test_report_lists_conflicting_answers_with_examples(tmp_path, qr_conversations):
+    from quality.report import artifact_markdown, build_figures, render_html
+    from transforms.select.conflicts import corpus_conflicts
+
+    folder, rows = qr_conversations
+    workdir = tmp_path / "build"
+    params = {"conflicting_answers": "keep"}
+    stages.run_select([folder], workdir / "stages" / "select", params, StageManifest(stage="select"), LocalEngine(workers=1))
+    sample = {"weights": {"sft": 1}, "sft_epochs": 2, "seed": 1, "shard_rows": 5000}
+    stages.run_sample([workdir / "stages" / "select"], workdir / "corpus", sample, StageManifest(stage="sample"), "test")
+    found = corpus_conflicts(workdir / "corpus")
+    selected = read_kind(workdir / "stages" / "select", CONVERSATIONS)
+    index = AnswerIndex()
+    index.add(selected)
+    assert found["prompts"] == len(index.conflicts()) > 0, "two epochs of one row are no conflict; two answers are"
+    assert found["rows"] == 2 * sum(index.rows[p] for p in index.conflicts())
+    figures = build_figures(workdir, found)
+    page = render_html(figures)
+    example = found["examples"][0]
+    assert "Conflicting answers" in page and example["answers"][1]["answer"][:20] in page
+    assert f"corpus: {found['prompts']} prompt(s)" in artifact_markdown(figures)
+    assert "select:" in artifact_markdown(figures)

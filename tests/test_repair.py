@@ -1,0 +1,198 @@
+"""Source damage repaired where the evidence decides and counted where it does not; OpenCC only on
+what was traditional. Real text from the shared books, the shared cases through `flows run`."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from schemas import DOCUMENTS, conform
+from schemas.dataset import read_manifest
+from transforms.clean.steps import clean_documents
+from transforms.ingest.importers import import_file
+from transforms.ingest.importers.base import read_source
+from transforms.clean.normalize import tidy_whitespace, unicode_clean
+from transforms.clean.repair import RepairError, read_table, repairer, undo
+from transforms.select.rules import select_batch
+from transforms.clean.simplify import PhraseError, read_phrases, to_simplified
+
+
+REPO = Path(__file__).resolve().parents[1]
+CASES = REPO.parent / "shared" / "cases"
+
+
+def flows_cli(*args, prefect_home):
+    env = {**os.environ, "PREFECT_HOME": str(prefect_home), "PREFECT_LOGGING_LEVEL": "WARNING"}
+    return subprocess.run([sys.executable, "-m", "flows", *args], capture_output=True, text=True, env=env, timeout=400)
+
+
+def docs(texts: list[str], category: str = "books") -> pa.Table:
+    return conform(
+        pa.table({"id": [str(i) for i in range(len(texts))], "text": texts, "source": ["t"] * len(texts), "category": [category] * len(texts)}),
+        DOCUMENTS,
+    )
+
+
+def book_chapter(shared_data: Path, book: str, title: str) -> str:
+    text = read_source(shared_data / "corpus" / "ancient-books" / book).text
+    start = text.index(f"<篇名>{title}")
+    end = text.find("<篇名>", start + 1)
+    return tidy_whitespace(unicode_clean(text[start:end]))
+
+
+# -- repair -----------------------------------------------------------------------------------
+
+
+def test_jinkui_blood_impediment_chapter_gets_its_huangqi_back(shared_data):
+    # 金匮要略, 血痹虚劳病脉证并治: the 芪 of 黄芪桂枝五物汤 is a blank in the digitised book.
+    text = book_chapter(shared_data, "499-金匮要略方论.txt", "血痹虚劳病脉证并治第六")
+    assert "黄 桂枝五物汤" in text
+    result = repairer().repair(text)
+    assert "黄芪桂枝五物汤" in result.text and "黄 桂枝五物汤" not in result.text
+    assert {r.kind for r in result.repairs} == {"lost_glyph"}
+    assert undo(result.text, result.repairs) == text
+
+
+def test_separators_after_herbs_are_not_lost_glyphs(shared_data):
+    r = repairer()
+    for text in ("大黄 芒硝 甘草", "熟地黄 当归 川芎", "鸡子黄 一枚", "人中黄 五味子", "雄黄 各等分为末", "炒黄 研末", "初生如粟，黄 一点"):
+        result = r.repair(text)
+        assert result.text == text and result.lost_glyphs == 0, text
+    # A blank closing 黄 before a dose, a bracket or the next herb is 黄芪.
+    for text, want in (("黄 三两", "黄芪三两"), ("炙黄 人参 炙甘草", "炙黄芪 人参 炙甘草"), ("当归 黄 （蜜炙） 白术", "当归 黄芪（蜜炙） 白术"), ("加黄 、白术", "加黄芪、白术"), ("当归黄 汤", "当归黄芪汤")):
+        assert r.repair(text).text == want
+
+
+def test_regional_converter_words_are_corrected_with_their_spans(shared_data):
+    text = book_chapter(shared_data, "499-金匮要略方论.txt", "腹满寒疝宿食病脉证治第十")
+    assert "浓朴" in text
+    result = repairer().repair(text)
+    assert "浓朴" not in result.text and "厚朴三物汤" in result.text
+    spans = [r for r in result.repairs if r.kind == "correction"]
+    assert spans and all(result.text[r.offset : r.offset + len(r.replacement)] == r.replacement for r in spans)
+    assert undo(result.text, result.repairs) == text
+    # Longest entry wins; a real 野狼 (野野狼 after the converter) comes back.
+    assert repairer().repair("气浓味薄，野野狼，伊芳尹，毒瓦斯").text == "气厚味薄，野狼，伊尹，毒气"
+
+
+def test_undecided_blanks_are_counted_and_thresholded_in_select():
+    table = docs(["太素：□□□者，□刺之。" + "经文" * 20, "黄 桂枝五物汤主之。" + "经文" * 20])
+    kept, _ = clean_documents(table, {})
+    assert kept.column("lost_glyphs").to_pylist() == [4, 0]
+    assert kept.column("repairs").to_pylist()[1] == [{"offset": 1, "original": " ", "replacement": "芪", "kind": "lost_glyph"}]
+    selected, rejected = select_batch(kept, DOCUMENTS, {"max_lost_glyphs_per_kchar": 10.0})
+    assert selected.num_rows == 1 and rejected.column("reason").to_pylist()[0].startswith("lost_glyphs_per_kchar:")
+
+
+def test_repair_applies_to_configured_categories_only():
+    table = docs(["浓朴三两，水煎服。" + "经文" * 10], category="web")
+    kept, _ = clean_documents(table, {})
+    assert kept.column("text").to_pylist()[0].startswith("浓朴")
+    kept, _ = clean_documents(table, {"repair_categories": ["web"]})
+    assert kept.column("text").to_pylist()[0].startswith("厚朴")
+
+
+def test_tables_are_versioned_and_bad_lines_are_named(tmp_path):
+    version, rows = read_table("corrections.tsv", 2)
+    assert version == "1" and all(len(row) >= 3 for row in rows), "every correction has a reason"
+    bad = tmp_path / "bad.tsv"
+    bad.write_text("浓朴\n", encoding="utf-8")
+    with pytest.raises(RepairError, match="bad.tsv:1"):
+        read_table("corrections.tsv", 2, bad)
+    with pytest.raises(PhraseError, match="bad.tsv:1"):
+        read_phrases((str(bad),))
+
+
+# -- OpenCC only on what was traditional -------------------------------------------------------
+
+
+def test_simplified_text_passes_byte_for_byte_and_traditional_is_converted():
+    for text in ("乾为天，坤为地。", "患者家住吉林省乾安县。", "妇人腹中癥瘕积聚。", "芸薹子。", "慰藉。"):
+        assert to_simplified(text).text == text
+    assert to_simplified("理中丸方：人參、乾薑、甘草、白朮各三兩。").text == "理中丸方：人参、干姜、甘草、白术各三两。"
+    # Taiwan text: its 著 particles become 着, a book 所著 keeps 著 (protected phrase).
+    result = to_simplified("他說：我在家裡看著他著急，吳鞠通所著溫病條辨。")
+    assert result.variant == "tw2s" and result.text == "他说：我在家里看着他着急，吴鞠通所著温病条辨。"
+    # Protected terms in traditional text.
+    assert to_simplified("婦人腹中癥瘕積聚，乾為天。").text == "妇人腹中癥瘕积聚，乾为天。"
+
+
+def test_extra_phrase_dictionary_from_the_config(tmp_path):
+    extra = tmp_path / "phrases.tsv"
+    extra.write_text("乾隆年間\t乾隆年间\tan era\n黃耆\t黄耆\tkeep the old herb name\n", encoding="utf-8")
+    kept, _ = clean_documents(docs(["黃耆味甘微溫，主治癰疽久敗瘡，排膿止痛。"]), {"opencc_phrases": [str(extra)]})
+    assert kept.column("text").to_pylist()[0].startswith("黄耆味甘微温")
+
+
+def test_pharmacopoeia_and_terminology_go_through_clean_unconverted(shared_data):
+    folder = shared_data / "corpus" / "pharmacopoeia"
+    rows = [
+        r.row
+        for path in sorted(folder.glob("*.txt"))
+        for r in import_file(path, "terms" if "术语" in path.name else "monograph", "p", "encyclopedia")
+        if not r.rejected
+    ]
+    assert len(rows) > 2000
+    stats: dict = {}
+    kept, rejected = clean_documents(conform(pa.Table.from_pylist(rows), DOCUMENTS), {"min_chars": 0}, stats)
+    assert stats["opencc"]["documents"].get("converted_chars", 0) == 0
+    assert not any(kept.column("traditional").to_pylist())
+    texts = kept.column("text").to_pylist()
+    # The standard terminology writes 癥瘕: every 癥 of the input is still there.
+    for char in "癥":
+        assert sum(t.count(char) for t in texts) == sum(r["text"].count(char) for r in rows) > 0, char
+
+
+# -- the shared cases through `flows run` ---------------------------------------------------------
+
+
+def _run_case(case: str, config_name: str, tmp_path: Path, prefect_home: Path) -> Path:
+    folder = tmp_path / case
+    shutil.copytree(CASES / case, folder)
+    config = folder / config_name
+    ingest = flows_cli("run", "ingest", "--config", str(config), "--output", str(tmp_path / "ingest"), prefect_home=prefect_home)
+    assert ingest.returncode == 0, ingest.stderr[-3000:]
+    clean = flows_cli(
+        "run", "clean", "--input", str(tmp_path / "ingest"), "--output", str(tmp_path / "clean"), "--config", str(config),
+        prefect_home=prefect_home,
+    )
+    assert clean.returncode == 0, clean.stderr[-3000:]
+    return tmp_path / "clean"
+
+
+def test_case_book_source_damage(tmp_path, prefect_home):
+    if not CASES.is_dir():
+        pytest.skip("shared cases not beside the repository")
+    clean = _run_case("book-source-damage", "build.toml", tmp_path, prefect_home)
+    table = pq.read_table(clean / "documents")
+    text = "\n".join(table.column("text").to_pylist())
+    for good in ("黄芪桂枝五物汤", "黄芪三两", "厚朴三物汤", "厚朴八两", "伊尹", "毒气", "狼毒"):
+        assert good in text, good
+    for bad in ("黄 ", "浓朴", "伊芳", "毒瓦斯", "野狼"):
+        assert bad not in text, bad
+    for row_text, repairs in zip(table.column("text").to_pylist(), table.column("repairs").to_pylist()):
+        assert "浓朴" in undo(row_text, repairs) or not repairs or "黄 " in undo(row_text, repairs)
+    stats = read_manifest(clean).stats
+    assert stats["repairs"]["documents"]["lost_glyph"] == 3
+    assert stats["repairs"]["documents"]["correction"] == 5
+    assert stats["repairs_by_entry"]["documents"]["浓朴->厚朴"] == 2
+
+
+def test_case_opencc_simplified_untouched(tmp_path, prefect_home):
+    if not CASES.is_dir():
+        pytest.skip("shared cases not beside the repository")
+    clean = _run_case("opencc-simplified-untouched", "config.toml", tmp_path, prefect_home)
+    table = pq.read_table(clean / "documents")
+    texts = table.column("text").to_pylist()
+    for path in sorted((CASES / "opencc-simplified-untouched" / "input").glob("simplified_*.txt")):
+        assert path.read_text(encoding="utf-8").strip() in texts, path.name
+    converted = [t for t, trad in zip(texts, table.column("traditional").to_pylist()) if trad]
+    assert len(converted) == 1 and "干姜" in converted[0] and "人参" in converted[0]
+    opencc = read_manifest(clean).stats["opencc"]["documents"]
+    assert opencc["traditional_texts"] == 1 and opencc["converted_chars"] > 0

@@ -1,0 +1,160 @@
+"""Entries: what a reader counts in a text, and whether a short text is a whole entry.
+
+A book chapter, a monograph or a web page with a heading opens with its title on a line of its
+own (the importers and extraction put it there: `南瓜\\n甘温，补中益气，同羊肉食则壅气。`). The
+title names the subject; it is not content. So the length rules count the body: the characters
+after the title line, spaces and cross-references (（方见伤寒）) not counted. A title alone is
+never an entry, and the 南瓜 entry has a body of 16 characters.
+
+`body_tags(texts, titles, matcher)` gives two columns per text:
+
+| body_kind | when | `[select]` floor |
+|---|---|---|
+| `sentence` | titled; the body ends a sentence (。！？…, then closing brackets or a source tag such as 〔证〕) | `min_entry_chars` |
+| `list` | titled; a recipe: lines that list lexicon terms or doses (a formula's composition), with unpunctuated or finished lines beside them | `min_entry_chars` |
+| `unpunctuated` | titled; classical text without punctuation (白文: 即淘米汁也, 即六君子汤加麦冬小麦乌梅治霍乱), at most three runs | `min_entry_chars` |
+| `cross_reference` | the body only points elsewhere (见心寒。 （方见伤寒） 同上), or a pointer with an unfinished clause beside it (方见寒门 治烦躁) | `min_chars` |
+| `fragment` | titled, none of the above: a catalogue note (山草类三十一种, 附咳嗽), lost text (原本佚), a line cut off | `min_chars` |
+| `untitled` | the text has no title line | `min_chars` |
+
+and `body_chars`, the characters a reader counts. Selection (transforms/select.py) applies the
+floors, so a changed threshold never recomputes these columns.
+"""
+from __future__ import annotations
+
+import re
+
+import numpy as np
+
+# A pointer to another place: 见/载 opening a clause or after 方, 俱, 并, 互, 详, 参 ...
+# (not 不见日火, 不见用). In brackets it is stripped wherever it stands; outside, a whole
+# sentence of the body that is only a pointer (见心寒。 详载于下 同上 治同前).
+POINTER_LEAD = r"(?:^|(?<=[（(〔。，；\s])|(?<=[方俱具并互详注说义解论治证即又亦已皆仍宜参]))"
+BRACKETED_POINTER = re.compile(
+    r"[（(〔][^（）()〔〕]*?(?:" + POINTER_LEAD + r"(?:见|载)|参看|参阅|同上|同前)[^（）()〔〕]*[）)〕]"
+)
+POINTER_SENTENCE = re.compile(
+    r"^(?:(?:[一二三四五六七八九十]+方)?[方治法制证说义解注论详俱具并互已余又亦皆仍宜参]{0,4}(?:见|载)[^。！？；，\s]{0,24}"
+    r"|(?:[方治法制证]{0,2})同(?:上|前)(?:法|症|证|方)?|参看[^。！？；，\s]{0,24}|详载于下)[。；]?$"
+)
+SENTENCE_SPLIT = re.compile(r"(?<=[。！？；\s])")
+SENTENCE_END = set("。！？!?…")
+# After a sentence's end: closing brackets and quotes, and a source tag (〔证〕 〔嘉〕); or a
+# bracketed note after it (（并治吞竹木） （《肘后方》）).
+CLOSERS = re.compile(r"(?:[）)」』”’》\]]|〔[^〔〕]{1,4}〕|\s)+$")
+TRAILING_NOTE = re.compile(r"(?:[（(][^（）()]*[）)]|〔[^〔〕]{1,4}〕|\s)+$")
+SPACE = re.compile(r"\s+")
+# What follows a title at the start of a text: a line break, or a term's colon (with its
+# synonyms first: 蟠蛇疬（又称锁颈疬）：), or the comma of an entry that opens with its name
+# (白药，今为治马肺热药).
+TITLE_SEPARATOR = re.compile(r"[ \t]*\n\s*|(?:[（(][^（）()\n]{0,40}[）)])?[：:，,]\s*")
+HAN = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0003134f]")
+# A dose: a number (Arabic or Chinese) and a unit (三钱, 10g, 半两, 一枚): a line of a formula.
+DOSE = re.compile(r"[0-9一二三四五六七八九十百半两.]+\s*(?:克|g|钱|两|分|枚|个|片|升|合|斤|铢|毫升|ml|mg|粒|条|只|匙|钱匕)")
+
+BRACKETS = re.compile(r"[（）()〔〕【】\[\]]")
+PUNCTUATION = re.compile(r"[。，、；：！？,.;:!?∶…—]")
+UNPUNCTUATED_HAN_SHARE = 0.8
+# More runs than this, separated by spaces, make a list (of diseases, of a chapter's contents).
+UNPUNCTUATED_RUNS = 3
+# Notes of a catalogue, not entries: 地水类三十种, 卤石类二十种，附录二十七种, 十三首、附方二,
+# 附咳嗽, 大风疾附; items that are all classes (山草类, 水草类 石草类 苔类); and lost text (原本佚, 方缺).
+NUMBER = "[〇一二三四五六七八九十百千两0-9]+"
+CATALOGUE = re.compile(
+    rf"^(?:(?:凡|共)?[^，。]{{0,8}}?{NUMBER}(?:种|道|首|条|方|则|篇)(?:[，、\s]*附(?:录|方)?{NUMBER}(?:种|道|首|条|方|则)?)?"
+    r"|(?:原本|原书|原|方)?(?:佚|缺|阙|脱)(?:文)?)$"
+)
+# A bracketed note of what a section appends: （附咳嗽） （附∶胁痛） （口疮附） 华佗注仓公传（附）.
+APPENDIX_NOTE = re.compile(r"^(?:[（(]附[∶:]?[^（）()]*[）)]|[（(][^（）()]*附[）)]|[^，。；]{1,12}[（(]附[）)])$")
+CATALOGUE_ITEM = re.compile(r"^\S{1,6}[类部门][上中下]?$")
+
+KINDS = ("sentence", "list", "unpunctuated", "cross_reference", "fragment", "untitled")
+# The kinds whose body is a whole entry, judged by the lower `min_entry_chars`.
+COMPLETE = frozenset({"sentence", "list", "unpunctuated"})
+
+
+def title_prefix(texts: list[str], titles: list[str | None]) -> np.ndarray:
+    """Per text, the length of the title that opens it, with its separator: a line of its own
+    (`南瓜\n`), or a term and its definition (`急性肾衰：`); 0 when the text does not open with
+    its title, or nothing follows it."""
+    out = np.zeros(len(texts), np.int64)
+    for i, (text, title) in enumerate(zip(texts, titles)):
+        title = (title or "").strip()
+        if title and text and text.startswith(title):
+            separator = TITLE_SEPARATOR.match(text, len(title))
+            if separator and text[separator.end():].strip():
+                out[i] = separator.end()
+    return out
+
+
+def opens_with_title_line(texts: list[str], prefix: np.ndarray) -> np.ndarray:
+    """Whether the title is a line of its own (a heading the line rules leave out)."""
+    return np.array([bool(n) and "\n" in text[:n] for text, n in zip(texts, prefix)], bool)
+
+
+def body_tags(texts: list[str], prefix: np.ndarray, matcher) -> dict[str, np.ndarray]:
+    """{"body_chars": int64, "body_kind": object (str)} per text; `prefix` from `title_prefix`,
+    `matcher` a `transforms.clean.lexicon.LexiconMatcher` (for lists)."""
+    chars = np.zeros(len(texts), np.int64)
+    kinds = np.empty(len(texts), object)
+    for i, (text, n) in enumerate(zip(texts, prefix)):
+        chars[i], kinds[i] = _judge((text or "")[n:], bool(n), matcher)
+    return {"body_chars": chars, "body_kind": kinds}
+
+
+def _judge(body: str, titled: bool, matcher) -> tuple[int, str]:
+    content = strip_pointers(body)
+    chars = len(SPACE.sub("", content))
+    pointed = content != body.strip()
+    if body.strip() and not HAN.search(content):
+        return chars, "cross_reference"
+    if not titled:
+        return chars, "untitled"
+    bare = BRACKETS.sub("", content).strip()
+    if CATALOGUE.match(bare) or APPENDIX_NOTE.match(content.strip()) or all(CATALOGUE_ITEM.match(item) for item in bare.split()):
+        return chars, "fragment"
+    if ends_sentence(content):
+        return chars, "sentence"
+    # Lines of a recipe: a composition (a list of terms, or doses) and unpunctuated instructions.
+    listed = unpunctuated_only = True
+    for line in (line for line in content.split("\n") if line.strip()):
+        if DOSE.search(line) or matcher.recognises_list(line):
+            unpunctuated_only = False
+        elif not (unpunctuated(BRACKETS.sub("", line).strip()) or ends_sentence(line)):
+            listed = False
+            break
+    if listed and not unpunctuated_only:
+        return chars, "list"
+    if pointed:
+        # A pointer with an unfinished clause beside it (方见寒门 治烦躁): the entry is elsewhere.
+        return chars, "cross_reference"
+    return chars, "unpunctuated" if listed else "fragment"
+
+
+def unpunctuated(text: str) -> bool:
+    """Classical text written without punctuation (白文): Han, at most three runs, no marks."""
+    if not text or PUNCTUATION.search(text) or len(text.split()) > UNPUNCTUATED_RUNS:
+        return False
+    letters = SPACE.sub("", text)
+    return len(HAN.findall(letters)) >= UNPUNCTUATED_HAN_SHARE * len(letters)
+
+
+def strip_pointers(body: str) -> str:
+    """The body less its cross-references: bracketed pointers anywhere, and sentences that are
+    only a pointer."""
+    lines = []
+    for line in BRACKETED_POINTER.sub("", body).split("\n"):
+        line = "".join(part for part in SENTENCE_SPLIT.split(line) if not POINTER_SENTENCE.match(part.strip()))
+        if line.strip():
+            lines.append(line)
+    return "\n".join(lines)
+
+
+def ends_sentence(body: str) -> bool:
+    """Whether the body's last sentence is finished; a body that is all one bracketed note
+    (（皆出四川。）) is judged by what is inside."""
+    body = body.rstrip()
+    for tail in (CLOSERS.sub("", body), TRAILING_NOTE.sub("", body), CLOSERS.sub("", BRACKETS.sub("", body))):
+        if tail and tail[-1] in SENTENCE_END:
+            return True
+    return False

@@ -1,0 +1,255 @@
+"""Repair of damage the digitised sources carry: word-level mis-conversions corrected from a
+versioned table, and lost glyphs filled where the TCM lexicon admits exactly one completion;
+what the evidence does not decide is counted, never guessed.
+
+Corrections (`resources/corrections.tsv`, `wrong<TAB>right<TAB>reason`, `# version:`): matched
+leftmost-longest (Aho-Corasick), so 气浓味薄 wins over 浓味 and a real 野狼 (written 野野狼 by the
+converter) comes back as 野狼.
+
+Lost glyphs (`resources/lost_glyphs.tsv`: the glyphs the sources are known to lose, 芪 first).
+A blank is one space or 「□」 right after a Han character. A completion is a glyph g of that
+table and a lexicon term T = a + g + b, where a is the last j >= 1 Han characters before the
+blank and b the first m >= 0 characters after it, such that:
+  1. no lexicon term longer than a ends at the blank (大黄 , 地黄 : the blank closes a word);
+  2. when T ends at the blank (m = 0, 「黄 三两」: only one side is evidence), T starts a word:
+     the character before a is not Han, or is a function or preparation character (加 用 以 炙
+     ...), or ends a lexicon term (白术黄 各一钱), so 鸡子黄 , 面黄 stay; and
+  3. what follows is what follows an item of a prescription: a dose (a number and a unit, 各,
+     等分), a bracket, list punctuation, another blank, the end, or a lexicon term (the next
+     herb); 「黄 一点」 is not a dose.
+A term that spans the blank (m >= 1: 「黄 桂枝五物汤」, 「当归黄 汤」) needs rule 1 only.
+Exactly one glyph -> the blank is replaced (kind `lost_glyph`); by the glyph and a space when the
+term ends at the blank and the next herb follows (「炙黄 人参」 -> 「炙黄芪 人参」: in a list
+spaced by blanks the lost glyph took its separator with it). Several -> the blank stays and is
+counted in `lost_glyphs`; none -> a 「□」 is counted, a space is a space.
+
+Every repair is kept per row as (offset, original, replacement, kind), the offset in code points
+into the repaired text, so `undo` gives the text back exactly.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+from typing import Iterable
+
+import pyarrow as pa
+
+RESOURCES = "transforms.resources"
+CORRECTIONS_FILE = "corrections.tsv"
+LOST_GLYPHS_FILE = "lost_glyphs.tsv"
+KINDS = ("correction", "lost_glyph")
+LOST_MARK = "□"
+BLANKS = (" ", LOST_MARK)
+REPAIR_TYPE = pa.list_(
+    pa.struct([("offset", pa.int32()), ("original", pa.string()), ("replacement", pa.string()), ("kind", pa.string())])
+)
+# Characters that may stand right before a herb's name in a prescription or a note on it.
+FUNCTION_CHARS = set("加用以与和及同倍去减恶入宜并兼佐君臣使合配伍炙生蜜酒盐姜醋煨炒焙蒸制净好真嫩老大小上中")
+_HAN = re.compile("[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0002ebef]")
+# A dose: a number and a unit (三两, 一钱五分, 10g), or 各 / 等分.
+_DOSE = re.compile(r"(?:[一二三四五六七八九十百半0-9０-９]+[两钱分厘斤升合枚个片克g]|各|等分)")
+_LIST_MARKS = set("（(、，,。；;：:)）\n")
+MAX_SIDE = 12
+
+
+class RepairError(ValueError):
+    """A correction or lost-glyph table that cannot be read; names the file and line."""
+
+
+@dataclass(frozen=True)
+class Repair:
+    offset: int  # code points into the repaired text
+    original: str
+    replacement: str
+    kind: str  # correction | lost_glyph
+
+    def as_dict(self) -> dict:
+        return {"offset": self.offset, "original": self.original, "replacement": self.replacement, "kind": self.kind}
+
+
+@dataclass
+class Repaired:
+    text: str
+    repairs: list[Repair]
+    lost_glyphs: int  # blanks the evidence did not decide
+
+
+def read_table(name: str, columns: int, path: str | Path | None = None) -> tuple[str, list[list[str]]]:
+    """(version, rows) of a shipped table (or of `path`): '#' comments, `# version: V`, rows of at
+    least `columns` tab-separated fields."""
+    origin = str(path) if path else name
+    try:
+        text = Path(path).read_text(encoding="utf-8") if path else resources.files(RESOURCES).joinpath(name).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise RepairError(f"{origin} cannot be read ({exc})") from None
+    version = re.search(r"^# version: *(\S+)", text, re.M)
+    rows = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip() or line.startswith("#"):
+            continue
+        fields = [f.strip() for f in line.split("\t")]
+        if len(fields) < columns or not all(fields[:columns]):
+            raise RepairError(f"{origin}:{number}: expected {columns} tab-separated fields")
+        rows.append(fields)
+    return (version.group(1) if version else "0"), rows
+
+
+def table_versions() -> dict[str, str]:
+    return {name: read_table(name, 2)[0] for name in (CORRECTIONS_FILE, LOST_GLYPHS_FILE)}
+
+
+def default_terms() -> set[str]:
+    """The lexicon shipped with the package: the seed list and the jieba TCM user dictionary."""
+    from .lexicon import seed_terms
+
+    terms = {term for term, _ in seed_terms()}
+    text = resources.files(RESOURCES).joinpath("tcm_user_dict.txt").read_text(encoding="utf-8")
+    terms.update(line.split()[0] for line in text.splitlines() if line.strip() and not line.startswith("#"))
+    return terms
+
+
+class Repairer:
+    """Corrections and lost-glyph filling over texts; build once per process (`repairer()`)."""
+
+    def __init__(self, terms: Iterable[str], corrections: list[tuple[str, str]], lost: Iterable[str]):
+        import ahocorasick_rs
+
+        self.terms = {t for t in terms if len(t) >= 2}
+        self.corrections = dict(corrections)
+        self.automaton = (
+            ahocorasick_rs.AhoCorasick(list(self.corrections), matchkind=ahocorasick_rs.MatchKind.LeftmostLongest)
+            if self.corrections
+            else None
+        )
+        self.lost = set(lost)
+        # a (the part before the glyph) -> [(b, glyph)]
+        self.by_left: dict[str, list[tuple[str, str]]] = {}
+        for term in self.terms:
+            for k, glyph in enumerate(term):
+                if glyph in self.lost and k >= 1:
+                    self.by_left.setdefault(term[:k], []).append((term[k + 1 :], glyph))
+        self.max_term = max((len(t) for t in self.terms), default=2)
+        self.glyph_after = {a[-1] for a in self.by_left}
+
+    def repair(self, text: str) -> Repaired:
+        repairs: list[Repair] = []
+        if self.automaton is not None:
+            text, repairs = self._correct(text)
+        if not any(blank in text for blank in BLANKS):
+            return Repaired(text, repairs, 0)
+        return self._fill(text, repairs)
+
+    def _correct(self, text: str) -> tuple[str, list[Repair]]:
+        matches = self.automaton.find_matches_as_indexes(text)
+        if not matches:
+            return text, []
+        pieces, repairs, last, shift = [], [], 0, 0
+        for index, start, end in matches:
+            wrong = text[start:end]
+            right = self.corrections[wrong]
+            pieces.append(text[last:start])
+            pieces.append(right)
+            repairs.append(Repair(start + shift, wrong, right, "correction"))
+            shift += len(right) - len(wrong)
+            last = end
+        pieces.append(text[last:])
+        return "".join(pieces), repairs
+
+    def _fill(self, text: str, repairs: list[Repair]) -> Repaired:
+        lost = 0
+        fills: list[tuple[int, str]] = []  # (position of the blank, replacement)
+        for i, ch in enumerate(text):
+            if ch not in BLANKS:
+                continue
+            if i == 0 or not _HAN.match(text[i - 1]):
+                lost += ch == LOST_MARK
+                continue
+            found = self.completions(text, i) if text[i - 1] in self.glyph_after else {}
+            if len(found) == 1:
+                glyph, spans = found.popitem()
+                # 「炙黄 人参」 was 「炙黄芪 人参」: the blank was the glyph and the list's space.
+                after = text[i + 1 : i + 1 + MAX_SIDE]
+                separator = ch == " " and not spans and _HAN.match(after[:1] or "x") and not _DOSE.match(after)
+                fills.append((i, glyph + " " if separator else glyph))
+            elif found or ch == LOST_MARK:
+                lost += 1
+        if not fills:
+            return Repaired(text, repairs, lost)
+        pieces, last, shift, moved = [], 0, 0, []
+        for i, replacement in fills:
+            pieces.append(text[last:i])
+            pieces.append(replacement)
+            moved.append(Repair(i + shift, text[i], replacement, "lost_glyph"))
+            shift += len(replacement) - 1
+            last = i + 1
+        pieces.append(text[last:])
+        # Corrections came first; a fill that added a separator before one moves it.
+        for r in repairs:
+            grown = sum(len(rep) - 1 for i, rep in fills if i < r.offset)
+            moved.append(Repair(r.offset + grown, r.original, r.replacement, r.kind))
+        return Repaired("".join(pieces), sorted(moved, key=lambda r: r.offset), lost)
+
+    def completions(self, text: str, i: int) -> dict[str, bool]:
+        """The glyphs the lexicon admits for the blank at text[i] (rules 1-3 of the module doc),
+        each with whether a term admitting it continues past the blank."""
+        left_start = i
+        while left_start > 0 and i - left_start < MAX_SIDE and _HAN.match(text[left_start - 1]):
+            left_start -= 1
+        left = text[left_start:i]
+        right = text[i + 1 : i + 1 + MAX_SIDE]
+        # Rule 1: the longest lexicon term ending at the blank.
+        closing = max((j for j in range(2, len(left) + 1) if left[-j:] in self.terms), default=0)
+        glyphs: dict[str, bool] = {}
+        for j in range(1, min(len(left), self.max_term) + 1):
+            if closing > j:
+                continue
+            a = left[-j:]
+            before = text[i - j - 1] if i - j - 1 >= 0 else ""
+            starts_word = not before or not _HAN.match(before) or before in FUNCTION_CHARS or self._term_ends(left[:-j])
+            for b, glyph in self.by_left.get(a, ()):
+                if not right.startswith(b):
+                    continue
+                if not b and not starts_word:  # rule 2
+                    continue
+                if not b and not self._item_follows(right):  # rule 3
+                    continue
+                glyphs[glyph] = glyphs.get(glyph, False) or bool(b)
+        return glyphs
+
+    def _term_ends(self, left: str) -> bool:
+        """Whether a lexicon term ends `left` (白术黄 : 黄 follows the herb 白术)."""
+        return any(left[-n:] in self.terms for n in range(2, min(len(left), self.max_term) + 1))
+
+    def _item_follows(self, right: str) -> bool:
+        if not right or right[0] in _LIST_MARKS or right[0] in BLANKS or _DOSE.match(right):
+            return True
+        return any(right[:n] in self.terms for n in range(2, min(len(right), self.max_term) + 1))
+
+
+def undo(text: str, repairs: list[dict] | list[Repair]) -> str:
+    """The text before the repairs (the `repairs` column of a row, in any order)."""
+    items = [r.as_dict() if isinstance(r, Repair) else r for r in repairs]
+    for r in sorted(items, key=lambda r: r["offset"], reverse=True):
+        start = r["offset"]
+        assert text[start : start + len(r["replacement"])] == r["replacement"], "repairs do not match the text"
+        text = text[:start] + r["original"] + text[start + len(r["replacement"]) :]
+    return text
+
+
+@lru_cache(maxsize=4)
+def repairer(lexicon: str | None = None, corrections: str | None = None) -> Repairer:
+    """The process's Repairer: the shipped lexicon plus `lexicon` (a `flows lexicon build` file),
+    the shipped corrections plus `corrections` (same format; a later entry for a word wins)."""
+    from .lexicon import read_lexicon
+
+    terms = default_terms()
+    if lexicon:
+        terms.update(read_lexicon(lexicon))
+    table = [(row[0], row[1]) for row in read_table(CORRECTIONS_FILE, 2)[1]]
+    if corrections:
+        table += [(row[0], row[1]) for row in read_table(CORRECTIONS_FILE, 2, corrections)[1]]
+    lost = [row[0] for row in read_table(LOST_GLYPHS_FILE, 2)[1]]
+    return Repairer(terms, table, lost)

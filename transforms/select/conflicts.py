@@ -1,0 +1,124 @@
+"""Conflicting answers: one prompt, several different answers.
+
+A conversation's prompt is every turn before its final answer (system turns left out, roles
+kept), its answer the final assistant turn; both are compared in match form
+(`normalize.match_key`: simplified, without punctuation or spacing), so copies differing only in
+form are one answer. A prompt is in conflict when the rows holding it give two or more different
+answers: a model trained on both learns neither (五倍子 given the 性味 of 五味子 beside its own).
+
+`AnswerIndex` gathers 8-byte digests of prompts and answers batch by batch (about 40 bytes a
+conversation, no text kept); `conflicts()` gives the prompts in conflict with how many answers
+each has. The select stage drops or keeps their rows (`[select] conflicting_answers`), and the
+corpus report lists those left, with examples.
+"""
+from __future__ import annotations
+
+import hashlib
+from collections import Counter, defaultdict
+from typing import Iterable
+
+import pyarrow as pa
+import pyarrow.compute  # noqa: F401 - pa.compute in corpus_conflicts
+
+from transforms.clean.normalize import match_key
+
+
+def prompt_and_answer(messages: list[dict] | None) -> tuple[str, str] | None:
+    """(prompt, answer) of a conversation in match form; None without a final answer."""
+    turns = [m for m in (messages or []) if m.get("role") != "system"]
+    if len(turns) < 2 or turns[-1].get("role") != "assistant":
+        return None
+    prompt = "\n".join(f"{m.get('role')}:{match_key(m.get('content') or '')}" for m in turns[:-1])
+    return prompt, match_key(turns[-1].get("content") or "")
+
+
+def _digest(text: str) -> int:
+    return int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest(), "little")
+
+
+def conversation_keys(messages: Iterable[list[dict] | None]) -> list[tuple[int, int] | None]:
+    """Per conversation, (prompt digest, answer digest), or None without a final answer."""
+    keys = []
+    for row in messages:
+        pair = prompt_and_answer(row)
+        keys.append(None if pair is None else (_digest(pair[0]), _digest(pair[1])))
+    return keys
+
+
+class AnswerIndex:
+    """The distinct answers of every prompt seen, as digests."""
+
+    def __init__(self) -> None:
+        self.answers: dict[int, set[int]] = defaultdict(set)
+        self.rows: Counter = Counter()  # prompt digest -> conversations holding it
+
+    def add(self, table: pa.Table) -> None:
+        for key in conversation_keys(table.column("messages").to_pylist()):
+            if key is not None:
+                self.answers[key[0]].add(key[1])
+                self.rows[key[0]] += 1
+
+    def merge(self, other: "AnswerIndex") -> None:
+        for prompt, found in other.answers.items():
+            self.answers[prompt] |= found
+        self.rows.update(other.rows)
+
+    def conflicts(self) -> dict[int, int]:
+        """Prompt digest -> number of different answers, for prompts with two or more."""
+        return {prompt: len(answers) for prompt, answers in self.answers.items() if len(answers) > 1}
+
+
+def conflicting_rows(table: pa.Table, conflicts: dict[int, int]) -> list[int | None]:
+    """Per row of a conversations table, the number of answers its prompt has when it is in
+    conflict, else None."""
+    if not conflicts:
+        return [None] * table.num_rows
+    return [None if key is None else conflicts.get(key[0]) for key in conversation_keys(table.column("messages").to_pylist())]
+
+
+def conflict_examples(tables: Iterable[pa.Table], conflicts: dict[int, int], limit: int = 5, chars: int = 80) -> list[dict]:
+    """Up to `limit` prompts in conflict with their different answers (cut to `chars`) and the
+    sources giving them: [{"prompt", "answers": [{"answer", "source", "id"}]}]."""
+    chosen: dict[int, dict] = {}
+    seen: dict[int, set[int]] = defaultdict(set)
+    for table in tables:
+        messages = table.column("messages").to_pylist()
+        for row, key, source, row_id in zip(messages, conversation_keys(messages), table.column("source").to_pylist(), table.column("id").to_pylist()):
+            if key is None or key[0] not in conflicts:
+                continue
+            if key[0] not in chosen:
+                if len(chosen) >= limit:
+                    continue
+                turns = [m for m in row if m.get("role") != "system"]
+                chosen[key[0]] = {"prompt": (turns[-2].get("content") or "")[:chars], "answers": []}
+            if key[1] not in seen[key[0]]:
+                seen[key[0]].add(key[1])
+                answer = next(m for m in reversed(row) if m.get("role") == "assistant").get("content") or ""
+                chosen[key[0]]["answers"].append({"answer": answer[:chars], "source": source, "id": row_id})
+    return list(chosen.values())
+
+
+def corpus_conflicts(corpus, batch_rows: int = 8192, limit: int = 5) -> dict:
+    """Prompts the corpus shards (`part-*.parquet` of a corpus folder) answer in two or more
+    ways: {"prompts", "rows", "examples"}; fine-tuning copies of one row (`<id>@<epoch>`) give
+    one answer, so they are no conflict."""
+    import pyarrow.parquet as pq
+    from pathlib import Path
+
+    files = sorted(Path(corpus).glob("part-*.parquet"))
+
+    def tables():
+        for file in files:
+            for batch in pq.ParquetFile(file).iter_batches(batch_size=batch_rows, columns=["id", "source", "format", "messages"]):
+                table = pa.Table.from_batches([batch])
+                yield table.filter(pa.compute.equal(table.column("format"), "chat"))
+
+    index = AnswerIndex()
+    for table in tables():
+        index.add(table)
+    conflicts = index.conflicts()
+    return {
+        "prompts": len(conflicts),
+        "rows": sum(index.rows[p] for p in conflicts),
+        "examples": conflict_examples(tables(), conflicts, limit) if conflicts else [],
+    }
