@@ -100,6 +100,10 @@ class PageDatasetPipeline:
             if self.temporary:
                 shutil.rmtree(self.temporary, ignore_errors=True)
 
+    def recorded(self, record: dict) -> dict:
+        source = getattr(self.crawler.spider, "sources", {}).get(record.get("source")) or {}
+        return with_origin(record, source.get("record_origin"))
+
     def write_dataset(self, crawl_stats: dict) -> StageManifest:
         rejected = pa.schema([*CRAWL_PAGE_SCHEMA, pa.field("reason", pa.string())])
         writer = DatasetWriter(self.output, self.manifest)
@@ -109,12 +113,24 @@ class PageDatasetPipeline:
                 total += len(records)
                 settled = [self.state.settled(r) for r in records]
                 unchanged += sum(a is not b for a, b in zip(settled, records))
+                settled = [self.recorded(r) for r in settled]
                 kept = [r for r in settled if r["reason"] is None]
                 writer.write(PAGES, pa.Table.from_pylist(kept, schema=CRAWL_PAGE_SCHEMA))
                 writer.reject(PAGES, pa.Table.from_pylist([r for r in settled if r["reason"]], schema=rejected))
             self.manifest.rows_in = {PAGES: total}
             self.manifest.stats["crawl"] = {**crawl_summary(crawl_stats), "pages/unchanged": unchanged}
             return writer.commit()
+
+
+def with_origin(record: dict, origin: dict | None) -> dict:
+    """`record` as a page of a served local folder is kept (see `record_origin`): its URLs under
+    the stable origin, and no fetch time, so the same folder gives the same rows on every build."""
+    if not origin:
+        return record
+    served, recorded = origin["served"], origin["as"]
+    moved = {key: recorded + record[key][len(served):] for key in ("url", "final_url")
+             if isinstance(record.get(key), str) and record[key].startswith(served)}
+    return {**record, **moved, "fetched_at": None}
 
 
 def chunked(records: Iterable[dict], size: int = 500) -> Iterator[list[dict]]:

@@ -19,7 +19,7 @@ from .stages.dedup import dedup_flow
 from .stages.export import export_flow
 from .stages.ingest import ingest_flow
 from .stages.pack import pack_flow
-from .stages.runner import DESCRIPTIONS
+from .stages.runner import DESCRIPTIONS, _holding_workdir, _kept_nothing, _stop_if_nothing_kept
 from .stages.sample import sample_flow
 from .stages.select import select_flow
 from .stages.validate import validate_flow, validate_stage_output
@@ -45,6 +45,7 @@ STAGE_FLOWS = {
 
 
 @flow(name="build-corpus", description=DESCRIPTIONS["build-corpus"], **FAILURE_HOOKS)
+@_holding_workdir
 def build_corpus(config: Optional[str] = None, workdir: str = "tcm-corpus-build", engine: Optional[str] = None) -> dict:
     """Every stage in order into `workdir`; without `config`, the embedded sample build."""
     logger = get_run_logger()
@@ -60,6 +61,11 @@ def build_corpus(config: Optional[str] = None, workdir: str = "tcm-corpus-build"
     if any(s.kind == "crawl" for s in cfg.sources):
         results["crawl"] = crawl_flow(str(staged / "crawl"), config)
         page_inputs = [str(staged / "crawl")]
+        if _kept_nothing(results["crawl"]):
+            if not any(s.kind != "crawl" for s in cfg.sources):
+                _stop_if_nothing_kept("crawl", staged / "crawl", results)
+            logger.warning("crawl kept no page (reasons in %s); the build goes on with the other sources", staged / "crawl" / "rejected")
+            page_inputs = []
     validation: dict[str, dict] = {}
 
     def check(stage: str) -> None:
@@ -69,10 +75,12 @@ def build_corpus(config: Optional[str] = None, workdir: str = "tcm-corpus-build"
     if page_inputs:
         check("crawl")
     results["ingest"] = ingest_flow(str(staged / "ingest"), config, page_inputs)
+    _stop_if_nothing_kept("ingest", staged / "ingest", results)
     check("ingest")
     previous = staged / "ingest"
     for stage in ("clean", "select", "dedup", "decontaminate", "convert"):
         results[stage] = STAGE_FLOWS[stage]([str(previous)], str(staged / stage), config, engine)
+        _stop_if_nothing_kept(stage, staged / stage, results)
         check(stage)
         previous = staged / stage
     results["sample"] = sample_flow([str(previous)], str(corpus), config, engine)

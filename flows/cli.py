@@ -13,8 +13,10 @@
 
 A stage run without --config uses the library's defaults; build-corpus, refresh and serve use
 the embedded sample build. Errors a user can fix (a bad config, a missing input, an unreadable
-or unsupported file, a source whose every row was rejected) are one line on stderr: exit code 2
-for configuration, arguments and inputs, 1 for a failed run.
+or unsupported file, a source whose every row was rejected, an output that would replace what
+the run reads, a work folder another run holds) are one line on stderr: exit code 2 for
+configuration, arguments, inputs and a busy work folder, 1 for a failed run. A flow that fails
+inside ends with one line too; `--debug` prints the traceback before it.
 """
 from __future__ import annotations
 
@@ -25,7 +27,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from .runtime import prepare_environment
+from .runtime import prepare_environment, quiet_failures_on_terminal
 
 from .pipeline_info import FLOWS
 
@@ -120,6 +122,8 @@ def _flow_parser(flows, name: str) -> argparse.ArgumentParser:
     if "dry_run" in takes:
         parser.add_argument("--dry-run", action="store_true", help="report what selection would remove, write nothing")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    parser.add_argument("--wait", action="store_true", help="when another run holds the work folder, wait for it instead of stopping")
+    parser.add_argument("--debug", action="store_true", help="on failure, print the full traceback (Prefect keeps it too)")
     present = {action.dest for action in parser._actions}
     parser.set_defaults(**{key: value for key, value in ARGUMENT_DEFAULTS.items() if key not in present})
     return parser
@@ -185,6 +189,25 @@ def _check_pack(pack) -> None:
         raise UsageError(f"pack.template: {pack.tokenizer} has no chat_template; set template = \"huatuo\" or \"chatml\"")
     if "hf" in pack.outputs and find_spec("datasets") is None:
         raise UsageError("pack.outputs: hf needs the `datasets` package (pip install datasets)")
+    _check_paths(args, config)
+
+
+def _check_paths(args, config) -> None:
+    """No output may replace or lie inside what the run reads, nor be a file or a user's folder."""
+    from .paths import PathRefused, check_output, check_workdir
+
+    sources = [(f"source {s.name}'s path", s.path) for s in config.sources if s.path is not None]
+    sources += [(f"source {s.name}'s site_dir", s.site_dir) for s in config.sources if getattr(s, "site_dir", None) is not None]
+    try:
+        if args.flow in WORKDIR_FLOWS:
+            check_workdir(args.workdir, sources)
+        elif args.output and not args.dry_run:
+            reads = [("--input", path) for path in args.input]
+            if args.flow in ("ingest", "crawl"):
+                reads += sources
+            check_output(args.output, reads)
+    except PathRefused as exc:
+        raise UsageError(str(exc)) from None
 
 
 def _check_llm(convert) -> None:
@@ -311,25 +334,70 @@ def main(argv: list[str] | None = None) -> int:
         from .progress import enable_terminal
 
         enable_terminal()
+    from transforms.ingest.importers import SourceError
+
+    from .locks import LockBusy
+
     known = _known_failures()
     from transforms.ingest.importers import SourceRejected
 
+    if not args.debug:
+        quiet_failures_on_terminal()  # Prefect still records every failure, traceback included
     try:
-        result = _run(args)
-    except SourceRejected as exc:
-        print(f"flows: error: {exc}", file=sys.stderr)
-        return 2
+        with _run_lock(args):
+            result = _run(args)
+    except (LockBusy, SourceError, SourceRejected) as exc:  # a busy work folder, an unreadable input file: the user's to fix
+        return _failed(args, exc, 2)
     except known as exc:
-        print(f"flows: error: {exc}", file=sys.stderr)
-        return 1
+        return _failed(args, exc, 1)
     except KeyboardInterrupt:
         print("flows: interrupted; finished stages are kept and a re-run resumes after them", file=sys.stderr)
         return 130
+    except Exception as exc:  # noqa: BLE001 - a fault of ours: one line here, the traceback with --debug and in Prefect
+        return _failed(args, exc, 1, unexpected=True)
     if args.json:
         print(json.dumps(result, ensure_ascii=False, indent=2, default=str))
     else:
         _print_result(args.flow, result)
     return 0
+
+
+def _failed(args, exc: BaseException, code: int, unexpected: bool = False) -> int:
+    """The one line a failed run ends with; `--debug` prints the traceback before it."""
+    from transforms.convert.llm.redact import redact
+
+    if getattr(exc, "results", None) and not args.json:
+        _print_result(args.flow, {"stages": exc.results})  # the ledger of the stages that ran
+    if args.debug:
+        import traceback
+
+        print(redact("".join(traceback.format_exception(exc))), file=sys.stderr, end="")
+    text = redact(str(exc).strip())
+    if unexpected:
+        first = text.splitlines()[0] if text else ""
+        text = f"unexpected {type(exc).__name__}" + (f": {first}" if first else "")
+        text += "" if args.debug else " (run again with --debug for the traceback)"
+    print(f"flows: error: {text}", file=sys.stderr)
+    return code
+
+
+def _run_lock(args):
+    """The work folder's lock, held for the whole run (a dry run and a model file need none)."""
+    from contextlib import nullcontext
+
+    from .locks import hold, output_lock_file, workdir_lock_file
+
+    if args.flow in WORKDIR_FLOWS:
+        lock_file, what = workdir_lock_file(args.workdir), f"work folder {args.workdir}"
+    elif args.output and not args.dry_run and args.flow != TRAIN_DOMAIN:
+        lock_file, what = output_lock_file(args.output), f"output {args.output}"
+    else:
+        return nullcontext()
+
+    def say(line: str) -> None:
+        print(f"flows: {line}", file=sys.stderr, flush=True)
+
+    return hold(lock_file, what, wait=args.wait, on_wait=say, on_takeover=say)
 
 
 def _lexicon(args) -> int:
@@ -381,14 +449,14 @@ def _known_failures() -> tuple[type[BaseException], ...]:
     from transforms.clean.domain_training import TrainingError
 
     from .config import ConfigError
-    from .pipeline import ValidationFailed
+    from .pipeline import NothingKept, ValidationFailed
 
     from transforms.convert.llm.client import EndpointError
     from transforms.convert.llm.unify import ConvertError
 
     from transforms.pack.tokenizer import TokenizerError
 
-    failures: list[type[BaseException]] = [ConfigError, DatasetError, SourceError, ValidationFailed, EndpointError, ConvertError, TrainingError, TokenizerError]
+    failures: list[type[BaseException]] = [ConfigError, DatasetError, SourceError, ValidationFailed, EndpointError, ConvertError, TrainingError, TokenizerError, NothingKept]
     try:
         from crawlers.run import CrawlError
 

@@ -12,13 +12,13 @@ from .domain import train_domain_classifier_flow
 from .refresh import REFRESH_DESCRIPTION, refresh
 from .stages.clean import clean_flow
 from .stages.convert import convert_flow
-from .stages.crawl import crawl_flow
+from .stages.crawl import crawl_flow, site_dir_origin
 from .stages.decontaminate import decontaminate_flow
 from .stages.dedup import dedup_flow
 from .stages.export import export_flow
 from .stages.ingest import ingest_flow
 from .stages.pack import pack_flow
-from .stages.runner import DESCRIPTIONS, LOCAL_ONLY_STAGES, code_version, make_engine
+from .stages.runner import DESCRIPTIONS, LOCAL_ONLY_STAGES, NothingKept, code_version, make_engine, retry_unless_final
 from .stages.sample import sample_flow
 from .stages.select import select_flow, selection_dry_run_flow
 from .stages.validate import ValidationFailed, validate_flow, validate_stage_output
@@ -27,6 +27,6 @@ __all__ = [
     "PACKED", "QUALITY", "STAGE_FLOWS", "pack_flow", "build_corpus", "build_summary", "publish_artifacts", "publish_build_report",
     "train_domain_classifier_flow", "REFRESH_DESCRIPTION", "refresh", "clean_flow", "convert_flow", "crawl_flow",
     "decontaminate_flow", "dedup_flow", "export_flow", "ingest_flow", "DESCRIPTIONS", "LOCAL_ONLY_STAGES",
-    "code_version", "make_engine", "sample_flow", "select_flow", "selection_dry_run_flow", "ValidationFailed",
+    "code_version", "make_engine", "NothingKept", "retry_unless_final", "site_dir_origin", "sample_flow", "select_flow", "selection_dry_run_flow", "ValidationFailed",
     "validate_flow", "validate_stage_output",
 ]

@@ -14,6 +14,8 @@ import time
 from pathlib import Path
 from typing import Callable, Optional, TextIO
 
+import pyarrow as pa
+
 from schemas.dataset import count_rows, kinds_in
 
 logger = logging.getLogger("tcm_corpus.progress")
@@ -29,12 +31,18 @@ def enable_terminal(stream: Optional[TextIO] = None) -> None:
 
 
 def input_rows(inputs: list[Path]) -> int:
-    """Rows a stage will read: the Parquet footers of its input datasets (files are not counted)."""
+    """Rows a stage will read: the Parquet footers of its input datasets (files are not counted).
+
+    Only an estimate for the bar: a folder that is not a readable dataset (a source folder with a
+    stray broken Parquet file) counts 0, and the stage itself reports what is wrong with it."""
     total = 0
     for path in inputs:
         path = Path(path)
         if path.is_dir():
-            total += sum(count_rows(path, kind) for kind in kinds_in(path))
+            try:
+                total += sum(count_rows(path, kind) for kind in kinds_in(path))
+            except (pa.ArrowException, OSError, ValueError):
+                continue
     return total
 
 

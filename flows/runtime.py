@@ -31,3 +31,32 @@ def prepare_environment() -> None:
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+class _FailureRecords:
+    """A console-handler filter: the failure records Prefect logs while a run fails (its
+    tracebacks, ERROR lines, "Finished in state Failed") stay off the terminal, which then shows
+    only the CLI's one line. The handlers that send logs to the Prefect API keep every record."""
+
+    def filter(self, record) -> bool:
+        import logging
+
+        if record.exc_info or record.levelno >= logging.ERROR:
+            return False
+        message = record.getMessage()
+        return not ("Finished in state" in message and ("Failed(" in message or "Crashed(" in message))
+
+
+def quiet_failures_on_terminal() -> None:
+    """Keep Prefect's failure records off the terminal (see `_FailureRecords`); call once Prefect
+    is imported, and not under `--debug`."""
+    import logging
+
+    import prefect  # noqa: F401 - configures Prefect's logging, whose console handlers are filtered here
+    from prefect.logging.handlers import PrefectConsoleHandler
+
+    loggers = [logging.getLogger(), *(logging.getLogger(name) for name in list(logging.Logger.manager.loggerDict))]
+    for logger in loggers:
+        for handler in getattr(logger, "handlers", []):
+            if isinstance(handler, PrefectConsoleHandler) and not any(isinstance(f, _FailureRecords) for f in handler.filters):
+                handler.addFilter(_FailureRecords())

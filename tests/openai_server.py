@@ -17,6 +17,11 @@ would, and misbehaves on request per passage: each passage carries a tag (`ç¼–å
     long_question   a question far over any sensible length
     judge_fail      the judge fails the pair
 
+With `expect_key`, a request whose bearer key differs gets a 401 whose body echoes the key it
+sent, as OpenAI-compatible gateways do ("Incorrect API key provided: ..."); with `forbidden_models`
+or `known_models`, a request for such a (or any other) model gets a 403 (or 404) echoing its
+Authorization header.
+
 Requests and answered completions are counted per (tag, step). With `hold_after=N` it answers N
 completions and then holds every later request unanswered until `release()`: a run can be killed
 with requests in flight that were never answered, as a crash would leave them. Run as a script, it prints its port and serves until killed.
@@ -71,7 +76,9 @@ def reply_for(step: str, behaviour: str, passage: str) -> str:
 
 class ChatServer:
     def __init__(self, latency_ms: float = 0, behaviours: dict | None = None, json_mode: bool = True, burst: int = 2,
-                 retry_after: str = "0", slow_s: float = 1.0, port: int = 0, hold_after: int | None = None):
+                 retry_after: str = "0", slow_s: float = 1.0, port: int = 0, hold_after: int | None = None,
+                 expect_key: str | None = None, forbidden_models: tuple = (), known_models: tuple | None = None):
+        self.expect_key, self.forbidden_models, self.known_models = expect_key, tuple(forbidden_models), known_models
         self.latency = latency_ms / 1000
         self.behaviours = behaviours or {}
         self.json_mode = json_mode
@@ -99,7 +106,7 @@ class ChatServer:
                 body = json.loads(self.rfile.read(length) or b"{}")
                 if self.path != "/v1/chat/completions":
                     return self._send(404, {"error": {"message": "not found"}})
-                status, payload, headers = server.handle(body)
+                status, payload, headers = server.handle(body, self.headers.get("authorization") or "")
                 self._send(status, payload, headers)
 
             def _send(self, status, payload, headers=None):
@@ -126,7 +133,19 @@ class ChatServer:
         self.base_url = f"http://127.0.0.1:{self.port}/v1"
         self._thread: threading.Thread | None = None
 
-    def handle(self, body: dict) -> tuple[int, dict, dict]:
+    def refuse(self, authorization: str, model: str | None) -> tuple[int, dict, dict] | None:
+        """The gateway's refusals, each echoing what the client sent (the leak a client must mask)."""
+        sent = authorization.removeprefix("Bearer ").strip()
+        if self.expect_key is not None and sent != self.expect_key:
+            return self._status(401, {"error": {"message": f"Incorrect API key provided: {sent}. You can find your API key at the console.",
+                                                "type": "invalid_request_error", "code": "invalid_api_key"}})
+        if model in self.forbidden_models:
+            return self._status(403, {"error": {"message": f"key {sent} may not use model {model}", "authorization": authorization}})
+        if self.known_models is not None and model not in self.known_models:
+            return self._status(404, {"error": {"message": f"The model {model} does not exist or you do not have access to it (Authorization: {authorization})"}})
+        return None
+
+    def handle(self, body: dict, authorization: str = "") -> tuple[int, dict, dict]:
         messages = body.get("messages") or []
         prompt = "\n".join(m.get("content") or "" for m in messages)
         step = step_of(prompt)
@@ -138,6 +157,9 @@ class ChatServer:
         with self.lock:
             self.requests[(tag, step)] += 1
             seen = self.requests[(tag, step)]
+        refused = self.refuse(authorization, body.get("model"))
+        if refused:
+            return refused
         if self.latency:
             time.sleep(self.latency)
         with self.lock:

@@ -85,6 +85,15 @@ def test_build_corpus_on_the_embedded_sample(tmp_path, prefect_home):
     assert manifests["decontaminate"].rows_rejected.get("documents", 0) >= 1, "the planted exam item is found"
     assert (workdir / "stages" / "export" / "sharegpt.jsonl").is_file()
     assert "corpus:" in run.stdout
+    pages = pq.read_table(workdir / "stages" / "crawl" / "pages").to_pylist()
+    assert all(p["url"].startswith("site-dir://sample-site/") and p["fetched_at"] is None for p in pages), pages[0]["url"]
+
+    # A second clean build of the same config writes the same bytes: no port, no clock in a shard.
+    twin = tmp_path / "twin"
+    rebuilt = flows_cli("run", "build-corpus", "--workdir", str(twin), prefect_home=prefect_home)
+    assert rebuilt.returncode == 0, rebuilt.stderr[-3000:]
+    digests = [{p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted((w / "corpus").glob("part-*.parquet"))} for w in (workdir, twin)]
+    assert digests[0] and digests[0] == digests[1]
 
     again = flows_cli("run", "build-corpus", "--workdir", str(workdir), prefect_home=prefect_home)
     assert again.returncode == 0, again.stderr[-3000:]

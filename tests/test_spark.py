@@ -128,7 +128,7 @@ def test_clean_keeps_the_same_rows_on_both_engines(cleaned):
     # Clean rejects no chapter for its length (select does): the books' short chapters carry the
     # same body tags from the executors as from the local workers.
     kinds = set(read_kind(spark, DOCUMENTS).column("body_kind").to_pylist())
-    assert {"sentence", "cross_reference"} <= kinds
+    assert {"sentence", "fragment"} <= kinds
     assert set(spark_manifest.rows_in) == {DOCUMENTS, CONVERSATIONS}
     # Stats of every batch come back from the executors: the same redaction counts, CPU seconds per step.
     assert spark_manifest.stats["pii_redactions"] == local_manifest.stats["pii_redactions"]

@@ -40,6 +40,7 @@ KEPT_TYPES = ("text/html", "text/plain")
 IGNORED_SUFFIXES = frozenset(IGNORED_EXTENSIONS)
 SOURCE_KEYS = {
     "name", "category", "start_urls", "allowed_domains", "allow", "deny", "max_depth", "max_pages", "sitemap_urls",
+    "record_origin",
 }
 # Conditional re-crawls ask with these; a 304 answers that the stored page is still current.
 NOT_MODIFIED = 304
@@ -85,6 +86,9 @@ def crawl_source(source: dict) -> dict:
         "deny": list(source.get("deny") or []),
         "max_depth": int(source.get("max_depth", 3)),
         "max_pages": int(source.get("max_pages", 1000)),
+        # {"served": "http://127.0.0.1:PORT/", "as": "site-dir://NAME/"}: a local folder served
+        # for the crawl is recorded under a stable origin, not under the port it happened to get.
+        "record_origin": dict(source["record_origin"]) if source.get("record_origin") else None,
     }
 
 

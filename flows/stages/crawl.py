@@ -11,12 +11,19 @@ from prefect.cache_policies import NONE
 from schemas.dataset import StageManifest
 
 from ..config import load_config
-from .runner import DESCRIPTIONS, _run, _with_progress
+from .runner import DESCRIPTIONS, _run, _with_progress, retry_unless_final
 
 
-@task(name="crawl-sites", task_run_name="crawl", cache_policy=NONE, retries=1, retry_delay_seconds=5)
+@task(name="crawl-sites", task_run_name="crawl", cache_policy=NONE, retries=1, retry_delay_seconds=5, retry_condition_fn=retry_unless_final)
 def _crawl_task(work: Callable[..., StageManifest], manifest: StageManifest, stage: str = "crawl", total_rows: int = 0) -> StageManifest:
     return _with_progress(stage, work, manifest, total_rows)
+
+
+def site_dir_origin(source_name: str) -> str:
+    """The origin a `site_dir` source's pages are recorded under: `site-dir://<source name>/`."""
+    from urllib.parse import quote
+
+    return f"site-dir://{quote(source_name, safe='')}/"
 
 
 @flow(name="crawl", description=DESCRIPTIONS["crawl"])
@@ -56,6 +63,8 @@ def crawl_flow(output: str, config: Optional[str] = None, recrawl: bool = False)
                         "deny": source.deny,
                         "max_depth": source.max_depth,
                         "max_pages": source.max_pages,
+                        # Pages of a served folder keep one URL from build to build, whatever the port.
+                        "record_origin": {"served": base, "as": site_dir_origin(source.name)} if source.site_dir is not None else None,
                     }
                 )
             return run_crawl(specs, output, manifest, settings)

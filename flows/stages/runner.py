@@ -3,6 +3,7 @@ skips a stage whose output is finished for these inputs and config and otherwise
 """
 from __future__ import annotations
 
+import functools
 import inspect
 import time
 from importlib import metadata
@@ -18,9 +19,43 @@ from transforms.engines.local import LocalEngine
 
 from ..config import BuildConfig, TaskControl, load_config
 from ..pipeline_info import FLOWS
+from ..locks import hold, output_lock_file, workdir_lock_file
 from ..progress import StageProgress, input_rows
 
 DESCRIPTIONS = FLOWS
+
+
+class ValidationFailed(Exception):
+    """A dataset broke a hard expectation; the message names it and shows examples."""
+
+
+class NothingKept(Exception):
+    """A build stage kept no row: nothing is left to build from. `results` holds the stages run
+    so far (their ledgers), the message names the stage, its top rejection reasons and where the
+    rejected rows are."""
+
+    def __init__(self, message: str, results: dict[str, dict]):
+        super().__init__(message)
+        self.results = results
+
+
+def _kept_nothing(summary: dict) -> bool:
+    return sum(summary["rows_out"].values()) == 0
+
+
+def _stop_if_nothing_kept(stage: str, output: Path, results: dict[str, dict]) -> None:
+    summary = results[stage]
+    if not _kept_nothing(summary):
+        return
+    rejected = sum(summary["rows_rejected"].values())
+    if not rejected:
+        raise NothingKept(f"{stage} found no rows to work on; nothing is left to build a corpus from", results)
+    reasons = ", ".join(f"{reason} {n}" for reason, n in sorted(summary["rejected_by_reason"].items(), key=lambda item: -item[1])[:3])
+    raise NothingKept(
+        f"every row was rejected at {stage} ({rejected} rows: {reasons}); nothing is left to build a corpus from. "
+        f"The rejected rows and their reasons are in {output / 'rejected'}",
+        results,
+    )
 
 
 def code_version() -> str:
@@ -64,7 +99,26 @@ def _expected(stage: str, config_section: object, inputs: list[Path]) -> StageMa
     )
 
 
-@task(name="stage", task_run_name="{stage}", cache_policy=NONE)
+def _final_failures() -> tuple[type[BaseException], ...]:
+    """Failures no retry can mend: a refused key or model, a user's mistake, a busy work folder."""
+    from transforms.ingest.importers import SourceError
+    from transforms.convert.llm.client import EndpointError
+    from transforms.convert.llm.unify import ConvertError
+
+    from schemas.dataset import DatasetError
+
+    from ..config import ConfigError
+    from ..locks import LockBusy
+
+    return (EndpointError, ConvertError, SourceError, DatasetError, ConfigError, ValidationFailed, LockBusy, NothingKept)
+
+
+def retry_unless_final(task, task_run, state) -> bool:
+    """Prefect's `retry_condition_fn` for every stage task: retry, unless the failure is final."""
+    return not isinstance(state.data, _final_failures())
+
+
+@task(name="stage", task_run_name="{stage}", cache_policy=NONE, retry_condition_fn=retry_unless_final)
 def _stage_task(stage: str, work: Callable[..., StageManifest], manifest: StageManifest, total_rows: int = 0) -> StageManifest:
     return _with_progress(stage, work, manifest, total_rows)
 
@@ -83,7 +137,32 @@ def _with_progress(stage: str, work, manifest: StageManifest, total_rows: int) -
         tracker.finish(completed)
 
 
-def _run(stage: str, output: Path, config_section: object, inputs: list[Path], work, task_fn=None, run_control: Optional[TaskControl] = None, force: bool = False) -> dict:
+def _run(stage: str, output: Path, *args, **kwargs) -> dict:
+    """`_run_stage` holding the output's lock (its work folder's, inside a build), so no other
+    run writes the same folder meanwhile."""
+    with hold(output_lock_file(output), f"output {output}", on_takeover=_log_takeover):
+        return _run_stage(stage, output, *args, **kwargs)
+
+
+def _log_takeover(message: str) -> None:
+    get_run_logger().warning("%s", message)
+
+
+def _holding_workdir(flow_body: Callable) -> Callable:
+    """Run a flow over a work folder (its `workdir` parameter) holding the folder's lock."""
+
+    @functools.wraps(flow_body)
+    def holding(*args, **kwargs):
+        bound = inspect.signature(flow_body).bind(*args, **kwargs)
+        bound.apply_defaults()
+        root = Path(bound.arguments["workdir"]).resolve()
+        with hold(workdir_lock_file(root), f"work folder {root}", on_takeover=_log_takeover):
+            return flow_body(*args, **kwargs)
+
+    return holding
+
+
+def _run_stage(stage: str, output: Path, config_section: object, inputs: list[Path], work, task_fn=None, run_control: Optional[TaskControl] = None, force: bool = False) -> dict:
     """Skip the stage if its output is finished for these inputs and config (unless `force`); else run it.
 
     `run_control` (from [operations.tasks.<stage>]) gives the task retries and a time-out."""

@@ -11,11 +11,9 @@ from schemas import CATEGORIES
 from schemas.dataset import StageManifest
 
 from ..config import BuildConfig, load_config
-from .runner import DESCRIPTIONS, _inputs, _run
+from .runner import DESCRIPTIONS, ValidationFailed, _inputs, _run  # noqa: F401 - ValidationFailed is part of this module's API
 
 
-class ValidationFailed(Exception):
-    """A dataset broke a hard expectation; the message names it and shows examples."""
 
 
 @flow(name="validate", description=DESCRIPTIONS["validate"])

@@ -26,6 +26,7 @@ def run_ingest(sources: list[dict], page_inputs: list[Path], output, params, man
 
     from .extract import pages_to_documents
     from .importers import SourceError, import_file, scan_source
+    from .importers.base import well_formed
 
     flush_rows = int(params.get("batch_rows", 2048))
     with DatasetWriter(output, manifest) as writer:
@@ -109,6 +110,7 @@ def run_ingest(sources: list[dict], page_inputs: list[Path], output, params, man
         # Meta keys holding a record's own content that no message or text carries (what is
         # set aside, not trained), with the rows that have each.
         manifest.stats["untrained_meta"] = {name: dict(sorted(c.items())) for name, c in untrained_meta.items() if c}
+        manifest.stats = well_formed(manifest.stats)  # file names that are not UTF-8 cannot be written as such
         return writer.commit()
 
 

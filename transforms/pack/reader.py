@@ -153,6 +153,9 @@ class PackedDataset(IterableDataset):
         """A DataLoader over this dataset with `batch_size`, that counts what the trainer takes
         so `state_dict()` is exact with workers too. `collate`: "packed" or "stacked"."""
         collate_fn = collate_packed if collate == "packed" else collate_stacked
+        if num_workers > 0:
+            # spawn, not fork: a trainer process holds threads (CUDA, NCCL, logging) that fork does not copy safely.
+            kwargs.setdefault("multiprocessing_context", "spawn")
         return CountingLoader(self, DataLoader(self, batch_size=self.batch_size, num_workers=num_workers, collate_fn=collate_fn, **kwargs))
 
 

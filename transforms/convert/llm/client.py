@@ -20,6 +20,7 @@ from typing import AsyncContextManager, Callable, Optional
 import openai
 
 from .cache import CachedResponse, ResponseCache, cache_key
+from .redact import redact, register_secret
 
 Slot = Callable[[], AsyncContextManager]
 RETRY_STATUSES = {408, 409, 429}
@@ -181,7 +182,9 @@ class ChatClient:
         self.budget = Budget(settings.max_requests, settings.max_total_tokens)
         self._semaphore = asyncio.Semaphore(settings.concurrency)
         self._json = settings.json_mode != "off"
+        self._refused: Optional[str] = None  # set by a 401/403/404: no later request is sent
         self._rng = rng or random.Random()
+        register_secret(settings.api_key)  # gateways echo a refused key in their error bodies
         self._client = openai.AsyncOpenAI(
             base_url=settings.base_url, api_key=settings.api_key, max_retries=0, timeout=settings.request_timeout
         )
@@ -248,7 +251,8 @@ class ChatClient:
             except openai.APIStatusError as exc:
                 status = exc.status_code
                 if status in FATAL_STATUSES:
-                    raise EndpointError(f"the endpoint answered {status} ({_short(exc)}); check base_url, model and the API key") from None
+                    self._refused = self._refused or refusal(status, s, exc)
+                    raise EndpointError(self._refused) from None
                 if status in (400, 422) and use_json and s.json_mode == "auto":
                     # The server does not take response_format: ask for JSON in the prompt only.
                     self._json = False
@@ -280,6 +284,8 @@ class ChatClient:
         async with self._semaphore, AsyncExitStack() as stack:
             if self.slot is not None:
                 await stack.enter_async_context(self.slot())
+            if self._refused:  # refused while this request waited for a slot: the answer would be the same
+                raise EndpointError(self._refused)
             self.stats.requests_sent += 1
             response = await self._client.chat.completions.create(
                 model=s.model, messages=messages, temperature=s.temperature, max_tokens=s.max_tokens, **extra
@@ -296,6 +302,20 @@ class ChatClient:
         return Completion(content or "", prompt_tokens, completion_tokens, cached=False)
 
 
+def refusal(status: int, settings: ClientSettings, exc: Exception) -> str:
+    """One line for a 401, 403 or 404: which of key, permission or model/URL was refused."""
+    said = _short(exc)
+    if status == 401:
+        what = "refused the API key (401 Unauthorized): check the key in convert.api_key_env"
+    elif status == 403:
+        what = f"refused this API key access to model {settings.model!r} (403 Forbidden)"
+    else:
+        what = f"does not know model {settings.model!r} or the URL {settings.base_url} (404 Not Found): check convert.model and convert.base_url"
+    return f"the endpoint {what}; it said: {said}"
+
+
 def _short(exc: Exception) -> str:
-    text = str(exc).replace("\n", " ")
+    """An error's text for a message or a rejection reason: one line, at most 200 characters,
+    with the API key and any Authorization value masked."""
+    text = redact(str(exc)).replace("\n", " ")
     return text[:200]

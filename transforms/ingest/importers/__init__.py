@@ -25,6 +25,7 @@ importer fills with what it learnt of the file (`encoding`, `detector`, `replace
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -105,11 +106,16 @@ def scan_source(path: Path, fmt: str) -> tuple[list[Path], list[dict]]:
     files: list[Path] = []
     skipped: list[dict] = []
 
+    seen: set[str] = {os.path.realpath(path)}
+
     def walk(folder: Path) -> None:
         for entry in sorted(folder.iterdir()):
             if entry.name.startswith("."):
                 skipped.append({"path": str(entry), "reason": "hidden"})
+            elif entry.is_dir() and os.path.realpath(entry) in seen:  # a link back to a folder already read: a loop
+                skipped.append({"path": str(entry), "reason": "folder already read (a link loop)"})
             elif entry.is_dir():
+                seen.add(os.path.realpath(entry))
                 if fmt == "instructions" and is_datasets_folder(entry):
                     files.append(entry)
                 else:

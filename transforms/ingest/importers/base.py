@@ -1,9 +1,10 @@
 """What every importer yields, and the rows it fills."""
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Any, Iterable, Iterator
 
 from schemas.records import CONVERSATIONS, DOCUMENTS, content_id, conversation_id, document_id, dumps_meta
 
@@ -36,6 +37,22 @@ class Imported:
         return self.reason is not None
 
 
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def well_formed(value: Any) -> Any:
+    """`value` with every lone surrogate (a JSON "\\ud800", an undecodable byte of a file name)
+    replaced by U+FFFD, in strings nested in lists and dicts too: text that cannot be written
+    as UTF-8 would fail the whole stage."""
+    if isinstance(value, str):
+        return _LONE_SURROGATE.sub("\ufffd", value) if _LONE_SURROGATE.search(value) else value
+    if isinstance(value, list):
+        return [well_formed(v) for v in value]
+    if isinstance(value, dict):
+        return {well_formed(k): well_formed(v) for k, v in value.items()}
+    return value
+
+
 def read_source(path: Path, options: dict | None = None) -> Decoded:
     """A file's text (decompressed), its encoding detected unless options["encoding"] names one;
     what was learnt goes to options["report"] when that is a dict (encoding, detector,
@@ -43,6 +60,8 @@ def read_source(path: Path, options: dict | None = None) -> Decoded:
     options = options or {}
     try:
         decoded = read_text(path, options.get("encoding"))
+    except UnicodeError as exc:  # a byte-order mark that lies about the bytes after it
+        raise SourceError(f"{path}: cannot be decoded as {exc.encoding} ({exc.reason})") from None
     except (OSError, LookupError) as exc:
         raise SourceError(f"{path}: cannot read ({exc})") from exc
     report = options.get("report")
@@ -74,6 +93,8 @@ def document(
 ) -> Imported:
     """A Document; an empty text is rejected with `reason` and takes its id from `fallback_key`,
     since every empty text would otherwise share one id."""
+    text, title, url, meta = well_formed(text), well_formed(title), well_formed(url), well_formed(meta)
+    fallback_key = well_formed(list(fallback_key))
     doc_id = document_id(source, text) if text else content_id("empty-doc", source, *fallback_key)
     row = {
         "id": doc_id,
@@ -98,6 +119,8 @@ def conversation(
     reason: str | None = None,
     fallback_key: Iterable[str] = (),
 ) -> Imported:
+    messages, meta, origin_id = well_formed(messages), well_formed(meta), well_formed(origin_id)
+    fallback_key = well_formed(list(fallback_key))
     conv_id = conversation_id(source, messages) if messages and reason is None else content_id(
         "malformed-conv", source, *fallback_key
     )

@@ -154,13 +154,14 @@ def _json_records(path: Path, options: dict | None) -> Iterator[tuple[int, Any, 
     text = read_source(path, options).text.lstrip("\ufeff \t\r\n")
     try:
         whole = json.loads(text)
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, RecursionError) as exc:
         if text.startswith("["):
-            raise SourceError(f"{path}: not valid JSON ({exc})") from exc
+            why = "nested too deeply" if isinstance(exc, RecursionError) else exc
+            raise SourceError(f"{path}: not valid JSON ({why})") from None
         for index, line in enumerate(line for line in text.splitlines() if line.strip()):
             try:
                 yield index, json.loads(line), None
-            except json.JSONDecodeError:
+            except (json.JSONDecodeError, RecursionError):  # a line nested past the parser's depth is not a record either
                 yield index, None, line
         return
     records = whole if isinstance(whole, list) else [whole]
