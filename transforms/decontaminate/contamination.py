@@ -241,7 +241,10 @@ def decontaminate_with_hits(
     if "meta" in table.schema.names and any(labels):
         # The column stops at the corpus schema; the row's meta carries the flag to the shards and exports.
         metas = [_with_flag(meta, label) for meta, label in zip(table.column("meta").to_pylist(), labels)]
-        table = table.set_column(table.schema.get_field_index("meta"), "meta", pa.array(metas, table.schema.field("meta").type))
+        meta_type = table.schema.field("meta").type
+        # A batch whose meta is all null carries Arrow's null type; a flag makes it text.
+        meta_type = pa.string() if pa.types.is_null(meta_type) else meta_type
+        table = table.set_column(table.schema.get_field_index("meta"), "meta", pa.array(metas, meta_type))
     flagged = table.append_column("contamination", pa.array(labels, pa.string())).filter(pc.invert(mask))
     return flagged, rejected, hits
 
