@@ -171,6 +171,7 @@ def _preflight(args, config) -> None:
         print("flows: note: [decontaminate] benchmarks is empty, so no row is checked for evaluation items", file=sys.stderr)
     if args.flow == "pack" or (args.flow == "build-corpus" and config.pack.tokenizer is not None):
         _check_pack(config.pack)
+    _check_paths(args, config)
 
 
 def _check_pack(pack) -> None:
@@ -189,7 +190,6 @@ def _check_pack(pack) -> None:
         raise UsageError(f"pack.template: {pack.tokenizer} has no chat_template; set template = \"huatuo\" or \"chatml\"")
     if "hf" in pack.outputs and find_spec("datasets") is None:
         raise UsageError("pack.outputs: hf needs the `datasets` package (pip install datasets)")
-    _check_paths(args, config)
 
 
 def _check_paths(args, config) -> None:
