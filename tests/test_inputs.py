@@ -342,7 +342,7 @@ def test_charset_normalizer_decides_where_our_guess_reads_poorly():
 
 def test_each_stage_has_its_own_help_with_its_config_defaults(capsys):
     for stage, expected in (("sample", "shard_rows = 100000"), ("decontaminate", "benchmarks = []"),
-                            ("ingest", 'encoding = "auto"'), ("clean", "min_chars = 20")):
+                            ("ingest", 'encoding = "auto"'), ("clean", "repair = true"), ("select", "min_chars = 20")):
         with pytest.raises(SystemExit) as exit_:
             main(["run", stage, "--help"])
         out = capsys.readouterr().out
