@@ -226,8 +226,8 @@ def test_a_build_that_rejects_every_row_ends_with_its_ledger_and_one_line(tmp_pa
     (tmp_path / "build.toml").write_text(TINY.replace('"books"', '"src"', 1).replace('format = "book"', 'format = "text"'), encoding="utf-8")
     run = flows_cli("run", "build-corpus", "--config", "build.toml", "--workdir", "w", prefect_home=prefect_home, cwd=tmp_path)
     assert run.returncode == 1
-    assert "ingest: documents 3→3" in run.stdout and "clean: documents 3→0 (-3)" in run.stdout, run.stdout
-    one_error_line(run.stderr, "every row was rejected at clean", "too_short 3", str(tmp_path / "w" / "stages" / "clean" / "rejected"))
+    assert "ingest: documents 3→3" in run.stdout and "select: documents 3→0 (-3)" in run.stdout, run.stdout
+    one_error_line(run.stderr, "every row was rejected at select", "too_short", str(tmp_path / "w" / "stages" / "select" / "rejected"))
     # Prefect keeps the failure, traceback and all; the terminal showed only the line above.
     with sqlite3.connect(prefect_home / "prefect.db") as db:
         states = db.execute("SELECT state_type, state.message FROM flow_run JOIN flow ON flow.id = flow_run.flow_id "
