@@ -16,8 +16,11 @@ from schemas.dataset import DatasetWriter, StageManifest, read_kind
 from schemas.records import CLUSTERS, REPEATED_PARAGRAPHS
 from transforms.dedup import minhash
 from transforms import stages
-from transforms.dedup.clusters import UnionFind
+from transforms.clean.normalize import match_key
+from transforms.dedup.clusters import ShingleSets, UnionFind, components, pair_jaccard
 from transforms.dedup.index import IndexMismatch
+from transforms.dedup.keys import exact_key
+from transforms.dedup.spill import ShingleSpill
 from transforms.engines.local import LocalEngine
 
 from benchmarks.dedup_eval import build_collection, evaluate, exact_jaccard_pairs, load_passages, plant_copy
@@ -232,3 +235,71 @@ def test_exact_jaccard_pairs_helper_matches_a_direct_count(passages):
     for (i, j), similarity in list(pairs.items())[:5]:
         a, b = set(minhash.shingle_hashes(texts[i], 5)), set(minhash.shingle_hashes(texts[j], 5))
         assert similarity == pytest.approx(len(a & b) / len(a | b))
+
+
+def test_candidate_pairs_and_components_match_a_direct_count():
+    rng = np.random.default_rng(4)
+    keys = rng.integers(0, 40, size=(300, 5)).astype(np.uint64)  # many shared buckets
+    expected = set()
+    for band in range(keys.shape[1]):
+        heads = {}
+        for row, key in enumerate(keys[:, band].tolist()):
+            heads.setdefault(key, row)
+            if heads[key] != row:
+                expected.add((heads[key], row))
+    first, other = minhash.candidate_pairs(np.ascontiguousarray(keys.T).T)  # band-major, as the stage holds them
+    assert list(zip(first.tolist(), other.tolist())) == sorted(expected)
+    edges = rng.integers(0, 500, size=(200, 2))
+    sets = UnionFind(500)
+    for a, b in edges.tolist():
+        sets.union(a, b)
+    labels = components(500, edges[:, 0], edges[:, 1])
+    roots = sets.roots()
+    assert len(set(zip(labels.tolist(), roots.tolist()))) == len(set(roots.tolist())) == len(set(labels.tolist()))
+
+
+def test_flat_shingle_sets_spill_and_pair_jaccard_agree_with_the_direct_count(tmp_path, passages):
+    rng = random.Random(8)
+    alphabet = "".join(sorted(set("".join(passages))))
+    texts = passages[:30] + [plant_copy(p, 0.05, rng, alphabet) for p in passages[:30]] + ["", "黄芪", "，。"]
+    keys = [match_key(t) for t in texts]
+    sets = minhash.shingle_sets_of_keys(keys, 5)
+    values, counts = minhash.shingle_values_of_keys(keys, 5)
+    assert counts.tolist() == [len(s) for s in sets] and np.array_equal(values, np.concatenate(sets))
+    spill = ShingleSpill(tmp_path / "shingles.u32", len(keys))
+    half = int(counts[:40].sum())
+    spill.append(values[:half], counts[:40])
+    spill.append(values[half:], counts[40:])
+    rows = np.array([0, 5, 30, 35, 60, 61, 62])
+    read = spill.read(rows)
+    spill.close()
+    assert all(np.array_equal(read.values[read.offsets[i] : read.offsets[i + 1]], sets[r]) for i, r in enumerate(rows))
+    whole = ShingleSets.of_counts(values, counts)
+    left = np.array([0, 1, 2, 30, 60, 60, 61, 0, 62])
+    right = np.array([30, 31, 32, 0, 60, 61, 61, 1, 61])
+    assert pair_jaccard(whole, left, right, chunk_values=300).tolist() == [minhash.exact_jaccard(sets[a], sets[b]) for a, b in zip(left, right)]
+
+
+def _ends_in_zero_byte(prefix: str) -> str:
+    """A text whose exact key (16-byte digest) ends in a zero byte."""
+    for i in range(100_000):
+        text = f"{prefix}{i}"
+        if exact_key(match_key(text))[-1] == 0:
+            return text
+    raise AssertionError("no key ending in a zero byte")
+
+
+def test_index_keeps_keys_that_end_in_a_zero_byte(tmp_path, passages):
+    text = _ends_in_zero_byte(passages[5][:60])
+    engine = LocalEngine(workers=1, batch_rows=8)
+    params = {"index_path": str(tmp_path / "index"), "paragraphs": {"enabled": False}}
+    first = _dataset(tmp_path / "crawl1", [_doc("zero", text), _doc("other", passages[6])])
+    stages.run_dedup([first], tmp_path / "out1", params, StageManifest(stage="dedup"), engine)
+    assert not [p for p in (tmp_path / "out1").iterdir() if p.name.startswith("dedup-")], "the spill folder is removed"
+    segment = pq.read_table(next((tmp_path / "index" / "documents").glob("segment-*.parquet")))
+    assert segment.column("key").to_pylist()[0] == exact_key(match_key(text))
+    second = _dataset(tmp_path / "crawl2", [_doc("again", text + "。")])
+    manifest = stages.run_dedup([second], tmp_path / "out2", params, StageManifest(stage="dedup"), engine)
+    rejected = pq.read_table(tmp_path / "out2" / "rejected" / "documents").to_pylist()
+    assert [(r["id"], r["reason"]) for r in rejected] == [("again", "exact_duplicate_of:zero")]
+    assert manifest.stats["dedup"]["documents"]["prior_rows"] == 2

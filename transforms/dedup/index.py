@@ -13,9 +13,11 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from . import minhash
 from .clusters import Fingerprints
 
 _META_KEY = b"tcm_corpus.dedup_index"
@@ -47,6 +49,58 @@ class DedupIndex:
         folder = self.root / kind
         return sorted(folder.glob("segment-*.parquet")) if folder.is_dir() else []
 
+    def _readable(self, kind: str, exclude: str | None) -> list[tuple[Path, pq.ParquetFile]]:
+        """The segments of `kind` but `exclude`, opened and checked."""
+        opened = []
+        for file in self.segments(kind):
+            if file.stem == exclude:
+                continue
+            try:
+                parquet = pq.ParquetFile(file)
+            except (pa.ArrowInvalid, OSError) as exc:
+                raise IndexMismatch(f"dedup index {file} cannot be read ({exc})") from None
+            self._check(file, parquet.schema_arrow)
+            opened.append((file, parquet))
+        return opened
+
+    def rows(self, kind: str, exclude: str | None = None) -> int:
+        """Rows in every segment of `kind` but `exclude`, from the files' metadata."""
+        return sum(parquet.metadata.num_rows for _, parquet in self._readable(kind, exclude))
+
+    def load_into(self, kind: str, exclude: str | None, store, params: minhash.MinHashParams | None, batch_rows: int = 65536) -> list[str]:
+        """Append the fingerprints of every segment but `exclude` to `store` (a
+        `deduplicate.RowStore`: band keys and compact columns in memory, shingle sets and
+        signatures to its spill files), batch by batch; the names of the segments read."""
+        names = []
+        for file, parquet in self._readable(kind, exclude):
+            try:
+                for batch in parquet.iter_batches(batch_size=batch_rows):
+                    store.append(**_columns(batch, params))
+            except (pa.ArrowInvalid, OSError) as exc:
+                raise IndexMismatch(f"dedup index {file} cannot be read ({exc})") from None
+            names.append(file.stem)
+        return names
+
+    def write_tables(self, kind: str, segment: str, tables) -> Path:
+        """Replace segment `segment` of `kind` with the rows of `tables` (`index_table`s, at
+        least one, all of one schema), written one after the other, atomically."""
+        folder = self.root / kind
+        folder.mkdir(parents=True, exist_ok=True)
+        target = folder / f"{segment}.parquet"
+        tmp = folder / f".{segment}.tmp-{os.getpid()}"
+        writer = None
+        try:
+            for table in tables:
+                table = table.replace_schema_metadata({_META_KEY: json.dumps(self.signature_params, sort_keys=True).encode()})
+                if writer is None:
+                    writer = pq.ParquetWriter(tmp, table.schema, compression="zstd")
+                writer.write_table(table)
+        finally:
+            if writer is not None:
+                writer.close()
+        os.replace(tmp, target)
+        return target
+
     def load(self, kind: str, exclude: str | None = None) -> tuple[Fingerprints | None, list[str]]:
         """The fingerprints of every segment but `exclude`, and the names of those read."""
         parts, names = [], []
@@ -73,3 +127,52 @@ class DedupIndex:
         pq.write_table(table, tmp, compression="zstd")
         os.replace(tmp, target)
         return target
+
+
+def index_table(ids: pa.Array, keys: np.ndarray, lengths: np.ndarray, quality: np.ndarray, sources: pa.Array,
+                signatures: np.ndarray | None = None, shingles=None) -> pa.Table:
+    """One table of index rows, as `Fingerprints.to_table` writes them: id, key (16 bytes),
+    length, quality, source, and with MinHash the signature and the shingle set
+    (`clusters.ShingleSets` of these rows)."""
+    columns = {
+        "id": ids.cast(pa.string()),
+        "key": pa.FixedSizeBinaryArray.from_buffers(pa.binary(16), len(keys), [None, pa.py_buffer(np.ascontiguousarray(keys).tobytes())]),
+        "length": pa.array(lengths, pa.int64()),
+        "quality": pa.array(quality, pa.float64()),
+        "source": sources.cast(pa.string()),
+    }
+    if signatures is not None:
+        columns["signature"] = pa.FixedSizeListArray.from_arrays(pa.array(signatures.ravel(), pa.uint32()), signatures.shape[1])
+    if shingles is not None:
+        columns["shingles"] = pa.ListArray.from_arrays(pa.array(shingles.offsets.astype(np.int32), pa.int32()), pa.array(shingles.values, pa.uint32()))
+    return pa.table(columns)
+
+
+def _columns(batch: pa.RecordBatch, params: minhash.MinHashParams | None) -> dict:
+    """`RowStore.append` arguments of one batch of an index segment."""
+    names = batch.schema.names
+    keys = batch.column(names.index("key"))
+    out = {
+        "ids": batch.column(names.index("id")),
+        "sources": batch.column(names.index("source")),
+        "keys": np.frombuffer(keys.buffers()[1], "S16", count=len(keys), offset=keys.offset * 16).copy(),
+        "lengths": batch.column(names.index("length")).to_numpy(zero_copy_only=False).astype(np.int64),
+        "quality": batch.column(names.index("quality")).to_numpy(zero_copy_only=False).astype(np.float64),
+    }
+    if params is None:
+        return out
+    column = batch.column(names.index("signature"))
+    signatures = column.flatten().to_numpy(zero_copy_only=False).astype(np.uint32, copy=False).reshape(len(batch), column.type.list_size)
+    out.update(
+        bands=minhash.band_hashes(signatures, params) if len(batch) else np.empty((0, params.bands), np.uint64),
+        wordless=(signatures == np.uint32(0xFFFFFFFF)).all(axis=1),
+        signatures=signatures,
+    )
+    if "shingles" in names:
+        column = batch.column(names.index("shingles"))
+        offsets = column.offsets.to_numpy()
+        out.update(shingle_values=column.values.to_numpy(zero_copy_only=False)[offsets[0] : offsets[-1]].astype(np.uint32),
+                   shingle_counts=np.diff(offsets).astype(np.int64))
+    else:
+        out.update(shingle_values=np.empty(0, np.uint32), shingle_counts=np.zeros(len(batch), np.int64), has_shingles=False)
+    return out

@@ -144,7 +144,16 @@ def shingle_sets_of_keys(keys: Sequence[str], ngram: int) -> list[np.ndarray]:
     low 32 bits of the 64-bit hash): what exact Jaccard is computed on. Two distinct shingles of
     one pair agree on 32 bits with probability 2^-32, so a pair of 500-character texts is off by
     about 6e-5 shared shingles: nothing at any threshold. 4 bytes per distinct shingle."""
-    out: list[np.ndarray] = []
+    values, counts = shingle_values_of_keys(keys, ngram)
+    return np.split(values, np.cumsum(counts)[:-1]) if len(counts) else []
+
+
+def shingle_values_of_keys(keys: Sequence[str], ngram: int) -> tuple[np.ndarray, np.ndarray]:
+    """`shingle_sets_of_keys` as one flat array: (values, counts), the sorted distinct uint32
+    shingle hashes of each text one after the other, and how many belong to each text (int64,
+    one per text). No per-text array objects: 4 bytes per distinct shingle and 8 per text."""
+    values_out: list[np.ndarray] = []
+    counts_out: list[np.ndarray] = []
     start, size = 0, 0
     bounds = []
     for end, key in enumerate(keys, 1):
@@ -162,10 +171,11 @@ def shingle_sets_of_keys(keys: Sequence[str], ngram: int) -> list[np.ndarray]:
         values, owner = values[order], owner[order]
         first = np.ones(len(values), dtype=bool)
         first[1:] = (values[1:] != values[:-1]) | (owner[1:] != owner[:-1])
-        values, owner = values[first], owner[first]
-        distinct = np.bincount(owner, minlength=hi - lo)
-        out.extend(np.split(values, np.cumsum(distinct)[:-1]))
-    return out
+        values_out.append(values[first])
+        counts_out.append(np.bincount(owner[first], minlength=hi - lo).astype(np.int64))
+    if len(values_out) == 1:
+        return values_out[0], counts_out[0]
+    return np.concatenate(values_out), np.concatenate(counts_out)
 
 
 def exact_jaccard(a: np.ndarray, b: np.ndarray) -> float:
@@ -257,20 +267,24 @@ def estimated_jaccard(a: np.ndarray, b: np.ndarray) -> float | np.ndarray:
 def candidate_pairs(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(first, other) row pairs sharing a band key: each row is paired with the lowest-numbered
     row of every band bucket it falls in (a star per bucket, enough for connected components,
-    linear in the bucket size). Pairs are distinct, first < other. One band at a time, so the
-    working memory is a few arrays of one band, not of all."""
+    linear in the bucket size). Pairs are distinct, sorted, first < other. `keys` is (n, bands);
+    pass the transpose of a (bands, n) array to make each band one contiguous column. One band
+    at a time, each band's pairs merged into the distinct pairs so far: the working memory is a
+    few arrays of one band and the distinct pairs, not all bands' pairs at once."""
     keys = np.atleast_2d(keys)
-    heads, rows = [], []
+    n = len(keys)
+    pairs = np.empty(0, np.int64)  # first * n + other, sorted and distinct
     for band in range(keys.shape[1]):
-        order = np.argsort(keys[:, band], kind="stable")  # equal keys stay in row order: the head is the lowest row
-        ordered = keys[order, band]
-        starts = np.ones(len(ordered), dtype=bool)
+        column = keys[:, band]
+        order = np.argsort(column, kind="stable")  # equal keys stay in row order: the head is the lowest row
+        ordered = column[order]
+        starts = np.ones(n, dtype=bool)
         starts[1:] = ordered[1:] != ordered[:-1]
+        del ordered
         head = order[np.flatnonzero(starts)[np.cumsum(starts) - 1]]
+        del starts
         linked = head != order
-        heads.append(head[linked])
-        rows.append(order[linked])
-    if not heads or not sum(len(h) for h in heads):
-        return np.empty(0, np.int64), np.empty(0, np.int64)
-    pairs = np.unique(np.stack([np.concatenate(heads), np.concatenate(rows)], axis=1), axis=0)
-    return pairs[:, 0], pairs[:, 1]
+        if linked.any():
+            pairs = np.union1d(pairs, head[linked] * n + order[linked])
+        del order, head, linked
+    return pairs // max(n, 1), pairs % max(n, 1)

@@ -17,6 +17,7 @@ import re
 from collections import Counter
 from dataclasses import dataclass, field
 
+import numpy as np
 import pyarrow as pa
 
 from transforms.clean.normalize import match_key
@@ -40,15 +41,82 @@ def line_hashes(text: str, min_chars: int) -> list[int | None]:
 def count_lines(table: pa.Table, min_chars: int, categories: frozenset[str] | None = None) -> tuple[Counter, Counter]:
     """(documents holding each (source, line hash), documents per source) of one batch, for the
     documents of the given categories (all when None)."""
-    holding: Counter = Counter()
+    names, codes, hashes, documents = line_keys(table, min_chars, categories)
+    return Counter(zip([names[c] for c in codes.tolist()], hashes.tolist())), documents
+
+
+def line_keys(table: pa.Table, min_chars: int, categories: frozenset[str] | None = None) -> tuple[list, np.ndarray, np.ndarray, Counter]:
+    """`count_lines` as arrays, for `LineCounts`: (the batch's source names, the source number
+    (int32, into those names) and line hash (uint64) of each distinct line of each document,
+    documents per source)."""
     documents: Counter = Counter()
     if categories is not None and "category" in table.schema.names:
         table = table.filter(pa.array([c in categories for c in table.column("category").to_pylist()], pa.bool_()))
+    names: dict = {}
+    codes: list[int] = []
+    hashes: list[int] = []
     for source, text in zip(table.column("source").to_pylist(), table.column("text").to_pylist()):
         documents[source] += 1
-        for line in {h for h in line_hashes(text or "", min_chars) if h is not None}:
-            holding[(source, line)] += 1
-    return holding, documents
+        code = names.setdefault(source, len(names))
+        lines = {h for h in line_hashes(text or "", min_chars) if h is not None}
+        codes.extend([code] * len(lines))
+        hashes.extend(lines)
+    return list(names), np.array(codes, np.int32), np.array(hashes, np.uint64), documents
+
+
+class LineCounts:
+    """Documents holding each (source, line hash), summed over batches in sorted arrays: about
+    20 bytes per distinct line (a dict of tuples takes about 150), merged when the batches added
+    since the last merge hold as many lines as the merged arrays."""
+
+    def __init__(self) -> None:
+        self.names: list = []
+        self._code: dict = {}
+        self.codes = np.empty(0, np.int32)
+        self.hashes = np.empty(0, np.uint64)
+        self.counts = np.empty(0, np.int64)
+        self.documents: Counter = Counter()
+        self._pending: list[tuple[np.ndarray, np.ndarray]] = []
+        self._pending_rows = 0
+
+    def add(self, names: list, codes: np.ndarray, hashes: np.ndarray, documents: Counter) -> None:
+        """One batch's `line_keys`."""
+        mapping = np.array([self._code.setdefault(n, len(self._code)) for n in names], np.int32)
+        self.names = list(self._code)
+        self.documents.update(documents)
+        if len(codes):
+            self._pending.append((mapping[codes], hashes))
+            self._pending_rows += len(codes)
+        if self._pending_rows >= max(len(self.codes), 1 << 20):
+            self._merge()
+
+    def _merge(self) -> None:
+        if not self._pending:
+            return
+        codes = np.concatenate([self.codes, *(c for c, _ in self._pending)])
+        hashes = np.concatenate([self.hashes, *(h for _, h in self._pending)])
+        counts = np.concatenate([self.counts, np.ones(self._pending_rows, np.int64)])
+        self._pending, self._pending_rows = [], 0
+        order = np.lexsort((hashes, codes))
+        codes, hashes, counts = codes[order], hashes[order], counts[order]
+        del order
+        starts = np.ones(len(codes), bool)
+        starts[1:] = (codes[1:] != codes[:-1]) | (hashes[1:] != hashes[:-1])
+        first = np.flatnonzero(starts)
+        self.counts = np.add.reduceat(counts, first) if len(first) else counts
+        self.codes, self.hashes = codes[first], hashes[first]
+
+    def repeated(self, min_chars: int, min_documents: int, min_share: float) -> "RepeatedLines":
+        """The lines to remove, as `RepeatedLines.choose` picks them from the same counts."""
+        self._merge()
+        chosen = RepeatedLines(min_chars=min_chars, source_documents=dict(self.documents))
+        per_source = np.array([self.documents[n] for n in self.names], np.float64)
+        keep = (self.counts >= min_documents) & (self.counts >= min_share * per_source[self.codes]) if len(self.codes) else np.zeros(0, bool)
+        for code, line, count in zip(self.codes[keep].tolist(), self.hashes[keep].tolist(), self.counts[keep].tolist()):
+            source = self.names[code]
+            chosen.lines.setdefault(source, set()).add(line)
+            chosen.documents[(source, line)] = count
+        return chosen
 
 
 @dataclass
