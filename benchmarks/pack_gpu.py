@@ -13,7 +13,7 @@ Attention: a varlen kernel over the batch joined into one row with `cu_seqlens` 
 `torch.nn.attention.varlen.varlen_attn`, torch >= 2.10), else PyTorch SDPA on [batch, seq_len]
 rows with the block-diagonal causal mask from `seq_lens` (`--attention mask` forces it). The
 check: for the first rows, the loss of every item inside its packed row equals its loss alone
-(fp32, SDPA with the block mask: within 1e-5; bf16 varlen: within 2e-2), and plain causal
+(fp32, SDPA with the block mask: within 1e-5 on CPU, 5e-5 on CUDA; bf16 varlen: within 2e-2), and plain causal
 attention is shown to differ.
 """
 from __future__ import annotations
