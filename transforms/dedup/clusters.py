@@ -12,6 +12,7 @@ written before they were stored) is verified on the estimate. Rows of the corpus
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Callable, Iterator, Sequence
 
@@ -24,6 +25,7 @@ from . import minhash
 # Criteria of the keep policy, in the order given by the config; the input position breaks ties.
 KEEP_CRITERIA = ("quality", "longest", "source", "first")
 _EMPTY = np.uint32(0xFFFFFFFF)
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -153,6 +155,11 @@ class UnionFind:
 
     def roots(self) -> np.ndarray:
         return np.fromiter((self.find(x) for x in range(len(self.parent))), dtype=np.int64, count=len(self.parent))
+
+
+def _phase(name: str) -> None:
+    """Marks where clustering is, at debug level (benchmarks/dedup_memory.py --phases reads it)."""
+    log.debug("dedup phase: clusters: %s", name)
 
 
 def components(n: int, first: np.ndarray, other: np.ndarray) -> np.ndarray:
@@ -390,12 +397,14 @@ def find_clusters(rows: ClusterRows, params: minhash.MinHashParams | None = None
     first `rows.prior`, among themselves and against those prior rows, which are never rejected.
     Frees `rows.bands` once the candidate pairs are found."""
     m, n = rows.prior, len(rows)
+    _phase("exact keys")
     first, other = _exact_pairs(rows.keys)
     fresh = (first >= m) | (other >= m)  # two prior rows were decided when they were added
     first, other = first[fresh], other[fresh]
     exact_groups = len(np.unique(first))
     checked = similar_count = 0
     if params is not None and rows.bands is not None and n:
+        _phase("candidate pairs")
         a, b = minhash.candidate_pairs(rows.bands.T)
         rows.bands = None
         if rows.wordless is not None and rows.wordless.any():
@@ -406,10 +415,12 @@ def find_clusters(rows: ClusterRows, params: minhash.MinHashParams | None = None
         a, b = a[fresh], b[fresh]
         same_key = rows.keys[a] == rows.keys[b]
         a, b = a[~same_key], b[~same_key]
+        _phase("verification")
         similar = rows.similarities(a, b) >= params.threshold
         checked, similar_count = len(a), int(similar.sum())
         first, other = np.concatenate([first, a[similar]]), np.concatenate([other, b[similar]])
         del a, b, similar
+    _phase("components")
     labels = components(n, first, other)
     del first, other
     sizes = np.bincount(labels, minlength=n)
@@ -417,6 +428,7 @@ def find_clusters(rows: ClusterRows, params: minhash.MinHashParams | None = None
     del sizes
     roots = labels[members]
     del labels
+    _phase("keep decision")
     ranks = _source_ranks(rows.source_names, source_priority)[rows.source_codes[members]]
     order = _policy_order(members, rows.quality[members], rows.lengths[members], ranks, members >= m, roots, keep)
     sorted_roots = roots[order]
@@ -427,6 +439,7 @@ def find_clusters(rows: ClusterRows, params: minhash.MinHashParams | None = None
     exact = rows.keys[members] == rows.keys[kept]
     similarity = np.ones(len(members))
     if params is not None and (rows.shingles is not None or rows.signatures is not None) and len(members):
+        _phase("similarity to the kept rows")
         near = np.flatnonzero(~exact)
         similarity[near] = rows.similarities(members[near], kept[near])
     return Clusters(members, kept, exact, similarity, m, exact_groups, checked, similar_count)
