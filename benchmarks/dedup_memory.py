@@ -207,23 +207,29 @@ def run_command(rows: int, data: Path, output: Path, config: Path) -> dict:
 
 
 class _PhaseLog(logging.Handler):
-    """Collects the stage's phase records with the process's peak RSS since the previous one."""
+    """Collects the stage's phase records with the peak RSS (this process, and with its worker
+    processes) since the previous one."""
 
     def __init__(self) -> None:
         super().__init__(logging.DEBUG)
-        self.phases: list[tuple[str, int]] = []
+        self.phases: list[tuple[str, int, int]] = []
         self.current = "start"
-        self.peak = 0
-        self.lock = threading.Lock()
+        self.peaks = [0, 0]
+        self.guard = threading.Lock()  # not `lock`: logging.Handler holds that one around emit
 
     def emit(self, record: logging.LogRecord) -> None:
-        with self.lock:
-            self.phases.append((self.current, self.peak))
-            self.current, self.peak = record.getMessage(), 0
+        with self.guard:
+            self.phases.append((self.current, *self.peaks))
+            self.current, self.peaks = record.getMessage().removeprefix("dedup phase: "), [0, 0]
 
-    def sample(self, rss: int) -> None:
-        with self.lock:
-            self.peak = max(self.peak, rss)
+    def sample(self, own: int, tree: int) -> None:
+        with self.guard:
+            self.peaks = [max(self.peaks[0], own), max(self.peaks[1], tree)]
+
+
+def _own_rss() -> int:
+    with open("/proc/self/statm") as handle:
+        return int(handle.read().split()[1]) * PAGE
 
 
 def run_phases(rows: int, data: Path, output: Path) -> None:
@@ -241,7 +247,7 @@ def run_phases(rows: int, data: Path, output: Path) -> None:
 
     def sample() -> None:
         while not done.is_set():
-            log.sample(tree_rss(os.getpid()))
+            log.sample(_own_rss(), tree_rss(os.getpid()))
             done.wait(0.02)
 
     sampler = threading.Thread(target=sample, daemon=True)
@@ -251,10 +257,14 @@ def run_phases(rows: int, data: Path, output: Path) -> None:
     done.set()
     sampler.join()
     log.emit(logging.makeLogRecord({"msg": "end"}))
-    print(f"{rows:,} rows, in-process (driver + workers), {time.process_time() - started:.1f} CPU-s in the driver")
-    print(f"{'phase':<48} {'peak RSS':>10} {'per row':>9}")
-    for name, peak in log.phases[1:]:
-        print(f"{name:<48} {peak / 2**20:8.0f} MiB {peak / rows:7.0f} B")
+    shutil.rmtree(output, ignore_errors=True)
+    print(f"{rows:,} rows, in this process (the stage without Prefect), {time.process_time() - started:.1f} CPU-s in the driver")
+    print(f"{'phase':<42} {'driver peak':>12} {'per row':>8} {'+ workers':>10}")
+    for name, own, tree in log.phases[1:]:
+        if not own:
+            print(f"{name:<42} {'(too short to sample)':>32}")
+            continue
+        print(f"{name:<42} {own / 2**20:8.0f} MiB {own / rows:6.0f} B {tree / 2**20:6.0f} MiB")
 
 
 # -- main ---------------------------------------------------------------------------------------------

@@ -266,26 +266,28 @@ class ClusterRows:
     def sources(self, rows: np.ndarray) -> pa.Array:
         return pa.array(self.source_names, pa.string()).take(pa.array(self.source_codes[rows]))
 
-    def similarities(self, first: np.ndarray, other: np.ndarray) -> np.ndarray:
+    def similarities(self, first: np.ndarray, other: np.ndarray, chunk: int = 65536) -> np.ndarray:
         """Jaccard similarity of each pair: exact on the shingle sets where both rows have one,
-        else the signatures' estimate."""
+        else the signatures' estimate. `chunk` pairs at a time, each chunk fetching the sets of
+        its own rows, so what is held is a chunk's sets, not those of every candidate row."""
         values = np.empty(len(first), np.float64)
-        if not len(first):
-            return values
-        exact = np.ones(len(first), bool)
-        if self.shingles is None:
-            exact[:] = False
-        elif self.has_shingles is not None:
-            exact = self.has_shingles[first] & self.has_shingles[other]
-        if exact.any():
-            a, b = first[exact], other[exact]
-            needed = np.unique(np.concatenate([a, b]))
-            sets = self.shingles(needed)
-            values[exact] = pair_jaccard(sets, np.searchsorted(needed, a), np.searchsorted(needed, b))
-        estimated = np.flatnonzero(~exact)
-        for start in range(0, len(estimated), 65536):
-            chunk = estimated[start : start + 65536]
-            values[chunk] = minhash.estimated_jaccard(self.signatures(first[chunk]), self.signatures(other[chunk]))
+        for start in range(0, len(first), chunk):
+            a, b = first[start : start + chunk], other[start : start + chunk]
+            exact = np.ones(len(a), bool)
+            if self.shingles is None:
+                exact[:] = False
+            elif self.has_shingles is not None:
+                exact = self.has_shingles[a] & self.has_shingles[b]
+            part = np.empty(len(a), np.float64)
+            if exact.any():
+                needed = np.unique(np.concatenate([a[exact], b[exact]]))
+                sets = self.shingles(needed)
+                part[exact] = pair_jaccard(sets, np.searchsorted(needed, a[exact]), np.searchsorted(needed, b[exact]))
+                del sets
+            estimated = np.flatnonzero(~exact)
+            if len(estimated):
+                part[estimated] = minhash.estimated_jaccard(self.signatures(a[estimated]), self.signatures(b[estimated]))
+            values[start : start + chunk] = part
         return values
 
 
