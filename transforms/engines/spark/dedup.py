@@ -327,7 +327,7 @@ def run_dedup(inputs, output, params, manifest: StageManifest, engine, progress:
                     index.check_file(file)
                 segments = [p.stem for p in stored]
                 if stored:
-                    prior = prior_fingerprints(spark, [str(p) for p in stored], mh_params)
+                    prior = prior_fingerprints(spark, [store.qualify(str(p)) for p in stored], mh_params)
                     prior_rows = prior.count()
             prints = fingerprints(rows.where(~F.col(EMPTIED)), kind, columns, settings, mh_params, signatures=index is not None)
             decisions = decided = None
