@@ -513,6 +513,9 @@ class LLMLimitConfig(Section):
     slots: int = Field(8, ge=1)
     # How long a call waits for a free slot before it fails; none: wait as long as it takes.
     wait_seconds: Optional[float] = Field(None, gt=0)
+    # A run keeps a slot it took for the requests that follow, and gives it back after this
+    # long (then asks again): other runs get a chance, and a lowered limit applies within it.
+    hold_seconds: float = Field(60, gt=0)
 
 
 class NotifyConfig(Section):
