@@ -414,3 +414,19 @@ def test_pack_on_spark_equals_local(spark_engine, shared_data, tmp_path):
     assert rejected[0] == rejected[1] and rejected[0]
     for name in ("megatron/tokens.bin", "megatron/tokens.idx"):
         assert (tmp_path / "spark" / name).read_bytes() == (tmp_path / "local" / name).read_bytes()
+
+
+def test_a_cluster_session_ships_the_pipelines_code_and_keeps_the_users_archives(tmp_path):
+    import tarfile
+
+    from transforms.engines.spark.session import CODE_FOLDER, code_archive, ship_code
+
+    settings = ship_code({"spark.archives": "/shared/tcm-env.tar.gz#env", "spark.executorEnv.PYTHONPATH": "extra"})
+    archives = settings["spark.archives"].split(",")
+    assert archives[0] == "/shared/tcm-env.tar.gz#env" and archives[1].endswith(f".tar.gz#{CODE_FOLDER}")
+    assert settings["spark.executorEnv.PYTHONPATH"].split(os.pathsep) == [CODE_FOLDER, "extra"]
+    archive = code_archive(tmp_path)
+    assert code_archive(tmp_path) == archive  # built once per version of the code
+    names = tarfile.open(archive).getnames()
+    assert {"schemas/__init__.py", "transforms/dedup/paragraphs.py", "transforms/resources/corrections.tsv"} <= set(names)
+    assert not any("__pycache__" in n or n.startswith("flows/") for n in names)
