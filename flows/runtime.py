@@ -67,7 +67,7 @@ def quiet_failures_on_terminal() -> None:
     is imported, and not under `--debug`."""
     import logging
 
-    import prefect  # noqa: F401 - configures Prefect's logging, whose console handlers are filtered here
+    import prefect.main  # noqa: F401 - configures Prefect's logging (its import does), whose console handlers are filtered here
     from prefect.logging.handlers import PrefectConsoleHandler
 
     loggers = [logging.getLogger(), *(logging.getLogger(name) for name in list(logging.Logger.manager.loggerDict))]
