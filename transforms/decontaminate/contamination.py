@@ -35,6 +35,7 @@ import json
 import re
 from collections import Counter
 from dataclasses import dataclass, field
+from functools import lru_cache
 from itertools import accumulate
 
 import numpy as np
@@ -43,6 +44,9 @@ import pyarrow.compute as pc
 
 from transforms.dedup.keys import text_of
 from transforms.clean.normalize import match_key, match_keys
+
+# The items' texts are keyed several times each while the index is built (stem, pieces, forms).
+_item_key = lru_cache(maxsize=1 << 16)(match_key)
 
 # Spans an exam item quotes from elsewhere: quotations and book titles.
 _QUOTED = re.compile(r"“[^”]*”|「[^」]*」|『[^』]*』|‘[^’]*’|\"[^\"]*\"|《[^》]*》")
@@ -59,11 +63,11 @@ def keyed_with_quotes(text: str) -> tuple[str, list[bool]]:
     parts, quoted, last = [], [], 0
     for span in _QUOTED.finditer(text):
         for piece, inside in ((text[last : span.start()], False), (span.group(), True)):
-            key = match_key(piece)
+            key = _item_key(piece)
             parts.append(key)
             quoted.extend([inside] * len(key))
         last = span.end()
-    key = match_key(text[last:])
+    key = _item_key(text[last:])
     parts.append(key)
     quoted.extend([False] * len(key))
     return "".join(parts), quoted
@@ -124,9 +128,9 @@ def item_forms(item: dict, n: int, min_overlap: float, question_overlap: float) 
     options = str(item.get("options") or "")
     answer = str(item.get("answer") or "")
     bare_options = _OPTION_LABEL.sub("", options)
-    bare_answer = answer if len(match_key(answer)) > 1 else ""
+    bare_answer = answer if len(_item_key(answer)) > 1 else ""
     texts = [(f"{question}\n{options}\n{answer}", min_overlap), (f"{question}\n{bare_options}\n{bare_answer}", min_overlap)]
-    if len(match_key(question)) >= n:
+    if len(_item_key(question)) >= n:
         texts.append((question, question_overlap if options.strip() else min_overlap))
     forms: list[tuple[frozenset, float]] = []
     for text, share in texts:
@@ -140,15 +144,15 @@ def cited_grams(item: dict, n: int) -> frozenset:
     """The n-grams of the words an item cites: its quoted spans of at least n characters (in
     match form), else its whole stem."""
     question = str(item.get("question") or "")
-    quoted = [key for key in (match_key(span.group()) for span in _QUOTED.finditer(question)) if len(key) >= n]
-    texts = quoted or [match_key(question)]
+    quoted = [key for key in (_item_key(span.group()) for span in _QUOTED.finditer(question)) if len(key) >= n]
+    texts = quoted or [_item_key(question)]
     return frozenset(text[i : i + n] for text in texts for i in range(len(text) - n + 1))
 
 
 def answer_text(item: dict) -> str:
     """The right option's text in match form (`answer` is that text for choice items), or "" when
     it has fewer than two characters (a letter, a digit: no evidence in a row)."""
-    key = match_key(str(item.get("answer") or ""))
+    key = _item_key(str(item.get("answer") or ""))
     return key if len(key) >= 2 else ""
 
 
@@ -208,7 +212,7 @@ class ContaminationIndex:
             benchmark = str(item.get("benchmark", ""))
             counts = index.coverage.setdefault(benchmark, Counter())
             counts["items"] += 1
-            whole = "".join(match_key(str(item.get(k) or "")) for k in ("question", "options", "answer"))
+            whole = "".join(_item_key(str(item.get(k) or "")) for k in ("question", "options", "answer"))
             forms = item_forms(item, ngram, min_overlap, question_overlap) if len(whole) >= min_chars else []
             if not forms:
                 counts["too_short"] += 1
