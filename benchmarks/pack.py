@@ -5,7 +5,9 @@
 2. HuatuoGPT-II's released approach: benchmarks/pack_huatuo_reference.py (per-item encode,
    Python list concatenation, greedy packing in batches of 256, datasets.from_dict);
 3. Hugging Face `datasets.map` with batched fast-tokenizer calls (`encode_batch`), then a
-   batched greedy packing map, saved with save_to_disk.
+   batched greedy packing map, saved with save_to_disk;
+4. the tokenizer alone (every text and message encoded once, nothing else): the ceiling of any
+   packer that uses this tokenizer.
 
 Each runs as its own process; measured: wall seconds, CPU seconds of the process tree (every
 core), tokens (not padding) per CPU second = tokens per second per core, peak resident memory of
@@ -161,6 +163,31 @@ def datasets_map(corpus: str, tokenizer_path: str, output: str, seq_len: int, sh
     print(json.dumps({"items": dataset.num_rows, "sequences": packed.num_rows, "tokens": tokens, "padding_share": round(1 - tokens / capacity, 6)}))
 
 
+# -- the tokenizer alone ----------------------------------------------------------------------
+
+
+def tokenizer_alone(corpus: str, tokenizer_path: str, shards: int) -> None:
+    """The ceiling of any packer with this tokenizer: read the corpus, encode every text and
+    every message's content once in batches (`encode_batch_fast`, no offsets), count the tokens;
+    no template, no labels, no packing, nothing written."""
+    import pyarrow.parquet as pq
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(tokenizer_path)
+    encode = getattr(tokenizer, "encode_batch_fast", tokenizer.encode_batch)
+    files = sorted(Path(corpus).glob("part-*.parquet"))
+    files = files[:shards] if shards else files
+    tokens = items = 0
+    for file in files:
+        table = pq.read_table(file, columns=["text", "messages"])
+        texts = [t for t in table.column("text").to_pylist() if t]
+        texts += [m["content"] for ms in table.column("messages").to_pylist() if ms for m in ms if m["content"]]
+        items += table.num_rows
+        for start in range(0, len(texts), 2048):
+            tokens += sum(len(e.ids) for e in encode(texts[start : start + 2048], add_special_tokens=False))
+    print(json.dumps({"items": items, "sequences": 0, "tokens": tokens, "padding_share": 0.0}))
+
+
 # -- the run ----------------------------------------------------------------------------------
 
 
@@ -201,11 +228,15 @@ def main() -> None:
     parser.add_argument("--vocab", type=int, default=32000)
     parser.add_argument("--seq-len", type=int, default=4096)
     parser.add_argument("--shards", type=int, default=0, help="only the first N corpus shards (0: all)")
-    parser.add_argument("--methods", default="ours,huatuo,datasets")
+    parser.add_argument("--methods", default="ours,huatuo,datasets,tokenizer")
     parser.add_argument("--datasets-map", nargs=3, metavar=("CORPUS", "TOKENIZER", "OUT"), help=argparse.SUPPRESS)
+    parser.add_argument("--tokenizer-alone", nargs=2, metavar=("CORPUS", "TOKENIZER"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.datasets_map:
         datasets_map(*args.datasets_map, args.seq_len, args.shards)
+        return
+    if args.tokenizer_alone:
+        tokenizer_alone(*args.tokenizer_alone, args.shards)
         return
     corpus = Path(args.corpus)
     work = Path(args.workdir)
@@ -249,6 +280,12 @@ def main() -> None:
         result.update(tokens=figures["tokens"], sequences=figures["sequences"], padding=figures["padding_share"], items=figures["items"])
         results["datasets.map (batched encode_batch)"] = result
 
+    if "tokenizer" in methods:
+        result = run([sys.executable, __file__, "--tokenizer-alone", str(subset), str(tokenizer / "tokenizer.json")], env)
+        figures = json.loads(result["stdout"].strip().splitlines()[-1])
+        result.update(tokens=figures["tokens"], sequences=0, padding=0.0, items=figures["items"])
+        results["tokenizer alone (ceiling: encode only)"] = result
+
     print(f"\ncorpus: {corpus} ({n_shards} shard(s)); seq_len {args.seq_len}; {os.cpu_count()} cores; load average {os.getloadavg()[0]:.1f}")
     print(f"{'method':<44} {'wall s':>7} {'CPU s':>7} {'tokens':>11} {'tok/s/core':>10} {'peak MB':>8} {'seqs':>6} {'padding':>8}")
     for name, r in results.items():
@@ -257,10 +294,15 @@ def main() -> None:
     if mine:
         print(f"\nours inside the stage (no Prefect start-up): {mine['stage_cpu']:.1f} CPU s, {mine['tokens'] / mine['stage_cpu']:,.0f} tokens/s/core; "
               f"{mine['trained']:,} trained tokens; {mine['items']:,} items")
-        others = [r["tokens"] / r["cpu"] for n, r in results.items() if not n.startswith("flows")]
+        others = [r["tokens"] / r["cpu"] for n, r in results.items() if not n.startswith(("flows", "tokenizer"))]
         if others:
             print(f"ours / faster reference, tokens per second per core: {mine['tokens'] / mine['cpu'] / max(others):.2f}x (whole command), "
                   f"{mine['tokens'] / mine['stage_cpu'] / max(others):.2f}x (stage)")
+        ceiling = next((r for n, r in results.items() if n.startswith("tokenizer")), None)
+        if ceiling:
+            rate = ceiling["tokens"] / ceiling["cpu"]
+            print(f"the tokenizer alone: {rate:,.0f} tokens/s/core; the stage runs at {mine['tokens'] / mine['stage_cpu'] / rate:.0%} of it"
+                  + (f"; a packer with this tokenizer can be at most {rate / max(others):.2f}x the faster reference" if others else ""))
 
 
 if __name__ == "__main__":

@@ -183,7 +183,7 @@ def _check_pack(pack) -> None:
     from transforms.pack.tokenizer import PackTokenizer, TokenizerError
 
     try:
-        tokenizer = PackTokenizer(pack.tokenizer, pack.eos_token, pack.pad_token)
+        tokenizer = PackTokenizer(pack.tokenizer, pack.eos_token, pack.pad_token, encoder="tokenizers")  # loads and names its tokens; no twin needed here
     except TokenizerError as exc:
         raise UsageError(str(exc)) from None
     if pack.template == "tokenizer" and tokenizer.chat_template is None:

@@ -9,6 +9,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
+SHARED_CASES = REPO.parent / "shared" / "cases"
 
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
@@ -21,6 +22,28 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"the shared data folder {SHARED_DATA} is not beside the repository")
     return SHARED_DATA
+
+
+def copy_shared_case(name: str, into: Path) -> Path:
+    """A writable copy of the shared fault case ../shared/cases/NAME (its inputs, config and
+    EXPECTED.md) at into/NAME; runs write beside their inputs, and the shared copy is read-only.
+    Skips the test when the case is not beside the repository."""
+    import shutil
+
+    source = SHARED_CASES / name
+    if not source.is_dir():
+        pytest.skip(f"the shared case {source} is not beside the repository")
+    target = into / name
+    shutil.copytree(source, target)
+    for path in [target, *target.rglob("*")]:
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    return target
+
+
+@pytest.fixture
+def shared_case(tmp_path):
+    """`shared_case(NAME)`: a writable copy of ../shared/cases/NAME in the test's tmp_path."""
+    return lambda name: copy_shared_case(name, tmp_path)
 
 
 @pytest.fixture(scope="session")

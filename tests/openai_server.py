@@ -22,7 +22,8 @@ sent, as OpenAI-compatible gateways do ("Incorrect API key provided: ..."); with
 or `known_models`, a request for such a (or any other) model gets a 403 (or 404) echoing its
 Authorization header.
 
-Requests and answered completions are counted per (tag, step). With `hold_after=N` it answers N
+Requests and answered completions are counted per (tag, step), and the requests in flight
+(`in_flight`, and the most at once: `most_in_flight`). With `hold_after=N` it answers N
 completions and then holds every later request unanswered until `release()`: a run can be killed
 with requests in flight that were never answered, as a crash would leave them. Run as a script, it prints its port and serves until killed.
 """
@@ -87,6 +88,9 @@ class ChatServer:
         self.requests: Counter = Counter()  # (tag, step) -> requests received
         self.answered: Counter = Counter()  # (tag, step) -> 200 completions sent
         self.statuses: Counter = Counter()
+        self.in_flight = 0  # completions requests being handled now
+        self.most_in_flight = 0  # the most ever handled at once
+        self.first_at = self.last_at = 0.0  # epoch seconds: the first request came, the last was answered
         self.hold_after = hold_after  # answer this many completions, then hold every request
         self._granted = 0
         self._released = threading.Event()
@@ -106,7 +110,16 @@ class ChatServer:
                 body = json.loads(self.rfile.read(length) or b"{}")
                 if self.path != "/v1/chat/completions":
                     return self._send(404, {"error": {"message": "not found"}})
-                status, payload, headers = server.handle(body, self.headers.get("authorization") or "")
+                with server.lock:
+                    server.in_flight += 1
+                    server.most_in_flight = max(server.most_in_flight, server.in_flight)
+                    server.first_at = server.first_at or time.time()
+                try:
+                    status, payload, headers = server.handle(body, self.headers.get("authorization") or "")
+                finally:
+                    with server.lock:
+                        server.in_flight -= 1
+                        server.last_at = time.time()
                 self._send(status, payload, headers)
 
             def _send(self, status, payload, headers=None):
@@ -233,6 +246,9 @@ def main() -> None:
         server.httpd.serve_forever()
     except KeyboardInterrupt:
         pass
+    finally:  # the figures a benchmark reads after stopping the server with SIGINT
+        print(json.dumps({"requests": sum(server.requests.values()), "most_in_flight": server.most_in_flight,
+                          "first_at": server.first_at, "last_at": server.last_at}), flush=True)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,6 @@ build-corpus`, the command users run, and checked against what EXPECTED.md says.
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -12,16 +11,6 @@ import pytest
 from test_build import flows_cli
 
 pytestmark = pytest.mark.slow
-CASES = Path(__file__).resolve().parents[1].parent / "shared" / "cases"
-
-
-def case_folder(name: str, tmp_path: Path) -> Path:
-    source = CASES / name
-    if not source.is_dir():
-        pytest.skip(f"the shared case {source} is not beside the repository")
-    folder = tmp_path / name
-    shutil.copytree(source, folder)
-    return folder
 
 
 def build(folder: Path, config: str, prefect_home: Path) -> Path:
@@ -67,13 +56,13 @@ def llama_factory_examples(folder: Path, entry: dict, cache: Path) -> list[dict]
     return examples
 
 
-def test_export_columns_case_loads_through_dataset_info(tmp_path, prefect_home, monkeypatch):
+def test_export_columns_case_loads_through_dataset_info(tmp_path, prefect_home, monkeypatch, shared_case):
     """export-columns: every mapped column is on every exported row, and no two export files are
     byte-identical copies registered under two names."""
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     monkeypatch.setenv("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
-    folder = case_folder("export-columns", tmp_path)
+    folder = shared_case("export-columns")
     export = build(folder, "build.toml", prefect_home) / "stages" / "export"
     info = json.loads((export / "dataset_info.json").read_text(encoding="utf-8"))
     assert {"tcm_sharegpt", "tcm_alpaca"} <= set(info)
@@ -90,10 +79,10 @@ def test_export_columns_case_loads_through_dataset_info(tmp_path, prefect_home, 
             assert llama_factory_examples(export, entry, tmp_path / "cache")
 
 
-def test_dedup_keeps_the_clean_copy_case(tmp_path, prefect_home):
+def test_dedup_keeps_the_clean_copy_case(tmp_path, prefect_home, shared_case):
     """dedup-keeps-clean-copy: A, its one-character variant B, its traditional form C and its copy
     padded with spaced ASCII punctuation D are one cluster; the cluster keeps A, not the longer D."""
-    folder = case_folder("dedup-keeps-clean-copy", tmp_path)
+    folder = shared_case("dedup-keeps-clean-copy")
     dedup = build(folder, "config.toml", prefect_home) / "stages" / "dedup"
     kept = {json.loads(m)["file"] for m in pq.read_table(dedup / "documents", columns=["meta"]).column("meta").to_pylist()}
     rejected = pq.read_table(dedup / "rejected" / "documents").to_pylist()

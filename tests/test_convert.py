@@ -326,9 +326,9 @@ def test_a_config_file_drives_the_openai_backend(tmp_path):
         assert SECRET not in (tmp_path / "out" / "_manifest.json").read_text(encoding="utf-8")
 
 
-def test_the_convert_flow_holds_a_global_llm_slot_for_every_request(prefect_harness, tmp_path):
+def test_the_convert_flow_holds_global_llm_slots_and_gives_them_back(prefect_harness, tmp_path):
     """The flow passes the [operations.llm] limit to the client: the Prefect server's limit exists
-    with the configured slots, and the run converts through it."""
+    with the configured slots, the run converts through it, and every slot is back at the end."""
     from prefect.client.orchestration import get_client
 
     from flows.pipeline import convert_flow
@@ -350,3 +350,31 @@ def test_the_convert_flow_holds_a_global_llm_slot_for_every_request(prefect_harn
     with get_client(sync_client=True) as client:
         limit = client.read_global_concurrency_limit_by_name("test-convert-llm")
     assert limit.limit == 2 and limit.active_slots == 0
+
+
+def test_two_concurrent_converts_never_exceed_the_slots_at_the_endpoint(tmp_path, prefect_home):
+    """Two `flows run convert` at once, each allowed 4 requests at a time, share a limit of 2
+    slots: the endpoint (which counts requests in flight) never sees more than 2 at once, and
+    both runs convert every passage."""
+    tags = [f"P{i}" for i in range(12)]
+    inputs = build_input(tmp_path / "in", tags)
+    env = {**os.environ, "PREFECT_HOME": str(prefect_home), "PREFECT_LOGGING_LEVEL": "WARNING", KEY_ENV: SECRET}
+    with ChatServer(latency_ms=40) as server:
+        config = tmp_path / "llm.toml"
+        config.write_text(
+            f'[convert]\nbackend = "openai"\nbase_url = "{server.base_url}"\nmodel = "test-model"\napi_key_env = "{KEY_ENV}"\n'
+            'llm_categories = ["books"]\nmin_passage_chars = 40\nmax_passage_chars = 150\nconcurrency = 4\n'
+            '[operations.llm]\nconcurrency_limit = "test-two-converts"\nslots = 2\n',
+            encoding="utf-8")
+        runs = [subprocess.Popen([sys.executable, "-m", "flows", "run", "convert", "--config", str(config), "--input", str(inputs),
+                                  "--output", str(tmp_path / name)], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True) for name in ("a", "b")]
+        outcomes = [run.communicate(timeout=300) for run in runs]
+        most = server.most_in_flight
+        answered = server.answered_total
+    for run, (out, err) in zip(runs, outcomes):
+        assert run.returncode == 0, err[-3000:]
+    assert most == 2, f"{most} requests in flight at once (2 slots)"
+    assert answered == 2 * 2 * len(tags)  # question and answer per passage, per run
+    for name in ("a", "b"):
+        assert read_manifest(tmp_path / name).stats["passages_converted"] == len(tags)

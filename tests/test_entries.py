@@ -4,7 +4,6 @@ length rules on the body a reader reads, lists of herbs as content, on real book
 from __future__ import annotations
 
 import json
-import shutil
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -130,14 +129,10 @@ def test_the_dry_run_shows_what_is_too_short_by_kind(shared_data, tmp_path):
 
 
 @pytest.mark.slow
-def test_book_entry_titles_case_through_build_corpus(tmp_path, prefect_harness):
+def test_book_entry_titles_case_through_build_corpus(tmp_path, prefect_harness, shared_case):
     """The shared case: four one-entry chapters, three of them short; all four reach the corpus,
     each text opening with its title."""
-    case = REPO.parent / "shared" / "cases" / CASE
-    if not case.is_dir():
-        pytest.skip(f"the shared case {case} is not beside the repository")
-    folder = tmp_path / CASE
-    shutil.copytree(case, folder)
+    folder = shared_case(CASE)
     workdir = tmp_path / "build"
     # The flow `flows run build-corpus --config build.toml` runs, in this process.
     from flows import pipeline

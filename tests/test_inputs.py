@@ -12,7 +12,6 @@ import csv
 import gzip
 import json
 import lzma
-import shutil
 from pathlib import Path
 
 import pyarrow as pa
@@ -22,22 +21,15 @@ import pytest
 from flows.cli import main
 from schemas import CONVERSATIONS, DOCUMENTS
 from schemas.records import loads_meta
+from conftest import copy_shared_case
 from transforms.ingest.importers import SourceError, check_file, import_file, scan_source
 from transforms.ingest.importers.encoding import decode_bytes
 
 REPO = Path(__file__).resolve().parents[1]
-CASES = REPO.parent / "shared" / "cases"
 
 
 def _case(name: str, tmp_path: Path) -> Path:
-    source = CASES / name
-    if not source.is_dir():
-        pytest.skip(f"shared case {source} is not beside the repository")
-    target = tmp_path / name
-    shutil.copytree(source, target)
-    for path in [target, *target.rglob("*")]:
-        path.chmod(0o755 if path.is_dir() else 0o644)
-    return target
+    return copy_shared_case(name, tmp_path)
 
 
 def _manifest(folder: Path) -> dict:

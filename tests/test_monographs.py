@@ -11,6 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from conftest import copy_shared_case
 from schemas import loads_meta
 from schemas.dataset import read_manifest
 from transforms.clean.steps import clean_documents
@@ -20,7 +21,6 @@ from transforms.ingest.importers.monographs import check_identity, entry_text, p
 from transforms.convert.numbers import lost_numbers, repair_digits
 
 REPO = Path(__file__).resolve().parents[1]
-CASES = REPO.parent / "shared" / "cases"
 PHARMACOPOEIA = "corpus/pharmacopoeia/2022年中药药典.txt"
 
 
@@ -125,7 +125,8 @@ def test_lost_numbers_are_found(text, lost):
 def build_case(name: str, workdir: Path) -> dict:
     from flows.cli import main
 
-    assert main(["run", "build-corpus", "--config", str(CASES / name / "build.toml"), "--workdir", str(workdir)]) == 0
+    case = copy_shared_case(name, workdir.parent)
+    assert main(["run", "build-corpus", "--config", str(case / "build.toml"), "--workdir", str(workdir)]) == 0
     rows = pq.read_table(workdir / "corpus").to_pylist()
     chats = [r for r in rows if r["format"] == "chat"]
     return {
@@ -140,8 +141,6 @@ def build_case(name: str, workdir: Path) -> dict:
 
 @pytest.mark.slow
 def test_case_monograph_identity(tmp_path, prefect_harness):
-    if not (CASES / "monograph-identity").is_dir():
-        pytest.skip("shared cases not beside the repository")
     built = build_case("monograph-identity", tmp_path / "build")
     assert built["qa"], "the entry is trained"
     assert not any("五倍子" in q or "五倍子" in a for q, a in built["qa"])
@@ -153,8 +152,6 @@ def test_case_monograph_identity(tmp_path, prefect_harness):
 
 @pytest.mark.slow
 def test_case_template_answers_cleaned(tmp_path, prefect_harness):
-    if not (CASES / "template-answers-cleaned").is_dir():
-        pytest.skip("shared cases not beside the repository")
     built = build_case("template-answers-cleaned", tmp_path / "build")
     answers = dict(built["qa"])
     # Normalised as document text is.

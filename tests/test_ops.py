@@ -225,32 +225,46 @@ def test_serve_needs_a_reachable_server():
 
 
 def test_llm_slots_serialise_holders(api):
+    """Requests of one client hold leased slots: with one slot they run one after another, with
+    two side by side; a run pays for a slot once, not per request; every slot goes back at close."""
+    from prefect.client.orchestration import get_client
+
     from flows.limits import ensure_limit, llm_slot
 
-    def holders(slot) -> list[str]:
+    def holders(slot, most: int, rounds: int = 1) -> tuple[list[str], int]:
         events: list[str] = []
 
-        async def hold(name: str) -> None:
-            async with slot():
-                events.append(f"enter {name}")
-                await asyncio.sleep(0.5)
-                events.append(f"exit {name}")
+        async def hold(name: str, leases) -> None:
+            for _ in range(rounds):
+                async with leases():
+                    events.append(f"enter {name}")
+                    await asyncio.sleep(0.3)
+                    events.append(f"exit {name}")
 
-        async def both() -> None:
-            await asyncio.gather(hold("a"), hold("b"))
+        async def both() -> int:
+            leases = slot.leases(most)
+            try:
+                await asyncio.gather(hold("a", leases), hold("b", leases))
+            finally:
+                await leases.aclose()
+            return leases.leases_taken
 
-        asyncio.run(both())
-        return events
+        return events, asyncio.run(both())
 
     one = llm_slot(LLMLimitConfig(concurrency_limit="test-llm-one", slots=1))
-    events = holders(one)
-    assert [e.split()[0] for e in events] == ["enter", "exit", "enter", "exit"], events
-    assert events[0].split()[1] == events[1].split()[1], "the first holder leaves before the second enters"
+    events, taken = holders(one, most=4, rounds=2)
+    assert [e.split()[0] for e in events] == ["enter", "exit"] * 4, events
+    assert all(events[i].split()[1] == events[i + 1].split()[1] for i in range(0, 8, 2)), "one holder at a time"
+    assert taken == 1, "the slot is leased once for the four requests"
     # Created with the configured limit; an existing limit keeps the server's value.
     assert ensure_limit("test-llm-one", 3) == 1
 
     two = llm_slot(LLMLimitConfig(concurrency_limit="test-llm-two", slots=2))
-    assert [e.split()[0] for e in holders(two)] == ["enter", "enter", "exit", "exit"]
+    events, taken = holders(two, most=8)
+    assert [e.split()[0] for e in events] == ["enter", "enter", "exit", "exit"] and taken == 2
+    with get_client(sync_client=True) as client:
+        for name in ("test-llm-one", "test-llm-two"):
+            assert client.read_global_concurrency_limit_by_name(name).active_slots == 0, name
 
 
 class _Webhook(BaseHTTPRequestHandler):

@@ -3,7 +3,6 @@ what was traditional. Real text from the shared books, the shared cases through 
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from conftest import copy_shared_case
 from schemas import DOCUMENTS, conform
 from schemas.dataset import read_manifest
 from transforms.clean.steps import clean_documents
@@ -153,8 +153,7 @@ def test_pharmacopoeia_and_terminology_go_through_clean_unconverted(shared_data)
 
 
 def _run_case(case: str, config_name: str, tmp_path: Path, prefect_home: Path) -> Path:
-    folder = tmp_path / case
-    shutil.copytree(CASES / case, folder)
+    folder = copy_shared_case(case, tmp_path)
     config = folder / config_name
     ingest = flows_cli("run", "ingest", "--config", str(config), "--output", str(tmp_path / "ingest"), prefect_home=prefect_home)
     assert ingest.returncode == 0, ingest.stderr[-3000:]
@@ -167,8 +166,6 @@ def _run_case(case: str, config_name: str, tmp_path: Path, prefect_home: Path) -
 
 
 def test_case_book_source_damage(tmp_path, prefect_home):
-    if not CASES.is_dir():
-        pytest.skip("shared cases not beside the repository")
     clean = _run_case("book-source-damage", "build.toml", tmp_path, prefect_home)
     table = pq.read_table(clean / "documents")
     text = "\n".join(table.column("text").to_pylist())
@@ -185,8 +182,6 @@ def test_case_book_source_damage(tmp_path, prefect_home):
 
 
 def test_case_opencc_simplified_untouched(tmp_path, prefect_home):
-    if not CASES.is_dir():
-        pytest.skip("shared cases not beside the repository")
     clean = _run_case("opencc-simplified-untouched", "config.toml", tmp_path, prefect_home)
     table = pq.read_table(clean / "documents")
     texts = table.column("text").to_pylist()

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import copy_shared_case
 from flows.locks import LockBusy, hold, output_lock_file, read_holder, workdir_lock_file
 from schemas.dataset import fingerprint, read_manifest
 
@@ -26,7 +27,6 @@ sys.path.insert(0, str(Path(__file__).parent))
 from openai_server import ChatServer  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-CASES = REPO.parent / "shared" / "cases"
 BOOK = REPO / "flows" / "sample" / "books" / "900-杏林撮要.txt"
 TINY = '[[sources]]\nname = "b"\nkind = "files"\npath = "books"\nformat = "book"\ncategory = "books"\n'
 
@@ -57,12 +57,7 @@ def listing(folder: Path) -> dict[str, tuple[int, int]]:
 @pytest.fixture(scope="module")
 def case_ingested(tmp_path_factory, prefect_home) -> Path:
     """The output-equals-input case, copied and ingested by the real command into `ing`."""
-    if not (CASES / "output-equals-input").is_dir():
-        pytest.skip("the shared cases are not beside the repository")
-    folder = tmp_path_factory.mktemp("case") / "output-equals-input"
-    shutil.copytree(CASES / "output-equals-input", folder)
-    for path in [folder, *folder.rglob("*")]:
-        path.chmod(0o755 if path.is_dir() else 0o644)
+    folder = copy_shared_case("output-equals-input", tmp_path_factory.mktemp("case"))
     run = flows_cli("run", "ingest", "--config", "build.toml", "--output", "ing", prefect_home=prefect_home, cwd=folder)
     assert run.returncode == 0, run.stderr[-3000:]
     manifest = read_manifest(folder / "ing")

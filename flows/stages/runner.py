@@ -66,22 +66,16 @@ def code_version() -> str:
         return "dev"
 
 
-# Stages with no Spark implementation run on the local engine when the build runs on Spark.
+# Stages with no Spark implementation run on the local engine when the build runs on Spark:
+# convert is bound by its LLM endpoint, not by cores; the selection dry run is a report over
+# in-memory batches. Crawl, ingest, validate and export take no engine (they run in the driver).
 LOCAL_ONLY_STAGES = ("convert", "selection-dry-run")
-
-
-def _paragraphs_judged(config: BuildConfig) -> bool:
-    """Whether dedup would strip repeated paragraphs: enabled, and a source of a judged category."""
-    rule = config.dedup.paragraphs
-    return rule.enabled and any(source.category in rule.categories for source in config.sources)
 
 
 def make_engine(config: BuildConfig, kind: Optional[str] = None, stage: Optional[str] = None):
     """The engine a stage runs on. A Spark engine builds its session from `[engine]` when the
     stage's task first needs it, so the Spark job runs inside that Prefect task."""
     kind = kind or config.engine.kind
-    if kind == "spark" and stage == "dedup" and _paragraphs_judged(config):
-        kind = "local"  # repeated paragraphs have no Spark implementation
     if kind == "spark" and stage not in LOCAL_ONLY_STAGES:
         from transforms.engines.spark import SparkEngine
 

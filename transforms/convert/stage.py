@@ -16,7 +16,8 @@ def _convert_step(batch, params):
 def run_convert(inputs, output, params, manifest, engine, progress=None, slot=None) -> StageManifest:
     """Documents become conversations by the configured backend; dataset conversations pass
     through normalised. `slot`: an async context manager factory entered around every LLM
-    request, for a concurrency limit shared with other runs."""
+    request, or a source of leases on a concurrency limit shared with other runs
+    (`client.SlotSource`)."""
     backend = params.get("backend", "template")
     with DatasetWriter(output, manifest) as writer:
         sink = ConversionSink(writer)

@@ -19,12 +19,52 @@ from torch import nn
 from .reader import block_causal_mask
 
 
+def varlen_backend() -> Optional[str]:
+    """The varlen attention kernel this machine has: "flash_attn" (the flash-attn package),
+    "torch" (PyTorch's own `torch.nn.attention.varlen.varlen_attn`, a flash kernel in torch
+    2.10 and later), or None. Both need a CUDA device and fp16/bf16 tensors."""
+    try:
+        import flash_attn  # noqa: F401
+
+        return "flash_attn"
+    except ImportError:
+        pass
+    try:
+        from torch.nn.attention.varlen import varlen_attn  # noqa: F401
+
+        return "torch"
+    except ImportError:
+        return None
+
+
+def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int) -> torch.Tensor:
+    """Causal attention inside each packed item: q, k, v [total tokens, heads, head_dim],
+    cu_seqlens int32 [items + 1]; returns [total tokens, heads, head_dim]. Uses flash-attn's
+    `flash_attn_varlen_func` when installed, else PyTorch's `varlen_attn`.
+
+    Raises RuntimeError when neither kernel is available."""
+    backend = varlen_backend()
+    if backend == "flash_attn":
+        from flash_attn import flash_attn_varlen_func
+
+        return flash_attn_varlen_func(q, k, v, cu_seqlens, cu_seqlens, max_seqlen, max_seqlen, causal=True)
+    if backend == "torch":
+        import inspect
+
+        from torch.nn.attention.varlen import varlen_attn
+
+        # torch 2.10 spells causality `is_causal`; later releases a (left, right) window.
+        causal = {"is_causal": True} if "is_causal" in inspect.signature(varlen_attn).parameters else {"window_size": (-1, 0)}
+        return varlen_attn(q, k, v, cu_seqlens, cu_seqlens, max_seqlen, max_seqlen, **causal)
+    raise RuntimeError("no varlen attention kernel: install flash-attn, or torch >= 2.10 on a CUDA device")
+
+
 class TinyCausalLM(nn.Module):
     """A pre-norm transformer decoder with learned absolute positions (indexed by position_ids).
 
-    attention: "mask" (SDPA with a boolean [L, L] mask per row), "varlen" (flash_attn_varlen_func
-    over cu_seqlens; CUDA and the flash-attn package), or "causal" (plain causal attention over the
-    whole row: the wrong choice for packed rows, kept to show the difference)."""
+    attention: "mask" (SDPA with a boolean [L, L] mask per row), "varlen" (causal attention inside
+    each cu_seqlens segment by `varlen_attention`: CUDA, half precision), or "causal" (plain causal
+    attention over the whole row: the wrong choice for packed rows, kept to show the difference)."""
 
     def __init__(self, vocab_size: int, dim: int = 64, heads: int = 4, layers: int = 2, max_positions: int = 8192):
         super().__init__()
@@ -49,11 +89,9 @@ class TinyCausalLM(nn.Module):
         for block in self.blocks:
             q, k, v = block["qkv"](block["norm1"](x)).split(dim, dim=-1)
             if attention == "varlen":
-                from flash_attn import flash_attn_varlen_func
-
                 shape = (batch * length, self.heads, head_dim)
-                attended = flash_attn_varlen_func(q.reshape(shape), k.reshape(shape), v.reshape(shape), cu_seqlens, cu_seqlens,
-                                                  max_seqlen, max_seqlen, causal=True).reshape(batch, length, dim)
+                attended = varlen_attention(q.reshape(shape), k.reshape(shape), v.reshape(shape), cu_seqlens,
+                                            max_seqlen).reshape(batch, length, dim)
             else:
                 q, k, v = (t.view(batch, length, self.heads, head_dim).transpose(1, 2) for t in (q, k, v))
                 if attention == "causal":

@@ -15,7 +15,7 @@ import time
 from collections import Counter
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
-from typing import AsyncContextManager, Callable, Optional
+from typing import AsyncContextManager, Callable, Optional, Protocol, Union
 
 import openai
 
@@ -23,6 +23,13 @@ from .cache import CachedResponse, ResponseCache, cache_key
 from .redact import redact, register_secret
 
 Slot = Callable[[], AsyncContextManager]
+
+
+class SlotSource(Protocol):
+    """A limit shared with other runs (flows/limits.py's LLMSlot): `leases(most)` opens, in the
+    client's event loop, a `Slot` factory with an `aclose()` that gives its slots back."""
+
+    def leases(self, most: int) -> Slot: ...
 RETRY_STATUSES = {408, 409, 429}
 FATAL_STATUSES = {401, 403, 404}
 
@@ -171,13 +178,15 @@ def retry_after_seconds(headers) -> Optional[float]:
 
 class ChatClient:
     """Chat completions with a cache in front and retries behind. `slot`, when given, is entered
-    around every HTTP attempt: a limit shared with other runs (a global concurrency limit)."""
+    around every HTTP attempt: a limit shared with other runs (a global concurrency limit). A
+    `SlotSource` is opened here for at most `concurrency` slots and closed by `close()`; create
+    the client in the event loop that sends its requests."""
 
-    def __init__(self, settings: ClientSettings, cache: Optional[ResponseCache] = None, slot: Optional[Slot] = None,
-                 rng: Optional[random.Random] = None):
+    def __init__(self, settings: ClientSettings, cache: Optional[ResponseCache] = None,
+                 slot: Optional[Union[Slot, SlotSource]] = None, rng: Optional[random.Random] = None):
         self.settings = settings
         self.cache = cache
-        self.slot = slot
+        self.slot = slot.leases(settings.concurrency) if hasattr(slot, "leases") else slot
         self.stats = ClientStats()
         self.budget = Budget(settings.max_requests, settings.max_total_tokens)
         self._semaphore = asyncio.Semaphore(settings.concurrency)
@@ -190,7 +199,12 @@ class ChatClient:
         )
 
     async def close(self) -> None:
-        await self._client.close()
+        try:
+            closing = getattr(self.slot, "aclose", None)
+            if closing is not None:
+                await closing()
+        finally:
+            await self._client.close()
 
     def key(self, messages: list[dict], *, step: str, prompt_version: str, passage_hash: str) -> str:
         s = self.settings
