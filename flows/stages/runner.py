@@ -96,16 +96,15 @@ def _expected(stage: str, config_section: object, inputs: list[Path]) -> StageMa
 
 def _final_failures() -> tuple[type[BaseException], ...]:
     """Failures no retry can mend: a refused key or model, a user's mistake, a busy work folder."""
-    from transforms.ingest.importers import SourceError
-    from transforms.convert.llm.client import EndpointError
-    from transforms.convert.llm.unify import ConvertError
-
     from schemas.dataset import DatasetError
 
     from ..config import ConfigError
     from ..locks import LockBusy
+    from ..runtime import loaded_classes
 
-    return (EndpointError, ConvertError, SourceError, DatasetError, ConfigError, ValidationFailed, LockBusy, NothingKept)
+    return (DatasetError, ConfigError, ValidationFailed, LockBusy, NothingKept) + loaded_classes(
+        "transforms.convert.llm.client:EndpointError", "transforms.convert.llm.unify:ConvertError",
+        "transforms.ingest.importers:SourceError")
 
 
 def retry_unless_final(task, task_run, state) -> bool:
