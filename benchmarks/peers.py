@@ -27,8 +27,9 @@ quality tags, entries, thresholds) against data-juicer's six character-level fil
 length) with their defaults. The MinHash cores, in this process: this project's signatures of
 the match forms against rensa's RMinHash over the same shingles.
 
-Printed per tool: CPU seconds of its whole process tree (user + system, children included),
-peak resident memory of its largest process, rows removed, and for dedup the recall on the
+Printed per tool: CPU seconds of its whole process tree (user + system, children included; for
+`flows run`, with what the shared Prefect server spent meanwhile), peak resident memory of its
+largest process, rows removed, and for dedup the recall on the
 planted copies whose exact Jaccard with their original is at least 0.8 and the rows removed that
 are no part of a planted pair.
 """
@@ -179,12 +180,20 @@ def write_inputs(rows: list[dict], folder: Path) -> tuple[Path, Path]:
 
 
 def measure(command: list[str], folder: Path, env: dict | None = None) -> dict:
-    """Run `command`; its process tree's CPU seconds, peak memory (largest process), exit code."""
+    """Run `command`; its process tree's CPU seconds, peak memory (largest process), exit code.
+    With `env` (a `flows run` command), the CPU the shared Prefect server of env's PREFECT_HOME
+    spent meanwhile counts too: it works for the command, outside its process tree."""
+    from benchmarks.cli import server_cpu
+
+    home = Path(env["PREFECT_HOME"]) if env else None
     report = folder / f"measure-{time.monotonic_ns()}.json"
-    started = time.perf_counter()
+    started, server = time.perf_counter(), server_cpu(home) if home else 0.0
     subprocess.run([sys.executable, "-c", _MEASURE, str(report), *command], env=env, check=False)
     result = json.loads(report.read_text())
     result["wall"] = time.perf_counter() - started
+    if home:
+        result["server_cpu"] = server_cpu(home) - server
+        result["cpu"] += result["server_cpu"]
     return result
 
 
