@@ -4,8 +4,10 @@
 
 Uses the real files beside the repository: the ancient books (GB18030), the pharmacopoeia
 monographs, the instruction datasets and the evaluation sets. Prints, per stage, rows in and out,
-seconds, rows/s and MB/s of input text; then the whole run and the peak memory of this process
-and its workers.
+wall seconds, CPU seconds (the stage's process and its worker processes) and its share of the
+build's CPU, rows/s; then the whole run, the peak memory of this process and its workers, and
+the floor: the CPU seconds pyarrow takes to read the same input files, decode them and write
+them once as Parquet (one row per line), and how many times that floor the build costs.
 """
 from __future__ import annotations
 
@@ -91,6 +93,32 @@ workers = {workers}
     return path
 
 
+def input_files(shared: Path, books: Path) -> list[tuple[Path, str]]:
+    """The files the benchmark build reads, with their encodings."""
+    files = [(path, "gb18030") for path in sorted(books.glob("*.txt"))]
+    files.append((shared / "corpus" / "pharmacopoeia" / "2022年中药药典.txt", "utf-8"))
+    files += [(path, "utf-8") for path in sorted((shared / "instructions").iterdir()) if path.is_file()]
+    files += [(path, "utf-8") for path in sorted((shared / "benchmarks").iterdir()) if path.is_file()]
+    return files
+
+
+def pyarrow_floor(files: list[tuple[Path, str]], folder: Path) -> tuple[float, float]:
+    """(CPU seconds, MB read) to read the files, decode them and write them once with pyarrow:
+    one Parquet file, one row per line. What any build of the same input pays at least."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    started = time.process_time()
+    size = 0
+    with pq.ParquetWriter(folder / "floor.parquet", pa.schema([("file", pa.string()), ("text", pa.string())])) as writer:
+        for path, encoding in files:
+            raw = path.read_bytes()
+            size += len(raw)
+            lines = raw.decode(encoding, errors="replace").splitlines()
+            writer.write_table(pa.table({"file": pa.array([path.name] * len(lines), pa.string()), "text": pa.array(lines, pa.string())}))
+    return time.process_time() - started, size / 1e6
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shared", type=Path, default=REPO.parent / "shared" / "data")
@@ -120,25 +148,38 @@ def main() -> None:
     input_mb = sum(p.stat().st_size for p in Path(folder / "books" if args.books else args.shared / "corpus" / "ancient-books").glob("*.txt")) / 1e6
 
     from flows.pipeline import build_corpus
+    from flows.stages.runner import cpu_seconds
 
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), cpu_seconds()
     result = build_corpus(config=str(config), workdir=str(workdir))
     total = time.perf_counter() - started
+    cpu_total = cpu_seconds() - cpu_started
 
     print(f"\nbuild-corpus on {args.shared} ({input_mb:.1f} MB of books, {args.workers} worker(s))")
-    print(f"{'stage':>14} {'rows in':>10} {'rows out':>10} {'seconds':>8} {'rows/s':>10}")
+    print(f"{'stage':>14} {'rows in':>10} {'rows out':>10} {'seconds':>8} {'CPU-s':>8} {'CPU share':>9} {'rows/CPU-s':>11}")
+    stage_cpu = 0.0
     for stage, summary in result["stages"].items():
         rows_in = sum(summary["rows_in"].values())
         rows_out = sum(summary["rows_out"].values())
         seconds = summary.get("seconds", 0.0)
-        rate = rows_in / seconds if seconds else 0.0
-        print(f"{stage:>14} {rows_in:>10} {rows_out:>10} {seconds:>8.2f} {rate:>10.0f}")
+        cpu = summary.get("cpu_seconds", 0.0)
+        stage_cpu += cpu
+        rate = rows_in / cpu if cpu else 0.0
+        print(f"{stage:>14} {rows_in:>10} {rows_out:>10} {seconds:>8.2f} {cpu:>8.2f} {cpu / cpu_total:>9.1%} {rate:>11.0f}")
+    rest = cpu_total - stage_cpu
+    print(f"{'rest':>14} {'':>10} {'':>10} {'':>8} {rest:>8.2f} {rest / cpu_total:>9.1%}   (Prefect, the suites after each stage, the report)")
     ingest = result["stages"]["ingest"]
     if ingest.get("seconds"):
         print(f"ingest of books + datasets: {input_mb / ingest['seconds']:.2f} MB/s of book text (all sources in that time)")
     self_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     child_peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-    print(f"total {total:.1f} s (with Prefect overhead); peak RSS {self_peak:.0f} MB (driver), {child_peak:.0f} MB (largest worker)")
+    print(f"total {total:.1f} s wall (load average {os.getloadavg()[0]:.1f}), {cpu_total:.1f} CPU-s in this process and its "
+          f"workers (a temporary Prefect server's own CPU is not counted); peak RSS {self_peak:.0f} MB (driver), "
+          f"{child_peak:.0f} MB (largest worker)")
+    books_dir = folder / "books" if args.books else args.shared / "corpus" / "ancient-books"
+    floor, floor_mb = pyarrow_floor(input_files(args.shared, books_dir), folder)
+    print(f"floor: pyarrow reads, decodes and writes the same {floor_mb:.1f} MB in {floor:.2f} CPU-s; "
+          f"the build costs {cpu_total / floor:.0f}x that")
     print(f"output: {result['corpus']}")
 
 

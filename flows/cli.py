@@ -10,6 +10,7 @@
     flows run train-domain-classifier [--config FILE] [--output MODEL]
     flows lexicon build --from PATH [PATH ...] --output LEXICON [--no-seed]
     flows serve [--config FILE] [--workdir DIR] [--limit N]
+    flows server status|stop  the local Prefect server `flows run` shares (see local_server.py)
 
 A stage run without --config uses the library's defaults; build-corpus, refresh and serve use
 the embedded sample build. Errors a user can fix (a bad config, a missing input, an unreadable
@@ -82,6 +83,12 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", help="build config (TOML); default: the embedded sample build")
     serve.add_argument("--workdir", help="where deployed runs build; default: [operations] workdir, else ./tcm-corpus-build")
     serve.add_argument("--limit", type=int, help="at most this many flow runs at once")
+    server = commands.add_parser("server", help="the local Prefect server that `flows run` shares: status or stop",
+                                 description="`flows run` starts one local Prefect server per PREFECT_HOME on first use and "
+                                             "shares it; it stops itself after TCM_CORPUS_SERVER_IDLE_SECONDS (default 600) "
+                                             "without a command. Not used when PREFECT_API_URL is set or "
+                                             "TCM_CORPUS_PREFECT_SERVER=temporary.")
+    server.add_argument("action", choices=("status", "stop"))
     return parser
 
 
@@ -183,7 +190,7 @@ def _check_pack(pack) -> None:
     from transforms.pack.tokenizer import PackTokenizer, TokenizerError
 
     try:
-        tokenizer = PackTokenizer(pack.tokenizer, pack.eos_token, pack.pad_token)
+        tokenizer = PackTokenizer(pack.tokenizer, pack.eos_token, pack.pad_token, encoder="tokenizers")  # loads and names its tokens; no twin needed here
     except TokenizerError as exc:
         raise UsageError(str(exc)) from None
     if pack.template == "tokenizer" and tokenizer.chat_template is None:
@@ -247,24 +254,29 @@ def _check_sources(config) -> None:
             raise UsageError(f"decontaminate.benchmarks: {path} does not exist")
 
 
-def _run(args) -> dict:
-    from . import pipeline
+def _flow(module: str, name: str):
+    """One flow, importing only its own module (a stage command does not import the others)."""
+    from importlib import import_module
 
+    return getattr(import_module(f"flows.{module}"), name)
+
+
+def _run(args) -> dict:
     if args.flow == "build-corpus":
-        return pipeline.build_corpus(config=args.config, workdir=args.workdir, engine=args.engine)
+        return _flow("build", "build_corpus")(config=args.config, workdir=args.workdir, engine=args.engine)
     if args.flow == "refresh":
-        return pipeline.refresh(config=args.config, workdir=args.workdir, engine=args.engine)
+        return _flow("refresh", "refresh")(config=args.config, workdir=args.workdir, engine=args.engine)
     if args.flow == "crawl":
-        return pipeline.crawl_flow(output=args.output, config=args.config, recrawl=args.recrawl)
+        return _flow("stages.crawl", "crawl_flow")(output=args.output, config=args.config, recrawl=args.recrawl)
     if args.flow == "ingest":
-        return pipeline.ingest_flow(output=args.output, config=args.config, inputs=args.input)
+        return _flow("stages.ingest", "ingest_flow")(output=args.output, config=args.config, inputs=args.input)
     if args.dry_run:
-        return pipeline.selection_dry_run_flow(stage=args.flow, inputs=args.input, config=args.config, engine=args.engine)
+        return _flow("stages.select", "selection_dry_run_flow")(stage=args.flow, inputs=args.input, config=args.config, engine=args.engine)
     if args.flow == TRAIN_DOMAIN:
-        return pipeline.train_domain_classifier_flow(config=args.config, output=args.output)
+        return _flow("domain", "train_domain_classifier_flow")(config=args.config, output=args.output)
     if args.flow == "export":
-        return pipeline.export_flow(inputs=args.input, output=args.output, config=args.config, formats=args.format)
-    return pipeline.STAGE_FLOWS[args.flow](inputs=args.input, output=args.output, config=args.config, engine=args.engine)
+        return _flow("stages.export", "export_flow")(inputs=args.input, output=args.output, config=args.config, formats=args.format)
+    return _flow(f"stages.{args.flow}", f"{args.flow}_flow")(inputs=args.input, output=args.output, config=args.config, engine=args.engine)
 
 
 def _print_result(flow: str, result: dict) -> None:
@@ -308,6 +320,10 @@ def _print_result(flow: str, result: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The `flows` command. Called with `argv` (from Python: tests, an embedding application),
+    it leaves Prefect's server settings as they are; as the command itself (no `argv`), a run
+    uses the local server shared by this user's commands (flows/local_server.py)."""
+    as_command = argv is None
     parser = _parser()
     args = parser.parse_args(argv)
     if args.command == "list":
@@ -318,6 +334,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "lexicon":
         return _lexicon(args)
     prepare_environment()
+    if args.command == "server":
+        return _server(args)
+    shared_server = _use_shared_server() if args.command == "run" and as_command else None
     from .config import ConfigError, load_config, sample_config_path
 
     if args.config is None and (args.command == "serve" or args.flow in WORKDIR_FLOWS):
@@ -337,28 +356,58 @@ def main(argv: list[str] | None = None) -> int:
     from transforms.ingest.importers import SourceError
 
     from .locks import LockBusy
-
-    known = _known_failures()
     from transforms.ingest.importers import SourceRejected
 
     if not args.debug:
         quiet_failures_on_terminal()  # Prefect still records every failure, traceback included
     try:
         with _run_lock(args):
+            if shared_server is not None:
+                shared_server.wait_ready()
             result = _run(args)
     except (LockBusy, SourceError, SourceRejected) as exc:  # a busy work folder, an unreadable input file: the user's to fix
         return _failed(args, exc, 2)
-    except known as exc:
-        return _failed(args, exc, 1)
     except KeyboardInterrupt:
         print("flows: interrupted; finished stages are kept and a re-run resumes after them", file=sys.stderr)
         return 130
-    except Exception as exc:  # noqa: BLE001 - a fault of ours: one line here, the traceback with --debug and in Prefect
-        return _failed(args, exc, 1, unexpected=True)
+    except Exception as exc:  # noqa: BLE001 - a known failure, or a fault of ours: one line here, the traceback with --debug and in Prefect
+        return _failed(args, exc, 1, unexpected=not isinstance(exc, _known_failures()))
     if args.json:
         print(json.dumps(result, ensure_ascii=False, indent=2, default=str))
     else:
         _print_result(args.flow, result)
+    return 0
+
+
+def _use_shared_server():
+    """The local Prefect server shared by this user's commands (flows/local_server.py), started
+    now if none runs, so it starts while this command imports and checks; None when Prefect's
+    own choice applies. A server that cannot start leaves Prefect's temporary one, with a note."""
+    from .local_server import ServerError, use_shared_server
+
+    try:
+        return use_shared_server()
+    except (ServerError, OSError) as exc:
+        os.environ.pop("PREFECT_API_URL", None)
+        print(f"flows: note: {exc}; using a temporary Prefect server for this command", file=sys.stderr)
+        return None
+
+
+def _server(args) -> int:
+    """`flows server status|stop`: the shared local Prefect server of this PREFECT_HOME."""
+    from .local_server import IDLE_ENV, idle_seconds, status, stop
+
+    if args.action == "stop":
+        state = stop()
+        print(f"flows server: stopped the server at {state['url']} (pid {state['pid']})" if state else "flows server: none running")
+        return 0
+    state = status()
+    if state is None:
+        print(f"flows server: none running for PREFECT_HOME={os.environ['PREFECT_HOME']}; the next `flows run` starts one "
+              f"(stopped after {idle_seconds():.0f} s without a command; {IDLE_ENV} sets that)")
+        return 0
+    print(f"flows server: {state['url']} (pid {state['pid']}, {'answering' if state['healthy'] else 'not answering'}), "
+          f"stops after {state['idle_seconds']:.0f} s without a command; log: {state['log']}")
     return 0
 
 
@@ -443,27 +492,18 @@ def _serve(args, config) -> int:
 
 
 def _known_failures() -> tuple[type[BaseException], ...]:
+    """The failures that end a run with their own one line (exit 1), among the modules this
+    command imported (an exception of a module never imported cannot have been raised)."""
     from schemas.dataset import DatasetError
-    from transforms.ingest.importers import SourceError
-
-    from transforms.clean.domain_training import TrainingError
 
     from .config import ConfigError
-    from .pipeline import NothingKept, ValidationFailed
+    from .local_server import ServerError
+    from .runtime import loaded_classes
 
-    from transforms.convert.llm.client import EndpointError
-    from transforms.convert.llm.unify import ConvertError
-
-    from transforms.pack.tokenizer import TokenizerError
-
-    failures: list[type[BaseException]] = [ConfigError, DatasetError, SourceError, ValidationFailed, EndpointError, ConvertError, TrainingError, TokenizerError, NothingKept]
-    try:
-        from crawlers.run import CrawlError
-
-        failures.append(CrawlError)
-    except ImportError:
-        pass
-    return tuple(failures)
+    return (ConfigError, DatasetError, ServerError) + loaded_classes(
+        "transforms.ingest.importers:SourceError", "flows.stages.runner:ValidationFailed", "flows.stages.runner:NothingKept",
+        "transforms.convert.llm.client:EndpointError", "transforms.convert.llm.unify:ConvertError",
+        "transforms.clean.domain_training:TrainingError", "transforms.pack.tokenizer:TokenizerError", "crawlers.run:CrawlError")
 
 
 if __name__ == "__main__":

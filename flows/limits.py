@@ -158,6 +158,7 @@ class SlotLeases:
                 async with self._changed:
                     self._asking -= 1
                     self._held += 1
+                    self._failure = None  # an earlier refusal is stale once the limit grants a slot
                     self._free.append(lease)
                     self._changed.notify()
                 await lease.give_back.wait()

@@ -26,11 +26,26 @@ def prepare_environment() -> None:
             home.mkdir(parents=True, exist_ok=True)
         os.environ["PREFECT_HOME"] = str(home)
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("DO_NOT_TRACK", "1")  # Prefect's SDK analytics, checked on import
     # The first run on a fresh PREFECT_HOME migrates the local database, which can be slow.
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def loaded_classes(*paths: str) -> tuple[type, ...]:
+    """The classes named `module:Class` whose modules this process has imported. For sorting a
+    raised exception: one of a class never imported cannot have been raised, and not importing
+    them keeps openai, scrapy and tokenizers out of commands that do not use them."""
+    import sys
+
+    found = []
+    for path in paths:
+        module, name = path.split(":")
+        if module in sys.modules:
+            found.append(getattr(sys.modules[module], name))
+    return tuple(found)
 
 
 class _FailureRecords:
@@ -52,7 +67,7 @@ def quiet_failures_on_terminal() -> None:
     is imported, and not under `--debug`."""
     import logging
 
-    import prefect  # noqa: F401 - configures Prefect's logging, whose console handlers are filtered here
+    import prefect.main  # noqa: F401 - configures Prefect's logging (its import does), whose console handlers are filtered here
     from prefect.logging.handlers import PrefectConsoleHandler
 
     loggers = [logging.getLogger(), *(logging.getLogger(name) for name in list(logging.Logger.manager.loggerDict))]

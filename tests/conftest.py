@@ -15,6 +15,9 @@ os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
 os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+# The local Prefect server `flows run` shares stops itself this soon after the last command,
+# should the session end without stopping it (a killed pytest).
+os.environ.setdefault("TCM_CORPUS_SERVER_IDLE_SECONDS", "120")
 
 
 @pytest.fixture(scope="session")
@@ -46,11 +49,22 @@ def shared_case(tmp_path):
     return lambda name: copy_shared_case(name, tmp_path)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="session", autouse=True)
 def prefect_home(tmp_path_factory) -> Path:
-    """One PREFECT_HOME for the session, so the local database is migrated once."""
+    """One PREFECT_HOME for the session, so the local database is migrated once; every command a
+    test starts inherits it, and the local server those commands share (flows/local_server.py)
+    is stopped when the session ends."""
     home = tmp_path_factory.mktemp("prefect-home")
-    return home
+    before = os.environ.get("PREFECT_HOME")
+    os.environ["PREFECT_HOME"] = str(home)
+    yield home
+    from flows.local_server import stop
+
+    stop(home)
+    if before is None:
+        os.environ.pop("PREFECT_HOME", None)
+    else:
+        os.environ["PREFECT_HOME"] = before
 
 
 @pytest.fixture(scope="session")

@@ -177,3 +177,60 @@ def test_flag_keeps_rows_and_names_the_item(tmp_path, items):
     rows = {r["id"]: r["contamination"] for r in read_kind(tmp_path / "out", "documents").to_pylist()}
     assert rows == {"page": f"contaminated:tcmchat_choice_herb_500:{item['item']}", "clean": None}
     assert manifest.rows_rejected["documents"] == 0 and manifest.stats["contamination"]["tcmchat_choice_herb_500"]["rows"] == 1
+
+
+def _sliding_window_find_all(index: ContaminationIndex, numbers: dict[str, int], text: str) -> tuple[list, list]:
+    """The rule read directly, as the stage computed it before the batch path: every n-gram of
+    the match form looked up in a dictionary (`numbers`: n-gram -> its number), every item
+    holding one judged."""
+    n, key = index.ngram, match_key(text)
+    hits: dict[int, dict[int, int]] = {}
+    for i in range(len(key) - n + 1):
+        gram = numbers.get(key[i : i + n])
+        if gram is not None:
+            for item in index.postings[index.posting_starts[gram] : index.posting_starts[gram + 1]].tolist():
+                hits.setdefault(item, {}).setdefault(gram, i)
+    found, cited = [], []
+    for number, present in hits.items():
+        item = index.items[number]
+        passing = [s for s, needed in ((len(set(present) & set(f.tolist())) / len(f), needed) for f, needed in item.forms) if s >= needed]
+        if passing:
+            found.append((item.benchmark, item.item, max(passing)))
+        elif len(item.cited):
+            where = [present[g] for g in item.cited.tolist() if g in present]
+            share = len(where) / len(item.cited)
+            if share >= index.cite_overlap and index._answer_near(key, item.answer_key, where):
+                cited.append((item.benchmark, item.item, share))
+    return sorted(found, key=lambda h: -h[2]), sorted(cited, key=lambda h: -h[2])
+
+
+def test_batch_path_flags_exactly_the_rows_the_sliding_window_flags(shared_data, items, index):
+    """On real book text, with exam items planted in it and the Shanghan lun chapters that cite
+    items with their answers, the batch path (match forms over the batch, hashed n-grams)
+    finds and cites the same items, with the same shares, in the same order, row by row."""
+    passages = load_passages(shared_data / "corpus" / "ancient-books", 600, length=700, seed=5)
+    raw = (shared_data / "corpus" / "ancient-books" / "457-伤寒论.txt").read_bytes().decode("gb18030", "replace")
+    chapters = [c for c in re.split(r"<篇名>", raw) if c.strip()]
+    planted = [f"{passages[n][:300]}\n{_as_page(item, n % 3)}\n{passages[n][300:]}" for n, item in enumerate(items[::40]) if item["options"]]
+    texts = passages + chapters + planted + ["", "ＡＢＣ１２３，「黄芪」\u200b补气", "ΣΑΣ İstanbul é\u0301 𠀀𠀁"]
+    batch = index.find_batch(texts)
+    n = index.ngram
+    numbers = {index.vocabulary[g * n : (g + 1) * n]: g for g in range(index.gram_count)}
+    direct = [_sliding_window_find_all(index, numbers, text) for text in texts]
+    assert batch == direct
+    assert sum(bool(found) for found, _ in batch) >= len(planted) - 2 and any(cited for _, cited in batch)
+
+
+def test_batch_match_forms_equal_the_per_text_match_form(shared_data):
+    """match_keys gives match_key's result for every text: real books, and the characters whose
+    key depends on their neighbours (combining marks, final sigma, İ, astral Han, half-width
+    voiced marks) or that the key drops (controls, zero-width marks)."""
+    from transforms.clean.normalize import match_keys
+
+    texts = load_passages(shared_data / "corpus" / "ancient-books", 400, length=300, seed=9)
+    texts += ["", "\n", "ＡＢＣ１２３，（注）…", "e\u0301 a\u0308", "ΟΔΟΣ ΣΑΣ", "İIı", "𠀀本草\U0002a6a5", "ｶﾞｷﾞ", "ㄱㅏ 가\u11a8",
+              "乾隆年間，頭髮發現", "\x00\x01 \u200b\ufeff汤", "①⑩㎎㍿", "\ud7a3\u3131"]
+    assert match_keys(texts) == [match_key(text) for text in texts]
+    everything = "".join(chr(cp) for cp in range(0x20, 0x10000) if not 0xD800 <= cp <= 0xDFFF)
+    pieces = [everything[i : i + 97] for i in range(0, len(everything), 97)]
+    assert match_keys(pieces) == [match_key(piece) for piece in pieces]

@@ -353,3 +353,96 @@ workers = 1
     packed_manifest = read_manifest(workdir / "packed")
     assert packed_manifest.rows_in == {"corpus": corpus_rows_out}
     assert packed_manifest.stats["pack"]["sequences"] > 0 and "packed: " in done.stdout
+
+
+# -- the tiktoken twin of a byte-level BPE ------------------------------------------------------
+
+
+def _texts_for_twin(rows: list[dict]) -> list[str]:
+    """Real corpus text and dialogue turns, ChatML scaffolding with special tokens inside, and
+    whitespace, digits, Latin and decomposed accents around them."""
+    texts = [r["text"] for r in rows if r["text"]]
+    texts += [m["content"] for r in rows if r["messages"] for m in r["messages"]]
+    texts += [f"<|im_start|>user\n{m['content']}<|im_end|>\n<|im_start|>assistant\n" for r in rows[:40] if r["messages"] for m in r["messages"][:1]]
+    texts += ["  黄芪 30g，当归 6 g  \n\n  ", "Astragali Radix 2020年版 第一部", "café cafe\u0301 ＣＡＦÉ", "<|endoftext|><|endoftext|>x", "", " ", "\t\r\n"]
+    return texts
+
+
+def _qwen_style_tokenizer(texts: list[str], path: Path) -> Path:
+    """A byte-level BPE with Qwen2's layout: NFC, a Split by Qwen2's regex, a regex-less ByteLevel."""
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+
+    pattern = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.normalizer = normalizers.NFC()
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Split(Regex(pattern), behavior="isolated"), pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)]
+    )
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=2000, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tokenizer.train_from_iterator(texts, trainer=trainer)
+    tokenizer.save(str(path))
+    return path
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "qwen2"])
+def test_tiktoken_twin_gives_the_same_ids_as_tokenizers(rows, tokenizer_dir, tmp_path, kind):
+    pytest.importorskip("tiktoken")
+    texts = _texts_for_twin(rows)
+    path = tokenizer_dir if kind == "gpt2" else _qwen_style_tokenizer(texts[:600], tmp_path / "tokenizer.json")
+    fast = PackTokenizer(path)
+    assert fast.encoder == "tiktoken", fast.twin_reason
+    plain = PackTokenizer(path, encoder="tokenizers")
+    # Every id of every text, not a sample: the twin is exact on these tokenizers.
+    assert fast.twin.encode(texts) == [plain.tokenizer.encode(t, add_special_tokens=False).ids for t in texts]
+    for special in (False, True):
+        assert fast.encode_many(texts, add_special_tokens=special) == plain.encode_many(texts, add_special_tokens=special)
+    assert fast.encoded["tiktoken"] == 2 * len(texts) and fast.encoded["checked"] > 0 and not fast.encoded["differences"]
+
+
+def test_pack_output_is_the_same_with_either_encoder_and_names_it(corpus_dir, tokenizer_dir, tmp_path):
+    pytest.importorskip("tiktoken")
+    fast = run_pack([corpus_dir], tmp_path / "fast", params(tokenizer_dir, template="chatml"), StageManifest(stage="pack"), LocalEngine(1))
+    plain = run_pack([corpus_dir], tmp_path / "plain", params(tokenizer_dir, template="chatml", encoder="tokenizers"), StageManifest(stage="pack"), LocalEngine(1))
+    assert [f["sha256"] for f in fast.stats["pack"]["shards"]] == [f["sha256"] for f in plain.stats["pack"]["shards"]]
+    assert fast.stats["pack"]["tokenizer"]["encoder"] == "tiktoken" and fast.stats["pack"]["encoder"]["tiktoken"] > 0
+    assert plain.stats["pack"]["tokenizer"]["encoder"] == "tokenizers" and "tiktoken" not in plain.stats["pack"]["encoder"]
+
+
+def test_a_twin_that_differs_is_dropped_and_the_shard_redone(corpus_dir, tokenizer_dir, tmp_path, monkeypatch):
+    """A checked text whose ids differ: the twin goes for good, the shard is packed again from
+    tokenizers alone, and the manifest counts the difference."""
+    pytest.importorskip("tiktoken")
+    from transforms.pack import bpe_twin, stage
+
+    real = bpe_twin.BpeTwin.encode
+    monkeypatch.setattr(bpe_twin.BpeTwin, "encode", lambda self, texts: [ids + [0] if i == 3 else ids for i, ids in enumerate(real(self, texts))])
+    monkeypatch.setattr(stage, "_tokenizers", {})
+    broken = run_pack([corpus_dir], tmp_path / "broken", params(tokenizer_dir), StageManifest(stage="pack"), LocalEngine(1))
+    plain = run_pack([corpus_dir], tmp_path / "plain", params(tokenizer_dir, encoder="tokenizers"), StageManifest(stage="pack"), LocalEngine(1))
+    assert [f["sha256"] for f in broken.stats["pack"]["shards"]] == [f["sha256"] for f in plain.stats["pack"]["shards"]]
+    figures = broken.stats["pack"]
+    assert figures["encoder"]["differences"] == 1 and figures["tokenizer"]["encoder"] == "tokenizers"
+    assert "differed" in figures["tokenizer"]["encoder_note"]
+
+
+def test_tokenizers_that_are_not_byte_level_bpe_have_no_twin(tmp_path):
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    from transforms.pack.bpe_twin import bpe_twin
+
+    texts = ["黄芪补气升阳", "当归补血活血", "the root of astragalus"] * 20
+    wordpiece = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    wordpiece.pre_tokenizer = pre_tokenizers.Whitespace()
+    wordpiece.train_from_iterator(texts, trainers.WordPieceTrainer(vocab_size=200, special_tokens=["[UNK]", "</s>"], show_progress=False))
+    metaspace = Tokenizer(models.BPE(unk_token="<unk>"))
+    metaspace.pre_tokenizer = pre_tokenizers.Metaspace()
+    metaspace.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=200, special_tokens=["<unk>", "</s>"], show_progress=False))
+    for tokenizer, why in ((wordpiece, "not BPE"), (metaspace, "Metaspace")):
+        twin, reason = bpe_twin(json.loads(tokenizer.to_str()))
+        assert twin is None and why in reason
+        tokenizer.save(str(tmp_path / "tokenizer.json"))
+        packer = PackTokenizer(tmp_path / "tokenizer.json", eos_token="</s>")
+        assert packer.encoder == "tokenizers" and packer.describe()["encoder_note"] == reason
+        assert packer.encode_many(["黄芪补气"]) == [tokenizer.encode("黄芪补气", add_special_tokens=False).ids]

@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from schemas import CONVERSATIONS, CORPUS, DOCUMENTS
-from schemas.records import CLUSTERS
+from schemas.records import CLUSTERS, REPEATED_PARAGRAPHS
 from schemas.dataset import DatasetWriter, StageManifest, read_kind
 from transforms import stages
 from transforms.dedup.deduplicate import run_dedup_stage
@@ -245,19 +245,106 @@ def test_minhash_clusters_match_the_local_stage(tmp_path, cleaned, spark_engine)
     assert 0 < manifest.stats["dedup"][DOCUMENTS]["candidate_pairs_similar"] <= manifest.stats["dedup"][DOCUMENTS]["candidate_pairs_checked"]
 
 
-def test_repeated_paragraphs_are_refused_on_spark_when_they_apply(tmp_path, corpus_input, spark_engine):
-    table = read_kind(corpus_input, DOCUMENTS).slice(0, 30).combine_chunks()
-    web = table.set_column(table.schema.get_field_index("category"), "category", pa.array(["web"] * table.num_rows))
-    with DatasetWriter(tmp_path / "input", StageManifest(stage="input")) as writer:
-        writer.write(DOCUMENTS, web)
-        writer.manifest.rows_in[DOCUMENTS] = web.num_rows
+NAVIGATION = "首页 中药大全 方剂大全 穴位图解 养生之道"
+FOOTER = "本站内容仅供参考，不能代替执业医师的诊断和治疗"
+
+
+def _web_and_books(cleaned) -> pa.Table:
+    """The cleaned books and dialogues' documents, and two web sources built from their real
+    paragraphs: pages with the site's navigation and footer (one page of nothing else, some with
+    the footer twice), a line shared by a few pages only (under `min_documents`), pages that copy
+    a whole chapter, and a blog whose quotes carry its banner."""
+    documents = read_kind(cleaned["local"][0], DOCUMENTS).combine_chunks()
+    rows = documents.to_pylist()
+    chapters = [row for row in rows if len(row["text"]) > 120]
+    paragraphs = [line for row in rows for line in row["text"].split("\n") if len(line) > 80]
+    template = {**rows[0], "source": "site", "category": "web"}
+    web = []
+    for n, paragraph in enumerate(paragraphs[:40]):
+        body = chapters[n // 10]["text"] if n % 10 == 0 else paragraph  # some pages copy a chapter
+        body = f"{body}\n{FOOTER}" if n % 7 == 3 else body  # the footer twice on some pages
+        shared = "\n相关阅读：经方配伍的君臣佐使" if n % 13 == 0 else ""
+        web.append({**template, "id": f"web-{n}", "text": f"{NAVIGATION}\n{body}{shared}\n{FOOTER}"})
+    web.append({**template, "id": "web-chrome", "text": f"{NAVIGATION}\n\n{FOOTER}"})
+    web += [{**template, "id": f"blog-{n}", "source": "blog", "text": f"转载自本草讲堂中医药文化频道\n{p}"} for n, p in enumerate(paragraphs[40:52])]
+    mixed = [row for n in range(max(len(rows), len(web))) for row in (rows[n:n + 1] + web[n:n + 1])]
+    return pa.Table.from_pylist(mixed, schema=documents.schema)
+
+
+def _write_input(folder: Path, table: pa.Table) -> Path:
+    with DatasetWriter(folder, StageManifest(stage="input"), part_rows=23) as writer:
+        writer.write(DOCUMENTS, table)
+        writer.manifest.rows_in[DOCUMENTS] = table.num_rows
         writer.commit()
-    with pytest.raises(ValueError, match="dedup.paragraphs has no Spark implementation"):
-        stages.run_dedup([tmp_path / "input"], tmp_path / "spark", {}, StageManifest(stage="dedup"), spark_engine)
-    assert not (tmp_path / "spark").exists()
-    # Switched off, the same input deduplicates on Spark.
-    spark = stages.run_dedup([tmp_path / "input"], tmp_path / "spark", {"paragraphs": {"enabled": False}}, StageManifest(stage="dedup"), spark_engine)
-    assert spark.rows_in[DOCUMENTS] == web.num_rows
+    return folder
+
+
+def _without(stats: dict, path: tuple) -> dict:
+    stats = json.loads(json.dumps(stats))
+    inner = stats
+    for key in path[:-1]:
+        inner = inner.get(key, {})
+    inner.pop(path[-1], None)
+    return stats
+
+
+def _assert_same_dedup(local_dir: Path, spark_dir: Path, local: StageManifest, spark: StageManifest) -> None:
+    _assert_same_dataset(local_dir, spark_dir, local, spark)
+    # Rejected rows as removed: stripped texts too (the local writer keeps the kind's own columns only).
+    def removed(folder: Path) -> list:
+        table = read_kind(folder / "rejected", DOCUMENTS)
+        return table.select(["id", "source", "text", "reason"]).to_pylist() if "reason" in table.schema.names else []
+
+    assert removed(spark_dir) == removed(local_dir)
+    index = ("dedup", "index", "path")  # each engine keeps its own index folder
+    assert _without(spark.stats, index) == _without(local.stats, index)
+    for audit in (CLUSTERS, REPEATED_PARAGRAPHS):
+        assert read_kind(spark_dir, audit).to_pylist() == read_kind(local_dir, audit).to_pylist()
+
+
+def test_repeated_paragraphs_on_spark_match_the_local_stage(tmp_path, cleaned, spark_engine):
+    """Web pages and books with paragraphs on (the default build's dedup): the same kept rows
+    (stripped texts), reasons, `clusters` and `repeated_paragraphs` audits and stats."""
+    inputs = [_write_input(tmp_path / "input", _web_and_books(cleaned))]
+    params = {"method": "minhash", "threshold": 0.8, "paragraphs": {"min_documents": 5, "min_share": 0.05}}
+    local = run_dedup_stage(inputs, tmp_path / "local", params, StageManifest(stage="dedup"), LocalEngine(1, 64))
+    spark = stages.run_dedup(inputs, tmp_path / "spark", params, StageManifest(stage="dedup"), spark_engine)
+    _assert_same_dedup(tmp_path / "local", tmp_path / "spark", local, spark)
+    found = spark.stats["dedup"][DOCUMENTS]["repeated_paragraphs"]
+    audit = {r["paragraph"]: r for r in read_kind(tmp_path / "spark", REPEATED_PARAGRAPHS).to_pylist()}
+    assert audit[FOOTER]["removed"] > audit[FOOTER]["documents"] == 41 and audit["转载自本草讲堂中医药文化频道"]["source"] == "blog"
+    assert "相关阅读：经方配伍的君臣佐使" not in audit  # 4 pages of 41: under min_documents
+    assert found["documents_emptied"] == 1 and spark.rejected_by_reason["repeated_paragraphs_only"] == 1
+    # the pages copy chapters once their chrome is gone: duplicates of the books, or the books of them
+    assert spark.rejected_by_reason["exact_duplicate_of"] >= 4
+    kept = read_kind(tmp_path / "spark", DOCUMENTS).column("text").to_pylist()
+    assert not any(FOOTER in t or NAVIGATION in t for t in kept)
+
+
+def test_the_persistent_index_on_spark_matches_the_local_stage(tmp_path, cleaned, spark_engine):
+    """Two builds in turn against `dedup.index_path`: the second finds copies of the first's rows;
+    each engine keeps its own index, and both indexes hold the same segments and rows."""
+    table = _web_and_books(cleaned)
+    earlier = _write_input(tmp_path / "earlier", table.slice(0, 45))
+    later = _write_input(tmp_path / "later", table.slice(30))
+    results = {}
+    for name, engine, run in (("local", LocalEngine(1, 64), run_dedup_stage), ("spark", spark_engine, stages.run_dedup)):
+        params = {"index_path": str(tmp_path / name / "index"), "paragraphs": {"min_documents": 3}}
+        for build in (earlier, later):
+            results[name, build.name] = run([build], tmp_path / name / build.name, params, StageManifest(stage="dedup"), engine)
+    for build in ("earlier", "later"):
+        local, spark = results["local", build], results["spark", build]
+        _assert_same_dedup(tmp_path / "local" / build, tmp_path / "spark" / build, local, spark)
+    later_stats = results["spark", "later"].stats["dedup"][DOCUMENTS]
+    assert later_stats["prior_rows"] > 0 and len(later_stats["prior_segments"]) == 1
+    assert any(r["prior"] for r in read_kind(tmp_path / "spark" / "later", CLUSTERS).to_pylist())
+    for name in ("local", "spark"):
+        segments = sorted((tmp_path / name / "index" / DOCUMENTS).glob("*"))
+        assert [s.name for s in segments] == [s.name for s in sorted((tmp_path / "local" / "index" / DOCUMENTS).glob("*"))]
+        assert len(segments) == 2
+    for segment in sorted((tmp_path / "local" / "index" / DOCUMENTS).glob("*.parquet")):
+        ours = pq.read_table(tmp_path / "spark" / "index" / DOCUMENTS / segment.name)
+        assert ours.to_pylist() == pq.read_table(segment).to_pylist() and ours.schema.metadata == pq.read_schema(segment).metadata
 
 
 def test_connected_components_of_a_long_chain(spark_engine):
@@ -285,10 +372,9 @@ def test_engine_section_builds_a_spark_engine_with_settings_passed_through(tmp_p
     assert isinstance(engine, SparkEngine) and engine.master == "spark://head:7077" and engine.checkpoint_dir == "hdfs:///tmp/tcm"
     assert engine.settings == {"spark.executor.instances": "8", "spark.executor.memory": "8g", "spark.dynamicAllocation.enabled": "false"}
     assert make_engine(config, stage="convert").name == "local"  # no Spark implementation yet
-    # Repeated paragraphs of a judged category's source: dedup runs locally unless switched off.
+    # Repeated paragraphs of web sources (the default build) run on Spark too.
     web = '[[sources]]\nname = "site"\nkind = "crawl"\ncategory = "web"\nstart_urls = ["http://127.0.0.1:9/"]\n[engine]\nkind = "spark"\n'
-    assert make_engine(parse_config(web, tmp_path), stage="dedup").name == "local"
-    assert make_engine(parse_config(web + "[dedup.paragraphs]\nenabled = false\n", tmp_path), stage="dedup").name == "spark"
+    assert make_engine(parse_config(web, tmp_path), stage="dedup").name == "spark"
     assert make_engine(config, stage="dedup").name == "spark"
     assert make_engine(config, "local", stage="clean").name == "local"
 
@@ -328,3 +414,19 @@ def test_pack_on_spark_equals_local(spark_engine, shared_data, tmp_path):
     assert rejected[0] == rejected[1] and rejected[0]
     for name in ("megatron/tokens.bin", "megatron/tokens.idx"):
         assert (tmp_path / "spark" / name).read_bytes() == (tmp_path / "local" / name).read_bytes()
+
+
+def test_a_cluster_session_ships_the_pipelines_code_and_keeps_the_users_archives(tmp_path):
+    import tarfile
+
+    from transforms.engines.spark.session import CODE_FOLDER, code_archive, ship_code
+
+    settings = ship_code({"spark.archives": "/shared/tcm-env.tar.gz#env", "spark.executorEnv.PYTHONPATH": "extra"})
+    archives = settings["spark.archives"].split(",")
+    assert archives[0] == "/shared/tcm-env.tar.gz#env" and archives[1].endswith(f".tar.gz#{CODE_FOLDER}")
+    assert settings["spark.executorEnv.PYTHONPATH"].split(os.pathsep) == [CODE_FOLDER, "extra"]
+    archive = code_archive(tmp_path)
+    assert code_archive(tmp_path) == archive  # built once per version of the code
+    names = tarfile.open(archive).getnames()
+    assert {"schemas/__init__.py", "transforms/dedup/paragraphs.py", "transforms/resources/corrections.tsv"} <= set(names)
+    assert not any("__pycache__" in n or n.startswith("flows/") for n in names)

@@ -1,5 +1,5 @@
-"""The dedup flow: `transforms.stages.run_dedup` with the [dedup] section. Repeated paragraphs
-have no Spark implementation, so `make_engine` keeps dedup local when they apply."""
+"""The dedup flow: `transforms.stages.run_dedup` with the [dedup] section, on the engine chosen
+by `make_engine` (repeated paragraphs and the persistent index included on Spark)."""
 from __future__ import annotations
 
 from .runner import _simple_stage

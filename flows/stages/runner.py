@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import resource
 import time
 from importlib import metadata
 from pathlib import Path
@@ -65,22 +66,16 @@ def code_version() -> str:
         return "dev"
 
 
-# Stages with no Spark implementation run on the local engine when the build runs on Spark.
+# Stages with no Spark implementation run on the local engine when the build runs on Spark:
+# convert is bound by its LLM endpoint, not by cores; the selection dry run is a report over
+# in-memory batches. Crawl, ingest, validate and export take no engine (they run in the driver).
 LOCAL_ONLY_STAGES = ("convert", "selection-dry-run")
-
-
-def _paragraphs_judged(config: BuildConfig) -> bool:
-    """Whether dedup would strip repeated paragraphs: enabled, and a source of a judged category."""
-    rule = config.dedup.paragraphs
-    return rule.enabled and any(source.category in rule.categories for source in config.sources)
 
 
 def make_engine(config: BuildConfig, kind: Optional[str] = None, stage: Optional[str] = None):
     """The engine a stage runs on. A Spark engine builds its session from `[engine]` when the
     stage's task first needs it, so the Spark job runs inside that Prefect task."""
     kind = kind or config.engine.kind
-    if kind == "spark" and stage == "dedup" and _paragraphs_judged(config):
-        kind = "local"  # repeated paragraphs have no Spark implementation
     if kind == "spark" and stage not in LOCAL_ONLY_STAGES:
         from transforms.engines.spark import SparkEngine
 
@@ -101,16 +96,15 @@ def _expected(stage: str, config_section: object, inputs: list[Path]) -> StageMa
 
 def _final_failures() -> tuple[type[BaseException], ...]:
     """Failures no retry can mend: a refused key or model, a user's mistake, a busy work folder."""
-    from transforms.ingest.importers import SourceError
-    from transforms.convert.llm.client import EndpointError
-    from transforms.convert.llm.unify import ConvertError
-
     from schemas.dataset import DatasetError
 
     from ..config import ConfigError
     from ..locks import LockBusy
+    from ..runtime import loaded_classes
 
-    return (EndpointError, ConvertError, SourceError, DatasetError, ConfigError, ValidationFailed, LockBusy, NothingKept)
+    return (DatasetError, ConfigError, ValidationFailed, LockBusy, NothingKept) + loaded_classes(
+        "transforms.convert.llm.client:EndpointError", "transforms.convert.llm.unify:ConvertError",
+        "transforms.ingest.importers:SourceError")
 
 
 def retry_unless_final(task, task_run, state) -> bool:
@@ -182,14 +176,22 @@ def _run_stage(stage: str, output: Path, config_section: object, inputs: list[Pa
             retry_delay_seconds=run_control.retry_delay_seconds,
             timeout_seconds=run_control.timeout_seconds,
         )
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), cpu_seconds()
     if task_fn is None:
         manifest = chosen(stage, work, expected, input_rows(inputs))
     else:  # a stage's own task: (work, manifest, stage=, total_rows=)
         manifest = chosen(work, expected, stage=stage, total_rows=input_rows(inputs))
-    summary = {**_summary(manifest), "skipped": False, "seconds": round(time.perf_counter() - started, 2), "output": str(output)}
+    summary = {**_summary(manifest), "skipped": False, "seconds": round(time.perf_counter() - started, 2),
+               "cpu_seconds": round(cpu_seconds() - cpu, 2), "output": str(output)}
     logger.info("%s: %s", stage, _ledger_line(manifest))
     return summary
+
+
+def cpu_seconds() -> float:
+    """CPU seconds (user + system) of this process and of its children that have ended: a
+    stage's worker processes end with the stage, so the difference around it is what it cost."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
 def _summary(manifest: StageManifest) -> dict:

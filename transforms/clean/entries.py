@@ -37,6 +37,9 @@ POINTER_SENTENCE = re.compile(
     r"^(?:(?:[一二三四五六七八九十]+方)?[方治法制证说义解注论详俱具并互已余又亦皆仍宜参]{0,4}(?:见|载)[^。！？；，\s]{0,24}"
     r"|(?:[方治法制证]{0,2})同(?:上|前)(?:法|症|证|方)?|参看[^。！？；，\s]{0,24}|详载于下)[。；]?$"
 )
+_POINTER_MARK = re.compile(r"[见载同参]")
+# A part of SENTENCE_SPLIT (text up to and with a sentence end or space) holding a mark.
+_MARKED_SENTENCE = re.compile(r"(?:(?<=[。！？；\s])|^)[^。！？；\s]*[见载同参][^。！？；\s]*[。！？；\s]?")
 SENTENCE_SPLIT = re.compile(r"(?<=[。！？；\s])")
 SENTENCE_END = set("。！？!?…")
 # After a sentence's end: closing brackets and quotes, and a source tag (〔证〕 〔嘉〕); or a
@@ -52,7 +55,8 @@ HAN = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0003134f
 # A dose: a number (Arabic or Chinese) and a unit (三钱, 10g, 半两, 一枚): a line of a formula.
 DOSE = re.compile(r"[0-9一二三四五六七八九十百半两.]+\s*(?:克|g|钱|两|分|枚|个|片|升|合|斤|铢|毫升|ml|mg|粒|条|只|匙|钱匕)")
 
-BRACKETS = re.compile(r"[（）()〔〕【】\[\]]")
+BRACKET_CHARS = frozenset("（）()〔〕【】[]")
+BRACKETS = re.compile(f"[{re.escape(''.join(sorted(BRACKET_CHARS)))}]")
 PUNCTUATION = re.compile(r"[。，、；：！？,.;:!?∶…—]")
 UNPUNCTUATED_HAN_SHARE = 0.8
 # More runs than this, separated by spaces, make a list (of diseases, of a chapter's contents).
@@ -104,7 +108,7 @@ def body_tags(texts: list[str], prefix: np.ndarray, matcher) -> dict[str, np.nda
 
 def _judge(body: str, titled: bool, matcher) -> tuple[int, str]:
     content = strip_pointers(body)
-    chars = len(SPACE.sub("", content))
+    chars = len("".join(content.split()))  # spaces not counted
     pointed = content != body.strip()
     if body.strip() and not HAN.search(content):
         return chars, "cross_reference"
@@ -142,19 +146,77 @@ def unpunctuated(text: str) -> bool:
 def strip_pointers(body: str) -> str:
     """The body less its cross-references: bracketed pointers anywhere, and sentences that are
     only a pointer."""
-    lines = []
-    for line in BRACKETED_POINTER.sub("", body).split("\n"):
-        line = "".join(part for part in SENTENCE_SPLIT.split(line) if not POINTER_SENTENCE.match(part.strip()))
-        if line.strip():
-            lines.append(line)
-    return "\n".join(lines)
+    if "（" in body or "(" in body or "〔" in body:
+        body = BRACKETED_POINTER.sub("", body)
+    # Every pointer holds a mark (见 载 同上/同前 参看): only the sentences holding one are judged,
+    # each as SENTENCE_SPLIT cuts it within its line (a line's own end stays).
+    if _POINTER_MARK.search(body):
+        kept, last = [], 0
+        for part in _MARKED_SENTENCE.finditer(body):
+            sentence = part.group()
+            if POINTER_SENTENCE.match(sentence.strip()):
+                kept.append(body[last : part.start()])
+                last = part.end() - sentence.endswith("\n")
+        if kept:
+            kept.append(body[last:])
+            body = "".join(kept)
+    return "\n".join(line for line in body.split("\n") if line.strip())
 
 
 def ends_sentence(body: str) -> bool:
     """Whether the body's last sentence is finished; a body that is all one bracketed note
     (（皆出四川。）) is judged by what is inside."""
     body = body.rstrip()
-    for tail in (CLOSERS.sub("", body), TRAILING_NOTE.sub("", body), CLOSERS.sub("", BRACKETS.sub("", body))):
+    for tail in (strip_closers(body), strip_trailing_notes(body)):
         if tail and tail[-1] in SENTENCE_END:
             return True
-    return False
+    # CLOSERS.sub("", BRACKETS.sub("", body)) ends with the last character that is no bracket, closer or space.
+    end = len(body)
+    while end and (body[end - 1] in BRACKET_CHARS or body[end - 1] in _CLOSING or body[end - 1].isspace()):
+        end -= 1
+    return bool(end) and body[end - 1] in SENTENCE_END
+
+
+# CLOSERS.sub("", text) and TRAILING_NOTE.sub("", text), read from the end: the last character
+# decides which token can end the text (a closer or space, a 〔source tag〕, a (note)), so
+# taking tokens off the end until none fits strips the longest run the patterns match, without
+# the regex trying every position of a long body.
+_CLOSING = frozenset("）)」』”’》]")
+
+
+def _source_tag_start(text: str, end: int) -> int:
+    """Where the 〔X〕 (1 to 4 characters inside) that ends text[:end] opens, or -1."""
+    for k in range(end - 2, max(end - 7, -1), -1):
+        if text[k] in "〔〕":
+            return k if text[k] == "〔" and k < end - 2 else -1
+    return -1
+
+
+def strip_closers(text: str) -> str:
+    """`text` less its trailing closing brackets, quotes, spaces and 〔source tags〕 (CLOSERS)."""
+    end = len(text)
+    while end:
+        last = text[end - 1]
+        if last in _CLOSING or last.isspace():
+            end -= 1
+        elif last == "〕" and (start := _source_tag_start(text, end)) >= 0:
+            end = start
+        else:
+            break
+    return text[:end]
+
+
+def strip_trailing_notes(text: str) -> str:
+    """`text` less its trailing bracketed notes, 〔source tags〕 and spaces (TRAILING_NOTE)."""
+    end = len(text)
+    while end:
+        last = text[end - 1]
+        if last.isspace():
+            end -= 1
+        elif last == "〕" and (start := _source_tag_start(text, end)) >= 0:
+            end = start
+        elif last in "）)" and (start := max(text.rfind(b, 0, end - 1) for b in "（）()")) >= 0 and text[start] in "（(":
+            end = start
+        else:
+            break
+    return text[:end]

@@ -64,25 +64,31 @@ class LanguageIdentifier:
         """(language, probability) of each text; '' and 0 for a text without letters."""
         if not texts:
             return [], np.zeros(0)
-        lines = [t[: self.max_chars].replace("\n", " ").replace("\r", " ") for t in texts]
-        labels, probs = self.model.predict(lines, k=TOP_K)
         stats = stats or TextBatch(texts)
         han, kana, hangul = stats.count(HAN), stats.count(KANA), stats.count(HANGUL)
         letters = han + kana + hangul + stats.count(LATIN, LETTER)
         han_share = ratio(han, letters)
-        langs, scores = [], np.zeros(len(texts))
-        for i, (label_row, prob_row) in enumerate(zip(labels, probs)):
+        langs, scores = [""] * len(texts), np.zeros(len(texts))
+        # Without letters: no language. All letters Han, no kana or hangul: Chinese at 1.0 whatever
+        # the model says (the score is the larger of its Han-family mass and the Han share). The
+        # model reads only the other texts.
+        all_han = (han > 0) & (han == letters) & (kana == 0) & (hangul == 0)
+        asked = np.flatnonzero((letters > 0) & ~all_han).tolist()
+        for i in np.flatnonzero(all_han).tolist():
+            langs[i], scores[i] = "zh", 1.0
+        if not asked:
+            return langs, scores
+        lines = [texts[i][: self.max_chars].replace("\n", " ").replace("\r", " ") for i in asked]
+        labels, probs = self.model.predict(lines, k=TOP_K)
+        for i, label_row, prob_row in zip(asked, labels, probs):
             codes = [label[9:] for label in label_row]  # "__label__zh"
-            if letters[i] == 0:
-                langs.append("")
-                continue
             if han[i] and not kana[i] and not hangul[i] and (han_share[i] >= 0.5 or codes[0] in HAN_SCRIPT_LABELS):
-                langs.append("zh")
+                langs[i] = "zh"
                 # The model is unsure of classical Chinese (its mass spreads over ko, vi ...);
                 # the script is evidence too, so the score is the larger of the two.
                 family = sum(float(p) for c, p in zip(codes, prob_row) if c in HAN_SCRIPT_LABELS)
                 scores[i] = min(1.0, max(family, float(han_share[i])))
             else:
-                langs.append(codes[0])
+                langs[i] = codes[0]
                 scores[i] = min(1.0, float(prob_row[0]))
         return langs, scores

@@ -18,6 +18,8 @@ import re
 import unicodedata
 from functools import lru_cache
 
+import numpy as np
+
 
 # Full-width punctuation that plain NFKC would turn into ASCII (and the Chinese ellipsis …,
 # which it would turn into three dots).
@@ -120,3 +122,120 @@ def match_key(text: str) -> str:
     text = nfkc(_INVISIBLE.sub("", text))
     text = _converter("t2s").convert(text)
     return _NOT_WORD.sub("", text).lower()
+
+
+# A separator no match form can hold: match_keys joins a batch with it for one OpenCC call
+# (control characters are removed before OpenCC, and no OpenCC phrase spans one).
+_BATCH_SEPARATOR = "\x01"
+
+
+@lru_cache(maxsize=1)
+def _key_tables() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per code point of the Basic Multilingual Plane, what match_key's character-local steps
+    make of it: (fold, simple_fold, word, simple_word).
+
+    - fold: the code point after invisible removal and the house NFKC (0 where removed);
+      simple_fold: False where the result depends on the neighbours (a combining mark, a
+      character a composition can absorb, a fold into several characters), so a text holding
+      one takes match_key itself;
+    - word: kept in the key (alphanumeric, as the regex's \\w less "_"), lower-cased in `fold`'s
+      place; simple_word: False where lower-casing is not one character to one (İ, and Σ,
+      whose lower case depends on the next character)."""
+    size = 0x10000
+    fold = np.arange(size, dtype=np.uint32)
+    simple_fold = np.ones(size, bool)
+    word = np.zeros(size, bool)
+    lower = np.arange(size, dtype=np.uint32)
+    simple_word = np.ones(size, bool)
+    # Characters a canonical composition can absorb into the character before them.
+    seconds = set()
+    for cp in range(0x110000):
+        parts = unicodedata.decomposition(chr(cp)).split()
+        if len(parts) == 2 and not parts[0].startswith("<"):
+            seconds.add(int(parts[1], 16))
+    seconds.update(range(0x1100, 0x1200))  # Hangul jamo compose algorithmically
+    seconds.update(range(0x3130, 0x3190))
+    for cp in range(size):
+        if 0xD800 <= cp <= 0xDFFF:
+            simple_fold[cp] = simple_word[cp] = False
+            continue
+        char = chr(cp)
+        if _INVISIBLE.match(char):
+            fold[cp] = 0
+        else:
+            folded = char if char in _CJK_PUNCT else unicodedata.normalize("NFKC", char)
+            if (len(folded) != 1 or cp in seconds or ord(folded) in seconds or unicodedata.combining(char)
+                    or unicodedata.combining(folded)):
+                simple_fold[cp] = False
+            else:
+                fold[cp] = ord(folded)
+        if char.isalnum():
+            lowered = char.lower()
+            if len(lowered) != 1 or char == "\u03a3":
+                simple_word[cp] = False
+            else:
+                word[cp] = True
+                lower[cp] = ord(lowered)
+    return fold, simple_fold, np.where(word, lower, 0).astype(np.uint32), simple_word
+
+
+def _code_points(texts: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(code points of all texts, where each text starts and where it ends in them)."""
+    lengths = np.fromiter(map(len, texts), np.int64, len(texts))
+    ends = np.cumsum(lengths)
+    return np.frombuffer("".join(texts).encode("utf-32-le"), np.uint32), ends - lengths, ends
+
+
+def _look_up(points: np.ndarray, table: np.ndarray, simple: np.ndarray, ends: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(table's value for each code point, per text whether one of its code points is outside
+    the BMP or not `simple`: that text takes the per-text path)."""
+    astral = points > 0xFFFF
+    index = np.minimum(points, 0xFFFF) if astral.any() else points
+    bad = ~simple[index] | astral
+    slow = np.zeros(len(ends), bool)
+    if bad.any():
+        slow[np.searchsorted(ends, np.flatnonzero(bad), side="right")] = True
+    return table[index], slow
+
+
+def _kept_texts(values: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> list[str]:
+    """The texts that the nonzero `values` (code points) of each [start, end) span make."""
+    dropped = np.flatnonzero(values == 0)
+    if len(dropped):
+        values = np.delete(values, dropped)
+        ends = ends - np.bincount(np.searchsorted(ends, dropped, side="right"), minlength=len(ends)).cumsum()[: len(ends)]
+        starts = np.concatenate([[0], ends[:-1]])
+    joined = values.tobytes().decode("utf-32-le")
+    return [joined[a:b] for a, b in zip(starts.tolist(), ends.tolist())]
+
+
+def match_keys(texts: list[str]) -> list[str]:
+    """match_key of each text, for a batch at once: identical results, a fraction of the cost.
+    The character-local steps (invisible removal, NFKC, punctuation and spacing dropped, lower
+    case) are table look-ups over the batch's code points; OpenCC runs once over the batch. A
+    text holding a character whose result depends on its neighbours (a combining mark, İ, Σ,
+    a character outside the BMP) takes match_key itself."""
+    if not texts:
+        return []
+    try:
+        return _match_keys(texts)
+    except UnicodeEncodeError:  # a lone surrogate: the per-text path says what it makes of it
+        return [match_key(text) for text in texts]
+
+
+def _match_keys(texts: list[str]) -> list[str]:
+    fold, simple_fold, word, simple_word = _key_tables()
+    points, starts, ends = _code_points(texts)
+    folded, slow = _look_up(points, fold, simple_fold, ends)
+    joined = _BATCH_SEPARATOR.join(_kept_texts(folded, starts, ends))
+    converted = _converter("t2s").convert(joined).split(_BATCH_SEPARATOR)
+    if len(converted) != len(texts):  # never expected; the per-text path is always right
+        return [match_key(text) for text in texts]
+    points, starts, ends = _code_points(converted)
+    kept, slow_word = _look_up(points, word, simple_word, ends)
+    keys = _kept_texts(kept, starts, ends)
+    for i in np.flatnonzero(slow).tolist():
+        keys[i] = match_key(texts[i])
+    for i in np.flatnonzero(slow_word & ~slow).tolist():
+        keys[i] = _NOT_WORD.sub("", converted[i]).lower()
+    return keys

@@ -53,6 +53,7 @@ _HAN = re.compile("[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0002ebef
 _DOSE = re.compile(r"(?:[一二三四五六七八九十百半0-9０-９]+[两钱分厘斤升合枚个片克g]|各|等分)")
 _LIST_MARKS = set("（(、，,。；;：:)）\n")
 MAX_SIDE = 12
+_BLANK = re.compile("|".join(map(re.escape, BLANKS)))
 
 
 class RepairError(ValueError):
@@ -161,9 +162,8 @@ class Repairer:
     def _fill(self, text: str, repairs: list[Repair]) -> Repaired:
         lost = 0
         fills: list[tuple[int, str]] = []  # (position of the blank, replacement)
-        for i, ch in enumerate(text):
-            if ch not in BLANKS:
-                continue
+        for blank in _BLANK.finditer(text):
+            i, ch = blank.start(), blank.group()
             if i == 0 or not _HAN.match(text[i - 1]):
                 lost += ch == LOST_MARK
                 continue

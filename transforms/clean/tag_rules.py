@@ -24,7 +24,6 @@ from __future__ import annotations
 import re
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -178,6 +177,8 @@ def _dup_ngrams(batch: TextBatch, params: dict) -> dict:
 def repeated_keys(keys: np.ndarray) -> np.ndarray:
     """Mask of the keys that occur more than once: a hash table (pandas), linear in the keys;
     sorting them (np.unique) costs twice as much."""
+    import pandas as pd  # here: a command that never tags lines does not import pandas
+
     return pd.Series(keys).duplicated(keep=False).to_numpy()
 
 

@@ -33,18 +33,29 @@ from __future__ import annotations
 
 import json
 import re
-from collections import Counter, defaultdict
+from collections import Counter
 from dataclasses import dataclass, field
+from functools import lru_cache
+from itertools import accumulate
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from transforms.dedup.keys import text_of
-from transforms.clean.normalize import match_key
+from transforms.clean.normalize import match_key, match_keys
+
+# The items' texts are keyed several times each while the index is built (stem, pieces, forms).
+_item_key = lru_cache(maxsize=1 << 16)(match_key)
 
 # Spans an exam item quotes from elsewhere: quotations and book titles.
 _QUOTED = re.compile(r"“[^”]*”|「[^」]*」|『[^』]*』|‘[^’]*’|\"[^\"]*\"|《[^》]*》")
 _OPTION_LABEL = re.compile(r"^\s*[A-Ha-h][.．、:：)）]\s*", re.MULTILINE)
+# N-grams are found by a 64-bit polynomial hash of their code points, screened by a table of
+# 2^FILTER_BITS flags and confirmed by comparing the text: a collision costs a comparison, never a result.
+_HASH_BASE = np.uint64(1_000_003)
+_MIX = np.uint64(0x9E3779B97F4A7C15)
+FILTER_BITS = 24
 
 
 def keyed_with_quotes(text: str) -> tuple[str, list[bool]]:
@@ -52,11 +63,11 @@ def keyed_with_quotes(text: str) -> tuple[str, list[bool]]:
     parts, quoted, last = [], [], 0
     for span in _QUOTED.finditer(text):
         for piece, inside in ((text[last : span.start()], False), (span.group(), True)):
-            key = match_key(piece)
+            key = _item_key(piece)
             parts.append(key)
             quoted.extend([inside] * len(key))
         last = span.end()
-    key = match_key(text[last:])
+    key = _item_key(text[last:])
     parts.append(key)
     quoted.extend([False] * len(key))
     return "".join(parts), quoted
@@ -66,23 +77,47 @@ def own_grams(text: str, n: int) -> set[str]:
     """The n-grams of a text's match form that are not wholly inside a quotation; all of them
     when every one is quoted."""
     key, quoted = keyed_with_quotes(text)
-    grams, own = set(), set()
-    for i in range(len(key) - n + 1):
-        gram = key[i : i + n]
-        grams.add(gram)
-        if not all(quoted[i : i + n]):
-            own.add(gram)
+    starts = range(len(key) - n + 1)
+    grams = {key[i : i + n] for i in starts}
+    if not any(quoted):
+        return grams
+    inside = list(accumulate(quoted, initial=0))  # quoted characters before each position
+    own = {key[i : i + n] for i in starts if inside[i + n] - inside[i] < n}
     return own or grams
+
+
+def window_hashes(points: np.ndarray, n: int) -> np.ndarray:
+    """The 64-bit polynomial hash (wrapping) of every run of `n` code points of `points`:
+    sum(points[i + j] * B^(n-1-j)), built by doubling (hash of a+b code points = hash of a * B^b
+    + hash of the b after them), so a 13-gram costs five passes instead of twelve."""
+    count = len(points) - n + 1
+    if count <= 0:
+        return np.zeros(0, np.uint64)
+    with np.errstate(over="ignore"):
+        span, power = points.astype(np.uint64), 1  # hashes of runs of `power` code points
+        total, width = None, 0  # hashes of runs of `width` code points, from the low bits of n up
+        while True:
+            if n & power:
+                if total is None:
+                    total = span.copy()
+                else:
+                    total = total[: len(span) - width] * (_HASH_BASE ** np.uint64(power)) + span[width:]
+                width += power
+            if power * 2 > n:
+                break
+            span = span[:-power] * (_HASH_BASE ** np.uint64(power)) + span[power:]
+            power *= 2
+    return total[:count]
 
 
 @dataclass
 class IndexedItem:
     benchmark: str
     item: str
-    # (n-grams, share needed) of each way the item may be printed; found when one is covered
-    forms: tuple[tuple[frozenset, float], ...]
-    # the n-grams of the clause the item cites, and the right option's text in match form
-    cited: frozenset = frozenset()
+    # (n-gram numbers, sorted; share needed) of each way the item may be printed; found when one is covered
+    forms: tuple[tuple[np.ndarray, float], ...]
+    # the numbers of the n-grams of the clause the item cites, and the right option's text in match form
+    cited: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))
     answer_key: str = ""
 
 
@@ -93,9 +128,9 @@ def item_forms(item: dict, n: int, min_overlap: float, question_overlap: float) 
     options = str(item.get("options") or "")
     answer = str(item.get("answer") or "")
     bare_options = _OPTION_LABEL.sub("", options)
-    bare_answer = answer if len(match_key(answer)) > 1 else ""
+    bare_answer = answer if len(_item_key(answer)) > 1 else ""
     texts = [(f"{question}\n{options}\n{answer}", min_overlap), (f"{question}\n{bare_options}\n{bare_answer}", min_overlap)]
-    if len(match_key(question)) >= n:
+    if len(_item_key(question)) >= n:
         texts.append((question, question_overlap if options.strip() else min_overlap))
     forms: list[tuple[frozenset, float]] = []
     for text, share in texts:
@@ -109,27 +144,38 @@ def cited_grams(item: dict, n: int) -> frozenset:
     """The n-grams of the words an item cites: its quoted spans of at least n characters (in
     match form), else its whole stem."""
     question = str(item.get("question") or "")
-    quoted = [key for key in (match_key(span.group()) for span in _QUOTED.finditer(question)) if len(key) >= n]
-    texts = quoted or [match_key(question)]
+    quoted = [key for key in (_item_key(span.group()) for span in _QUOTED.finditer(question)) if len(key) >= n]
+    texts = quoted or [_item_key(question)]
     return frozenset(text[i : i + n] for text in texts for i in range(len(text) - n + 1))
 
 
 def answer_text(item: dict) -> str:
     """The right option's text in match form (`answer` is that text for choice items), or "" when
     it has fewer than two characters (a letter, a digit: no evidence in a row)."""
-    key = match_key(str(item.get("answer") or ""))
+    key = _item_key(str(item.get("answer") or ""))
     return key if len(key) >= 2 else ""
 
 
 @dataclass
 class ContaminationIndex:
+    """The benchmark items' n-grams, numbered: `vocabulary` holds n-gram g at [g*n, (g+1)*n);
+    `hashes` (sorted) and `hash_grams` find a number by hash; `postings[g]` lists, in item order,
+    the items whose n-grams include g (`posting_starts` delimits them). Compact, so it pickles
+    to a worker in milliseconds."""
+
     ngram: int
     min_overlap: float
     question_overlap: float = 0.9
     cite_overlap: float = 0.6
     answer_window: int = 64
-    grams: dict[str, list[int]] = field(default_factory=dict)
     items: list[IndexedItem] = field(default_factory=list)
+    vocabulary: str = ""
+    hashes: np.ndarray = field(default_factory=lambda: np.zeros(0, np.uint64))
+    hash_grams: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    posting_starts: np.ndarray = field(default_factory=lambda: np.zeros(1, np.int64))
+    postings: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))
+    # per item: the fewest of its n-grams a text must hold for any form or its cited words to pass
+    floors: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float64))
     # benchmark -> {"items": read, "indexed": in the index, "too_short": not indexable}
     coverage: dict[str, Counter] = field(default_factory=dict)
 
@@ -145,6 +191,10 @@ class ContaminationIndex:
         """What the stage's manifest says of the reference: items indexed, per benchmark."""
         return {"reference_items": len(self.items), "benchmarks": dict(Counter(item.benchmark for item in self.items))}
 
+    @property
+    def gram_count(self) -> int:
+        return len(self.vocabulary) // self.ngram if self.ngram else 0
+
     @classmethod
     def build(
         cls, items: list[dict], ngram: int = 13, min_overlap: float = 0.5, min_chars: int = 8, question_overlap: float = 0.9,
@@ -152,11 +202,17 @@ class ContaminationIndex:
     ) -> "ContaminationIndex":
         index = cls(ngram=ngram, min_overlap=min_overlap, question_overlap=question_overlap, cite_overlap=cite_overlap,
                     answer_window=answer_window)
+        numbers: dict[str, int] = {}
+        gram_lists, item_lists = [], []  # per item: the numbers of all its n-grams, and its own number
+
+        def numbered(grams) -> np.ndarray:
+            return np.sort(np.fromiter(map(numbers.__getitem__, grams), np.int32, len(grams)))
+
         for item in items:
             benchmark = str(item.get("benchmark", ""))
             counts = index.coverage.setdefault(benchmark, Counter())
             counts["items"] += 1
-            whole = "".join(match_key(str(item.get(k) or "")) for k in ("question", "options", "answer"))
+            whole = "".join(_item_key(str(item.get(k) or "")) for k in ("question", "options", "answer"))
             forms = item_forms(item, ngram, min_overlap, question_overlap) if len(whole) >= min_chars else []
             if not forms:
                 counts["too_short"] += 1
@@ -164,23 +220,77 @@ class ContaminationIndex:
             number = len(index.items)
             answer = answer_text(item)
             cited = cited_grams(item, ngram) if answer else frozenset()
-            index.items.append(IndexedItem(benchmark, str(item.get("item", number)), tuple(forms), cited, answer))
             counts["indexed"] += 1
-            for gram in frozenset().union(cited, *(grams for grams, _ in forms)):
-                index.grams.setdefault(gram, []).append(number)
+            grams = [numbers.setdefault(gram, len(numbers)) for gram in frozenset().union(cited, *(grams for grams, _ in forms))]
+            gram_lists.append(np.array(grams, np.int32))
+            item_lists.append(np.full(len(grams), number, np.int32))
+            index.items.append(IndexedItem(
+                benchmark, str(item.get("item", number)), tuple((numbered(grams), share) for grams, share in forms),
+                numbered(cited), answer,
+            ))
+        index.vocabulary = "".join(numbers)
+        points = np.frombuffer(index.vocabulary.encode("utf-32-le"), np.uint32).reshape(len(numbers), ngram)
+        hashes = np.zeros(len(numbers), np.uint64)
+        with np.errstate(over="ignore"):
+            for k in range(ngram):
+                hashes = hashes * _HASH_BASE + points[:, k].astype(np.uint64)
+        order = np.argsort(hashes, kind="stable")
+        index.hashes, index.hash_grams = hashes[order], order
+        all_grams = np.concatenate(gram_lists) if gram_lists else np.zeros(0, np.int32)
+        # Postings in item order within each n-gram: a stable sort of (n-gram, item) by n-gram.
+        index.postings = (np.concatenate(item_lists) if item_lists else np.zeros(0, np.int32))[np.argsort(all_grams, kind="stable")]
+        index.posting_starts = np.concatenate([[0], np.cumsum(np.bincount(all_grams, minlength=len(numbers)))]).astype(np.int64)
+        index.floors = np.array([
+            min([needed * len(form) for form, needed in item.forms] + ([cite_overlap * len(item.cited)] if len(item.cited) else []))
+            for item in index.items
+        ], np.float64)
         return index
 
-    def _hits(self, key: str) -> dict[int, dict[str, int]]:
-        """Per item number, its n-grams present in a match form, with their first position."""
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        # Rebuilt where they are needed: cheaper to build than to send.
+        state.pop("_filter", None)
+        state.pop("_item_sets", None)
+        return state
+
+    def _screen(self) -> np.ndarray:
+        """Per bucket of the mixed hash's top FILTER_BITS bits: whether an n-gram of the index falls in it."""
+        screen = self.__dict__.get("_filter")
+        if screen is None:
+            screen = np.zeros(1 << FILTER_BITS, bool)
+            with np.errstate(over="ignore"):
+                screen[(self.hashes * _MIX) >> np.uint64(64 - FILTER_BITS)] = True
+            self.__dict__["_filter"] = screen
+        return screen
+
+    def present_grams(self, keys: list[str]) -> list[dict[int, int]]:
+        """Per match form: its n-grams that are in the index, as {n-gram number: first position}."""
         n = self.ngram
-        hits: dict[int, dict[str, int]] = defaultdict(dict)
-        for i in range(len(key) - n + 1):
-            gram = key[i : i + n]
-            numbers = self.grams.get(gram)
-            if numbers:
-                for number in numbers:
-                    hits[number].setdefault(gram, i)
-        return hits
+        present: list[dict[int, int]] = [{} for _ in keys]
+        if not len(self.hashes) or not keys:
+            return present
+        joined = "".join(keys)
+        ends = np.cumsum(np.fromiter(map(len, keys), np.int64, len(keys)))
+        hashes = window_hashes(np.frombuffer(joined.encode("utf-32-le"), np.uint32), n)
+        with np.errstate(over="ignore"):
+            windows = np.flatnonzero(self._screen()[(hashes * _MIX) >> np.uint64(64 - FILTER_BITS)])
+        found = hashes[windows]
+        slots = np.searchsorted(self.hashes, found)
+        hit = self.hashes[np.minimum(slots, len(self.hashes) - 1)] == found
+        windows, slots = windows[hit], slots[hit]
+        owners = np.searchsorted(ends, windows, side="right")
+        inside = windows + n <= ends[owners]  # a window across two texts is no n-gram of either
+        starts = ends - np.fromiter(map(len, keys), np.int64, len(keys))
+        for window, slot, owner in zip(windows[inside].tolist(), slots[inside].tolist(), owners[inside].tolist()):
+            gram, value = joined[window : window + n], self.hashes[slot]
+            # Equal hashes: every n-gram of the index with this hash is compared.
+            while slot < len(self.hashes) and self.hashes[slot] == value:
+                number = int(self.hash_grams[slot])
+                if self.vocabulary[number * n : (number + 1) * n] == gram:
+                    present[owner].setdefault(number, window - int(starts[owner]))
+                    break
+                slot += 1
+        return present
 
     def find(self, text: str) -> list[tuple[str, str, float]]:
         """The items found in a text: (benchmark, item, share of the item's n-grams present)."""
@@ -190,20 +300,45 @@ class ContaminationIndex:
         """(items found, items cited with their answer) in a text, each as (benchmark, item,
         share of the n-grams present: of the item's forms, or of its cited words); an item
         found is not listed again as cited."""
-        key = match_key(text)
-        found, cited = [], []
-        for number, present in self._hits(key).items():
+        return self.find_batch([text])[0]
+
+    def find_batch(self, texts: list[str]) -> list[tuple[list, list]]:
+        """find_all of each text, for a batch at once (match forms and n-gram look-ups over the
+        whole batch; only texts sharing an n-gram with the index are judged one by one)."""
+        keys = match_keys(texts)
+        return [self._judge(key, present) if present else ([], []) for key, present in zip(keys, self.present_grams(keys))]
+
+    def _sets(self, number: int) -> tuple[tuple[tuple[frozenset, float], ...], frozenset]:
+        """An item's forms and cited words as sets of n-gram numbers, made when first needed."""
+        cache = self.__dict__.setdefault("_item_sets", {})
+        if number not in cache:
             item = self.items[number]
-            grams = present.keys()
-            shares = [(len(grams & form) / len(form), needed) for form, needed in item.forms]
+            cache[number] = (tuple((frozenset(form.tolist()), needed) for form, needed in item.forms), frozenset(item.cited.tolist()))
+        return cache[number]
+
+    def _judge(self, key: str, present: dict[int, int]) -> tuple[list, list]:
+        # Items in the order of their first n-gram in the text, then of the index.
+        grams = sorted(present, key=present.__getitem__)
+        listed = np.concatenate([self.postings[self.posting_starts[g] : self.posting_starts[g + 1]] for g in grams])
+        numbers, first, held = np.unique(listed, return_index=True, return_counts=True)
+        # An item holding fewer of the text's n-grams than its smallest form or cited words need
+        # cannot pass: left out before its sets are compared.
+        able = held >= self.floors[numbers] * (1 - 1e-9)
+        candidates = listed[np.sort(first[able])].tolist()
+        here = set(present)
+        found, cited = [], []
+        for number in candidates:
+            item = self.items[number]
+            forms, cited_words = self._sets(number)
+            shares = [(len(form & here) / len(form), needed) for form, needed in forms]
             passing = [share for share, needed in shares if share >= needed]
             if passing:
                 found.append((item.benchmark, item.item, max(passing)))
                 continue
-            if not item.cited:
+            if not cited_words:
                 continue
-            where = [present[g] for g in item.cited if g in present]
-            share = len(where) / len(item.cited)
+            where = [present[g] for g in cited_words & here]
+            share = len(where) / len(cited_words)
             if share >= self.cite_overlap and self._answer_near(key, item.answer_key, where):
                 cited.append((item.benchmark, item.item, share))
         return sorted(found, key=lambda hit: -hit[2]), sorted(cited, key=lambda hit: -hit[2])
@@ -227,8 +362,9 @@ def decontaminate_with_hits(
     `contaminated:<benchmark>:<item>` (action flag), `cites_answer:<benchmark>:<item>`, or null."""
     table = batch if isinstance(batch, pa.Table) else pa.Table.from_batches([batch])
     labels, removed, hits = [], [], []
-    for row_id, text in zip(table.column("id").to_pylist(), text_of(table, kind)):
-        found, cited = index.find_all(text) if index.items else ([], [])
+    texts = text_of(table, kind)
+    judged = index.find_batch(texts) if index.items else [([], [])] * len(texts)
+    for row_id, (found, cited) in zip(table.column("id").to_pylist(), judged):
         if found:
             labels.append(f"contaminated:{found[0][0]}:{found[0][1]}")
         else:

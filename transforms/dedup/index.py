@@ -45,6 +45,19 @@ class DedupIndex:
                 f"the config asks for {self.signature_params}: point dedup.index_path elsewhere or rebuild it"
             )
 
+    def schema_metadata(self) -> dict[bytes, bytes]:
+        """What a segment's Parquet schema carries: the signature parameters it was built with."""
+        return {_META_KEY: json.dumps(self.signature_params, sort_keys=True).encode()}
+
+    def check_file(self, file: Path) -> None:
+        """Raise IndexMismatch when a segment cannot be read or was built with other parameters
+        (its footer only: for engines that read the rows themselves)."""
+        try:
+            schema = pq.read_schema(file)
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise IndexMismatch(f"dedup index {file} cannot be read ({exc})") from None
+        self._check(file, schema)
+
     def segments(self, kind: str) -> list[Path]:
         folder = self.root / kind
         return sorted(folder.glob("segment-*.parquet")) if folder.is_dir() else []
@@ -121,7 +134,7 @@ class DedupIndex:
         folder = self.root / kind
         folder.mkdir(parents=True, exist_ok=True)
         table = rows.to_table()
-        table = table.replace_schema_metadata({_META_KEY: json.dumps(self.signature_params, sort_keys=True).encode()})
+        table = table.replace_schema_metadata(self.schema_metadata())
         target = folder / f"{segment}.parquet"
         tmp = folder / f".{segment}.tmp-{os.getpid()}"
         pq.write_table(table, tmp, compression="zstd")

@@ -46,9 +46,9 @@ def load_tokenizer(params: dict) -> PackTokenizer:
     """The stage's tokenizer, loaded once per process (keyed by path and file times)."""
     path = Path(params["tokenizer"])
     stamp = tuple((p.name, p.stat().st_mtime_ns, p.stat().st_size) for p in sorted(path.iterdir())) if path.is_dir() else (path.stat().st_mtime_ns,)
-    key = (str(path), stamp, params.get("eos_token"), params.get("pad_token"))
+    key = (str(path), stamp, params.get("eos_token"), params.get("pad_token"), params.get("encoder", "auto"))
     if key not in _tokenizers:
-        _tokenizers[key] = PackTokenizer(path, params.get("eos_token"), params.get("pad_token"))
+        _tokenizers[key] = PackTokenizer(path, params.get("eos_token"), params.get("pad_token"), params.get("encoder", "auto"))
     return _tokenizers[key]
 
 
@@ -220,7 +220,15 @@ def pack_shard(task: dict, context: dict) -> dict:
     params = context["params"]
     tokenizer = load_tokenizer(params)
     table = pq.read_table(task["path"], columns=list(CORPUS_COLUMNS))
+    before = tokenizer.encoded.copy()
+    tokenizer.switched = False
     sequences, rejected, figures = pack_table(table, tokenizer, params)
+    differences = 0
+    if tokenizer.switched:  # the tiktoken twin differed on a checked text: the whole shard from tokenizers
+        differences = tokenizer.encoded["differences"] - before["differences"]
+        before = tokenizer.encoded.copy()
+        sequences, rejected, figures = pack_table(table, tokenizer, params)
+    figures["encoder"] = {**dict(tokenizer.encoded - before), **({"differences": differences} if differences else {})}
     name = f"{SEQUENCES}/part-{task['index']:05d}.parquet"
     path = Path(context["folder"]) / name
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -37,9 +37,12 @@ class PackTokenizer:
     """A fast tokenizer with the special tokens and chat template of its folder.
 
     `path`: a tokenizer.json file, or a folder holding one. `eos_token`, `pad_token`: override
-    the folder's. Raises TokenizerError for a missing or unreadable file, or no EOS token."""
+    the folder's. `encoder`: "auto" encodes through the tokenizer's tiktoken twin where it has
+    one (byte-level BPE; `bpe_twin`), checked against `tokenizers` on a sample of texts;
+    "tokenizers" always uses the `tokenizers` library. Raises TokenizerError for a missing or
+    unreadable file, or no EOS token."""
 
-    def __init__(self, path: str | Path, eos_token: Optional[str] = None, pad_token: Optional[str] = None):
+    def __init__(self, path: str | Path, eos_token: Optional[str] = None, pad_token: Optional[str] = None, encoder: str = "auto"):
         try:
             from tokenizers import Tokenizer
         except ImportError:
@@ -93,6 +96,68 @@ class PackTokenizer:
         # A post-processor that already ends every text with EOS (some Llama-style tokenizers).
         probe = self.tokenizer.encode("a", add_special_tokens=True).ids
         self.appends_eos = bool(probe) and probe[-1] == self.eos_id
+        self._twin_setup(tokenizer_file, encoder)
+
+    # -- the tiktoken twin ------------------------------------------------------------------
+
+    CHECK_FIRST = 4  # texts of each encode_many call checked against `tokenizers`...
+    CHECK_EVERY = 64  # ...and one in this many after them
+
+    def _twin_setup(self, tokenizer_file: Path, encoder: str) -> None:
+        from collections import Counter
+
+        self.twin = None
+        self.twin_reason = "pack.encoder = tokenizers"
+        self.affixes: Optional[tuple[list[int], list[int]]] = None
+        self.encoded: Counter = Counter()  # texts per encoder, texts checked, differences
+        self.switched = False  # the twin differed from `tokenizers` since the flag was cleared
+        if encoder != "auto":
+            return
+        from .bpe_twin import bpe_twin
+
+        try:
+            spec = json.loads(tokenizer_file.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            self.twin_reason = f"tokenizer.json unreadable as JSON ({exc})"
+            return
+        self.twin, self.twin_reason = bpe_twin(spec)
+        if self.twin is None:
+            return
+        # What the post-processor puts around a text (a BOS, an EOS), from two probes.
+        affixes = []
+        for text in ("a", "中医 text 123"):
+            bare = self.tokenizer.encode(text, add_special_tokens=False).ids
+            full = self.tokenizer.encode(text, add_special_tokens=True).ids
+            at = next((i for i in range(len(full) - len(bare) + 1) if full[i : i + len(bare)] == bare), None)
+            affixes.append(None if at is None else (full[:at], full[at + len(bare) :]))
+        self.affixes = affixes[0] if affixes[0] is not None and affixes[0] == affixes[1] else None
+
+    def _twin_encode(self, texts: list[str], add_special_tokens: bool) -> Optional[list[list[int]]]:
+        """Ids from the twin, or None (no twin, or it differed on a checked text: then the twin
+        is dropped for good and `switched` is set, so a caller can redo what it encoded)."""
+        if self.twin is None or (add_special_tokens and self.affixes is None):
+            return None
+        ids = self.twin.encode(texts)
+        if add_special_tokens:
+            prefix, suffix = self.affixes
+            if prefix or suffix:
+                ids = [prefix + one + suffix for one in ids]
+        checked = list(range(min(len(texts), self.CHECK_FIRST))) + list(range(self.CHECK_FIRST, len(texts), self.CHECK_EVERY))
+        reference = self.tokenizer.encode_batch([texts[i] for i in checked], add_special_tokens=add_special_tokens)
+        self.encoded["checked"] += len(checked)
+        for i, expected in zip(checked, reference):
+            if ids[i] != expected.ids:
+                self.encoded["differences"] += 1
+                self.twin = None
+                self.twin_reason = f"tiktoken differed from tokenizers on {texts[i][:40]!r}"
+                self.switched = True
+                return None
+        self.encoded["tiktoken"] += len(texts)
+        return ids
+
+    @property
+    def encoder(self) -> str:
+        return "tiktoken" if self.twin is not None else "tokenizers"
 
     def _id(self, text: str, key: str) -> int:
         token_id = self.tokenizer.token_to_id(text)
@@ -120,12 +185,19 @@ class PackTokenizer:
             "pad_token": self.pad_token,
             "pad_id": self.pad_id,
             "chat_template": bool(self.chat_template),
+            "encoder": self.encoder,
+            "encoder_note": "" if self.twin is not None else self.twin_reason,
         }
 
     def encode_many(self, texts: list[str], add_special_tokens: bool = False) -> list[list[int]]:
-        """Token ids of each text, encoded in one batch (threads in the library, no offsets)."""
+        """Token ids of each text: through the tiktoken twin when there is one (the same ids,
+        checked on a sample), else `tokenizers` in one batch (no offsets)."""
         if not texts:
             return []
+        ids = self._twin_encode(texts, add_special_tokens)
+        if ids is not None:
+            return ids
+        self.encoded["tokenizers"] += len(texts)
         encode = getattr(self.tokenizer, "encode_batch_fast", self.tokenizer.encode_batch)
         return [e.ids for e in encode(texts, add_special_tokens=add_special_tokens)]
 

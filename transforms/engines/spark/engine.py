@@ -49,8 +49,9 @@ class SparkEngine:
         return run_map_stage(step, inputs, output, manifest, self, kinds, context_of, progress, extras, finish)
 
     def dedup(self, inputs, output, params, manifest, progress=None):
-        """Exact and MinHash clusters on Spark (`stages.run_dedup`, `near_dedup.py`)."""
-        from .stages import run_dedup
+        """Repeated paragraphs, exact and MinHash clusters and the persistent index on Spark
+        (`dedup.run_dedup`, `near_dedup.py`)."""
+        from .dedup import run_dedup
 
         return run_dedup(inputs, output, params, manifest, self, progress)
 

@@ -1,11 +1,10 @@
-"""The Spark engine's map stages and dedup, with the arguments and manifests of the local engine.
+"""The Spark engine's map stages, with the arguments and manifests of the local engine.
 
 Map stages (clean, select, decontaminate): the local step runs unchanged in `mapInArrow`; its
 kept and rejected results travel as one Arrow schema with a flag and are written as the two parts
 of the dataset; a third result (clean's stats, decontamination hits) travels as one extra row per
 batch, gathered on the driver in dataset order. The context goes to the executors once, as a
-broadcast variable. Dedup: `near_dedup`, with the local keep policy. Convert and sample run on the
-local engine under `--engine spark` (flows choose it).
+broadcast variable. Dedup is `dedup.py`.
 """
 from __future__ import annotations
 
@@ -191,95 +190,3 @@ def map_kinds(step, inputs, writer, manifest: StageManifest, engine, kinds, cont
         if progress:
             progress(kind, rows_in)
         yield kind, extras
-
-
-# -- dedup ------------------------------------------------------------------------------------
-
-
-def paragraphs_apply(spark, files: list[str], settings) -> bool:
-    """Whether the local stage would strip repeated paragraphs: enabled, and a document of a
-    judged category present (read from the category column alone)."""
-    from pyspark.sql import functions as F
-
-    if not settings.paragraph_option("enabled", True) or not files:
-        return False
-    categories = settings.paragraph_option("categories", ["web"])
-    if categories is None:
-        return True
-    return not read_files(spark, files).select("category").where(F.col("category").isin(list(categories))).isEmpty()
-
-
-def run_dedup(inputs, output, params, manifest: StageManifest, engine, progress: Progress | None = None) -> StageManifest:
-    """`transforms.dedup.deduplicate.run_dedup_stage` on Spark: the same clusters, kept rows, reasons,
-    `clusters` audit and stats. Repeated paragraphs and the persistent index stay local-only."""
-    from pyspark import StorageLevel
-    from pyspark.sql import functions as F
-
-    from schemas.records import CLUSTERS
-
-    from transforms.dedup.deduplicate import DedupSettings, method_stats
-    from .datasets import FILE_ORDINAL, with_order
-    from .near_dedup import NODE, cluster_decisions
-
-    settings = DedupSettings.from_params(params)
-    mh_params = settings.minhash_params()
-    if settings.method not in ("exact", "minhash"):
-        raise ValueError(f"dedup.method {settings.method!r}: expected exact or minhash")
-    if settings.index_path:
-        raise ValueError("dedup.index_path has no Spark implementation; leave it unset or run dedup with the local engine")
-    spark = engine.session
-    store = HadoopStore(spark)
-    stats = method_stats(settings.method, mh_params)
-    groups: dict[str, int] = {}
-    with SparkDatasetWriter(spark, output, manifest) as writer:
-        for kind in kinds_in(store, [str(p) for p in inputs], TEXT_KINDS):
-            files = input_files(store, inputs, kind)
-            if kind == DOCUMENTS and paragraphs_apply(spark, files, settings):
-                raise ValueError(
-                    "dedup.paragraphs has no Spark implementation and applies to these documents; "
-                    "set dedup.paragraphs.enabled = false or run dedup with the local engine"
-                )
-            raw = read_files(spark, files)
-            columns = raw.columns
-            rows = with_order(spark, raw, files)
-            rows = rows.withColumn(NODE, F.col(FILE_ORDINAL) * F.lit(1 << 32) + F.col(ROW_INDEX)).drop(FILE_ORDINAL, ROW_INDEX)
-            rows_in = rows.count()
-            decisions, found = cluster_decisions(rows, kind, columns, settings, mh_params)
-            decided = rows.join(decisions.select(NODE, F.col("reason").alias("_tcm_reason")), NODE, "left").orderBy(NODE).persist(StorageLevel.DISK_ONLY)
-            try:
-                is_kept = F.col("_tcm_reason").isNull()
-                rule = F.substring_index(F.col("_tcm_reason"), ":", 1)
-                tally = decided.groupBy(F.spark_partition_id().alias("task"), is_kept.alias("kept"), rule.alias("rule")).count().collect()
-                kept_by_task, rejected_by_task, reasons = Counter(), Counter(), Counter()
-                for task, kept_flag, reason, n in tally:
-                    (kept_by_task if kept_flag else rejected_by_task)[task] += n
-                    if not kept_flag:
-                        reasons[reason] += n
-                kept = writer.write(kind, decided.filter(is_kept).select(*columns), None, kept_by_task)
-                rejected = writer.reject(
-                    kind, decided.filter(~is_kept).select(*columns, F.col("_tcm_reason").alias("reason")), None, rejected_by_task, reasons
-                )
-            finally:
-                decided.unpersist()
-            audit = decisions.orderBy(NODE).select(
-                F.lit(kind).alias("kind"), "id", "cluster", "kept", "similarity", "match", "source", F.lit(False).alias("prior")
-            )
-            writer.write(CLUSTERS, audit)
-            if kept + rejected != rows_in:
-                raise LedgerError(f"{kind}: {rows_in} rows in, but {kept} kept + {rejected} rejected")
-            manifest.rows_in[kind] = manifest.rows_in.get(kind, 0) + rows_in
-            if progress:
-                progress(kind, rows_in)
-            groups[kind] = found["clusters"]
-            stats[kind] = {
-                "exact_duplicates": reasons.get("exact_duplicate_of", 0),
-                "near_duplicates": reasons.get("near_duplicate_of", 0),
-                "clusters": found["clusters"],
-                "candidate_pairs_checked": found["candidate_pairs_checked"],
-                "candidate_pairs_similar": found["candidate_pairs_similar"],
-                "prior_rows": 0,
-                "prior_segments": [],
-            }
-        manifest.stats["duplicate_groups"] = groups
-        manifest.stats["dedup"] = stats
-        return writer.commit()

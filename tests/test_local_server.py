@@ -1,0 +1,66 @@
+"""The local Prefect server that `flows run` commands share (flows/local_server.py): started by
+the first command, used by the next, stopped by itself once no command has used it for the idle
+time, and by `flows server stop`; each on its own PREFECT_HOME."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from flows.local_server import _running, read_state, state_dir, status, stop
+
+REPO = Path(__file__).resolve().parents[1]
+# A command's use of the server, without a flow: what `flows run` does before its flow runs.
+USE = ("import json, sys\nfrom flows.local_server import use_shared_server\n"
+       "use = use_shared_server(); use.wait_ready()\n"
+       "print(json.dumps({'url': use.url, 'pid': use.state['pid'], 'started_here': use.started_here}))\n")
+
+
+def use_server(home: Path, idle: float) -> dict:
+    env = {**os.environ, "PREFECT_HOME": str(home), "TCM_CORPUS_SERVER_IDLE_SECONDS": str(idle)}
+    env.pop("PREFECT_API_URL", None)
+    done = subprocess.run([sys.executable, "-c", USE], cwd=REPO, env=env, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout)
+
+
+def alive(pid: int) -> bool:
+    return _running(pid)
+
+
+def test_commands_share_one_server_which_stops_itself_when_idle(tmp_path):
+    home = tmp_path / "home"
+    first = use_server(home, idle=4)
+    second = use_server(home, idle=4)
+    assert first["started_here"] and not second["started_here"]
+    assert second["pid"] == first["pid"] and second["url"] == first["url"], "the second command reuses the server"
+    with urllib.request.urlopen(first["url"] + "/health", timeout=5) as response:
+        assert response.status == 200
+    assert status(home)["healthy"]
+    deadline = time.monotonic() + 60
+    while alive(first["pid"]) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not alive(first["pid"]), "the server outlived its idle time"
+    assert read_state(state_dir(home)) is None and not (state_dir(home) / "server.json").exists()
+
+
+def test_flows_server_stop_ends_it_and_the_next_command_starts_another(tmp_path):
+    home = tmp_path / "home"
+    first = use_server(home, idle=300)
+    env = {**os.environ, "PREFECT_HOME": str(home)}
+    stopped = subprocess.run([sys.executable, "-m", "flows", "server", "stop"], cwd=REPO, env=env, capture_output=True,
+                             text=True, timeout=60)
+    assert stopped.returncode == 0 and f"pid {first['pid']}" in stopped.stdout, stopped.stdout + stopped.stderr
+    assert not alive(first["pid"])
+    shown = subprocess.run([sys.executable, "-m", "flows", "server", "status"], cwd=REPO, env=env, capture_output=True, text=True)
+    assert "none running" in shown.stdout
+    second = use_server(home, idle=300)
+    try:
+        assert second["started_here"] and second["pid"] != first["pid"]
+    finally:
+        assert stop(home)["pid"] == second["pid"]
+    assert not alive(second["pid"])
