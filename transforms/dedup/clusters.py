@@ -96,7 +96,7 @@ class Fingerprints:
     def to_table(self) -> pa.Table:
         columns = {
             "id": pa.array(self.ids.tolist(), pa.string()),
-            "key": pa.array(self.keys.tolist(), pa.binary(16)),
+            "key": binary16(self.keys),
             "length": pa.array(self.lengths, pa.int64()),
             "quality": pa.array(self.quality, pa.float64()),
             "source": pa.array(self.sources.tolist(), pa.string()),
@@ -117,6 +117,12 @@ class Fingerprints:
             None if self.signatures is None else self.signatures[rows],
             None if self.shingles is None else self.shingles[rows],
         )
+
+
+def binary16(keys: np.ndarray) -> pa.Array:
+    """Exact keys (S16) as Arrow fixed-size binary, byte for byte: `keys.tolist()` would drop a
+    key's trailing zero bytes (numpy strips them) and the array would refuse it."""
+    return pa.FixedSizeBinaryArray.from_buffers(pa.binary(16), len(keys), [None, pa.py_buffer(np.ascontiguousarray(keys, dtype="S16").tobytes())])
 
 
 def _object_array(items: list) -> np.ndarray:

@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from . import minhash
-from .clusters import Fingerprints
+from .clusters import Fingerprints, binary16
 
 _META_KEY = b"tcm_corpus.dedup_index"
 
@@ -104,7 +104,7 @@ class DedupIndex:
         writer = None
         try:
             for table in tables:
-                table = table.replace_schema_metadata({_META_KEY: json.dumps(self.signature_params, sort_keys=True).encode()})
+                table = table.replace_schema_metadata(self.schema_metadata())
                 if writer is None:
                     writer = pq.ParquetWriter(tmp, table.schema, compression="zstd")
                 writer.write_table(table)
@@ -149,7 +149,7 @@ def index_table(ids: pa.Array, keys: np.ndarray, lengths: np.ndarray, quality: n
     (`clusters.ShingleSets` of these rows)."""
     columns = {
         "id": ids.cast(pa.string()),
-        "key": pa.FixedSizeBinaryArray.from_buffers(pa.binary(16), len(keys), [None, pa.py_buffer(np.ascontiguousarray(keys).tobytes())]),
+        "key": binary16(keys),
         "length": pa.array(lengths, pa.int64()),
         "quality": pa.array(quality, pa.float64()),
         "source": sources.cast(pa.string()),
