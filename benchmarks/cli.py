@@ -28,14 +28,15 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
 
 import pyarrow as pa  # noqa: E402
+from measure import server_cpu  # noqa: E402
 
 from schemas import DOCUMENTS, document_id, dumps_meta  # noqa: E402
 from schemas.dataset import DatasetWriter, StageManifest  # noqa: E402
 
 HERB = "味甘，性微温，归肺、脾经。能补气升阳，固表止汗，利水消肿，生津养血，行滞通痹，托毒排脓，敛疮生肌。用于气虚乏力，食少便溏。"
-TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def write_rows(folder: Path, n: int = 10) -> Path:
@@ -48,16 +49,6 @@ def write_rows(folder: Path, n: int = 10) -> Path:
         writer.write(DOCUMENTS, pa.Table.from_pylist(rows))
         writer.commit()
     return folder
-
-
-def server_cpu(home: Path) -> float:
-    """CPU-seconds the shared server of `home` has used so far (0 when none runs)."""
-    try:
-        pid = json.loads((home / "tcm-corpus-server" / "server.json").read_text())["pid"]
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / TICKS  # utime, stime
-    except (OSError, ValueError, KeyError, IndexError):
-        return 0.0
 
 
 def timed(args: list[str], env: dict, home: Path) -> dict:

@@ -47,11 +47,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
+from measure import PAGE, high_water, tree_rss  # noqa: E402
 GENERATOR_VERSION = 1
 TEXT_CHARS = 80
 SOURCES = 8
 FOOTER = "本站内容仅供参考不能代替执业医师的诊断和治疗"
-PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
 # -- the input --------------------------------------------------------------------------------
@@ -116,49 +117,6 @@ def generate(rows: int, folder: Path, seed: int = 7, file_rows: int = 500_000) -
         part += 1
     done.write_text(json.dumps({"rows": rows, "seed": seed, "version": GENERATOR_VERSION}))
     return folder
-
-
-# -- measuring a process tree -------------------------------------------------------------------
-
-
-def _stat_rss() -> tuple[dict[int, list[int]], dict[int, int]]:
-    children: dict[int, list[int]] = {}
-    rss: dict[int, int] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as handle:
-                fields = handle.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        pid = int(entry)
-        children.setdefault(int(fields[1]), []).append(pid)
-        rss[pid] = int(fields[21]) * PAGE
-    return children, rss
-
-
-def tree_rss(root: int) -> int:
-    """Resident bytes of `root` and all its descendants, from /proc."""
-    children, rss = _stat_rss()
-    total, stack = 0, [root]
-    while stack:
-        pid = stack.pop()
-        total += rss.get(pid, 0)
-        stack.extend(children.get(pid, []))
-    return total
-
-
-def high_water(pid: int) -> int:
-    """VmHWM of a process in bytes: its peak resident memory so far (0 once it has exited)."""
-    try:
-        with open(f"/proc/{pid}/status") as handle:
-            for line in handle:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
 
 
 def run_command(rows: int, data: Path, output: Path, config: Path) -> dict:

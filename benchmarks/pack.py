@@ -33,33 +33,12 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
+from measure import server_cpu, tree_rss  # noqa: E402
 IGNORE = -100
 
 
 # -- measuring a process tree -----------------------------------------------------------------
-
-
-def _tree_rss(root: int) -> int:
-    """Resident bytes of `root` and all its descendants, from /proc."""
-    children: dict[int, list[int]] = {}
-    rss: dict[int, int] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as handle:
-                fields = handle.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        pid, ppid = int(entry), int(fields[1])
-        children.setdefault(ppid, []).append(pid)
-        rss[pid] = int(fields[21]) * os.sysconf("SC_PAGE_SIZE")
-    total, stack = 0, [root]
-    while stack:
-        pid = stack.pop()
-        total += rss.get(pid, 0)
-        stack.extend(children.get(pid, []))
-    return total
 
 
 def measure(command: list[str], env: dict | None = None) -> dict:
@@ -71,7 +50,7 @@ def measure(command: list[str], env: dict | None = None) -> dict:
 
     def sample():
         while not done.is_set():
-            peak[0] = max(peak[0], _tree_rss(process.pid))
+            peak[0] = max(peak[0], tree_rss(process.pid))
             done.wait(0.1)
 
     sampler = threading.Thread(target=sample, daemon=True)
@@ -259,9 +238,6 @@ def main() -> None:
         shutil.rmtree(out, ignore_errors=True)
         config = work / "pack.toml"
         config.write_text(f'[pack]\ntokenizer = "{tokenizer}"\nseq_len = {args.seq_len}\ntemplate = "huatuo"\npacking = "best_fit"\nwindow = 1000\n\n[engine]\nworkers = 2\n', encoding="utf-8")
-        sys.path.insert(0, str(REPO / "benchmarks"))
-        from cli import server_cpu  # the shared Prefect server is no child of the command: count it apart
-
         server_before = server_cpu(work / "prefect")
         result = run([sys.executable, "-m", "flows", "run", "pack", "--input", str(corpus_dir), "--output", str(out), "--config", str(config)], env)
         result["server_cpu"] = server_cpu(work / "prefect") - server_before

@@ -183,7 +183,7 @@ def measure(command: list[str], folder: Path, env: dict | None = None) -> dict:
     """Run `command`; its process tree's CPU seconds, peak memory (largest process), exit code.
     With `env` (a `flows run` command), the CPU the shared Prefect server of env's PREFECT_HOME
     spent meanwhile counts too: it works for the command, outside its process tree."""
-    from benchmarks.cli import server_cpu
+    from benchmarks.measure import server_cpu
 
     home = Path(env["PREFECT_HOME"]) if env else None
     report = folder / f"measure-{time.monotonic_ns()}.json"
