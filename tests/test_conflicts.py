@@ -84,3 +84,22 @@ def test_report_lists_conflicting_answers_with_examples(tmp_path, qr_conversatio
     assert "Conflicting answers" in page and example["answers"][1]["answer"][:20] in page
     assert f"corpus: {found['prompts']} prompt(s)" in artifact_markdown(figures)
     assert "select:" in artifact_markdown(figures)
+
+
+def test_dry_run_counts_the_conflicting_answers_the_run_drops(tmp_path, qr_conversations):
+    """The dry run says what select would remove, conflicting answers included: its count is
+    the run's rejections, with examples naming the rows."""
+    from transforms.select.rules import describe_report
+
+    folder, rows = qr_conversations
+    report = stages.selection_dry_run([folder], {}, LocalEngine(workers=1))
+    run = stages.run_select([folder], tmp_path / "drop", {}, StageManifest(stage="select"), LocalEngine(workers=1))
+    part = report[CONVERSATIONS]
+    assert part["would_remove"] == run.rows_rejected[CONVERSATIONS] > 0
+    rule = part["rules"]["conflicting_answers"]
+    assert rule["would_remove"] == run.stats["conflicting_answers"]["rows"] and rule["examples"]
+    rejected = set(read_kind(tmp_path / "drop" / "rejected", CONVERSATIONS).column("id").to_pylist())
+    assert {e["id"] for e in rule["examples"]} <= rejected
+    assert f"{'conflicting_answers':<24} would remove {rule['would_remove']:>7}" in describe_report(report)
+    kept = stages.selection_dry_run([folder], {"conflicting_answers": "keep"}, LocalEngine(workers=1))
+    assert "conflicting_answers" not in kept[CONVERSATIONS]["rules"] and kept[CONVERSATIONS]["would_remove"] == 0

@@ -73,9 +73,23 @@ def _report_step(batch, context):
 
 def selection_dry_run(inputs, select_params, engine, clean_params: dict | None = None) -> dict:
     """What selection would remove, per kind and rule, with examples; writes nothing. With
-    `clean_params`, the inputs are untagged and are cleaned and tagged in memory first."""
+    `clean_params`, the inputs are untagged and are cleaned and tagged in memory first.
+
+    Conversations that pass every rule but give a prompt a different answer than another row
+    are counted under `conflicting_answers` when `[select] conflicting_answers = "drop"` (on
+    tagged inputs: the conflicts need the rules' verdicts first), as the select stage drops them."""
     report = {}
     for kind in kinds_present(inputs, TEXT_KINDS):
         parts = list(engine.map(_report_step, read_batches(inputs, kind, engine.batch_rows), (kind, clean_params, select_params)))
         report[kind] = selection.merge_reports(parts)
+    if CONVERSATIONS in report and clean_params is None and select_params.get("conflicting_answers", "drop") == "drop":
+        conflicts, rows, examples = answer_conflicts(inputs, select_params, engine)
+        if rows:
+            part = report[CONVERSATIONS]
+            part["would_remove"] += rows
+            part["rules"]["conflicting_answers"] = {
+                "would_remove": rows, "first_reason_for": rows, "by_kind": {},
+                "examples": [{"reason": f"conflicting_answers:{len(e['answers'])}", "id": a["id"], "text": f"{e['prompt']} -> {a['answer']}"}
+                             for e in examples[:3] for a in e["answers"][:2]],
+            }
     return report
