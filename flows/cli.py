@@ -311,7 +311,7 @@ def _print_result(flow: str, result: dict) -> None:
     for name, summary in stages.items():
         figures = summary.get("stats", {}).get("pack") if name == "pack" else None
         if figures:
-            print(f"packed: {summary['output']}  {figures['sequences']:,} sequences of {figures['seq_len']} tokens, "
+            print(f"packed: {Path(summary['output']).resolve()}  {figures['sequences']:,} sequences of {figures['seq_len']} tokens, "
                   f"{figures['tokens']:,} tokens ({figures['trained_tokens']:,} trained), {figures['items_per_sequence']} items "
                   f"per sequence, padding {figures['padding_share']:.2%}; {figures['split_rows']} split, "
                   f"{figures['truncated_rows']} truncated, {summary['rows_rejected'].get('corpus', 0)} rejected")
