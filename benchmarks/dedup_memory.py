@@ -36,7 +36,6 @@ import logging
 import os
 import resource
 import shutil
-import subprocess
 import sys
 import threading
 import time
@@ -48,7 +47,7 @@ import pyarrow.parquet as pq
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
-from measure import PAGE, high_water, tree_rss  # noqa: E402
+from measure import PAGE, run_sampled, tree_rss  # noqa: E402
 GENERATOR_VERSION = 1
 TEXT_CHARS = 80
 SOURCES = 8
@@ -127,26 +126,12 @@ def run_command(rows: int, data: Path, output: Path, config: Path) -> dict:
     command = [*launcher, "run", "dedup", "--input", str(data), "--output", str(output), "--config", str(config), "--json"]
     env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    started = time.perf_counter()
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO)
-    peaks = {"tree": 0, "driver": 0}
-    done = threading.Event()
-
-    def sample() -> None:
-        while not done.is_set():
-            peaks["tree"] = max(peaks["tree"], tree_rss(process.pid))
-            peaks["driver"] = max(peaks["driver"], high_water(process.pid))
-            done.wait(0.05)
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    stdout, stderr = process.communicate()
-    done.set()
-    sampler.join()
-    wall = time.perf_counter() - started
+    run = run_sampled(command, env, REPO, interval=0.05)
+    peaks = {"tree": run["tree_peak"], "driver": run["driver_peak"]}
+    stdout, stderr, wall = run["stdout"], run["stderr"], run["wall"]
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    if process.returncode != 0:
-        raise SystemExit(f"flows run dedup failed ({process.returncode}):\n{stderr[-3000:]}")
+    if run["returncode"] != 0:
+        raise SystemExit(f"flows run dedup failed ({run['returncode']}):\n{stderr[-3000:]}")
     # The driver's own high-water mark as the kernel kept it (RUSAGE_CHILDREN's maxrss is the
     # largest of the waited-for processes, the driver here): covers the last tick before exit.
     peaks["driver"] = max(peaks["driver"], after.ru_maxrss * 1024 if after.ru_maxrss > before.ru_maxrss else 0)

@@ -61,3 +61,31 @@ def server_cpu(home: Path) -> float:
         return (int(fields[11]) + int(fields[12])) / TICKS  # utime, stime
     except (OSError, ValueError, KeyError, IndexError):
         return 0.0
+
+
+def run_sampled(command: list[str], env: dict, cwd: Path, interval: float = 0.1) -> dict:
+    """Run `command` to its end, sampling every `interval` seconds the resident memory of its
+    process tree and the command's own high-water mark (VmHWM).
+
+    Returns {"returncode", "stdout", "stderr", "wall" (s), "tree_peak", "driver_peak" (bytes)}."""
+    import subprocess
+    import threading
+    import time
+
+    started = time.perf_counter()
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=cwd)
+    peaks = {"tree_peak": 0, "driver_peak": 0}
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            peaks["tree_peak"] = max(peaks["tree_peak"], tree_rss(process.pid))
+            peaks["driver_peak"] = max(peaks["driver_peak"], high_water(process.pid))
+            done.wait(interval)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    stdout, stderr = process.communicate()
+    done.set()
+    sampler.join()
+    return {"returncode": process.returncode, "stdout": stdout, "stderr": stderr, "wall": time.perf_counter() - started, **peaks}

@@ -26,15 +26,13 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
-from measure import server_cpu, tree_rss  # noqa: E402
+from measure import run_sampled, server_cpu  # noqa: E402
 IGNORE = -100
 
 
@@ -43,25 +41,10 @@ IGNORE = -100
 
 def measure(command: list[str], env: dict | None = None) -> dict:
     """Run `command`; wall seconds and the peak RSS of its process tree."""
-    started = time.perf_counter()
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})}, cwd=REPO)
-    peak = [0]
-    done = threading.Event()
-
-    def sample():
-        while not done.is_set():
-            peak[0] = max(peak[0], tree_rss(process.pid))
-            done.wait(0.1)
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    stdout, stderr = process.communicate()
-    done.set()
-    sampler.join()
-    wall = time.perf_counter() - started
-    if process.returncode != 0:
-        raise SystemExit(f"{command[:4]} failed ({process.returncode}):\n{stderr[-3000:]}")
-    return {"wall": wall, "peak_rss": peak[0], "stdout": stdout, "stderr": stderr}
+    result = run_sampled(command, {**os.environ, **(env or {})}, REPO)
+    if result["returncode"] != 0:
+        raise SystemExit(f"{command[:4]} failed ({result['returncode']}):\n{result['stderr'][-3000:]}")
+    return {"wall": result["wall"], "peak_rss": result["tree_peak"], "stdout": result["stdout"], "stderr": result["stderr"]}
 
 
 def run(command: list[str], env: dict | None = None) -> dict:

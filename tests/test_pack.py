@@ -388,7 +388,6 @@ def _qwen_style_tokenizer(texts: list[str], path: Path) -> Path:
 
 @pytest.mark.parametrize("kind", ["gpt2", "qwen2"])
 def test_tiktoken_twin_gives_the_same_ids_as_tokenizers(rows, tokenizer_dir, tmp_path, kind):
-    pytest.importorskip("tiktoken")
     texts = _texts_for_twin(rows)
     path = tokenizer_dir if kind == "gpt2" else _qwen_style_tokenizer(texts[:600], tmp_path / "tokenizer.json")
     fast = PackTokenizer(path)
@@ -402,7 +401,6 @@ def test_tiktoken_twin_gives_the_same_ids_as_tokenizers(rows, tokenizer_dir, tmp
 
 
 def test_pack_output_is_the_same_with_either_encoder_and_names_it(corpus_dir, tokenizer_dir, tmp_path):
-    pytest.importorskip("tiktoken")
     fast = run_pack([corpus_dir], tmp_path / "fast", params(tokenizer_dir, template="chatml"), StageManifest(stage="pack"), LocalEngine(1))
     plain = run_pack([corpus_dir], tmp_path / "plain", params(tokenizer_dir, template="chatml", encoder="tokenizers"), StageManifest(stage="pack"), LocalEngine(1))
     assert [f["sha256"] for f in fast.stats["pack"]["shards"]] == [f["sha256"] for f in plain.stats["pack"]["shards"]]
@@ -413,7 +411,6 @@ def test_pack_output_is_the_same_with_either_encoder_and_names_it(corpus_dir, to
 def test_a_twin_that_differs_is_dropped_and_the_shard_redone(corpus_dir, tokenizer_dir, tmp_path, monkeypatch):
     """A checked text whose ids differ: the twin goes for good, the shard is packed again from
     tokenizers alone, and the manifest counts the difference."""
-    pytest.importorskip("tiktoken")
     from transforms.pack import bpe_twin, stage
 
     real = bpe_twin.BpeTwin.encode

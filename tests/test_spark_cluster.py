@@ -248,8 +248,9 @@ class Cluster:
 
 @pytest.fixture
 def cluster(tmp_path_factory, request):
-    if shutil.which("java") is None and not os.environ.get("JAVA_HOME"):
-        pytest.skip("Spark needs Java 17 or newer")
+    # Like every Spark test, this one needs Java: a machine without it fails here with the fix,
+    # not later with a launcher error, and never passes by skipping the cluster it exists for.
+    assert shutil.which("java") or os.environ.get("JAVA_HOME"), "Spark needs Java 17 or newer: set JAVA_HOME or put java on PATH"
     cluster = Cluster(tmp_path_factory.mktemp("spark-cluster"))
 
     def tear_down():
