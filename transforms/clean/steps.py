@@ -228,7 +228,7 @@ def _with_replaced_bytes(debris: np.ndarray, batch: TextBatch, texts: list[str],
     as one more debris character."""
     if not any(meta and "debris_bytes" in meta for meta in metas):
         return debris
-    replaced = np.array([int(loads_meta(meta).get("debris_bytes") or 0) if meta else 0 for meta in metas], np.float64)
+    replaced = np.array([_debris_bytes(meta) for meta in metas], np.float64)
     marks = np.array([text.count("\ufffd") for text in texts], np.float64)
     extra = np.maximum(replaced - marks, 0)
     if not extra.any():
@@ -237,6 +237,17 @@ def _with_replaced_bytes(debris: np.ndarray, batch: TextBatch, texts: list[str],
     with np.errstate(invalid="ignore", divide="ignore"):
         adjusted = (np.nan_to_num(debris) * visible + extra) / (visible + extra)
     return np.where(extra > 0, adjusted, debris)
+
+
+def _debris_bytes(meta: str | None) -> int:
+    """meta["debris_bytes"] (0 when absent). An object whose every "debris_bytes" is written 0
+    (and that escapes nothing, so no key hides behind an escape) is not parsed: in most rows
+    decoding replaced nothing."""
+    if not meta:
+        return 0
+    if meta[0] == "{" and meta[-1] == "}" and "\\" not in meta and meta.count('"debris_bytes"') == meta.count('"debris_bytes": 0,') + meta.count('"debris_bytes": 0}'):
+        return 0
+    return int(loads_meta(meta).get("debris_bytes") or 0)
 
 
 @lru_cache(maxsize=2)
