@@ -152,19 +152,18 @@ def clean_conversations(batch: pa.RecordBatch | pa.Table, params: dict, stats: d
     table = conform(batch, CONVERSATIONS)
     min_turn = params.get("min_turn_chars", 1)
     redact_kinds = pii_kinds(params)
-    redactions: Counter = Counter()
     timer = _Timer(stats)
     conversations, traditional, reasons = [], [], []
     dialogues = [messages or [] for messages in table.column("messages").to_pylist()]
     with timer("normalize"):
-        normalized = iter(_normalize([m.get("content") or "" for messages in dialogues for m in messages], params, stats, CONVERSATIONS))
+        normalized = _normalize([m.get("content") or "" for messages in dialogues for m in messages], params, stats, CONVERSATIONS)
+    with timer("pii"):
+        contents, redactions = pii.redact_texts([text for text, _ in normalized], redact_kinds)
+    turns = iter(zip(contents, normalized))
     for messages in dialogues:
         cleaned, any_traditional = [], False
         for message in messages:
-            content, is_traditional = next(normalized)
-            if redact_kinds:
-                content, counts = pii.redact(content, redact_kinds)
-                redactions.update(counts)
+            content, (_, is_traditional) = next(turns)
             cleaned.append({"role": message.get("role"), "content": content})
             any_traditional |= is_traditional
         conversations.append(cleaned)
