@@ -37,7 +37,7 @@ from .clusters import KEEP_CRITERIA, ClusterRows, Fingerprints, _object_array, f
 from .keys import exact_key, quality_key, text_of
 from .index import DedupIndex, index_table, segment_name
 from .spill import ShingleSpill, SignatureSpill
-from transforms.clean.normalize import match_key
+from transforms.clean.normalize import match_keys
 
 TEXT_KINDS = (DOCUMENTS, CONVERSATIONS)
 _EMPTY_VALUE = np.uint32(0xFFFFFFFF)
@@ -107,17 +107,21 @@ def fingerprint_batch(table: pa.Table, kind: str, params: minhash.MinHashParams 
     """Fingerprints of a batch, and which rows have no words left (empty match form).
     Raises ValueError when a named `quality_column` is not in the batch."""
     texts = text_of(table, kind)
-    keys = [match_key(t) for t in texts]
+    keys = match_keys(texts)
     digests = [exact_key(k) for k in keys]
     quality = _quality(table, kind, quality_column)
+    signatures = shingles = None
+    if params is not None:
+        signatures, values, counts = minhash.fingerprints_of_keys(keys, params)
+        shingles = _object_array(np.split(values, np.cumsum(counts)[:-1]) if len(counts) else [])
     rows = Fingerprints(
         ids=np.array(table.column("id").to_pylist(), dtype=object),
         keys=np.array(digests, dtype="S16"),
         lengths=np.fromiter((len(t) for t in texts), np.int64, count=len(texts)),
         quality=quality,
         sources=np.array(table.column("source").to_pylist(), dtype=object),
-        signatures=None if params is None else minhash.signatures_of_keys(keys, params),
-        shingles=None if params is None else _object_array(minhash.shingle_sets_of_keys(keys, params.ngram)),
+        signatures=signatures,
+        shingles=shingles,
     )
     return rows, np.array([not k for k in keys], dtype=bool)
 
@@ -147,10 +151,10 @@ def compact_fingerprints(table: pa.Table, kind: str, params: minhash.MinHashPara
     `fingerprint_batch`. Raises ValueError when a named `quality_column` is not in the batch."""
     emptied = np.zeros(table.num_rows, dtype=bool)
     if kind == DOCUMENTS and repeated:
-        before = np.array([bool(match_key(t or "")) for t in table.column("text").to_pylist()], dtype=bool)
+        before = np.array([bool(k) for k in match_keys([t or "" for t in table.column("text").to_pylist()])], dtype=bool)
         table, _, _ = paragraphs.strip_batch(table, repeated)
     texts = text_of(table, kind)
-    keys = [match_key(t) for t in texts]
+    keys = match_keys(texts)
     if kind == DOCUMENTS and repeated:
         emptied = before & np.array([not k for k in keys], dtype=bool)
         if emptied.any():
@@ -166,10 +170,9 @@ def compact_fingerprints(table: pa.Table, kind: str, params: minhash.MinHashPara
         quality=_quality(table, kind, quality_column),
     )
     if params is not None:
-        sig = minhash.signatures_of_keys(keys, params)
+        sig, out.shingle_values, out.shingle_counts = minhash.fingerprints_of_keys(keys, params)
         out.bands = minhash.band_hashes(sig, params) if len(keys) else np.empty((0, params.bands), np.uint64)
         out.wordless = (sig == _EMPTY_VALUE).all(axis=1)
-        out.shingle_values, out.shingle_counts = minhash.shingle_values_of_keys(keys, params.ngram)
         out.signatures = sig if signatures else None
     return out
 

@@ -33,7 +33,7 @@ from typing import Sequence
 
 import numpy as np
 
-from transforms.clean.normalize import match_key
+from transforms.clean.normalize import match_key, match_keys
 
 _U64 = np.uint64
 _LOW32 = _U64(0xFFFFFFFF)
@@ -45,11 +45,24 @@ _BAND_CHUNK_ROWS = 1 << 12
 
 def _splitmix64(z: np.ndarray) -> np.ndarray:
     """Sebastiano Vigna's splitmix64 finaliser, elementwise on uint64 (wrapping arithmetic)."""
+    z = np.asarray(z, dtype=_U64)
     with np.errstate(over="ignore"):
-        z = np.asarray(z, dtype=_U64) + _U64(0x9E3779B97F4A7C15)
-        z = (z ^ (z >> _U64(30))) * _U64(0xBF58476D1CE4E5B9)
-        z = (z ^ (z >> _U64(27))) * _U64(0x94D049BB133111EB)
-        return z ^ (z >> _U64(31))
+        mixed = _splitmix64_inplace(np.atleast_1d(z + _U64(0x9E3779B97F4A7C15)))
+    return mixed[0] if z.ndim == 0 else mixed
+
+
+def _splitmix64_inplace(z: np.ndarray) -> np.ndarray:
+    """splitmix64's mixing steps on `z` (uint64, already offset by the golden-ratio constant),
+    in place: the same numbers as `_splitmix64`, without a temporary array per operation."""
+    shifted = np.empty_like(z)
+    with np.errstate(over="ignore"):
+        for shift, multiplier in ((30, 0xBF58476D1CE4E5B9), (27, 0x94D049BB133111EB)):
+            np.right_shift(z, _U64(shift), out=shifted)
+            np.bitwise_xor(z, shifted, out=z)
+            np.multiply(z, _U64(multiplier), out=z)
+        np.right_shift(z, _U64(31), out=shifted)
+        np.bitwise_xor(z, shifted, out=z)
+    return z
 
 
 def _constants(tag: int, count: int, seed: int = 0) -> np.ndarray:
@@ -108,6 +121,15 @@ class MinHashParams:
         return 1.0 - (1.0 - similarity**self.rows) ** self.bands
 
 
+@lru_cache(maxsize=1)
+def _mixed_bmp() -> np.ndarray:
+    """splitmix64 of every code point of the Basic Multilingual Plane, NUL mixed to 0: a look-up
+    instead of the mixing arithmetic for nearly every character."""
+    table = _splitmix64(np.arange(0x10000, dtype=_U64))
+    table[0] = 0
+    return table
+
+
 def _gram_hashes(keys: Sequence[str], ngram: int) -> tuple[np.ndarray, np.ndarray]:
     """(hashes, counts): the n-gram hashes of texts already in match form, concatenated in text
     order, and how many belong to each text."""
@@ -118,19 +140,28 @@ def _gram_hashes(keys: Sequence[str], ngram: int) -> tuple[np.ndarray, np.ndarra
     # Texts joined with n-1 NULs (never in match form): a window never spans two texts, and a text
     # shorter than n is one window padded with NULs, which add nothing to the hash.
     pad = "\0" * (ngram - 1)
-    points = np.frombuffer((pad.join(keys) + pad).encode("utf-32-le"), dtype="<u4").astype(_U64)
-    mixed = _splitmix64(points)
-    mixed[points == 0] = 0
+    points = np.frombuffer((pad.join(keys) + pad).encode("utf-32-le"), dtype="<u4")
+    if int(points.max()) < 0x10000:
+        mixed = _mixed_bmp()[points]
+    else:
+        mixed = _splitmix64(points)
+        mixed[points == 0] = 0
     windows = len(points) - ngram + 1
     multipliers = _multipliers(1, ngram)
     with np.errstate(over="ignore"):
         combined = mixed[:windows] * multipliers[0]
+        term = np.empty_like(combined)
         for k in range(1, ngram):
-            combined += mixed[k : k + windows] * multipliers[k]
-    starts = np.concatenate(([0], np.cumsum(lengths + ngram - 1)[:-1]))
-    first = np.repeat(starts, counts)
-    within = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
-    return _splitmix64(combined[first + within]), counts
+            np.multiply(mixed[k : k + windows], multipliers[k], out=term)
+            combined += term
+    del mixed, term
+    # The windows of text i are the counts[i] starting at its first character.
+    starts = np.zeros(len(keys), np.int64)
+    np.cumsum(lengths[:-1] + (ngram - 1), out=starts[1:])
+    some = counts > 0
+    edges = np.bincount(starts[some], minlength=windows + 1) - np.bincount((starts + counts)[some], minlength=windows + 1)
+    owned = np.cumsum(edges[:windows]) > 0
+    return _splitmix64_inplace(np.add(combined[owned], _U64(0x9E3779B97F4A7C15))), counts
 
 
 def shingle_hashes(text: str, ngram: int) -> np.ndarray:
@@ -152,10 +183,31 @@ def shingle_values_of_keys(keys: Sequence[str], ngram: int) -> tuple[np.ndarray,
     """`shingle_sets_of_keys` as one flat array: (values, counts), the sorted distinct uint32
     shingle hashes of each text one after the other, and how many belong to each text (int64,
     one per text). No per-text array objects: 4 bytes per distinct shingle and 8 per text."""
-    values_out: list[np.ndarray] = []
-    counts_out: list[np.ndarray] = []
-    start, size = 0, 0
-    bounds = []
+    parts = [_distinct_values(*_gram_hashes(keys[lo:hi], ngram)) for lo, hi in _chunks(keys, ngram)]
+    if len(parts) == 1:
+        return parts[0]
+    return np.concatenate([v for v, _ in parts]), np.concatenate([c for _, c in parts])
+
+
+def fingerprints_of_keys(keys: Sequence[str], params: MinHashParams) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(signatures, shingle values, shingle counts) of texts already in match form: what
+    `signatures_of_keys` and `shingle_values_of_keys` give, from one hashing of the n-grams."""
+    signatures_out, values_out, counts_out = [], [], []
+    for lo, hi in _chunks(keys, params.ngram):
+        hashes, counts = _gram_hashes(keys[lo:hi], params.ngram)
+        signatures_out.append(_signature_of_hashes(hashes, counts, params))
+        values, distinct = _distinct_values(hashes, counts)
+        values_out.append(values)
+        counts_out.append(distinct)
+    if len(signatures_out) == 1:
+        return signatures_out[0], values_out[0], counts_out[0]
+    return np.concatenate(signatures_out), np.concatenate(values_out), np.concatenate(counts_out)
+
+
+def _chunks(keys: Sequence[str], ngram: int) -> list[tuple[int, int]]:
+    """(lo, hi) ranges of texts hashed together, about _CHUNK_CHARS characters each (at least one
+    range, empty for no texts)."""
+    bounds, start, size = [], 0, 0
     for end, key in enumerate(keys, 1):
         size += len(key) + ngram
         if size >= _CHUNK_CHARS:
@@ -163,19 +215,20 @@ def shingle_values_of_keys(keys: Sequence[str], ngram: int) -> tuple[np.ndarray,
             start, size = end, 0
     if start < len(keys) or not bounds:
         bounds.append((start, len(keys)))
-    for lo, hi in bounds:
-        hashes, counts = _gram_hashes(keys[lo:hi], ngram)
-        values = (hashes & _LOW32).astype(np.uint32)
-        owner = np.repeat(np.arange(hi - lo), counts)
-        order = np.lexsort((values, owner))
-        values, owner = values[order], owner[order]
-        first = np.ones(len(values), dtype=bool)
-        first[1:] = (values[1:] != values[:-1]) | (owner[1:] != owner[:-1])
-        values_out.append(values[first])
-        counts_out.append(np.bincount(owner[first], minlength=hi - lo).astype(np.int64))
-    if len(values_out) == 1:
-        return values_out[0], counts_out[0]
-    return np.concatenate(values_out), np.concatenate(counts_out)
+    return bounds
+
+
+def _distinct_values(hashes: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The sorted distinct low 32 bits of each text's n-gram hashes, one text after the other,
+    and how many each text has: one sort of (text number, value) packed in 64 bits."""
+    texts = len(counts)
+    packed = np.repeat(np.arange(texts, dtype=_U64) << _U64(32), counts)
+    packed |= hashes & _LOW32
+    packed.sort()
+    first = np.ones(len(packed), dtype=bool)
+    np.not_equal(packed[1:], packed[:-1], out=first[1:])
+    packed = packed[first]
+    return packed.astype(np.uint32), np.bincount((packed >> _U64(32)).astype(np.int64), minlength=texts).astype(np.int64)
 
 
 def exact_jaccard(a: np.ndarray, b: np.ndarray) -> float:
@@ -187,58 +240,97 @@ def exact_jaccard(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def _signature_chunk(keys: Sequence[str], params: MinHashParams) -> np.ndarray:
-    n, perms = len(keys), params.num_perm
-    hashes, counts = _gram_hashes(keys, params.ngram)
+    return _signature_of_hashes(*_gram_hashes(keys, params.ngram), params)
+
+
+def _signature_of_hashes(hashes: np.ndarray, counts: np.ndarray, params: MinHashParams) -> np.ndarray:
+    n, perms = len(counts), params.num_perm
     signature = np.full(n * perms, _EMPTY, dtype=np.uint32)
     if not len(hashes):
         return signature.reshape(n, perms)
     seeded = _splitmix64(hashes ^ _constants(2, 1, params.seed)[0])
     with np.errstate(over="ignore"):
         bins = ((seeded >> _U64(32)) * _U64(perms)) >> _U64(32)
-    slots = np.repeat(np.arange(n, dtype=np.int64) * perms, counts) + bins.astype(np.int64)
-    np.minimum.at(signature, slots, (seeded & _LOW32).astype(np.uint32))
+    slots = np.repeat(np.arange(n, dtype=np.int64) * perms, counts)
+    slots += bins.view(np.int64)
+    np.minimum.at(signature, slots, seeded.astype(np.uint32))
     filled = np.zeros(n * perms, dtype=bool)
     filled[slots] = True
     _densify(signature, filled, counts > 0, perms, params.seed)
     return signature.reshape(n, perms)
 
 
+# Attempts of the densification sequence walked bin by bin; the bins still empty after them (in
+# texts with few shingles) take their donor from `_first_attempts` instead.
+_WALKED_ATTEMPTS = 12
+_TAIL_ROWS = 4096
+
+
+@lru_cache(maxsize=8)
+def _first_attempts(perms: int, seed: int) -> np.ndarray:
+    """(perms, perms) int32: at [j, t], the first attempt at which empty bin j asks bin t
+    (`_probe`). The first filled bin j asks is the filled t with the fewest attempts."""
+    never = np.iinfo(np.int64).max
+    first = np.full((perms, perms), never, np.int64)
+    block = 256
+    bins = np.repeat(np.arange(perms, dtype=np.int64), block)
+    start = 0
+    while (first == never).any():
+        attempts = np.tile(np.arange(start, start + block, dtype=np.int64), perms)
+        np.minimum.at(first, (bins, _probe(bins.astype(_U64), attempts.astype(_U64), perms, seed)), attempts)
+        start += block
+    return first.astype(np.int32)
+
+
+def _probe(bins: np.ndarray, attempt, perms: int, seed: int) -> np.ndarray:
+    """The bin each empty bin of `bins` (uint64) asks at `attempt` (one, or one per bin), as int64."""
+    with np.errstate(over="ignore"):
+        probe = _splitmix64(_constants(3, 1, seed)[0] + bins * _U64(0x100000001B3) + np.asarray(attempt, _U64))
+        return (((probe >> _U64(32)) * _U64(perms)) >> _U64(32)).astype(np.int64)
+
+
 def _densify(signature: np.ndarray, filled: np.ndarray, has_shingles: np.ndarray, perms: int, seed: int) -> None:
     """Optimal densification: an empty bin j takes the value of the first filled bin in a
-    sequence that depends only on (j, attempt, seed). Texts without shingles stay all-empty."""
-    original = signature.copy()
+    sequence that depends only on (j, attempt, seed). Texts without shingles stay all-empty.
+    A donor is a filled bin, whose value this never changes, so donors are read in place."""
     empty = np.flatnonzero(~filled)
     empty = empty[has_shingles[empty // perms]]
-    rows, bins = empty // perms * perms, (empty % perms).astype(_U64)
-    base = _constants(3, 1, seed)[0]
-    attempt = 0
-    while len(empty):
-        with np.errstate(over="ignore"):
-            probe = _splitmix64(base + bins * _U64(0x100000001B3) + _U64(attempt))
-            donor = rows + (((probe >> _U64(32)) * _U64(perms)) >> _U64(32)).astype(np.int64)
+    bins = empty % perms
+    rows = empty - bins
+    for attempt in range(_WALKED_ATTEMPTS):
+        if not len(empty):
+            return
+        donor = rows + _probe_table(perms, seed)[attempt][bins]
         found = filled[donor]
-        signature[empty[found]] = original[donor[found]]
-        empty, rows, bins = empty[~found], rows[~found], bins[~found]
-        attempt += 1
+        signature[empty[found]] = signature[donor[found]]
+        missing = ~found
+        empty, rows, bins = empty[missing], rows[missing], bins[missing]
+    if not len(empty):
+        return
+    first = _first_attempts(perms, seed)
+    targets = np.arange(perms)
+    for lo in range(0, len(empty), _TAIL_ROWS):
+        part_rows, part_bins = rows[lo : lo + _TAIL_ROWS], bins[lo : lo + _TAIL_ROWS]
+        attempts = np.where(filled[part_rows[:, None] + targets], first[part_bins], np.iinfo(np.int32).max)
+        signature[empty[lo : lo + _TAIL_ROWS]] = signature[part_rows + attempts.argmin(axis=1)]
+
+
+@lru_cache(maxsize=8)
+def _probe_table(perms: int, seed: int) -> np.ndarray:
+    """(_WALKED_ATTEMPTS, perms) int64: the bin that empty bin j asks at each walked attempt."""
+    bins = np.arange(perms, dtype=_U64)
+    return np.stack([_probe(bins, attempt, perms, seed) for attempt in range(_WALKED_ATTEMPTS)])
 
 
 def signatures(texts: Sequence[str], params: MinHashParams) -> np.ndarray:
     """MinHash signatures, shape (len(texts), num_perm), uint32. A text with no characters left
     in match form gets an all-0xFFFFFFFF signature; callers skip it for near-duplicates."""
-    keys = [match_key(t or "") for t in texts]
-    return signatures_of_keys(keys, params)
+    return signatures_of_keys(match_keys([t or "" for t in texts]), params)
 
 
 def signatures_of_keys(keys: Sequence[str], params: MinHashParams) -> np.ndarray:
     """`signatures` of texts already in match form (skips normalising twice)."""
-    parts, start, size = [], 0, 0
-    for end, key in enumerate(keys, 1):
-        size += len(key) + params.ngram
-        if size >= _CHUNK_CHARS:
-            parts.append(_signature_chunk(keys[start:end], params))
-            start, size = end, 0
-    if start < len(keys) or not parts:
-        parts.append(_signature_chunk(keys[start:], params))
+    parts = [_signature_chunk(keys[lo:hi], params) for lo, hi in _chunks(keys, params.ngram)]
     return np.concatenate(parts) if len(parts) > 1 else parts[0]
 
 

@@ -22,10 +22,11 @@ from __future__ import annotations
 
 import codecs
 import re
-from collections import Counter
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+
+import numpy as np
 
 # UTF-8 stays a candidate after failing strictly: a UTF-8 file with one corrupt byte is still UTF-8.
 CANDIDATES = ("utf-8", "gb18030", "big5")
@@ -95,29 +96,51 @@ def _decode_mixed(data: bytes) -> Decoded | None:
     happens to be valid UTF-8 (short GBK lines often are: `<目录>` is `<Ŀ¼>`) reads worse as
     UTF-8, so it stays legacy."""
     lines = data.splitlines(keepends=True)
-    utf8: list[str | None] = []
-    for line in lines:
-        try:
-            text = line.decode("utf-8")
-            utf8.append(None if text.isascii() else text)
-        except UnicodeDecodeError:
-            utf8.append(None)
+    utf8 = _utf8_lines(data, lines)
     if not any(utf8):
         return None
     legacy_bytes = b"".join(line for line, text in zip(lines, utf8) if text is None)
     legacy, _ = detect_legacy(legacy_bytes, candidates=CANDIDATES[1:])
-    parts, replaced, mixed = [], 0, False
-    for line, text in zip(lines, utf8):
+
+    def reads_better(line: bytes, text: str) -> bool:
         decoded = _decode(line, legacy, "per-line")
-        if text is not None and rare_characters(text) < rare_characters(decoded.text) + decoded.replaced_bytes:
+        return rare_characters(text) < rare_characters(decoded.text) + decoded.replaced_bytes
+
+    # Only the UTF-8 lines can make the file mixed: the file is decoded line by line only then.
+    if not any(text is not None and reads_better(line, text) for line, text in zip(lines, utf8)):
+        return None
+    parts, replaced = [], 0
+    for line, text in zip(lines, utf8):
+        if text is not None and reads_better(line, text):
             parts.append(text)
-            mixed = True
         else:
+            decoded = _decode(line, legacy, "per-line")
             parts.append(decoded.text)
             replaced += decoded.replaced_bytes
-    if not mixed:
-        return None
     return Decoded("".join(parts), f"utf-8+{codecs.lookup(legacy).name}", replaced, "per-line")
+
+
+# A line as bytes.splitlines cuts it (after \r\n, \r or \n), in decoded text.
+_BYTE_LINE = re.compile(r"[^\r\n]*(?:\r\n|\r|\n)|[^\r\n]+")
+
+
+def _utf8_lines(data: bytes, lines: list[bytes]) -> list[str | None]:
+    """Per line of `data` (`lines`: data.splitlines(keepends=True)), its text when the line is
+    valid UTF-8 with non-ASCII characters, else None. One decode of the whole file: no UTF-8
+    sequence spans a line break, so a line is valid UTF-8 exactly when its part of the
+    surrogate-escaped text holds no escape."""
+    parts = _BYTE_LINE.findall(data.decode("utf-8", errors="surrogateescape"))
+    if len(parts) != len(lines):  # never expected; line by line is always right
+        return [_strict_utf8(line) for line in lines]
+    return [None if part.isascii() or _ESCAPED.search(part) else part for part in parts]
+
+
+def _strict_utf8(line: bytes) -> str | None:
+    try:
+        text = line.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    return None if text.isascii() else text
 
 
 def read_text(path: Path, encoding: str | None = None) -> Decoded:
@@ -150,26 +173,49 @@ def detect_legacy(data: bytes, candidates: tuple[str, ...] = CANDIDATES) -> tupl
 def _unsure(sample: bytes, encoding: str) -> bool:
     """More than UNSURE of the non-ASCII characters read are invalid or rare."""
     text = codecs.getincrementaldecoder(encoding)(errors="surrogateescape").decode(sample, final=False)
-    invalid = sum(len(run) for run in _ESCAPED.findall(text))
-    wide = sum(1 for char in text if ord(char) >= 0x80)
-    return (invalid + rare_characters(text)) > UNSURE * max(wide, 1)
+    escaped, points = _split_escapes(text)
+    wide = escaped + int(np.count_nonzero(points >= 0x80))
+    return (escaped + escaped + _rare_count(points)) > UNSURE * max(wide, 1)
 
 
 def _score(sample: bytes, encoding: str) -> float:
     """Invalid bytes plus rare characters per decoded character (lower reads better)."""
     # An incremental decoder leaves a character cut at the sample's end undecoded, not invalid.
     text = codecs.getincrementaldecoder(encoding)(errors="surrogateescape").decode(sample, final=False)
-    invalid = sum(len(run) for run in _ESCAPED.findall(text))
-    return (invalid + rare_characters(text)) / max(len(text), 1)
+    escaped, points = _split_escapes(text)
+    return (escaped + escaped + _rare_count(points)) / max(len(text), 1)
 
 
 def rare_characters(text: str) -> int:
     """Characters that ordinary Chinese text seldom holds: symbols, kana, Greek and Cyrillic,
     private-use code points, and Han characters outside both GB2312 and Big5's common level."""
-    return sum(count for char, count in Counter(text).items() if not _is_common(char))
+    escaped, points = _split_escapes(text)
+    return escaped + _rare_count(points)
 
 
-@lru_cache(maxsize=1 << 16)
+def _split_escapes(text: str) -> tuple[int, np.ndarray]:
+    """(bytes surrogateescape escaped: U+DC80..U+DCFF, one per byte; the code points of the
+    rest). An escape is an invalid byte, and a rare character too (a lone surrogate)."""
+    try:
+        return 0, np.frombuffer(text.encode("utf-32-le"), np.uint32)
+    except UnicodeEncodeError:  # lone surrogates
+        rest = _ESCAPED.sub("", text)
+    # surrogatepass: any other lone surrogate is a code point like any other (and rare).
+    return len(text) - len(rest), np.frombuffer(rest.encode("utf-32-le", errors="surrogatepass"), np.uint32)
+
+
+def _rare_count(points: np.ndarray) -> int:
+    common = _common_table()
+    return int(len(points) - np.count_nonzero(common[np.minimum(points, len(common) - 1)]))
+
+
+@lru_cache(maxsize=1)
+def _common_table() -> np.ndarray:
+    """_is_common of every code point of the Basic Multilingual Plane, and one False entry that
+    stands for every code point beyond it (none of which is common)."""
+    return np.array([_is_common(chr(cp)) for cp in range(0x10000)] + [False], bool)
+
+
 def _is_common(char: str) -> bool:
     code = ord(char)
     if code < 0x80 or char.isspace():
