@@ -50,7 +50,7 @@ def settle_heap() -> None:
 def loaded_classes(*paths: str) -> tuple[type, ...]:
     """The classes named `module:Class` whose modules this process has imported. For sorting a
     raised exception: one of a class never imported cannot have been raised, and not importing
-    them keeps openai, scrapy and tokenizers out of commands that do not use them."""
+    them keeps aiohttp, scrapy and tokenizers out of commands that do not use them."""
     import sys
 
     found = []
