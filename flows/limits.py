@@ -10,14 +10,23 @@ Two builds converting at the same time share the same slots, so the endpoint nev
 than `slots` requests at once. The limit lives on the Prefect server: the UI (Concurrency)
 shows it, and it or `prefect gcl update NAME --limit N` changes it while runs go on.
 
-A slot is paid for once per lease, not once per request: a client takes a slot of the limit
-(one Prefect lease, renewed by Prefect while held) when a request finds none of its own free,
-keeps it for the requests that follow, and gives it back after `hold_seconds` of holding (the
-request using it finishes first) or when the client closes. So a run asks the Prefect API about
-`min(concurrency, slots)` times per `hold_seconds`, other runs get their turn at least that
-often (a chance to take a slot), and a limit lowered by an operator applies within `hold_seconds`. A request runs only
-while its client holds a lease for it, so the requests in flight across all runs never exceed
-the limit. A killed run's leases expire on the server after `lease_seconds`.
+Slots are paid for once per lease, not once per request: a client with no slot of its own
+free asks for every slot it may hold (min(concurrency, slots)) as one Prefect lease if the limit
+has that many free now; otherwise it asks for one slot per waiting request, each its own lease,
+asking again after the server's Retry-After. It keeps its slots for the requests that follow,
+renews each lease in its own event loop while it holds it, and gives a lease back after
+`hold_seconds` of holding (its requests in flight finish first) or when the client closes. So a
+run asks the Prefect API a few times per `hold_seconds` (one round trip for all its slots where
+the limit is free), other runs get their turn at least that often (a chance to take a slot),
+and a limit lowered by an operator applies within `hold_seconds`. A request runs only while its
+client holds a slot for it, so the requests in flight across all runs never exceed the limit. A
+killed run's leases expire on the server after `LEASE_SECONDS`.
+
+The leases are taken through the Prefect client's lease endpoints (increment, renew, decrement
+with lease) rather than `prefect.concurrency.asyncio.concurrency`, which asks one lease at a
+time through a process-wide queue, starts a renewal thread and a new API client for each lease
+and logs an error for every ask refused without waiting: on a 30 ms endpoint that made taking
+8 slots cost several hundred milliseconds and half a CPU-second.
 """
 from __future__ import annotations
 
@@ -32,8 +41,8 @@ from .config import LLMLimitConfig
 
 logger = logging.getLogger("tcm_corpus.limits")
 
-# How long the server keeps a slot of a run that stopped renewing it (a killed run); Prefect
-# renews a held lease at three quarters of this.
+# How long the server keeps a slot of a run that stopped renewing it (a killed run); a held
+# lease is renewed at three quarters of this.
 LEASE_SECONDS = 300.0
 
 
@@ -80,32 +89,38 @@ class LLMSlot:
 
 
 class _Lease:
-    """One slot held through one Prefect lease by a holder task."""
+    """`slots` slots of the limit held through one Prefect lease by a holder task."""
 
-    def __init__(self) -> None:
+    def __init__(self, slots: int) -> None:
+        self.slots = slots
+        self.in_use = 0  # requests using one of its slots now
         self.granted_at = time.monotonic()
         self.give_back = asyncio.Event()
-        self.lost = False  # renewal failed or the lease was given back: never reused
+        self.returning = False  # due, closing or no longer renewed: lends no slot any more
 
 
 class SlotLeases:
     """Slots of the limit held by one client: `async with leases():` around each request.
 
     Raises, from `async with`: `TimeoutError` (Prefect's AcquireConcurrencySlotTimeoutError)
-    when no slot came within `wait_seconds`, and ConcurrencySlotAcquisitionError when the limit
-    was deleted (strict: a missing limit never lifts the limit) - each once this client holds no
-    slot to go on with."""
+    when no slot came within `wait_seconds`, and Prefect's ConcurrencySlotAcquisitionError when
+    the limit was deleted (a missing limit never lifts the limit) or the Prefect API failed -
+    each once this client holds no slot to go on with."""
 
     def __init__(self, limit: LLMSlot, most: int):
         self.limit, self.most = limit, most
-        self._free: list[_Lease] = []
-        self._held = 0  # leases granted and not yet given back (free or in use)
-        self._asking = 0  # acquisitions under way
+        self._leases: list[_Lease] = []  # granted and not yet given back
+        self._held = 0  # slots of those leases
+        self._asking = 0  # slots asked for and not yet granted or refused
         self._holders: dict[asyncio.Task, Optional[_Lease]] = {}  # holder -> its lease, None while asking
         self._changed = asyncio.Condition()
         self._failure: Optional[BaseException] = None
         self._closing = False
-        self.leases_taken = 0
+        self._api = None  # one Prefect client for every lease of this holding, opened in its loop
+        self._api_opening = asyncio.Lock()
+        self._orphans: set[asyncio.Task] = set()  # releases of slots granted to a cancelled ask
+        self.leases_taken = 0  # Prefect leases granted
+        self.slots_taken = 0  # slots those leases held
 
     @asynccontextmanager
     async def __call__(self) -> AsyncIterator[None]:
@@ -120,76 +135,185 @@ class SlotLeases:
             while True:
                 if self._closing:
                     raise RuntimeError("the LLM slot leases are closed")
-                if self._free:
-                    return self._free.pop()
+                for lease in self._leases:
+                    if not lease.returning and lease.in_use < lease.slots:
+                        lease.in_use += 1
+                        return lease
                 if self._failure is not None and self._held == 0 and self._asking == 0:
                     raise self._failure
-                if self._held + self._asking < self.most:
-                    self._asking += 1
-                    self._failure = None
-                    holder = asyncio.get_running_loop().create_task(self._hold())
-                    self._holders[holder] = None
-                    holder.add_done_callback(lambda done: self._holders.pop(done, None))
+                missing = self.most - self._held - self._asking
+                if missing > 0:
+                    # Nothing asked for yet: every missing slot as one lease if the limit has them
+                    # free now; otherwise one slot per waiting request, each waiting its turn.
+                    self._ask(missing if self._asking == 0 else 1)
                 await self._changed.wait()
 
+    def _ask(self, slots: int) -> None:
+        self._asking += slots
+        self._failure = None
+        holder = asyncio.get_running_loop().create_task(self._hold(slots))
+        self._holders[holder] = None
+        holder.add_done_callback(lambda done: self._holders.pop(done, None))
+
     async def _return(self, lease: _Lease) -> None:
-        if lease.lost:
-            return
-        if self._closing or time.monotonic() - lease.granted_at >= self.limit.hold_seconds:
-            lease.lost = True
-            lease.give_back.set()  # the holder gives the slot back; the next request asks anew
-            return
         async with self._changed:
-            self._free.append(lease)
-            self._changed.notify()
+            lease.in_use -= 1
+            if self._closing or time.monotonic() - lease.granted_at >= self.limit.hold_seconds:
+                lease.returning = True
+            if not lease.returning:
+                self._changed.notify()
+            elif lease.in_use == 0:
+                lease.give_back.set()  # its last request is done; the next request asks anew
 
-    async def _hold(self) -> None:
-        """Take one slot as one Prefect lease, offer it to the requests, keep it until told to
-        give it back (or until Prefect cancels this task because renewing the lease failed)."""
-        from prefect.concurrency.asyncio import concurrency
-
-        lease: Optional[_Lease] = None
+    async def _hold(self, slots: int) -> None:
+        """Take `slots` slots as one Prefect lease, lend them to the requests, renew the lease
+        while it is held and give it back when told to. More than one slot is asked for only if
+        the limit has them free now; refused, this asks for one and waits its turn."""
+        me, lease_id = asyncio.current_task(), None
         try:
-            async with concurrency(self.limit.limit_name, occupy=1, timeout_seconds=self.limit.wait_seconds,
-                                   lease_duration=LEASE_SECONDS, strict=True):
-                lease = _Lease()
-                self._holders[asyncio.current_task()] = lease
-                self.leases_taken += 1
-                async with self._changed:
-                    self._asking -= 1
-                    self._held += 1
-                    self._failure = None  # an earlier refusal is stale once the limit grants a slot
-                    self._free.append(lease)
-                    self._changed.notify()
-                await lease.give_back.wait()
+            api = await self._prefect()
+            if slots > 1:
+                lease_id = await self._acquire(api, slots, wait=False)
+                if lease_id is None:
+                    async with self._changed:
+                        self._asking -= slots - 1
+                        slots = 1
+                        self._changed.notify_all()  # the other waiting requests ask for theirs
+            if lease_id is None:
+                lease_id = await self._acquire(api, 1, wait=True)
+            lease = self._holders[me] = _Lease(slots)
+            self.leases_taken += 1
+            self.slots_taken += slots
+            async with self._changed:
+                self._asking -= slots
+                self._held += slots
+                self._failure = None  # an earlier refusal is stale once the limit grants a slot
+                self._leases.append(lease)
+                self._changed.notify_all()
+            await self._keep(api, lease, lease_id)
         except Exception as exc:  # noqa: BLE001 - handed to the requests waiting for a slot
-            if lease is None:
+            if self._holders.get(me) is None:
                 self._failure = exc
         finally:
+            if lease_id is not None:
+                await self._release(lease_id)
             async with self._changed:
+                lease = self._holders.get(me)
                 if lease is None:
-                    self._asking -= 1
+                    self._asking -= slots
                 else:
-                    lease.lost = True
-                    self._held -= 1
-                    if lease in self._free:
-                        self._free.remove(lease)
+                    lease.returning = True
+                    self._held -= lease.slots
+                    self._leases.remove(lease)
                 self._changed.notify_all()
+
+    async def _prefect(self):
+        async with self._api_opening:
+            if self._api is None:
+                from prefect.client.orchestration import get_client
+
+                api = get_client()
+                await api.__aenter__()
+                self._api = api
+        return self._api
+
+    async def _acquire(self, api, slots: int, wait: bool):
+        """The id of a new lease of `slots` slots; None when the limit has not that many free
+        and this is not to `wait`. Waiting, it asks again after the server's Retry-After."""
+        from prefect.concurrency.asyncio import AcquireConcurrencySlotTimeoutError, ConcurrencySlotAcquisitionError
+
+        name = self.limit.limit_name
+        waited_until = None if self.limit.wait_seconds is None else time.monotonic() + self.limit.wait_seconds
+        while True:
+            try:
+                response = await self._ask_once(api, slots)
+            except Exception as exc:  # noqa: BLE001 - sorted below
+                status = getattr(getattr(exc, "response", None), "status_code", None)
+                if status != 423:
+                    raise ConcurrencySlotAcquisitionError(f"Unable to acquire concurrency slots on {name!r}: {exc}") from exc
+                if not wait:
+                    return None
+                delay = _seconds(exc.response.headers.get("Retry-After"))
+                if waited_until is not None and time.monotonic() + delay > waited_until:
+                    raise AcquireConcurrencySlotTimeoutError(
+                        f"Attempt to acquire concurrency slots timed out after {self.limit.wait_seconds} second(s)") from None
+                await asyncio.sleep(delay)
+                continue
+            granted = response.json()
+            if not granted.get("limits"):  # strict: a deleted limit must not lift the limit
+                if granted.get("lease_id"):
+                    await self._release(granted["lease_id"])
+                raise ConcurrencySlotAcquisitionError(f"Concurrency limits {[name]!r} must be created before acquiring slots")
+            return granted["lease_id"]
+
+    async def _ask_once(self, api, slots: int):
+        ask = asyncio.ensure_future(api.increment_concurrency_slots_with_lease(
+            names=[self.limit.limit_name], slots=slots, mode="concurrency", lease_duration=LEASE_SECONDS))
+        try:
+            return await asyncio.shield(ask)
+        except asyncio.CancelledError:
+            ask.add_done_callback(self._give_back_orphan)  # slots granted meanwhile go back
+            raise
+
+    def _give_back_orphan(self, ask: asyncio.Future) -> None:
+        if ask.cancelled() or ask.exception() is not None:
+            return
+        lease_id = ask.result().json().get("lease_id")
+        if lease_id:
+            release = asyncio.get_running_loop().create_task(self._release(lease_id))
+            self._orphans.add(release)
+            release.add_done_callback(self._orphans.discard)
+
+    async def _keep(self, api, lease: _Lease, lease_id) -> None:
+        """Renew the lease every three quarters of `LEASE_SECONDS` until it is to go back; a lease
+        that cannot be renewed lends no more slots (its requests in flight finish)."""
+        while True:
+            try:
+                await asyncio.wait_for(lease.give_back.wait(), LEASE_SECONDS * 0.75)
+                return
+            except asyncio.TimeoutError:
+                pass
+            for attempt in range(5):
+                try:
+                    await api.renew_concurrency_lease(lease_id, LEASE_SECONDS)
+                    break
+                except Exception as exc:  # noqa: BLE001 - retried, then the lease is let go
+                    logger.warning("renewing the lease of %d LLM slot(s) failed (%s)", lease.slots, exc)
+                    await asyncio.sleep(2 ** attempt)
+            else:
+                lease.returning = True
+                return
+
+    async def _release(self, lease_id) -> None:
+        try:
+            await self._api.release_concurrency_slots_with_lease(lease_id)
+        except Exception as exc:  # noqa: BLE001 - the server frees it when the lease expires
+            logger.warning("giving back LLM slots failed (%s); they come free within %.0f s", exc, LEASE_SECONDS)
 
     async def aclose(self) -> None:
         """Give every slot back to the limit and wait until the server has them."""
         self._closing = True
         async with self._changed:
-            self._free.clear()
+            for lease in self._leases:
+                lease.returning = True  # a request still using it does not hold it back
+                lease.give_back.set()
             self._changed.notify_all()
         holders = dict(self._holders)
         for holder, lease in holders.items():
             if lease is None:
-                holder.cancel()  # still asking: Prefect gives back a slot granted meanwhile
-            else:
-                lease.lost = True  # a request still using it does not return it
-                lease.give_back.set()
+                holder.cancel()  # still asking: a slot granted meanwhile goes back
         await asyncio.gather(*holders, return_exceptions=True)
+        await asyncio.gather(*self._orphans, return_exceptions=True)
+        if self._api is not None:
+            api, self._api = self._api, None
+            await api.__aexit__(None, None, None)
+
+
+def _seconds(retry_after: Optional[str]) -> float:
+    try:
+        return max(0.0, float(retry_after))
+    except (TypeError, ValueError):
+        return 1.0
 
 
 def llm_slot(config: LLMLimitConfig) -> LLMSlot:

@@ -5,12 +5,19 @@ up, and at most once per interval updates the stage's progress artifact (so the 
 far a long stage is) and, when enabled, redraws one carriage-return line on stdout. The bar is
 enabled by `flows run` when stdout is a terminal; flow runs started by `flows serve` never draw
 it, so their logs stay clean.
+
+An artifact update is a round trip to the Prefect API. It goes out on a thread of the tracker's
+own (in the caller's Prefect context), so a stage that reports from an event loop (the LLM
+conversion) never stalls on it; an update that finds the previous one still under way is
+skipped, and `finish` writes the last one after any still under way, before it returns.
 """
 from __future__ import annotations
 
+import contextvars
 import logging
 import sys
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Optional, TextIO
 
@@ -71,6 +78,8 @@ class StageProgress:
         self.updates = 0  # artifact writes, for the throttle's tests
         self._last_shown: Optional[float] = None
         self._drawn = False
+        self._publisher: Optional[ThreadPoolExecutor] = None  # one thread, started by the first update
+        self._publishing: Optional[Future] = None
 
     def __call__(self, kind: str, rows: int) -> None:
         self.rows += rows
@@ -89,6 +98,9 @@ class StageProgress:
 
     def finish(self, completed: bool = True) -> None:
         """The last update: 100 % when the stage completed, where it stopped otherwise."""
+        if self._publisher is not None:
+            self._publisher.shutdown(wait=True)  # an update under way lands before the last one
+            self._publisher = None
         if self.rows or self.artifact_id is not None:
             self._show(100.0 if completed else self.percent(), final=True)
         elif self._drawn:
@@ -101,20 +113,33 @@ class StageProgress:
 
     def _show(self, percent: float, final: bool) -> None:
         if self.artifacts:
-            self._publish(percent)
+            self._publish(percent, final)
         if self.terminal is not None:
             self._draw(percent, final)
 
-    def _publish(self, percent: float) -> None:
+    def _publish(self, percent: float, final: bool) -> None:
+        if final:
+            self._write(percent, self.describe())
+            return
+        if self._publishing is not None and not self._publishing.done():
+            return  # the API is slow: this update is skipped, a later one says more
+        if self._publisher is None:
+            self._publisher = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{self.stage}-progress")
+        context = contextvars.copy_context()  # the task run the artifact belongs to
+        self._publishing = self._publisher.submit(context.run, self._write, percent, self.describe())
+
+    def _write(self, percent: float, description: str) -> None:
+        if not self.artifacts:
+            return
         try:
             from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
             if self.artifact_id is None:
                 self.artifact_id = create_progress_artifact(
-                    progress=percent, key=f"{self.stage}-progress", description=self.describe()
+                    progress=percent, key=f"{self.stage}-progress", description=description
                 )
             else:
-                update_progress_artifact(self.artifact_id, progress=percent, description=self.describe())
+                update_progress_artifact(self.artifact_id, progress=percent, description=description)
             self.updates += 1
         except Exception as exc:  # noqa: BLE001 - progress display must never fail a stage
             logger.warning("%s: progress artifact not updated (%s); the stage goes on", self.stage, exc)

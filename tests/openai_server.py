@@ -16,6 +16,7 @@ would, and misbehaves on request per passage: each passage carries a tag (`ÁºñÂè
     short           a one-line answer to a long passage
     long_question   a question far over any sensible length
     judge_fail      the judge fails the pair
+    not_json        the question request gets a 200 whose body is an HTML page, not JSON
 
 With `expect_key`, a request whose bearer key differs gets a 401 whose body echoes the key it
 sent, as OpenAI-compatible gateways do ("Incorrect API key provided: ..."); with `forbidden_models`
@@ -123,9 +124,10 @@ class ChatServer:
                 self._send(status, payload, headers)
 
             def _send(self, status, payload, headers=None):
-                data = json.dumps(payload, ensure_ascii=False).encode("utf-8")
+                page = isinstance(payload, str)  # a gateway's HTML page instead of JSON
+                data = payload.encode("utf-8") if page else json.dumps(payload, ensure_ascii=False).encode("utf-8")
                 self.send_response(status)
-                self.send_header("content-type", "application/json")
+                self.send_header("content-type", "text/html; charset=utf-8" if page else "application/json")
                 self.send_header("content-length", str(len(data)))
                 for name, value in (headers or {}).items():
                     self.send_header(name, value)
@@ -190,6 +192,8 @@ class ChatServer:
             return self._status(500, {"error": {"message": "internal error"}})
         if behaviour == "timeout_once" and seen == 1:
             time.sleep(self.slow_s)
+        if behaviour == "not_json" and step == "question":
+            return self._status(200, "<html><body>502 Bad Gateway</body></html>")
         content = reply_for(step, behaviour, passage)
         with self.lock:
             self.answered[(tag, step)] += 1

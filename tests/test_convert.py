@@ -206,6 +206,24 @@ def test_llm_conversion_retries_rejects_with_reasons_and_reuses_the_cache(tmp_pa
         assert again.rows_out == manifest.rows_out and again.rejected_by_reason == manifest.rejected_by_reason
 
 
+def test_a_reply_that_is_not_json_fails_its_passage_only(tmp_path):
+    """A 200 whose body is no JSON object (a proxy's HTML page) fails that request, unretried,
+    with its reason; the passage stays as text and the other passages convert."""
+    inputs = build_input(tmp_path / "in", ["P0", "P1"])
+    with ChatServer(behaviours={"P1": "not_json"}) as server:
+        manifest = run(inputs, tmp_path / "convert", llm_params(server))
+        asked = dict(server.requests)
+    check_ledger(manifest)
+    llm = manifest.stats["llm"]
+    assert manifest.stats["passages_converted"] == 1 and manifest.stats["passages_rejected"] == 1
+    assert asked[("P1", "question")] == 1 and ("P1", "answer") not in asked, "not retried, no answer asked"
+    assert llm["failures"] == {"unreadable_response": 1} and not llm["retries"]
+    rejected = pq.read_table(tmp_path / "convert" / "rejected" / CONVERSATIONS).to_pylist()
+    assert [r["reason"] for r in rejected] == ["request_failed:unreadable_response"]
+    text = pq.read_table(tmp_path / "convert" / DOCUMENTS).to_pylist()
+    assert [loads_meta(r["meta"]).get("left_as_text") for r in text] == ["request_failed"]
+
+
 def test_budget_stops_the_run_cleanly_and_a_later_run_continues(tmp_path):
     tags = [f"P{i}" for i in range(6)]
     inputs = build_input(tmp_path / "in", tags)

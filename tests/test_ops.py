@@ -228,7 +228,8 @@ def test_serve_needs_a_reachable_server():
 
 def test_llm_slots_serialise_holders(api):
     """Requests of one client hold leased slots: with one slot they run one after another, with
-    two side by side; a run pays for a slot once, not per request; every slot goes back at close."""
+    two side by side; a run pays for its slots once (one lease for all it may hold when they are
+    free), not per request; every slot goes back at close."""
     from prefect.client.orchestration import get_client
 
     from flows.limits import ensure_limit, llm_slot
@@ -243,13 +244,13 @@ def test_llm_slots_serialise_holders(api):
                     await asyncio.sleep(0.3)
                     events.append(f"exit {name}")
 
-        async def both() -> int:
+        async def both() -> tuple[int, int]:
             leases = slot.leases(most)
             try:
                 await asyncio.gather(hold("a", leases), hold("b", leases))
             finally:
                 await leases.aclose()
-            return leases.leases_taken
+            return leases.leases_taken, leases.slots_taken
 
         return events, asyncio.run(both())
 
@@ -257,16 +258,135 @@ def test_llm_slots_serialise_holders(api):
     events, taken = holders(one, most=4, rounds=2)
     assert [e.split()[0] for e in events] == ["enter", "exit"] * 4, events
     assert all(events[i].split()[1] == events[i + 1].split()[1] for i in range(0, 8, 2)), "one holder at a time"
-    assert taken == 1, "the slot is leased once for the four requests"
+    assert taken == (1, 1), "the slot is leased once for the four requests"
     # Created with the configured limit; an existing limit keeps the server's value.
     assert ensure_limit("test-llm-one", 3) == 1
 
     two = llm_slot(LLMLimitConfig(concurrency_limit="test-llm-two", slots=2))
     events, taken = holders(two, most=8)
-    assert [e.split()[0] for e in events] == ["enter", "enter", "exit", "exit"] and taken == 2
+    assert [e.split()[0] for e in events] == ["enter", "enter", "exit", "exit"]
+    assert taken == (1, 2), "both slots in one lease"
     with get_client(sync_client=True) as client:
         for name in ("test-llm-one", "test-llm-two"):
             assert client.read_global_concurrency_limit_by_name(name).active_slots == 0, name
+
+
+def test_llm_slots_taken_one_by_one_when_the_limit_is_busy(api):
+    """With a slot of the limit held elsewhere, a client's ask for all it may hold is refused at
+    once; it takes one slot, then the other when it comes free, and never holds more than the
+    limit has."""
+    from prefect.client.orchestration import get_client
+    from prefect.concurrency.asyncio import concurrency
+
+    from flows.limits import llm_slot
+
+    slot = llm_slot(LLMLimitConfig(concurrency_limit="test-llm-busy", slots=2))
+
+    async def run() -> tuple[list[str], int, int]:
+        events: list[str] = []
+        other_has_it = asyncio.Event()
+
+        async def other_run() -> None:
+            async with concurrency("test-llm-busy", occupy=1, strict=True):
+                events.append("other enter")
+                other_has_it.set()
+                await asyncio.sleep(1.0)
+                events.append("other exit")
+
+        async def request(name: str, leases) -> None:
+            async with leases():
+                events.append(f"enter {name}")
+                await asyncio.sleep(0.3)
+                events.append(f"exit {name}")
+
+        other = asyncio.create_task(other_run())
+        await other_has_it.wait()
+        leases = slot.leases(2)
+        try:
+            await asyncio.gather(request("a", leases), request("b", leases), request("c", leases))
+        finally:
+            await leases.aclose()
+        await other
+        return events, leases.leases_taken, leases.slots_taken
+
+    events, leases_taken, slots_taken = asyncio.run(run())
+    inside = most = 0
+    for event in events:
+        inside += 1 if event.split()[0] == "enter" else -1
+        most = max(most, inside)
+    assert most <= 2, events
+    assert events.index("enter b") < events.index("other exit"), "one slot while the other run holds one"
+    assert slots_taken == leases_taken >= 1, "refused the two at once, it took leases of one slot"
+    with get_client(sync_client=True) as client:
+        assert client.read_global_concurrency_limit_by_name("test-llm-busy").active_slots == 0
+
+
+def test_llm_slots_refused_when_the_limit_is_missing_or_busy_past_the_wait(api):
+    """A limit that does not exist is never taken as no limit; a request that cannot get a slot
+    within `wait_seconds` fails with a TimeoutError."""
+    from prefect.concurrency.asyncio import ConcurrencySlotAcquisitionError, concurrency
+
+    from flows.limits import LLMSlot, llm_slot
+
+    async def one_request(slot) -> None:
+        leases = slot.leases(2)
+        try:
+            async with leases():
+                pass
+        finally:
+            await leases.aclose()
+
+    with pytest.raises(ConcurrencySlotAcquisitionError, match="must be created"):
+        asyncio.run(one_request(LLMSlot("test-llm-never-created", slots=2)))
+
+    busy = llm_slot(LLMLimitConfig(concurrency_limit="test-llm-full", slots=1, wait_seconds=0.5))
+
+    async def while_held_elsewhere() -> float:
+        async with concurrency("test-llm-full", occupy=1, strict=True):
+            started = time.monotonic()
+            with pytest.raises(TimeoutError):
+                await one_request(busy)
+            return time.monotonic() - started
+
+    assert asyncio.run(while_held_elsewhere()) < 30
+
+
+def test_progress_artifacts_go_out_off_the_reporting_thread(api, monkeypatch):
+    """A stage that reports progress from an event loop never waits on the Prefect API: the
+    artifact updates go out on the tracker's own thread, and the last one (100 %) is written
+    before `finish` returns."""
+    import prefect.artifacts
+    from prefect import flow, task
+    from prefect.client.orchestration import get_client
+
+    writers: list[str] = []
+    update = prefect.artifacts.update_progress_artifact
+
+    def watched_update(*args, **kwargs):
+        writers.append(threading.current_thread().name)
+        return update(*args, **kwargs)
+
+    monkeypatch.setattr(prefect.artifacts, "update_progress_artifact", watched_update)
+
+    @task
+    def stage() -> tuple:
+        progress = StageProgress("probe", total_rows=10, interval=0.0)
+        for _ in range(10):
+            progress("documents", 1)
+            time.sleep(0.1)
+        progress.finish()
+        return progress.artifact_id, threading.current_thread().name
+
+    @flow
+    def probe() -> tuple:
+        return stage()
+
+    artifact_id, caller = probe()
+    assert len(writers) >= 2 and writers[-1] == caller, writers
+    assert all(name != caller for name in writers[:-1]), writers
+    with get_client(sync_client=True) as client:
+        [artifact] = _query(client, "/artifacts/filter", artifacts={"id": {"any_": [str(artifact_id)]}})
+    assert artifact["data"] == 100
 
 
 class _Webhook(BaseHTTPRequestHandler):

@@ -114,7 +114,7 @@ def _judge(body: str, titled: bool, matcher) -> tuple[int, str]:
         return chars, "cross_reference"
     if not titled:
         return chars, "untitled"
-    bare = BRACKETS.sub("", content).strip()
+    bare = (BRACKETS.sub("", content) if _has_bracket(content) else content).strip()
     if CATALOGUE.match(bare) or APPENDIX_NOTE.match(content.strip()) or all(CATALOGUE_ITEM.match(item) for item in bare.split()):
         return chars, "fragment"
     if ends_sentence(content):
@@ -135,6 +135,16 @@ def _judge(body: str, titled: bool, matcher) -> tuple[int, str]:
     return chars, "unpunctuated" if listed else "fragment"
 
 
+def _has_bracket(text: str) -> bool:
+    for bracket in _BRACKET_LIST:
+        if bracket in text:
+            return True
+    return False
+
+
+_BRACKET_LIST = tuple(sorted(BRACKET_CHARS))
+
+
 def unpunctuated(text: str) -> bool:
     """Classical text written without punctuation (白文): Han, at most three runs, no marks."""
     if not text or PUNCTUATION.search(text) or len(text.split()) > UNPUNCTUATED_RUNS:
@@ -146,21 +156,53 @@ def unpunctuated(text: str) -> bool:
 def strip_pointers(body: str) -> str:
     """The body less its cross-references: bracketed pointers anywhere, and sentences that are
     only a pointer."""
-    if "（" in body or "(" in body or "〔" in body:
+    if ("（" in body or "(" in body or "〔" in body) and _may_point(body):
         body = BRACKETED_POINTER.sub("", body)
     # Every pointer holds a mark (见 载 同上/同前 参看): only the sentences holding one are judged,
     # each as SENTENCE_SPLIT cuts it within its line (a line's own end stays).
-    if _POINTER_MARK.search(body):
+    if "见" in body or "载" in body or "同" in body or "参" in body:
         kept, last = [], 0
-        for part in _MARKED_SENTENCE.finditer(body):
-            sentence = part.group()
+        for start, end in _marked_sentences(body):
+            sentence = body[start:end]
             if POINTER_SENTENCE.match(sentence.strip()):
-                kept.append(body[last : part.start()])
-                last = part.end() - sentence.endswith("\n")
+                kept.append(body[last:start])
+                last = end - sentence.endswith("\n")
         if kept:
             kept.append(body[last:])
             body = "".join(kept)
+    if "\n" not in body:
+        return body if body.strip() else ""
     return "\n".join(line for line in body.split("\n") if line.strip())
+
+
+def _may_point(body: str) -> bool:
+    """Whether the body holds a word every BRACKETED_POINTER match holds."""
+    return "见" in body or "载" in body or "参看" in body or "参阅" in body or "同上" in body or "同前" in body
+
+
+# What ends a part of SENTENCE_SPLIT.
+_SENTENCE_END_MARK = re.compile(r"[。！？；\s]")
+
+
+def _marked_sentences(body: str):
+    """(start, end) of each match of _MARKED_SENTENCE in `body`, in order, found from the marks:
+    a match is a whole part (text between two sentence ends, the first from the start) holding
+    a mark, with the end that closes it. Two searches per marked part, instead of the pattern
+    tried at every position of the body."""
+    size = len(body)
+    reversed_body = None
+    position = 0
+    for mark in _POINTER_MARK.finditer(body):
+        at = mark.start()
+        if at < position:
+            continue
+        if reversed_body is None:
+            reversed_body = body[::-1]
+        before = _SENTENCE_END_MARK.search(reversed_body, size - at)
+        start = size - before.start() if before else 0
+        after = _SENTENCE_END_MARK.search(body, at)
+        position = after.end() if after else size
+        yield start, position
 
 
 def ends_sentence(body: str) -> bool:

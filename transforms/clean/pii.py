@@ -77,6 +77,36 @@ def redact_batch(texts: list[str], kinds: tuple[str, ...] = KINDS) -> tuple[list
     return out, counts
 
 
+def redact_texts(texts: list[str], kinds: tuple[str, ...] = KINDS) -> tuple[list[str], Counter]:
+    """`redact` of each text, exactly (the same screens, Python's patterns), the screens run over
+    the batch joined: one search per kind and per text that holds a match, instead of a call and
+    seven searches per text. No screen can match across the NUL that joins the texts."""
+    import numpy as np
+
+    counts: Counter = Counter()
+    if not kinds or not texts:
+        return list(texts), counts
+    joined = "\0".join(texts)
+    spans = np.fromiter((len(text) + 1 for text in texts), np.int64, len(texts))
+    starts = np.cumsum(spans) - spans
+    screened = np.zeros(len(texts), bool)
+    for kind in KINDS:
+        if kind not in kinds:
+            continue
+        screen, position = _SCREENS[kind], 0
+        while (match := screen.search(joined, position)) is not None:
+            owner = int(np.searchsorted(starts, match.start(), side="right")) - 1
+            screened[owner] = True
+            if owner + 1 == len(texts):
+                break
+            position = int(starts[owner + 1])
+    out = list(texts)
+    for i in np.flatnonzero(screened).tolist():
+        out[i], found = redact(texts[i], kinds)
+        counts.update(found)
+    return out, counts
+
+
 def redact(text: str, kinds: tuple[str, ...] = KINDS) -> tuple[str, Counter]:
     """The text with each enabled kind replaced by its placeholder, and the count per kind."""
     counts: Counter = Counter()

@@ -54,6 +54,8 @@ _DOSE = re.compile(r"(?:[一二三四五六七八九十百半0-9０-９]+[两钱
 _LIST_MARKS = set("（(、，,。；;：:)）\n")
 MAX_SIDE = 12
 _BLANK = re.compile("|".join(map(re.escape, BLANKS)))
+# A blank right after a Han character: the only blanks a glyph can be missing from.
+_BLANK_AFTER_HAN = re.compile(f"[{''.join(map(re.escape, BLANKS))}](?<={_HAN.pattern[:-1]}][{''.join(map(re.escape, BLANKS))}])")
 
 
 class RepairError(ValueError):
@@ -160,13 +162,12 @@ class Repairer:
         return "".join(pieces), repairs
 
     def _fill(self, text: str, repairs: list[Repair]) -> Repaired:
-        lost = 0
+        # A 「□」 not after a Han character is a lost glyph no lexicon can fill.
+        lost = text.count(LOST_MARK)
         fills: list[tuple[int, str]] = []  # (position of the blank, replacement)
-        for blank in _BLANK.finditer(text):
+        for blank in _BLANK_AFTER_HAN.finditer(text):
             i, ch = blank.start(), blank.group()
-            if i == 0 or not _HAN.match(text[i - 1]):
-                lost += ch == LOST_MARK
-                continue
+            lost -= ch == LOST_MARK
             found = self.completions(text, i) if text[i - 1] in self.glyph_after else {}
             if len(found) == 1:
                 glyph, spans = found.popitem()

@@ -33,6 +33,8 @@ from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 
+import numpy as np
+
 VARIANTS = ("t2s", "tw2s", "hk2s")
 PHRASES_FILE = "opencc_phrases.tsv"
 # A line converts on its own evidence only with this many more traditional than simplified chars.
@@ -179,6 +181,31 @@ def detect(text: str) -> tuple[bool, str]:
         return False, "t2s"
     tw, hk = len(ev.taiwan.findall(text)), len(ev.hong_kong.findall(text))
     return True, "tw2s" if tw > hk else "hk2s" if hk > tw else "t2s"
+
+
+@lru_cache(maxsize=1)
+def _traditional_table() -> np.ndarray:
+    """Per code point (all planes): whether it is traditional evidence (Evidence.traditional)."""
+    pattern = evidence().traditional
+    table = np.zeros(0x110000, bool)
+    points = sorted(set(range(0x10000)).union(*(range(lo, hi) for lo, hi in _HAN_BLOCKS)))
+    table[[cp for cp in points if pattern.match(chr(cp))]] = True
+    return table
+
+
+def may_be_traditional(texts: list[str]) -> np.ndarray:
+    """Per text, whether it holds a traditional evidence character: the texts `to_simplified`
+    can change; every other text it returns as it is (Simplified(text, 0, None, False)). One
+    table look-up over the batch's code points."""
+    try:
+        points = np.frombuffer("".join(texts).encode("utf-32-le"), np.uint32)
+    except UnicodeEncodeError:  # a lone surrogate: ask the pattern text by text
+        pattern = evidence().traditional
+        return np.array([pattern.search(text) is not None for text in texts], bool)
+    ends = np.cumsum(np.fromiter(map(len, texts), np.int64, len(texts)))
+    out = np.zeros(len(texts), bool)
+    out[np.searchsorted(ends, np.flatnonzero(_traditional_table()[points]), side="right")] = True
+    return out
 
 
 def to_simplified(text: str, policy: str | None = "auto", phrase_files: tuple[str, ...] = ()) -> Simplified:

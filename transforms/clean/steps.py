@@ -29,9 +29,9 @@ from . import pii
 from .entries import body_tags, opens_with_title_line, title_prefix
 from .langid import DEFAULT_MAX_CHARS, LanguageIdentifier
 from .lexicon import list_matcher
-from .normalize import tidy_whitespace, unicode_clean
+from .normalize import normalize_batch
 from .repair import REPAIR_TYPE, repairer
-from .simplify import to_simplified
+from .simplify import may_be_traditional, to_simplified
 from .tag_rules import quality_tags
 from .textstats import HAN, TextBatch
 
@@ -50,7 +50,7 @@ def clean_documents(batch: pa.RecordBatch | pa.Table, params: dict, stats: dict 
     texts, traditional, reasons = [], [], []
     timer = _Timer(stats)
     with timer("normalize"):
-        normalized = [_normalize(raw or "", params, stats, DOCUMENTS) for raw in table.column("text").to_pylist()]
+        normalized = _normalize([raw or "" for raw in table.column("text").to_pylist()], params, stats, DOCUMENTS)
     with timer("pii"):
         redacted, redactions = pii.redact_batch([text for text, _ in normalized], redact_kinds)
     with timer("repair"):
@@ -68,7 +68,7 @@ def clean_documents(batch: pa.RecordBatch | pa.Table, params: dict, stats: dict 
     kept, _ = _split(table, reasons)
     _, rejected = _split(original, reasons)
     kept_texts = kept.column("text").to_pylist()
-    titles = [_normalize(title, params, {}, DOCUMENTS)[0] if title else None for title in kept.column("title").to_pylist()]
+    titles = _normalize_titles(kept.column("title").to_pylist(), params)
     kept = add_tags(kept, kept_texts, params, timer, title=title_prefix(kept_texts, titles))
     lengths = np.maximum(pc.utf8_length(kept.column("text")).to_numpy(zero_copy_only=False), 1)
     per_kchar = kept.column("lost_glyphs").to_numpy(zero_copy_only=False) * 1000.0 / lengths
@@ -77,19 +77,41 @@ def clean_documents(batch: pa.RecordBatch | pa.Table, params: dict, stats: dict 
     return kept, rejected
 
 
-def _normalize(text: str, params: dict, stats: dict, kind: str) -> tuple[str, bool]:
-    """Unicode and whitespace policy, then OpenCC on what was traditional (transforms.clean.simplify);
-    counts rows and characters converted per variant into stats["opencc"][kind]."""
-    text = tidy_whitespace(unicode_clean(text, params.get("unicode_form", "NFKC")))
-    result = to_simplified(text, params.get("opencc", "auto"), tuple(map(str, params.get("opencc_phrases") or ())))
+def _normalize(texts: list[str], params: dict, stats: dict, kind: str) -> list[tuple[str, bool]]:
+    """(text, traditional?) per text: Unicode and whitespace policy (normalize_batch), then OpenCC
+    on what was traditional (transforms.clean.simplify; only the texts holding a traditional
+    character are looked at); counts rows and characters converted per variant into
+    stats["opencc"][kind]."""
+    if not texts:
+        return []
+    texts = normalize_batch(texts, params.get("unicode_form", "NFKC"))
+    policy = params.get("opencc", "auto")
+    phrases = tuple(map(str, params.get("opencc_phrases") or ()))
+    candidates = may_be_traditional(texts).tolist() if policy else [False] * len(texts)
     counts = stats.setdefault("opencc", {}).setdefault(kind, {})
-    counts["texts"] = counts.get("texts", 0) + 1
-    if result.traditional:
-        counts["traditional_texts"] = counts.get("traditional_texts", 0) + 1
-    if result.variant:
-        counts[f"converted_texts:{result.variant}"] = counts.get(f"converted_texts:{result.variant}", 0) + 1
-        counts["converted_chars"] = counts.get("converted_chars", 0) + result.changed
-    return result.text, result.traditional
+    counts["texts"] = counts.get("texts", 0) + len(texts)
+    out = []
+    for text, candidate in zip(texts, candidates):
+        if not candidate:
+            out.append((text, False))
+            continue
+        result = to_simplified(text, policy, phrases)
+        if result.traditional:
+            counts["traditional_texts"] = counts.get("traditional_texts", 0) + 1
+        if result.variant:
+            counts[f"converted_texts:{result.variant}"] = counts.get(f"converted_texts:{result.variant}", 0) + 1
+            counts["converted_chars"] = counts.get("converted_chars", 0) + result.changed
+        out.append((result.text, result.traditional))
+    return out
+
+
+def _normalize_titles(titles: list[str | None], params: dict) -> list[str | None]:
+    """Each title under the text policy; None (or empty) stays None."""
+    present = [i for i, title in enumerate(titles) if title]
+    out: list[str | None] = [None] * len(titles)
+    for i, (text, _) in zip(present, _normalize([titles[i] for i in present], params, {}, DOCUMENTS)):
+        out[i] = text
+    return out
 
 
 def _repair(texts: list[str], categories: list[str], params: dict, stats: dict) -> tuple[list[str], list[list[dict]], list[int]]:
@@ -130,16 +152,18 @@ def clean_conversations(batch: pa.RecordBatch | pa.Table, params: dict, stats: d
     table = conform(batch, CONVERSATIONS)
     min_turn = params.get("min_turn_chars", 1)
     redact_kinds = pii_kinds(params)
-    redactions: Counter = Counter()
     timer = _Timer(stats)
     conversations, traditional, reasons = [], [], []
-    for messages in table.column("messages").to_pylist():
+    dialogues = [messages or [] for messages in table.column("messages").to_pylist()]
+    with timer("normalize"):
+        normalized = _normalize([m.get("content") or "" for messages in dialogues for m in messages], params, stats, CONVERSATIONS)
+    with timer("pii"):
+        contents, redactions = pii.redact_texts([text for text, _ in normalized], redact_kinds)
+    turns = iter(zip(contents, normalized))
+    for messages in dialogues:
         cleaned, any_traditional = [], False
-        for message in messages or []:
-            content, is_traditional = _normalize(message.get("content") or "", params, stats, CONVERSATIONS)
-            if redact_kinds:
-                content, counts = pii.redact(content, redact_kinds)
-                redactions.update(counts)
+        for message in messages:
+            content, (_, is_traditional) = next(turns)
             cleaned.append({"role": message.get("role"), "content": content})
             any_traditional |= is_traditional
         conversations.append(cleaned)
@@ -203,7 +227,7 @@ def _with_replaced_bytes(debris: np.ndarray, batch: TextBatch, texts: list[str],
     as one more debris character."""
     if not any(meta and "debris_bytes" in meta for meta in metas):
         return debris
-    replaced = np.array([int(loads_meta(meta).get("debris_bytes") or 0) if meta else 0 for meta in metas], np.float64)
+    replaced = np.array([_debris_bytes(meta) for meta in metas], np.float64)
     marks = np.array([text.count("\ufffd") for text in texts], np.float64)
     extra = np.maximum(replaced - marks, 0)
     if not extra.any():
@@ -212,6 +236,17 @@ def _with_replaced_bytes(debris: np.ndarray, batch: TextBatch, texts: list[str],
     with np.errstate(invalid="ignore", divide="ignore"):
         adjusted = (np.nan_to_num(debris) * visible + extra) / (visible + extra)
     return np.where(extra > 0, adjusted, debris)
+
+
+def _debris_bytes(meta: str | None) -> int:
+    """meta["debris_bytes"] (0 when absent). An object whose every "debris_bytes" is written 0
+    (and that escapes nothing, so no key hides behind an escape) is not parsed: in most rows
+    decoding replaced nothing."""
+    if not meta:
+        return 0
+    if meta[0] == "{" and meta[-1] == "}" and "\\" not in meta and meta.count('"debris_bytes"') == meta.count('"debris_bytes": 0,') + meta.count('"debris_bytes": 0}'):
+        return 0
+    return int(loads_meta(meta).get("debris_bytes") or 0)
 
 
 @lru_cache(maxsize=2)

@@ -1,23 +1,33 @@
 """An LLM chat client for any OpenAI-compatible endpoint: bounded concurrency, our own retries,
 a persistent response cache, token accounting and a budget.
 
-The openai client's own retries are off (`max_retries=0`), so every retry is decided and counted
-here: 429, 408, 5xx, time-outs and dropped connections are retried with exponential backoff and
-jitter, waiting at least what the server's Retry-After (or retry-after-ms) asks for. Other
-statuses fail the request at once; 401, 403 and 404 stop the run, as no later request can work.
+Requests go out as plain JSON POSTs to `{base_url}/chat/completions` over one aiohttp session
+(keep-alive connections; an HTTP(S)_PROXY / NO_PROXY of the environment applies, read once). The openai SDK is not used on
+this path: building and validating its typed request and response models costs about 2 ms of
+CPU a request, so a 30 ms endpoint with 16 requests in flight waited on the client's own CPU;
+a plain POST and `json.loads` cost about 0.3 ms.
+
+Every retry is decided and counted here: 429, 408, 5xx, time-outs and dropped connections are
+retried with exponential backoff and jitter, waiting at least what the server's Retry-After (or
+retry-after-ms) asks for. Other statuses fail the request at once; 401, 403 and 404 stop the
+run, as no later request can work. A 2xx reply that is not a JSON object fails the request as
+`unreadable_response`.
 """
 from __future__ import annotations
 
 import asyncio
 import email.utils
+import json
 import random
 import time
+import urllib.parse
+import urllib.request
 from collections import Counter
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from typing import AsyncContextManager, Callable, Optional, Protocol, Union
 
-import openai
+import aiohttp
 
 from .cache import CachedResponse, ResponseCache, cache_key
 from .redact import redact, register_secret
@@ -44,6 +54,14 @@ class RequestFailed(Exception):
 
 class EndpointError(Exception):
     """The endpoint refuses every request (bad key, unknown model or URL): the run stops."""
+
+
+class StatusError(Exception):
+    """A reply with a status outside 2xx: the status, the body the server sent, its headers."""
+
+    def __init__(self, status: int, body: str, headers):
+        super().__init__(f"Error code: {status} - {body}")
+        self.status_code, self.body, self.headers = status, body, headers
 
 
 class BudgetExhausted(Exception):
@@ -194,9 +212,23 @@ class ChatClient:
         self._refused: Optional[str] = None  # set by a 401/403/404: no later request is sent
         self._rng = rng or random.Random()
         register_secret(settings.api_key)  # gateways echo a refused key in their error bodies
-        self._client = openai.AsyncOpenAI(
-            base_url=settings.base_url, api_key=settings.api_key, max_retries=0, timeout=settings.request_timeout
-        )
+        self._url = settings.base_url.rstrip("/") + "/chat/completions"
+        self._headers = {"Authorization": f"Bearer {settings.api_key}", "Content-Type": "application/json",
+                         "Accept": "application/json", "User-Agent": "tcm-corpus"}
+        # `request_timeout` bounds connecting and each wait for the reply's bytes, not the whole
+        # exchange, as the openai SDK's time-out did.
+        self._timeout = aiohttp.ClientTimeout(total=None, connect=settings.request_timeout,
+                                              sock_read=settings.request_timeout)
+        self._proxy = env_proxy(self._url)
+        self._session: Optional[aiohttp.ClientSession] = None  # opened by the first request, in its loop
+
+    def _http(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            # Not aiohttp's trust_env: it looks up the proxy and ~/.netrc in a worker thread on
+            # every request (two thread hops each), and a netrc entry would clash with our key.
+            self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=self.settings.concurrency),
+                                                  timeout=self._timeout)
+        return self._session
 
     async def close(self) -> None:
         try:
@@ -204,7 +236,8 @@ class ChatClient:
             if closing is not None:
                 await closing()
         finally:
-            await self._client.close()
+            if self._session is not None:
+                await self._session.close()
 
     def key(self, messages: list[dict], *, step: str, prompt_version: str, passage_hash: str) -> str:
         s = self.settings
@@ -262,7 +295,7 @@ class ChatClient:
             use_json = self._json
             try:
                 return await self._attempt(messages, use_json)
-            except openai.APIStatusError as exc:
+            except StatusError as exc:
                 status = exc.status_code
                 if status in FATAL_STATUSES:
                     self._refused = self._refused or refusal(status, s, exc)
@@ -275,10 +308,10 @@ class ChatClient:
                 if status not in RETRY_STATUSES and status < 500:
                     self.stats.failures[f"http_status:{status}"] += 1
                     raise RequestFailed(f"http_status:{status}", _short(exc)) from None
-                reason, asked = f"http_status:{status}", retry_after_seconds(exc.response.headers)
-            except openai.APITimeoutError:
+                reason, asked = f"http_status:{status}", retry_after_seconds(exc.headers)
+            except asyncio.TimeoutError:  # aiohttp's connect and read time-outs
                 reason, asked = "timeout", None
-            except openai.APIConnectionError:
+            except aiohttp.ClientError:  # refused, reset or dropped connections, cut-off replies
                 reason, asked = "connection", None
             if attempt >= s.max_retries:
                 self.stats.failures[f"{reason}:retries={attempt}"] += 1
@@ -294,26 +327,56 @@ class ChatClient:
 
     async def _attempt(self, messages: list[dict], use_json: bool) -> Completion:
         s = self.settings
-        extra = {"response_format": {"type": "json_object"}} if use_json else {}
+        request = {"model": s.model, "messages": messages, "temperature": s.temperature, "max_tokens": s.max_tokens}
+        if use_json:
+            request["response_format"] = {"type": "json_object"}
+        body = json.dumps(request, ensure_ascii=False).encode("utf-8")
         async with self._semaphore, AsyncExitStack() as stack:
             if self.slot is not None:
                 await stack.enter_async_context(self.slot())
             if self._refused:  # refused while this request waited for a slot: the answer would be the same
                 raise EndpointError(self._refused)
             self.stats.requests_sent += 1
-            response = await self._client.chat.completions.create(
-                model=s.model, messages=messages, temperature=s.temperature, max_tokens=s.max_tokens, **extra
-            )
+            async with self._http().post(self._url, data=body, headers=self._headers, proxy=self._proxy) as response:
+                status, raw = response.status, await response.read()
+                if not 200 <= status < 300:
+                    raise StatusError(status, raw.decode("utf-8", "replace"), response.headers)
         self.stats.responses += 1
-        usage = response.usage
-        if usage is None:
+        try:
+            reply = json.loads(raw)
+            if not isinstance(reply, dict):
+                raise ValueError("not a JSON object")
+        except ValueError:
+            self.stats.failures["unreadable_response"] += 1
+            raise RequestFailed("unreadable_response", _short(ValueError(raw[:200].decode("utf-8", "replace")))) from None
+        usage = reply.get("usage")
+        if not isinstance(usage, dict):
+            usage = None
             self.stats.responses_without_usage += 1
-        prompt_tokens = (usage.prompt_tokens or 0) if usage else 0
-        completion_tokens = (usage.completion_tokens or 0) if usage else 0
+        prompt_tokens = (usage.get("prompt_tokens") or 0) if usage else 0
+        completion_tokens = (usage.get("completion_tokens") or 0) if usage else 0
         self.stats.prompt_tokens += prompt_tokens
         self.stats.completion_tokens += completion_tokens
-        content = response.choices[0].message.content if response.choices else None
-        return Completion(content or "", prompt_tokens, completion_tokens, cached=False)
+        return Completion(_content(reply), prompt_tokens, completion_tokens, cached=False)
+
+
+def _content(reply: dict) -> str:
+    """The first choice's message text of a chat completion ("" when it has none)."""
+    choices = reply.get("choices")
+    choice = choices[0] if isinstance(choices, list) and choices and isinstance(choices[0], dict) else {}
+    message = choice.get("message")
+    content = message.get("content") if isinstance(message, dict) else None
+    return content if isinstance(content, str) else ""
+
+
+def env_proxy(url: str) -> Optional[str]:
+    """The proxy the environment names for `url` (HTTP_PROXY, HTTPS_PROXY, ALL_PROXY, with NO_PROXY
+    honoured), or None."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.hostname and urllib.request.proxy_bypass(parts.hostname):
+        return None
+    proxies = urllib.request.getproxies()
+    return proxies.get(parts.scheme) or proxies.get("all")
 
 
 def refusal(status: int, settings: ClientSettings, exc: Exception) -> str:

@@ -53,6 +53,16 @@ def well_formed(value: Any) -> Any:
     return value
 
 
+def well_formed_meta(meta: dict | None) -> str | None:
+    """`dumps_meta(well_formed(meta))`: the JSON of a record's meta. JSON writes every string of
+    it (keys too) as it is, so the JSON of a meta without lone surrogates is its answer, and
+    only a meta with one is walked."""
+    dumped = dumps_meta(meta)
+    if dumped is not None and _LONE_SURROGATE.search(dumped):
+        return dumps_meta(well_formed(meta))
+    return dumped
+
+
 def read_source(path: Path, options: dict | None = None) -> Decoded:
     """A file's text (decompressed), its encoding detected unless options["encoding"] names one;
     what was learnt goes to options["report"] when that is a dict (encoding, detector,
@@ -93,7 +103,7 @@ def document(
 ) -> Imported:
     """A Document; an empty text is rejected with `reason` and takes its id from `fallback_key`,
     since every empty text would otherwise share one id."""
-    text, title, url, meta = well_formed(text), well_formed(title), well_formed(url), well_formed(meta)
+    text, title, url = well_formed(text), well_formed(title), well_formed(url)
     fallback_key = well_formed(list(fallback_key))
     doc_id = document_id(source, text) if text else content_id("empty-doc", source, *fallback_key)
     row = {
@@ -104,7 +114,7 @@ def document(
         "url": url,
         "title": title,
         "lang": None,
-        "meta": dumps_meta(meta),
+        "meta": well_formed_meta(meta),
     }
     return Imported(DOCUMENTS, row, reason)
 
@@ -119,7 +129,7 @@ def conversation(
     reason: str | None = None,
     fallback_key: Iterable[str] = (),
 ) -> Imported:
-    messages, meta, origin_id = well_formed(messages), well_formed(meta), well_formed(origin_id)
+    messages, origin_id = well_formed(messages), well_formed(origin_id)
     fallback_key = well_formed(list(fallback_key))
     conv_id = conversation_id(source, messages) if messages and reason is None else content_id(
         "malformed-conv", source, *fallback_key
@@ -130,7 +140,7 @@ def conversation(
         "source": source,
         "category": category,
         "origin_id": origin_id,
-        "meta": dumps_meta(meta),
+        "meta": well_formed_meta(meta),
     }
     return Imported(CONVERSATIONS, row, reason)
 

@@ -22,10 +22,11 @@ from __future__ import annotations
 
 import codecs
 import re
-from collections import Counter
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+
+import numpy as np
 
 # UTF-8 stays a candidate after failing strictly: a UTF-8 file with one corrupt byte is still UTF-8.
 CANDIDATES = ("utf-8", "gb18030", "big5")
@@ -95,29 +96,67 @@ def _decode_mixed(data: bytes) -> Decoded | None:
     happens to be valid UTF-8 (short GBK lines often are: `<目录>` is `<Ŀ¼>`) reads worse as
     UTF-8, so it stays legacy."""
     lines = data.splitlines(keepends=True)
-    utf8: list[str | None] = []
-    for line in lines:
-        try:
-            text = line.decode("utf-8")
-            utf8.append(None if text.isascii() else text)
-        except UnicodeDecodeError:
-            utf8.append(None)
-    if not any(utf8):
+    utf8 = _utf8_lines(data, lines)
+    if not utf8:
         return None
-    legacy_bytes = b"".join(line for line, text in zip(lines, utf8) if text is None)
-    legacy, _ = detect_legacy(legacy_bytes, candidates=CANDIDATES[1:])
-    parts, replaced, mixed = [], 0, False
-    for line, text in zip(lines, utf8):
+    # The legacy lines, as the runs of the file between the UTF-8 lines.
+    ends = np.cumsum(np.fromiter(map(len, lines), np.int64, len(lines))).tolist()
+    runs, last = [], 0
+    for i in utf8:
+        runs.append(data[last : ends[i] - len(lines[i])])
+        last = ends[i]
+    runs.append(data[last:])
+    legacy, _ = detect_legacy(b"".join(runs), candidates=CANDIDATES[1:])
+
+    def reads_better(line: bytes, text: str) -> bool:
         decoded = _decode(line, legacy, "per-line")
-        if text is not None and rare_characters(text) < rare_characters(decoded.text) + decoded.replaced_bytes:
+        return rare_characters(text) < rare_characters(decoded.text) + decoded.replaced_bytes
+
+    # Only the UTF-8 lines can make the file mixed: the file is decoded line by line only then.
+    if not any(reads_better(lines[i], text) for i, text in utf8.items()):
+        return None
+    parts, replaced = [], 0
+    for i, line in enumerate(lines):
+        text = utf8.get(i)
+        if text is not None and reads_better(line, text):
             parts.append(text)
-            mixed = True
         else:
+            decoded = _decode(line, legacy, "per-line")
             parts.append(decoded.text)
             replaced += decoded.replaced_bytes
-    if not mixed:
-        return None
     return Decoded("".join(parts), f"utf-8+{codecs.lookup(legacy).name}", replaced, "per-line")
+
+
+def _utf8_lines(data: bytes, lines: list[bytes]) -> dict[int, str]:
+    """{index: text} of the lines of `data` (`lines`: data.splitlines(keepends=True)) that are
+    valid UTF-8 with non-ASCII characters, in order. Byte rules over the whole file first mark
+    the lines that cannot be UTF-8 (a continuation byte after an ASCII one, a lead byte not
+    followed by a continuation, a byte UTF-8 never uses), which is nearly every line of a
+    legacy file; only the other non-ASCII lines are decoded."""
+    if not lines:
+        return {}
+    raw = np.frombuffer(data, np.uint8)
+    sizes = np.fromiter(map(len, lines), np.int64, len(lines))
+    starts = np.cumsum(sizes) - sizes
+    wide = raw >= 0x80
+    continuation = wide & (raw < 0xC0)
+    lead = (raw >= 0xC2) & (raw < 0xF5)
+    broken = (raw == 0xC0) | (raw == 0xC1) | (raw >= 0xF5)
+    broken[1:] |= continuation[1:] & ~wide[:-1]
+    broken[:1] |= continuation[:1]
+    broken[:-1] |= lead[:-1] & ~continuation[1:]
+    broken[-1:] |= lead[-1:]
+    candidates = np.logical_or.reduceat(wide, starts) & ~np.logical_or.reduceat(broken, starts)
+    found = {i: _strict_utf8(lines[i]) for i in np.flatnonzero(candidates).tolist()}
+    return {i: text for i, text in found.items() if text is not None}
+
+
+def _strict_utf8(line: bytes) -> str | None:
+    try:
+        text = line.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    return None if text.isascii() else text
 
 
 def read_text(path: Path, encoding: str | None = None) -> Decoded:
@@ -150,26 +189,49 @@ def detect_legacy(data: bytes, candidates: tuple[str, ...] = CANDIDATES) -> tupl
 def _unsure(sample: bytes, encoding: str) -> bool:
     """More than UNSURE of the non-ASCII characters read are invalid or rare."""
     text = codecs.getincrementaldecoder(encoding)(errors="surrogateescape").decode(sample, final=False)
-    invalid = sum(len(run) for run in _ESCAPED.findall(text))
-    wide = sum(1 for char in text if ord(char) >= 0x80)
-    return (invalid + rare_characters(text)) > UNSURE * max(wide, 1)
+    escaped, points = _split_escapes(text)
+    wide = escaped + int(np.count_nonzero(points >= 0x80))
+    return (escaped + escaped + _rare_count(points)) > UNSURE * max(wide, 1)
 
 
 def _score(sample: bytes, encoding: str) -> float:
     """Invalid bytes plus rare characters per decoded character (lower reads better)."""
     # An incremental decoder leaves a character cut at the sample's end undecoded, not invalid.
     text = codecs.getincrementaldecoder(encoding)(errors="surrogateescape").decode(sample, final=False)
-    invalid = sum(len(run) for run in _ESCAPED.findall(text))
-    return (invalid + rare_characters(text)) / max(len(text), 1)
+    escaped, points = _split_escapes(text)
+    return (escaped + escaped + _rare_count(points)) / max(len(text), 1)
 
 
 def rare_characters(text: str) -> int:
     """Characters that ordinary Chinese text seldom holds: symbols, kana, Greek and Cyrillic,
     private-use code points, and Han characters outside both GB2312 and Big5's common level."""
-    return sum(count for char, count in Counter(text).items() if not _is_common(char))
+    escaped, points = _split_escapes(text)
+    return escaped + _rare_count(points)
 
 
-@lru_cache(maxsize=1 << 16)
+def _split_escapes(text: str) -> tuple[int, np.ndarray]:
+    """(bytes surrogateescape escaped: U+DC80..U+DCFF, one per byte; the code points of the
+    rest). An escape is an invalid byte, and a rare character too (a lone surrogate)."""
+    try:
+        return 0, np.frombuffer(text.encode("utf-32-le"), np.uint32)
+    except UnicodeEncodeError:  # lone surrogates
+        rest = _ESCAPED.sub("", text)
+    # surrogatepass: any other lone surrogate is a code point like any other (and rare).
+    return len(text) - len(rest), np.frombuffer(rest.encode("utf-32-le", errors="surrogatepass"), np.uint32)
+
+
+def _rare_count(points: np.ndarray) -> int:
+    common = _common_table()
+    return int(len(points) - np.count_nonzero(common[np.minimum(points, len(common) - 1)]))
+
+
+@lru_cache(maxsize=1)
+def _common_table() -> np.ndarray:
+    """_is_common of every code point of the Basic Multilingual Plane, and one False entry that
+    stands for every code point beyond it (none of which is common)."""
+    return np.array([_is_common(chr(cp)) for cp in range(0x10000)] + [False], bool)
+
+
 def _is_common(char: str) -> bool:
     code = ord(char)
     if code < 0x80 or char.isspace():
