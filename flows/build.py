@@ -19,7 +19,7 @@ from .stages.dedup import dedup_flow
 from .stages.export import export_flow
 from .stages.ingest import ingest_flow
 from .stages.pack import pack_flow
-from .stages.runner import DESCRIPTIONS, _holding_workdir, _kept_nothing, _stop_if_nothing_kept
+from .stages.runner import DESCRIPTIONS, _holding_workdir, _subflows_share_heartbeat, _kept_nothing, _stop_if_nothing_kept
 from .stages.sample import sample_flow
 from .stages.select import select_flow
 from .stages.validate import validate_flow, validate_stage_output
@@ -46,6 +46,7 @@ STAGE_FLOWS = {
 
 @flow(name="build-corpus", description=DESCRIPTIONS["build-corpus"], **FAILURE_HOOKS)
 @_holding_workdir
+@_subflows_share_heartbeat
 def build_corpus(config: Optional[str] = None, workdir: str = "tcm-corpus-build", engine: Optional[str] = None) -> dict:
     """Every stage in order into `workdir`; without `config`, the embedded sample build."""
     logger = get_run_logger()

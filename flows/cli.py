@@ -28,7 +28,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from .runtime import prepare_environment, quiet_failures_on_terminal
+from .runtime import prepare_environment, quiet_failures_on_terminal, settle_heap
 
 from .pipeline_info import FLOWS
 
@@ -254,6 +254,11 @@ def _check_sources(config) -> None:
             raise UsageError(f"decontaminate.benchmarks: {path} does not exist")
 
 
+# Flows that run the quality suites: the command imports Great Expectations with the flow, not
+# midway through it, so its objects are settled with the rest of the imports.
+SUITE_FLOWS = ("build-corpus", "validate")
+
+
 def _flow(module: str, name: str):
     """One flow, importing only its own module (a stage command does not import the others)."""
     from importlib import import_module
@@ -261,22 +266,34 @@ def _flow(module: str, name: str):
     return getattr(import_module(f"flows.{module}"), name)
 
 
-def _run(args) -> dict:
-    if args.flow == "build-corpus":
-        return _flow("build", "build_corpus")(config=args.config, workdir=args.workdir, engine=args.engine)
-    if args.flow == "refresh":
-        return _flow("refresh", "refresh")(config=args.config, workdir=args.workdir, engine=args.engine)
+def _run(args, settle: bool = False) -> dict:
+    """Run the flow `args` names; with `settle` (the command), the imports are settled first
+    (`runtime.settle_heap`)."""
+    module, name, arguments = _flow_call(args)
+    if settle and args.flow in SUITE_FLOWS:
+        import quality  # noqa: F401
+    chosen = _flow(module, name)
+    if settle:
+        settle_heap()
+    return chosen(**arguments)
+
+
+def _flow_call(args) -> tuple[str, str, dict]:
+    """(module under flows/, flow object's name, its arguments) of the flow `args` runs."""
+    if args.flow in WORKDIR_FLOWS:
+        module, name = ("build", "build_corpus") if args.flow == "build-corpus" else ("refresh", "refresh")
+        return module, name, {"config": args.config, "workdir": args.workdir, "engine": args.engine}
     if args.flow == "crawl":
-        return _flow("stages.crawl", "crawl_flow")(output=args.output, config=args.config, recrawl=args.recrawl)
+        return "stages.crawl", "crawl_flow", {"output": args.output, "config": args.config, "recrawl": args.recrawl}
     if args.flow == "ingest":
-        return _flow("stages.ingest", "ingest_flow")(output=args.output, config=args.config, inputs=args.input)
+        return "stages.ingest", "ingest_flow", {"output": args.output, "config": args.config, "inputs": args.input}
     if args.dry_run:
-        return _flow("stages.select", "selection_dry_run_flow")(stage=args.flow, inputs=args.input, config=args.config, engine=args.engine)
+        return "stages.select", "selection_dry_run_flow", {"stage": args.flow, "inputs": args.input, "config": args.config, "engine": args.engine}
     if args.flow == TRAIN_DOMAIN:
-        return _flow("domain", "train_domain_classifier_flow")(config=args.config, output=args.output)
+        return "domain", "train_domain_classifier_flow", {"config": args.config, "output": args.output}
     if args.flow == "export":
-        return _flow("stages.export", "export_flow")(inputs=args.input, output=args.output, config=args.config, formats=args.format)
-    return _flow(f"stages.{args.flow}", f"{args.flow}_flow")(inputs=args.input, output=args.output, config=args.config, engine=args.engine)
+        return "stages.export", "export_flow", {"inputs": args.input, "output": args.output, "config": args.config, "formats": args.format}
+    return f"stages.{args.flow}", f"{args.flow}_flow", {"inputs": args.input, "output": args.output, "config": args.config, "engine": args.engine}
 
 
 def _print_result(flow: str, result: dict) -> None:
@@ -321,8 +338,16 @@ def _print_result(flow: str, result: dict) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """The `flows` command. Called with `argv` (from Python: tests, an embedding application),
-    it leaves Prefect's server settings as they are; as the command itself (no `argv`), a run
-    uses the local server shared by this user's commands (flows/local_server.py)."""
+    it leaves Prefect's server settings and the process's heap as they are; as the command
+    itself (no `argv`), a run uses the local server shared by this user's commands
+    (flows/local_server.py), and the process ends without collecting its heap (`settle_heap`)."""
+    code = _command(argv)
+    if argv is None:
+        settle_heap()
+    return code
+
+
+def _command(argv: list[str] | None) -> int:
     as_command = argv is None
     parser = _parser()
     args = parser.parse_args(argv)
@@ -364,7 +389,7 @@ def main(argv: list[str] | None = None) -> int:
         with _run_lock(args):
             if shared_server is not None:
                 shared_server.wait_ready()
-            result = _run(args)
+            result = _run(args, settle=as_command)
     except (LockBusy, SourceError, SourceRejected) as exc:  # a busy work folder, an unreadable input file: the user's to fix
         return _failed(args, exc, 2)
     except KeyboardInterrupt:

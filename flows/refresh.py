@@ -18,7 +18,7 @@ from .stages.clean import clean_flow
 from .stages.crawl import crawl_flow
 from .stages.dedup import dedup_flow
 from .stages.ingest import ingest_flow
-from .stages.runner import _holding_workdir
+from .stages.runner import _holding_workdir, _subflows_share_heartbeat
 from .stages.select import select_flow
 
 
@@ -27,6 +27,7 @@ REFRESH_DESCRIPTION = "crawl, ingest, clean and dedup new material against the e
 
 @flow(name="refresh", description=REFRESH_DESCRIPTION, **FAILURE_HOOKS)
 @_holding_workdir
+@_subflows_share_heartbeat
 def refresh(config: Optional[str] = None, workdir: str = "tcm-corpus-build", engine: Optional[str] = None, label: Optional[str] = None) -> dict:
     """Fetch and import the sources again into `WORKDIR/refresh/<label>/` (label: today's UTC
     date), clean and select them (the build's own rules: a fragment or a cross-reference is no

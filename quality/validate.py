@@ -206,10 +206,10 @@ class QualityRun:
                         "class_name": "TupleFilesystemStoreBackend",
                         "base_directory": str(self.results_dir / DATA_DOCS),
                     },
-                    "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
+                    "site_index_builder": {"class_name": "DefaultSiteIndexBuilder", "view": _view("CompiledIndexPageView")},
                     # Result pages only: a page per suite and the profiling section cost more
                     # than the validation itself and show nothing a result page does not.
-                    "site_section_builders": {"expectations": "0", "profiling": "0"},
+                    "site_section_builders": {"expectations": "0", "profiling": "0", "validations": {"view": _view("CompiledPageView")}},
                 },
             )
 
@@ -269,6 +269,11 @@ class QualityRun:
             url = page[0]["site_url"] if page else None
             report.docs_path = _file_path(url) if url else str(index)
         return index
+
+
+def _view(class_name: str) -> dict:
+    # GX's own page views, with their compiled templates kept for the process (docs_views.py).
+    return {"module_name": "quality.docs_views", "class_name": class_name}
 
 
 def _as_table(rows: pa.Table | pa.RecordBatch | pd.DataFrame) -> pa.Table:
