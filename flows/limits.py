@@ -10,23 +10,24 @@ Two builds converting at the same time share the same slots, so the endpoint nev
 than `slots` requests at once. The limit lives on the Prefect server: the UI (Concurrency)
 shows it, and it or `prefect gcl update NAME --limit N` changes it while runs go on.
 
-Slots are paid for once per lease, not once per request: a client with no slot of its own
-free asks for every slot it may hold (min(concurrency, slots)) as one Prefect lease if the limit
-has that many free now; otherwise it asks for one slot per waiting request, each its own lease,
-asking again after the server's Retry-After. It keeps its slots for the requests that follow,
-renews each lease in its own event loop while it holds it, and gives a lease back after
-`hold_seconds` of holding (its requests in flight finish first) or when the client closes. So a
-run asks the Prefect API a few times per `hold_seconds` (one round trip for all its slots where
-the limit is free), other runs get their turn at least that often (a chance to take a slot),
-and a limit lowered by an operator applies within `hold_seconds`. A request runs only while its
-client holds a slot for it, so the requests in flight across all runs never exceed the limit. A
-killed run's leases expire on the server after `LEASE_SECONDS`.
+Slots are paid for once per lease, not once per request. A client's first ask is for every
+slot it may hold (min(concurrency, slots)) as one Prefect lease, if the limit has them free at
+that moment; after that (or if they were not free), a request that finds no slot of its client
+free makes the client ask for one more slot as its own lease, asking again after the server's
+Retry-After while the limit has none free. A client keeps its slots for the requests that follow
+and gives a lease back after `hold_seconds` of holding (its requests in flight finish first:
+the first lease's slots come back together, once, each later slot on its own) or when the client
+closes. So a run asks the Prefect API about `min(concurrency, slots)` times per `hold_seconds`,
+other runs get their turn at least that often (a chance to take a slot), and a limit lowered by
+an operator applies within `hold_seconds`. A request runs only while its client holds a slot for
+it, so the requests in flight across all runs never exceed the limit. A killed run's leases
+expire on the server after `LEASE_SECONDS`.
 
-The leases are taken through the Prefect client's lease endpoints (increment, renew, decrement
-with lease) rather than `prefect.concurrency.asyncio.concurrency`, which asks one lease at a
-time through a process-wide queue, starts a renewal thread and a new API client for each lease
-and logs an error for every ask refused without waiting: on a 30 ms endpoint that made taking
-8 slots cost several hundred milliseconds and half a CPU-second.
+The leases are taken, renewed and given back through the Prefect client's lease endpoints, by
+one API client in the client's own event loop, one ask at a time. Prefect's
+`prefect.concurrency.asyncio.concurrency` starts a renewal thread and a new API client for each
+lease and logs an error for an ask refused without waiting: on a 30 ms endpoint a run took
+about 0.3 s and half a CPU-second to reach 8 slots that way.
 """
 from __future__ import annotations
 
@@ -118,6 +119,10 @@ class SlotLeases:
         self._closing = False
         self._api = None  # one Prefect client for every lease of this holding, opened in its loop
         self._api_opening = asyncio.Lock()
+        # One ask at a time: the Prefect server's database takes one write at a time, and asks
+        # side by side come back "locked" and are retried seconds later.
+        self._one_ask = asyncio.Lock()
+        self._bundled = False  # the first ask, for every slot at once, is made
         self._orphans: set[asyncio.Task] = set()  # releases of slots granted to a cancelled ask
         self.leases_taken = 0  # Prefect leases granted
         self.slots_taken = 0  # slots those leases held
@@ -143,9 +148,11 @@ class SlotLeases:
                     raise self._failure
                 missing = self.most - self._held - self._asking
                 if missing > 0:
-                    # Nothing asked for yet: every missing slot as one lease if the limit has them
-                    # free now; otherwise one slot per waiting request, each waiting its turn.
-                    self._ask(missing if self._asking == 0 else 1)
+                    # The first ask is for every slot at once (one round trip where eight would
+                    # come one after another) if the limit has them free now; after it, one slot
+                    # per waiting request, each given back on its own after `hold_seconds`.
+                    self._ask(1 if self._bundled else missing)
+                    self._bundled = True
                 await self._changed.wait()
 
     def _ask(self, slots: int) -> None:
@@ -247,13 +254,14 @@ class SlotLeases:
             return granted["lease_id"]
 
     async def _ask_once(self, api, slots: int):
-        ask = asyncio.ensure_future(api.increment_concurrency_slots_with_lease(
-            names=[self.limit.limit_name], slots=slots, mode="concurrency", lease_duration=LEASE_SECONDS))
-        try:
-            return await asyncio.shield(ask)
-        except asyncio.CancelledError:
-            ask.add_done_callback(self._give_back_orphan)  # slots granted meanwhile go back
-            raise
+        async with self._one_ask:
+            ask = asyncio.ensure_future(api.increment_concurrency_slots_with_lease(
+                names=[self.limit.limit_name], slots=slots, mode="concurrency", lease_duration=LEASE_SECONDS))
+            try:
+                return await asyncio.shield(ask)
+            except asyncio.CancelledError:
+                ask.add_done_callback(self._give_back_orphan)  # slots granted meanwhile go back
+                raise
 
     def _give_back_orphan(self, ask: asyncio.Future) -> None:
         if ask.cancelled() or ask.exception() is not None:

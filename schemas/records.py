@@ -176,10 +176,14 @@ def conversation_id(source: str, messages: Sequence[Mapping[str, str]]) -> str:
     return content_id("conv", source, *(f"{m['role']}:{m['content']}" for m in messages))
 
 
+# json.dumps(meta, ensure_ascii=False), without building an encoder per call.
+_META_ENCODER = json.JSONEncoder(ensure_ascii=False)
+
+
 def dumps_meta(meta: Mapping | None) -> str | None:
     if not meta:
         return None
-    return json.dumps(meta, ensure_ascii=False)
+    return _META_ENCODER.encode(meta)
 
 
 def loads_meta(meta: str | None) -> dict:

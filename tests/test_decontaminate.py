@@ -11,7 +11,10 @@ import pytest
 
 from schemas.dataset import DatasetWriter, StageManifest, read_kind
 from transforms import stages
-from transforms.decontaminate.contamination import ContaminationIndex, decontaminate_with_hits, own_grams
+import numpy as np
+
+from transforms.decontaminate import contamination
+from transforms.decontaminate.contamination import ContaminationIndex, answer_text, cited_grams, decontaminate_with_hits, item_forms, own_grams
 from transforms.engines.local import LocalEngine
 from transforms.ingest.importers.benchmarks import load_benchmark
 from transforms.clean.normalize import match_key
@@ -234,3 +237,60 @@ def test_batch_match_forms_equal_the_per_text_match_form(shared_data):
     everything = "".join(chr(cp) for cp in range(0x20, 0x10000) if not 0xD800 <= cp <= 0xDFFF)
     pieces = [everything[i : i + 97] for i in range(0, len(everything), 97)]
     assert match_keys(pieces) == [match_key(piece) for piece in pieces]
+
+
+def _rule_read_item_by_item(items: list[dict], n: int = 13, min_chars: int = 8) -> list[tuple[dict, list, frozenset]]:
+    """The indexed items as the rule reads, one item at a time: (item, forms as sets of n-gram
+    strings with their shares, cited n-grams)."""
+    indexed = []
+    for item in items:
+        whole = "".join(match_key(str(item.get(k) or "")) for k in ("question", "options", "answer"))
+        forms = item_forms(item, n, 0.5, 0.9) if len(whole) >= min_chars else []
+        if forms:
+            indexed.append((item, forms, cited_grams(item, n) if answer_text(item) else frozenset()))
+    return indexed
+
+
+def _as_strings(index: ContaminationIndex) -> tuple[list, dict]:
+    """An index's items (benchmark, item, answer, forms, cited) and postings with n-gram strings for numbers."""
+    n = index.ngram
+
+    def gram(number: int) -> str:
+        return index.vocabulary[number * n : (number + 1) * n]
+
+    items = [(i.benchmark, i.item, i.answer_key, [({gram(g) for g in f.tolist()}, share) for f, share in i.forms],
+              {gram(g) for g in i.cited.tolist()}) for i in index.items]
+    postings = {gram(g): index.postings[index.posting_starts[g] : index.posting_starts[g + 1]].tolist() for g in range(index.gram_count)}
+    return items, postings
+
+
+def test_index_built_at_once_holds_what_the_rule_reads_item_by_item(items, index):
+    """All items' n-grams are numbered in one pass over arrays; that index holds, per item, the
+    forms and cited words the rule gives for the item alone (`item_forms`, `cited_grams`), the
+    items holding each n-gram, the floors, and the hash of each n-gram (`window_hashes`)."""
+    expected = _rule_read_item_by_item(items)
+    indexed, postings = _as_strings(index)
+    assert len(indexed) == len(expected) > 3000
+    holders: dict[str, list[int]] = {}
+    for number, ((benchmark, name, answer, forms, cited), (item, rule_forms, rule_cited)) in enumerate(zip(indexed, expected)):
+        assert (benchmark, name, answer) == (item["benchmark"], str(item["item"]), answer_text(item))
+        assert forms == [(set(grams), share) for grams, share in rule_forms] and cited == rule_cited
+        for gram in frozenset().union(rule_cited, *(grams for grams, _ in rule_forms)):
+            holders.setdefault(gram, []).append(number)
+        floor = min([share * len(grams) for grams, share in rule_forms] + ([0.6 * len(rule_cited)] if rule_cited else []))
+        assert index.floors[number] == floor
+    assert postings == holders
+    vocabulary = np.frombuffer(index.vocabulary.encode("utf-32-le"), np.uint32)
+    assert np.array_equal(index.hashes, contamination.window_hashes(vocabulary, index.ngram)[:: index.ngram][index.hash_grams])
+    assert np.all(np.diff(index.hashes.astype(np.float64)) >= 0)
+
+
+def test_index_tells_apart_n_grams_whose_hashes_agree(items, index, monkeypatch):
+    """With a hash of ten bits, nearly every n-gram shares its hash with others: the code points
+    still tell them apart, and the index holds the same items and n-grams."""
+    real = contamination.window_hashes
+    monkeypatch.setattr(contamination, "window_hashes", lambda points, n: real(points, n) & np.uint64(0x3FF))
+    weak = ContaminationIndex.build(items[::3])
+    monkeypatch.undo()
+    assert len(set(weak.hashes.tolist())) <= 1024 < weak.gram_count
+    assert _as_strings(weak) == _as_strings(ContaminationIndex.build(items[::3]))

@@ -228,8 +228,8 @@ def test_serve_needs_a_reachable_server():
 
 def test_llm_slots_serialise_holders(api):
     """Requests of one client hold leased slots: with one slot they run one after another, with
-    two side by side; a run pays for its slots once (one lease for all it may hold when they are
-    free), not per request; every slot goes back at close."""
+    two side by side; a run pays for its slots once (its first lease holds all it may hold when
+    they are free), not per request; every slot goes back at close."""
     from prefect.client.orchestration import get_client
 
     from flows.limits import ensure_limit, llm_slot
@@ -271,10 +271,10 @@ def test_llm_slots_serialise_holders(api):
             assert client.read_global_concurrency_limit_by_name(name).active_slots == 0, name
 
 
-def test_llm_slots_taken_one_by_one_when_the_limit_is_busy(api):
-    """With a slot of the limit held elsewhere, a client's ask for all it may hold is refused at
-    once; it takes one slot, then the other when it comes free, and never holds more than the
-    limit has."""
+def test_llm_slots_never_exceed_the_limit_while_another_run_holds_one(api):
+    """With a slot of the limit held elsewhere, a client that may hold two is refused both at once:
+    it takes the free one as a lease of its own, and the other only once the other run gives its
+    slot back."""
     from prefect.client.orchestration import get_client
     from prefect.concurrency.asyncio import concurrency
 
@@ -288,22 +288,23 @@ def test_llm_slots_taken_one_by_one_when_the_limit_is_busy(api):
 
         async def other_run() -> None:
             async with concurrency("test-llm-busy", occupy=1, strict=True):
-                events.append("other enter")
+                events.append("enter other")
                 other_has_it.set()
                 await asyncio.sleep(1.0)
-                events.append("other exit")
+                events.append("exit other")
 
-        async def request(name: str, leases) -> None:
-            async with leases():
-                events.append(f"enter {name}")
-                await asyncio.sleep(0.3)
-                events.append(f"exit {name}")
+        async def requests(name: str, leases) -> None:
+            for _ in range(6):
+                async with leases():
+                    events.append(f"enter {name}")
+                    await asyncio.sleep(0.3)
+                    events.append(f"exit {name}")
 
         other = asyncio.create_task(other_run())
         await other_has_it.wait()
         leases = slot.leases(2)
         try:
-            await asyncio.gather(request("a", leases), request("b", leases), request("c", leases))
+            await asyncio.gather(requests("a", leases), requests("b", leases))
         finally:
             await leases.aclose()
         await other
@@ -315,10 +316,44 @@ def test_llm_slots_taken_one_by_one_when_the_limit_is_busy(api):
         inside += 1 if event.split()[0] == "enter" else -1
         most = max(most, inside)
     assert most <= 2, events
-    assert events.index("enter b") < events.index("other exit"), "one slot while the other run holds one"
-    assert slots_taken == leases_taken >= 1, "refused the two at once, it took leases of one slot"
+    assert events.index("enter a") < events.index("exit other") or events.index("enter b") < events.index("exit other")
+    assert 1 <= leases_taken == slots_taken <= 2, "leases of one slot each"
     with get_client(sync_client=True) as client:
         assert client.read_global_concurrency_limit_by_name("test-llm-busy").active_slots == 0
+
+
+def test_llm_slots_go_back_after_hold_seconds_and_are_asked_for_one_by_one(api):
+    """After `hold_seconds`, the first lease (both slots) goes back once its requests are done;
+    from then on the client holds one lease per slot, each given back and asked for on its own."""
+    from prefect.client.orchestration import get_client
+
+    from flows.limits import llm_slot
+
+    slot = llm_slot(LLMLimitConfig(concurrency_limit="test-llm-hold", slots=2, hold_seconds=0.4))
+
+    async def run() -> tuple[int, int, int]:
+        inside = [0, 0]  # now, most
+
+        async def requests(leases) -> None:
+            for _ in range(12):
+                async with leases():
+                    inside[0] += 1
+                    inside[1] = max(inside)
+                    await asyncio.sleep(0.1)
+                    inside[0] -= 1
+
+        leases = slot.leases(2)
+        try:
+            await asyncio.gather(requests(leases), requests(leases))
+        finally:
+            await leases.aclose()
+        return inside[1], leases.leases_taken, leases.slots_taken
+
+    most, leases_taken, slots_taken = asyncio.run(run())
+    assert most == 2
+    assert leases_taken >= 3 and slots_taken == leases_taken + 1, "one lease of two, then leases of one"
+    with get_client(sync_client=True) as client:
+        assert client.read_global_concurrency_limit_by_name("test-llm-hold").active_slots == 0
 
 
 def test_llm_slots_refused_when_the_limit_is_missing_or_busy_past_the_wait(api):

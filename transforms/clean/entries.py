@@ -115,7 +115,7 @@ def _judge(body: str, titled: bool, matcher) -> tuple[int, str]:
     if not titled:
         return chars, "untitled"
     bare = (BRACKETS.sub("", content) if _has_bracket(content) else content).strip()
-    if CATALOGUE.match(bare) or APPENDIX_NOTE.match(content.strip()) or all(CATALOGUE_ITEM.match(item) for item in bare.split()):
+    if CATALOGUE.match(bare) or APPENDIX_NOTE.match(content.strip()) or _all_catalogue_items(bare):
         return chars, "fragment"
     if ends_sentence(content):
         return chars, "sentence"
@@ -124,7 +124,7 @@ def _judge(body: str, titled: bool, matcher) -> tuple[int, str]:
     for line in (line for line in content.split("\n") if line.strip()):
         if DOSE.search(line) or matcher.recognises_list(line):
             unpunctuated_only = False
-        elif not (unpunctuated(BRACKETS.sub("", line).strip()) or ends_sentence(line)):
+        elif not (unpunctuated((BRACKETS.sub("", line) if _has_bracket(line) else line).strip()) or ends_sentence(line)):
             listed = False
             break
     if listed and not unpunctuated_only:
@@ -133,6 +133,14 @@ def _judge(body: str, titled: bool, matcher) -> tuple[int, str]:
         # A pointer with an unfinished clause beside it (方见寒门 治烦躁): the entry is elsewhere.
         return chars, "cross_reference"
     return chars, "unpunctuated" if listed else "fragment"
+
+
+def _all_catalogue_items(bare: str) -> bool:
+    """Whether every space-separated item of `bare` is a class of a catalogue (山草类 水草类);
+    true of no items. Each such item holds 类, 部 or 门: a text without one needs no split."""
+    if bare and "类" not in bare and "部" not in bare and "门" not in bare:
+        return False
+    return all(CATALOGUE_ITEM.match(item) for item in bare.split())
 
 
 def _has_bracket(text: str) -> bool:

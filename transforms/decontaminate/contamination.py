@@ -56,20 +56,28 @@ _OPTION_LABEL = re.compile(r"^\s*[A-Ha-h][.．、:：)）]\s*", re.MULTILINE)
 _HASH_BASE = np.uint64(1_000_003)
 _MIX = np.uint64(0x9E3779B97F4A7C15)
 FILTER_BITS = 24
+# Characters of the sample the screen hashes (at most; the n-gram length when shorter).
+_SAMPLE_CHARS = 8
+
+
+def quoted_pieces(text: str) -> list[tuple[str, bool]]:
+    """The text cut at its quoted spans: (piece, whether it is a quotation or a book title), in
+    order; each piece is keyed on its own."""
+    pieces, last = [], 0
+    for span in _QUOTED.finditer(text):
+        pieces += [(text[last : span.start()], False), (span.group(), True)]
+        last = span.end()
+    pieces.append((text[last:], False))
+    return pieces
 
 
 def keyed_with_quotes(text: str) -> tuple[str, list[bool]]:
     """The match form of a text, and for each of its characters whether it was quoted."""
-    parts, quoted, last = [], [], 0
-    for span in _QUOTED.finditer(text):
-        for piece, inside in ((text[last : span.start()], False), (span.group(), True)):
-            key = _item_key(piece)
-            parts.append(key)
-            quoted.extend([inside] * len(key))
-        last = span.end()
-    key = _item_key(text[last:])
-    parts.append(key)
-    quoted.extend([False] * len(key))
+    parts, quoted = [], []
+    for piece, inside in quoted_pieces(text):
+        key = _item_key(piece)
+        parts.append(key)
+        quoted.extend([inside] * len(key))
     return "".join(parts), quoted
 
 
@@ -110,6 +118,22 @@ def window_hashes(points: np.ndarray, n: int) -> np.ndarray:
     return total[:count]
 
 
+def _horner(columns) -> np.ndarray:
+    """The polynomial hash (`window_hashes`) of rows given as their code point columns in order."""
+    total = None
+    with np.errstate(over="ignore"):
+        for column in columns:
+            column = column.astype(np.uint64)
+            total = column if total is None else total * _HASH_BASE + column
+    return total
+
+
+def _bucket(hashes: np.ndarray) -> np.ndarray:
+    """The screen bucket of each hash: the top FILTER_BITS bits of hash x _MIX."""
+    with np.errstate(over="ignore"):
+        return (hashes * _MIX) >> np.uint64(64 - FILTER_BITS)
+
+
 @dataclass
 class IndexedItem:
     benchmark: str
@@ -121,39 +145,176 @@ class IndexedItem:
     answer_key: str = ""
 
 
-def item_forms(item: dict, n: int, min_overlap: float, question_overlap: float) -> list[tuple[frozenset, float]]:
-    """The n-gram sets an item is matched on, with the share each needs: whole with option
-    letters, whole without them, and the question alone."""
+def item_texts(item: dict, n: int, min_overlap: float, question_overlap: float, key=_item_key) -> list[tuple[str, float]]:
+    """The texts an item is matched on, with the share of its own n-grams each needs: whole
+    with option letters, whole without them (and without a one-character answer), and the
+    question alone when it is at least n characters in match form (`key`: the match form)."""
     question = str(item.get("question") or "")
     options = str(item.get("options") or "")
     answer = str(item.get("answer") or "")
     bare_options = _OPTION_LABEL.sub("", options)
-    bare_answer = answer if len(_item_key(answer)) > 1 else ""
+    bare_answer = answer if len(key(answer)) > 1 else ""
     texts = [(f"{question}\n{options}\n{answer}", min_overlap), (f"{question}\n{bare_options}\n{bare_answer}", min_overlap)]
-    if len(_item_key(question)) >= n:
+    if len(key(question)) >= n:
         texts.append((question, question_overlap if options.strip() else min_overlap))
+    return texts
+
+
+def item_forms(item: dict, n: int, min_overlap: float, question_overlap: float) -> list[tuple[frozenset, float]]:
+    """The n-gram sets an item is matched on (`own_grams` of each of `item_texts`, a set equal
+    to an earlier one left out), with the share each needs."""
     forms: list[tuple[frozenset, float]] = []
-    for text, share in texts:
+    for text, share in item_texts(item, n, min_overlap, question_overlap):
         grams = frozenset(own_grams(text, n))
         if grams and all(grams != known for known, _ in forms):
             forms.append((grams, share))
     return forms
 
 
-def cited_grams(item: dict, n: int) -> frozenset:
-    """The n-grams of the words an item cites: its quoted spans of at least n characters (in
-    match form), else its whole stem."""
+def cited_texts(item: dict, n: int, key=_item_key) -> list[str]:
+    """The words an item cites, in match form (`key`): its quoted spans of at least n
+    characters, else its whole stem."""
     question = str(item.get("question") or "")
-    quoted = [key for key in (_item_key(span.group()) for span in _QUOTED.finditer(question)) if len(key) >= n]
-    texts = quoted or [_item_key(question)]
-    return frozenset(text[i : i + n] for text in texts for i in range(len(text) - n + 1))
+    quoted = [k for k in (key(span.group()) for span in _QUOTED.finditer(question)) if len(k) >= n]
+    return quoted or [key(question)]
 
 
-def answer_text(item: dict) -> str:
+def cited_grams(item: dict, n: int) -> frozenset:
+    """The n-grams of the words an item cites (`cited_texts`)."""
+    return frozenset(text[i : i + n] for text in cited_texts(item, n) for i in range(len(text) - n + 1))
+
+
+def answer_text(item: dict, key=_item_key) -> str:
     """The right option's text in match form (`answer` is that text for choice items), or "" when
     it has fewer than two characters (a letter, a digit: no evidence in a row)."""
-    key = _item_key(str(item.get("answer") or ""))
-    return key if len(key) >= 2 else ""
+    answer = key(str(item.get("answer") or ""))
+    return answer if len(answer) >= 2 else ""
+
+
+def _starts_of_runs(ordered: np.ndarray) -> np.ndarray:
+    """Where each run of equal values of a sorted array starts (bool per element)."""
+    starts = np.ones(len(ordered), bool)
+    np.not_equal(ordered[1:], ordered[:-1], out=starts[1:])
+    return starts
+
+
+def _packed_points(points: np.ndarray, n: int) -> list[np.ndarray]:
+    """Per k in 0, 3, 6, ... below n, one uint64 per position i: the code points i + k, i + k + 1
+    and i + k + 2 (those below i + n) packed 21 bits each, so that two runs of n code points are
+    equal when these words at their starts are."""
+    padded = np.concatenate([points, np.zeros(n + 2, np.uint32)]).astype(np.uint64)
+    words = []
+    for k in range(0, n, 3):
+        word = np.zeros(len(points), np.uint64)
+        for j in range(k, min(k + 3, n)):
+            word |= padded[j - k : j - k + len(points)] << np.uint64(21 * (2 - (j - k)))
+        words.append(word)
+    return words
+
+
+class _Keys(dict):
+    """Match forms of strings, each string keyed once, in batches (`normalize.match_keys`)."""
+
+    def add(self, texts) -> None:
+        missing = list(dict.fromkeys(t for t in texts if t not in self))
+        self.update(zip(missing, match_keys(missing)))
+
+
+@dataclass
+class _Grams:
+    """What `_Segments.grams` finds: the index's n-grams and which text and item holds which."""
+
+    vocabulary: str  # n-gram g at [g*n, (g+1)*n)
+    hashes: np.ndarray  # uint64, ascending, one per n-gram
+    text_grams: np.ndarray  # int32: each text's n-gram numbers, sorted distinct, text after text
+    text_bounds: np.ndarray  # int64: text t's numbers are text_grams[text_bounds[t]:text_bounds[t + 1]]
+    postings: np.ndarray  # int32: per n-gram the items holding it, ascending, n-gram after n-gram
+    posting_starts: np.ndarray  # int64, one more than there are n-grams
+    cited: np.ndarray  # int32: each item's cited n-gram numbers, sorted distinct, item after item
+    cited_bounds: np.ndarray  # int64, one more than there are items
+
+    def of_text(self, text: int) -> np.ndarray:
+        return self.text_grams[self.text_bounds[text] : self.text_bounds[text + 1]]
+
+    def cited_of(self, item: int) -> np.ndarray:
+        return self.cited[self.cited_bounds[item] : self.cited_bounds[item + 1]]
+
+
+class _Segments:
+    """Texts in match form whose n-grams make the index: the forms of the items (n-grams lying
+    wholly inside quoted characters left out, unless no other is left: `own_grams`) and their
+    cited words (every n-gram: `cited_grams`), numbered over all texts at once."""
+
+    def __init__(self) -> None:
+        self.parts: list[tuple[str, bool]] = []  # (key, quoted) pieces of every text, in order
+        self.ends: list[int] = []  # per text, how many pieces precede its end
+        self.items: list[int] = []  # per text, the item it belongs to
+        self.cited: list[bool] = []  # per text, whether it is cited words (else a form)
+
+    def add(self, parts: list[tuple[str, bool]], item: int, cited: bool = False) -> int:
+        """Add a text of `item` given as its keyed pieces (key, quoted); its number."""
+        self.parts.extend(parts)
+        self.ends.append(len(self.parts))
+        self.items.append(item)
+        self.cited.append(cited)
+        return len(self.ends) - 1
+
+    def grams(self, n: int, items: int) -> _Grams:
+        """The distinct n-grams of the texts numbered in order of their hash (`window_hashes`;
+        equal hashes by code points), and who holds them (`items`: how many items there are)."""
+        piece_lengths = np.fromiter((len(k) for k, _ in self.parts), np.int64, len(self.parts))
+        text_ends = np.cumsum(piece_lengths)[np.asarray(self.ends, np.int64) - 1] if self.ends else np.zeros(0, np.int64)
+        lengths = np.diff(text_ends, prepend=0)
+        points = np.frombuffer("".join(k for k, _ in self.parts).encode("utf-32-le"), np.uint32)
+        quoted = np.repeat(np.fromiter((q for _, q in self.parts), bool, len(self.parts)), piece_lengths)
+        quoted_before = np.concatenate([[0], np.cumsum(quoted)])
+        counts = np.maximum(lengths - n + 1, 0)
+        owner = np.repeat(np.arange(len(lengths)), counts)
+        start = np.repeat(text_ends - lengths - (np.cumsum(counts) - counts), counts) + np.arange(int(counts.sum()))
+        # A form's own n-grams: not wholly inside quoted characters, unless none is left.
+        own = quoted_before[start + n] - quoted_before[start] < n
+        keep = own | (np.bincount(owner[own], minlength=len(lengths)) == 0)[owner]
+        start, owner = start[keep], owner[keep]
+        hashes = window_hashes(points, n)[start]
+        order = np.argsort(hashes)
+        same = hashes[order][1:] == hashes[order][:-1]
+        # Equal hashes are confirmed on the code points, three to a 64-bit word (21 bits each).
+        words = _packed_points(points, n)
+        ordered = start[order]
+        left, right = ordered[1:][same], ordered[:-1][same]
+        equal = np.ones(len(left), bool)
+        for k, word in zip(range(0, n, 3), words):
+            equal &= word[left + k] == word[right + k]
+        if equal.all():
+            same[same] = equal
+        else:  # two n-grams share a hash: their code points order them
+            columns = [word[start + k] for k, word in zip(range(0, n, 3), words)]
+            order = np.lexsort(columns[::-1] + [hashes])
+            same = hashes[order][1:] == hashes[order][:-1]
+            for column in columns:
+                same &= column[order][1:] == column[order][:-1]
+        del words, left, right, equal
+        heads = np.concatenate([[True], ~same]) if len(order) else np.zeros(0, bool)
+        numbers = np.empty(len(order), np.int64)
+        numbers[order] = np.cumsum(heads) - 1
+        representative = start[order[heads]]  # a window of each n-gram, in number order
+        count = len(representative)
+        vocabulary = points[representative[:, None] + np.arange(n)].astype("<u4").tobytes().decode("utf-32-le")
+        text_grams, text_bounds = _grouped(owner, numbers, count, len(lengths))
+        holder = np.asarray(self.items, np.int64)
+        cited = np.asarray(self.cited, bool)[owner]
+        by_gram, posting_starts = _grouped(numbers, holder[owner], items, count)
+        cited_grams, cited_bounds = _grouped(holder[owner][cited], numbers[cited], count, items)
+        return _Grams(vocabulary, hashes[order[heads]], text_grams, text_bounds, by_gram, posting_starts, cited_grams, cited_bounds)
+
+
+def _grouped(groups: np.ndarray, values: np.ndarray, value_count: int, group_count: int) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct values of each group (sorted int32, group after group) and where each
+    group's start (int64, group_count + 1): pairs (groups[i], values[i]), values below value_count."""
+    pairs = np.sort(groups * max(value_count, 1) + values)
+    pairs = pairs[_starts_of_runs(pairs)]
+    bounds = np.searchsorted(pairs, np.arange(group_count + 1) * max(value_count, 1))
+    return (pairs % max(value_count, 1)).astype(np.int32), bounds.astype(np.int64)
 
 
 @dataclass
@@ -202,44 +363,48 @@ class ContaminationIndex:
     ) -> "ContaminationIndex":
         index = cls(ngram=ngram, min_overlap=min_overlap, question_overlap=question_overlap, cite_overlap=cite_overlap,
                     answer_window=answer_window)
-        numbers: dict[str, int] = {}
-        gram_lists, item_lists = [], []  # per item: the numbers of all its n-grams, and its own number
-
-        def numbered(grams) -> np.ndarray:
-            return np.sort(np.fromiter(map(numbers.__getitem__, grams), np.int32, len(grams)))
-
-        for item in items:
+        keys = _Keys()
+        fields = [[str(item.get(k) or "") for k in ("question", "options", "answer")] for item in items]
+        keys.add([text for three in fields for text in three])
+        keys.add([span.group() for question, _, _ in fields for span in _QUOTED.finditer(question)])
+        # Per indexed item: its texts (form texts then cited texts) as pieces, keyed below in one batch.
+        planned = []
+        for item, (question, options, answer) in zip(items, fields):
             benchmark = str(item.get("benchmark", ""))
             counts = index.coverage.setdefault(benchmark, Counter())
             counts["items"] += 1
-            whole = "".join(_item_key(str(item.get(k) or "")) for k in ("question", "options", "answer"))
-            forms = item_forms(item, ngram, min_overlap, question_overlap) if len(whole) >= min_chars else []
-            if not forms:
+            texts = []
+            if len(keys[question]) + len(keys[options]) + len(keys[answer]) >= min_chars:
+                texts = item_texts(item, ngram, min_overlap, question_overlap, keys.__getitem__)
+            planned.append((item, benchmark, counts, texts, [quoted_pieces(text) for text, _ in texts]))
+        keys.add([piece for *_, pieces in planned for text_pieces in pieces for piece, _ in text_pieces])
+        segments = _Segments()
+        texts_of: list[list[tuple[int, float]]] = []  # per indexed item: (text number, share) of its forms
+        for item, benchmark, counts, texts, pieces in planned:
+            form_keys = [[(keys[piece], inside) for piece, inside in text_pieces] for text_pieces in pieces]
+            long_enough = [sum(len(k) for k, _ in parts) >= ngram for parts in form_keys]
+            if not any(long_enough):  # no form has an n-gram
                 counts["too_short"] += 1
                 continue
             number = len(index.items)
-            answer = answer_text(item)
-            cited = cited_grams(item, ngram) if answer else frozenset()
             counts["indexed"] += 1
-            grams = [numbers.setdefault(gram, len(numbers)) for gram in frozenset().union(cited, *(grams for grams, _ in forms))]
-            gram_lists.append(np.array(grams, np.int32))
-            item_lists.append(np.full(len(grams), number, np.int32))
-            index.items.append(IndexedItem(
-                benchmark, str(item.get("item", number)), tuple((numbered(grams), share) for grams, share in forms),
-                numbered(cited), answer,
-            ))
-        index.vocabulary = "".join(numbers)
-        points = np.frombuffer(index.vocabulary.encode("utf-32-le"), np.uint32).reshape(len(numbers), ngram)
-        hashes = np.zeros(len(numbers), np.uint64)
-        with np.errstate(over="ignore"):
-            for k in range(ngram):
-                hashes = hashes * _HASH_BASE + points[:, k].astype(np.uint64)
-        order = np.argsort(hashes, kind="stable")
-        index.hashes, index.hash_grams = hashes[order], order
-        all_grams = np.concatenate(gram_lists) if gram_lists else np.zeros(0, np.int32)
-        # Postings in item order within each n-gram: a stable sort of (n-gram, item) by n-gram.
-        index.postings = (np.concatenate(item_lists) if item_lists else np.zeros(0, np.int32))[np.argsort(all_grams, kind="stable")]
-        index.posting_starts = np.concatenate([[0], np.cumsum(np.bincount(all_grams, minlength=len(numbers)))]).astype(np.int64)
+            answer = answer_text(item, keys.__getitem__)
+            texts_of.append([(segments.add(parts, number), share) for parts, (_, share), enough in zip(form_keys, texts, long_enough) if enough])
+            for text in cited_texts(item, ngram, keys.__getitem__) if answer else []:
+                if len(text) >= ngram:
+                    segments.add([(text, False)], number, cited=True)
+            index.items.append(IndexedItem(benchmark, str(item.get("item", number)), (), answer_key=answer))
+        found = segments.grams(ngram, len(index.items))
+        index.vocabulary, index.hashes = found.vocabulary, found.hashes
+        index.hash_grams = np.arange(len(index.hashes), dtype=np.int64)
+        index.postings, index.posting_starts = found.postings, found.posting_starts
+        for number, (item, texts) in enumerate(zip(index.items, texts_of)):
+            forms: list[tuple[np.ndarray, float]] = []
+            for text, share in texts:
+                grams = found.of_text(text)
+                if all(not np.array_equal(grams, known) for known, _ in forms):
+                    forms.append((grams, share))
+            item.forms, item.cited = tuple(forms), found.cited_of(number)
         index.floors = np.array([
             min([needed * len(form) for form, needed in item.forms] + ([cite_overlap * len(item.cited)] if len(item.cited) else []))
             for item in index.items
@@ -253,15 +418,39 @@ class ContaminationIndex:
         state.pop("_item_sets", None)
         return state
 
+    def _sampling(self) -> tuple[int, int]:
+        """(sample, stride): the screen hashes `sample` characters at every `stride`-th position
+        of a text. An n-gram found at position p holds the sample at the first multiple of the
+        stride from p on, so only the `stride` windows ending a passing sample are looked up."""
+        sample = min(self.ngram, _SAMPLE_CHARS)
+        return sample, self.ngram - sample + 1
+
     def _screen(self) -> np.ndarray:
-        """Per bucket of the mixed hash's top FILTER_BITS bits: whether an n-gram of the index falls in it."""
+        """Per bucket of the mixed hash's top FILTER_BITS bits: whether an n-gram of the index,
+        or a sample (`_sampling`) of one at any of the offsets a stride covers, falls in it."""
         screen = self.__dict__.get("_filter")
         if screen is None:
+            sample, stride = self._sampling()
+            points = np.frombuffer(self.vocabulary.encode("utf-32-le"), np.uint32).reshape(-1, self.ngram)
             screen = np.zeros(1 << FILTER_BITS, bool)
-            with np.errstate(over="ignore"):
-                screen[(self.hashes * _MIX) >> np.uint64(64 - FILTER_BITS)] = True
+            screen[_bucket(self.hashes)] = True
+            for offset in range(stride):
+                screen[_bucket(_horner(points[:, offset + k] for k in range(sample)))] = True
             self.__dict__["_filter"] = screen
         return screen
+
+    def _screened(self, points: np.ndarray) -> np.ndarray:
+        """The windows (start positions, ascending) of `points` that may hold an n-gram of the
+        index: those ending a sample that the screen passes."""
+        sample, stride = self._sampling()
+        last = len(points) - self.ngram  # the last window's start
+        if last < 0:
+            return np.zeros(0, np.int64)
+        count = (len(points) - sample) // stride + 1
+        samples = _horner(points[k : k + (count - 1) * stride + 1 : stride] for k in range(sample))
+        passing = np.flatnonzero(self._screen()[_bucket(samples)]) * stride
+        windows = (passing[:, None] + np.arange(1 - stride, 1)).ravel()
+        return windows[(windows >= 0) & (windows <= last)]
 
     def present_grams(self, keys: list[str]) -> list[dict[int, int]]:
         """Per match form: its n-grams that are in the index, as {n-gram number: first position}."""
@@ -271,10 +460,11 @@ class ContaminationIndex:
             return present
         joined = "".join(keys)
         ends = np.cumsum(np.fromiter(map(len, keys), np.int64, len(keys)))
-        hashes = window_hashes(np.frombuffer(joined.encode("utf-32-le"), np.uint32), n)
-        with np.errstate(over="ignore"):
-            windows = np.flatnonzero(self._screen()[(hashes * _MIX) >> np.uint64(64 - FILTER_BITS)])
-        found = hashes[windows]
+        points = np.frombuffer(joined.encode("utf-32-le"), np.uint32)
+        windows = self._screened(points)
+        found = _horner(points[windows + k] for k in range(n))
+        passing = self._screen()[_bucket(found)]
+        windows, found = windows[passing], found[passing]
         slots = np.searchsorted(self.hashes, found)
         hit = self.hashes[np.minimum(slots, len(self.hashes) - 1)] == found
         windows, slots = windows[hit], slots[hit]
@@ -361,28 +551,36 @@ def decontaminate_with_hits(
     item) with `match` "item" or "cites_answer". Kept rows carry a `contamination` column:
     `contaminated:<benchmark>:<item>` (action flag), `cites_answer:<benchmark>:<item>`, or null."""
     table = batch if isinstance(batch, pa.Table) else pa.Table.from_batches([batch])
-    labels, removed, hits = [], [], []
     texts = text_of(table, kind)
     judged = index.find_batch(texts) if index.items else [([], [])] * len(texts)
-    for row_id, (found, cited) in zip(table.column("id").to_pylist(), judged):
+    labels: list[str | None] = [None] * len(texts)
+    removed = np.zeros(len(texts), bool)
+    hits: list[dict] = []
+    holding = [row for row, (found, cited) in enumerate(judged) if found or cited]
+    ids = table.column("id").take(pa.array(holding, pa.int64())).to_pylist() if holding else []
+    for row, row_id in zip(holding, ids):
+        found, cited = judged[row]
         if found:
-            labels.append(f"contaminated:{found[0][0]}:{found[0][1]}")
+            labels[row] = f"contaminated:{found[0][0]}:{found[0][1]}"
         else:
-            labels.append(f"cites_answer:{cited[0][0]}:{cited[0][1]}" if cited else None)
-        removed.append(bool(found) and action == "remove")
+            labels[row] = f"cites_answer:{cited[0][0]}:{cited[0][1]}"
+        removed[row] = bool(found) and action == "remove"
         for match, listed in (("item", found), ("cites_answer", cited)):
             hits.extend({"kind": kind, "id": row_id, "benchmark": b, "item": i, "share": round(s, 4), "match": match} for b, i, s in listed)
-    mask = pa.array(removed, pa.bool_())
-    rejected = table.filter(mask).append_column("reason", pa.array([l for l, r in zip(labels, removed) if r], pa.string()))
-    if "meta" in table.schema.names and any(labels):
+    reasons = pa.array([labels[row] for row in np.flatnonzero(removed).tolist()], pa.string())
+    rows = table  # rejected rows as they came, without the flag in their meta
+    if holding and "meta" in table.schema.names:
         # The column stops at the corpus schema; the row's meta carries the flag to the shards and exports.
         metas = [_with_flag(meta, label) for meta, label in zip(table.column("meta").to_pylist(), labels)]
         meta_type = table.schema.field("meta").type
         # A batch whose meta is all null carries Arrow's null type; a flag makes it text.
         meta_type = pa.string() if pa.types.is_null(meta_type) else meta_type
         table = table.set_column(table.schema.get_field_index("meta"), "meta", pa.array(metas, meta_type))
-    flagged = table.append_column("contamination", pa.array(labels, pa.string())).filter(pc.invert(mask))
-    return flagged, rejected, hits
+    flagged = table.append_column("contamination", pa.array(labels, pa.string()) if holding else pa.nulls(len(texts), pa.string()))
+    if not removed.any():  # nothing removed: no copy of the batch through a filter
+        return flagged, rows.slice(0, 0).append_column("reason", reasons), hits
+    mask = pa.array(removed)
+    return flagged.filter(pc.invert(mask)), rows.filter(mask).append_column("reason", reasons), hits
 
 
 def _with_flag(meta: str | None, label: str | None) -> str | None:

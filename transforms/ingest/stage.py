@@ -65,8 +65,12 @@ def run_ingest(sources: list[dict], page_inputs: list[Path], output, params, man
                 file_counts = {"rows": 0, "kept": 0, "rejected": 0}
                 for item in import_file(file, source["format"], source["name"], source["category"], options):
                     add_count(manifest, "rows_in", item.kind, 1)
-                    import_counts.setdefault(source["name"], Counter()).update(item.tally)
-                    untrained_meta.setdefault(source["name"], Counter()).update(item.untrained)
+                    tally = import_counts.setdefault(source["name"], Counter())
+                    if item.tally:
+                        tally.update(item.tally)
+                    untrained = untrained_meta.setdefault(source["name"], Counter())
+                    if item.untrained:
+                        untrained.update(item.untrained)
                     row_id = item.row.get("id")
                     if not item.reason and row_id in seen_ids[item.kind]:
                         # The same content again in another file of the source: one id, one row.

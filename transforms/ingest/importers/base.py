@@ -1,6 +1,7 @@
 """What every importer yields, and the rows it fills."""
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,6 +52,18 @@ def well_formed(value: Any) -> Any:
     if isinstance(value, dict):
         return {well_formed(k): well_formed(v) for k, v in value.items()}
     return value
+
+
+def _holds_lone_surrogate(value: Any) -> bool:
+    """Whether a string nested in `value` may hold a lone surrogate: its JSON writes every string
+    as it is, so one search over that answers for all of them (True when it cannot be written)."""
+    try:
+        return _LONE_SURROGATE.search(_JSON.encode(value)) is not None
+    except (TypeError, ValueError):
+        return True
+
+
+_JSON = json.JSONEncoder(ensure_ascii=False)
 
 
 def well_formed_meta(meta: dict | None) -> str | None:
@@ -129,7 +142,9 @@ def conversation(
     reason: str | None = None,
     fallback_key: Iterable[str] = (),
 ) -> Imported:
-    messages, origin_id = well_formed(messages), well_formed(origin_id)
+    # Walked only when a lone surrogate may be in it; otherwise it is already well formed.
+    messages = well_formed(messages) if _holds_lone_surrogate(messages) else messages
+    origin_id = well_formed(origin_id)
     fallback_key = well_formed(list(fallback_key))
     conv_id = conversation_id(source, messages) if messages and reason is None else content_id(
         "malformed-conv", source, *fallback_key

@@ -173,7 +173,9 @@ def parse_book(lines: list[str]) -> Book:
     volume: str | None = None
     current: Chapter | None = None
     for line in lines[position:]:
-        if line.startswith(VOLUMES):
+        if not line.startswith("<"):  # the common case: a line of text (markers open with <)
+            (current.lines if current is not None else front).append(line)
+        elif line.startswith(VOLUMES):
             # Every chapter carries its own <目录> line; an empty one means no volume.
             volume = _volume(line[len(VOLUMES[0]):])
             current = None
@@ -204,7 +206,7 @@ def _strip_content_prefix(lines: list[str]) -> int:
 
 def wrap_width(lines: list[str]) -> int:
     """The width a file was hard-wrapped at: its most common length among longer lines."""
-    lengths = Counter(len(line.rstrip()) for line in lines if len(line.rstrip()) >= 16)
+    lengths = Counter(length for length in map(len, map(str.rstrip, lines)) if length >= 16)
     return lengths.most_common(1)[0][0] if lengths else 0
 
 
@@ -220,36 +222,41 @@ def clean_text(lines: list[str], width: int, prefix: int = 0) -> str:
 
     `prefix` is the length of the 内容： removed from the first line: it still took up width."""
     paragraphs: list[str] = []
-    current: str | None = None
+    current: list[str] | None = None  # the paragraph being built, in pieces (never empty)
     previous_raw = ""
     for raw in lines:
         raw = raw.rstrip()
-        line = strip_markers(raw).rstrip()
-        if not line.strip():
+        line = strip_markers(raw).rstrip() if "\\" in raw else raw
+        if not line:  # right-stripped: empty exactly when blank
             if current:
-                paragraphs.append(current)
+                paragraphs.append("".join(current))
             current = None
             continue
         if prefix:
             raw, prefix = " " * prefix + raw, 0
         if current is None:
-            current = line.lstrip()
-        elif keeps_break(previous_raw, current, raw, width):
-            paragraphs.append(current)
-            current = line.lstrip()
+            current = [line.lstrip()]
+        elif keeps_break(previous_raw, current[-1], raw, width):
+            paragraphs.append("".join(current))
+            current = [line.lstrip()]
         else:
-            current = _join(current, line)
+            if _spaced(current[-1], line):
+                current.append(" ")
+            current.append(line)
         previous_raw = raw
     if current:
-        paragraphs.append(current)
+        paragraphs.append("".join(current))
     return "\n".join(paragraphs).strip()
+
+
+_BREAK_OPENERS = (EMPHASIS, *ENTRY_OPENERS)
 
 
 def keeps_break(previous_raw: str, joined: str, next_raw: str, width: int) -> bool:
     """Whether the break between two lines is the author's, not the wrap's.
 
     `joined` is the text built so far (markers removed), whose end is the previous line's end."""
-    if next_raw.startswith(INDENT) or next_raw.lstrip().startswith((EMPHASIS, *ENTRY_OPENERS)):
+    if next_raw.startswith(INDENT) or next_raw.lstrip().startswith(_BREAK_OPENERS):
         return True
     previous = previous_raw.strip()
     if previous.startswith(EMPHASIS) and previous.endswith(EMPHASIS):
@@ -260,15 +267,14 @@ def keeps_break(previous_raw: str, joined: str, next_raw: str, width: int) -> bo
     fills_line = width and len(previous_raw) >= width - 2
     if last in CLOSING:
         return not fills_line
+    if fills_line:
+        return False
     # A short line with no prose punctuation is a list line or a title, not a wrapped sentence;
     # very short ones are fragments left where a glyph was lost, and are joined.
     text = strip_markers(previous).replace(" ", "")
-    if len(text) >= 4 and not fills_line and not PROSE_PUNCTUATION.intersection(text):
-        return True
-    return False
+    return len(text) >= 4 and PROSE_PUNCTUATION.isdisjoint(text)
 
 
-def _join(left: str, right: str) -> str:
-    if left[-1:].isascii() and left[-1:].isalnum() and right[:1].isascii() and right[:1].isalnum():
-        return f"{left} {right}"
-    return left + right
+def _spaced(left: str, right: str) -> bool:
+    """Two wrapped pieces of Latin text or numbers keep a space between them."""
+    return left[-1:].isascii() and left[-1:].isalnum() and right[:1].isascii() and right[:1].isalnum()

@@ -97,20 +97,27 @@ def _decode_mixed(data: bytes) -> Decoded | None:
     UTF-8, so it stays legacy."""
     lines = data.splitlines(keepends=True)
     utf8 = _utf8_lines(data, lines)
-    if not any(utf8):
+    if not utf8:
         return None
-    legacy_bytes = b"".join(line for line, text in zip(lines, utf8) if text is None)
-    legacy, _ = detect_legacy(legacy_bytes, candidates=CANDIDATES[1:])
+    # The legacy lines, as the runs of the file between the UTF-8 lines.
+    ends = np.cumsum(np.fromiter(map(len, lines), np.int64, len(lines))).tolist()
+    runs, last = [], 0
+    for i in utf8:
+        runs.append(data[last : ends[i] - len(lines[i])])
+        last = ends[i]
+    runs.append(data[last:])
+    legacy, _ = detect_legacy(b"".join(runs), candidates=CANDIDATES[1:])
 
     def reads_better(line: bytes, text: str) -> bool:
         decoded = _decode(line, legacy, "per-line")
         return rare_characters(text) < rare_characters(decoded.text) + decoded.replaced_bytes
 
     # Only the UTF-8 lines can make the file mixed: the file is decoded line by line only then.
-    if not any(text is not None and reads_better(line, text) for line, text in zip(lines, utf8)):
+    if not any(reads_better(lines[i], text) for i, text in utf8.items()):
         return None
     parts, replaced = [], 0
-    for line, text in zip(lines, utf8):
+    for i, line in enumerate(lines):
+        text = utf8.get(i)
         if text is not None and reads_better(line, text):
             parts.append(text)
         else:
@@ -120,19 +127,28 @@ def _decode_mixed(data: bytes) -> Decoded | None:
     return Decoded("".join(parts), f"utf-8+{codecs.lookup(legacy).name}", replaced, "per-line")
 
 
-# A line as bytes.splitlines cuts it (after \r\n, \r or \n), in decoded text.
-_BYTE_LINE = re.compile(r"[^\r\n]*(?:\r\n|\r|\n)|[^\r\n]+")
-
-
-def _utf8_lines(data: bytes, lines: list[bytes]) -> list[str | None]:
-    """Per line of `data` (`lines`: data.splitlines(keepends=True)), its text when the line is
-    valid UTF-8 with non-ASCII characters, else None. One decode of the whole file: no UTF-8
-    sequence spans a line break, so a line is valid UTF-8 exactly when its part of the
-    surrogate-escaped text holds no escape."""
-    parts = _BYTE_LINE.findall(data.decode("utf-8", errors="surrogateescape"))
-    if len(parts) != len(lines):  # never expected; line by line is always right
-        return [_strict_utf8(line) for line in lines]
-    return [None if part.isascii() or _ESCAPED.search(part) else part for part in parts]
+def _utf8_lines(data: bytes, lines: list[bytes]) -> dict[int, str]:
+    """{index: text} of the lines of `data` (`lines`: data.splitlines(keepends=True)) that are
+    valid UTF-8 with non-ASCII characters, in order. Byte rules over the whole file first mark
+    the lines that cannot be UTF-8 (a continuation byte after an ASCII one, a lead byte not
+    followed by a continuation, a byte UTF-8 never uses), which is nearly every line of a
+    legacy file; only the other non-ASCII lines are decoded."""
+    if not lines:
+        return {}
+    raw = np.frombuffer(data, np.uint8)
+    sizes = np.fromiter(map(len, lines), np.int64, len(lines))
+    starts = np.cumsum(sizes) - sizes
+    wide = raw >= 0x80
+    continuation = wide & (raw < 0xC0)
+    lead = (raw >= 0xC2) & (raw < 0xF5)
+    broken = (raw == 0xC0) | (raw == 0xC1) | (raw >= 0xF5)
+    broken[1:] |= continuation[1:] & ~wide[:-1]
+    broken[:1] |= continuation[:1]
+    broken[:-1] |= lead[:-1] & ~continuation[1:]
+    broken[-1:] |= lead[-1:]
+    candidates = np.logical_or.reduceat(wide, starts) & ~np.logical_or.reduceat(broken, starts)
+    found = {i: _strict_utf8(lines[i]) for i in np.flatnonzero(candidates).tolist()}
+    return {i: text for i, text in found.items() if text is not None}
 
 
 def _strict_utf8(line: bytes) -> str | None:
