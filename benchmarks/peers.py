@@ -2,7 +2,7 @@
 through the commands a user runs, per CPU-second.
 
     python benchmarks/peers.py [--shared ../shared/data] [--passages 37648] [--copies 10000]
-                               [--data-juicer-python PATH] [--datatrove-python PATH] [--keep DIR]
+                               [--data-juicer-python PATH] [--datatrove-python PATH] [--keep DIR] [--dedup-only]
 
 Installs nothing: each peer runs where it is installed and is reported as not installed
 otherwise. datatrove (0.10.1) and rensa (0.5.0) install into this project's environment without
@@ -271,6 +271,7 @@ def main() -> None:
     parser.add_argument("--data-juicer-python", help="a Python with py-data-juicer (default: $TCM_DATA_JUICER_PYTHON, then this one)")
     parser.add_argument("--datatrove-python", help="a Python with datatrove (default: this one)")
     parser.add_argument("--keep", type=Path, help="keep the inputs and outputs in this folder")
+    parser.add_argument("--dedup-only", action="store_true", help="near-duplicate removal only: no filters, no MinHash cores")
     args = parser.parse_args()
     books = args.shared / "corpus" / "ancient-books"
     if not any(books.glob("*.txt")):
@@ -335,6 +336,13 @@ def main() -> None:
     peers = [row["cpu"] for name, row in results.items() if row is not ours and row["rc"] == 0]
     if peers and ours["rc"] == 0:
         print(f"tcm-corpus per CPU-second: {min(peers) / ours['cpu']:.2f}x the faster peer")
+
+    if args.dedup_only:
+        for name in not_installed:
+            print(f"not installed: {name}")
+        if not args.keep:
+            shutil.rmtree(folder, ignore_errors=True)
+        return
 
     filters: dict[str, dict] = {}
     cleaned, selected = folder / "clean", folder / "select"

@@ -303,3 +303,14 @@ def test_index_keeps_keys_that_end_in_a_zero_byte(tmp_path, passages):
     rejected = pq.read_table(tmp_path / "out2" / "rejected" / "documents").to_pylist()
     assert [(r["id"], r["reason"]) for r in rejected] == [("again", "exact_duplicate_of:zero")]
     assert manifest.stats["dedup"]["documents"]["prior_rows"] == 2
+
+
+def test_batch_line_hashes_equal_the_per_text_line_hashes(passages):
+    """Repeated paragraphs hash a batch's lines with one match_keys call: the same hash (or None
+    for a line too short) for every line as line_hashes gives text by text."""
+    from transforms.dedup import paragraphs
+
+    texts = ["\n".join(p[i : i + 37] for i in range(0, len(p), 37)) for p in passages[:200]]
+    texts += ["", "\n\n", "  \n\x1c\n短行\n", "ＡＢＣ１２３，（注）…\n乾隆年間，頭髮發現了\ne\u0301 a\u0308 ΟΔΟΣ ΣΑΣ İIı 𠀀本草綱目拾遺"]
+    assert paragraphs.batch_line_hashes(texts, 8) == [paragraphs.line_hashes(text, 8) for text in texts]
+    assert any(h is None for hashes in paragraphs.batch_line_hashes(texts, 8) for h in hashes)

@@ -151,11 +151,15 @@ def compact_fingerprints(table: pa.Table, kind: str, params: minhash.MinHashPara
     `fingerprint_batch`. Raises ValueError when a named `quality_column` is not in the batch."""
     emptied = np.zeros(table.num_rows, dtype=bool)
     if kind == DOCUMENTS and repeated:
-        before = np.array([bool(k) for k in match_keys([t or "" for t in table.column("text").to_pylist()])], dtype=bool)
+        originals = text_of(table, kind)
         table, _, _ = paragraphs.strip_batch(table, repeated)
     texts = text_of(table, kind)
     keys = match_keys(texts)
     if kind == DOCUMENTS and repeated:
+        # Whether a text had words before: its key says so unless stripping changed it.
+        before = np.array([bool(k) for k in keys], dtype=bool)
+        changed = [i for i, (original, text) in enumerate(zip(originals, texts)) if original != text]
+        before[changed] = [bool(k) for k in match_keys([originals[i] for i in changed])]
         emptied = before & np.array([not k for k in keys], dtype=bool)
         if emptied.any():
             table = table.filter(pa.array(~emptied))

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pyarrow as pa
 
-from transforms.clean.normalize import match_key
+from transforms.clean.normalize import match_key, match_keys
 
 _BLANK_LINES = re.compile(r"\n{3,}")
 
@@ -36,6 +36,21 @@ def line_hashes(text: str, min_chars: int) -> list[int | None]:
         key = match_key(line) if line.strip() else ""
         hashes.append(_line_hash(key) if len(key) >= min_chars else None)
     return hashes
+
+
+def batch_line_hashes(texts: list[str], min_chars: int) -> list[list[int | None]]:
+    """`line_hashes` of each text, the match forms of all their lines taken at once
+    (`normalize.match_keys`)."""
+    lines = [text.split("\n") for text in texts]
+    keys = iter(match_keys([line for text_lines in lines for line in text_lines]))
+    out = []
+    for text_lines in lines:
+        hashes = []
+        for _ in text_lines:
+            key = next(keys)
+            hashes.append(_line_hash(key) if len(key) >= min_chars else None)
+        out.append(hashes)
+    return out
 
 
 def count_lines(table: pa.Table, min_chars: int, categories: frozenset[str] | None = None) -> tuple[Counter, Counter]:
@@ -55,10 +70,11 @@ def line_keys(table: pa.Table, min_chars: int, categories: frozenset[str] | None
     names: dict = {}
     codes: list[int] = []
     hashes: list[int] = []
-    for source, text in zip(table.column("source").to_pylist(), table.column("text").to_pylist()):
+    sources, texts = table.column("source").to_pylist(), [text or "" for text in table.column("text").to_pylist()]
+    for source, text_hashes in zip(sources, batch_line_hashes(texts, min_chars)):
         documents[source] += 1
         code = names.setdefault(source, len(names))
-        lines = {h for h in line_hashes(text or "", min_chars) if h is not None}
+        lines = {h for h in text_hashes if h is not None}
         codes.extend([code] * len(lines))
         hashes.extend(lines)
     return list(names), np.array(codes, np.int32), np.array(hashes, np.uint64), documents
@@ -140,13 +156,14 @@ class RepeatedLines:
     def __bool__(self) -> bool:
         return bool(self.lines)
 
-    def strip(self, source: str, text: str) -> tuple[str, list[tuple[int, str]]]:
-        """The text without its repeated lines, and the (hash, line) removed."""
+    def strip(self, source: str, text: str, hashes: list[int | None] | None = None) -> tuple[str, list[tuple[int, str]]]:
+        """The text without its repeated lines, and the (hash, line) removed; `hashes`: the
+        text's `line_hashes` when already known."""
         repeated = self.lines.get(source)
         if not repeated or not text:
             return text, []
         kept, removed = [], []
-        for line, line_hash in zip(text.split("\n"), line_hashes(text, self.min_chars)):
+        for line, line_hash in zip(text.split("\n"), line_hashes(text, self.min_chars) if hashes is None else hashes):
             if line_hash is not None and line_hash in repeated:
                 removed.append((line_hash, line.strip()))
             else:
@@ -164,8 +181,12 @@ def strip_batch(table: pa.Table, repeated: RepeatedLines) -> tuple[pa.Table, Cou
     if not repeated:
         return table, removed, first_seen
     texts = []
-    for source, text in zip(table.column("source").to_pylist(), table.column("text").to_pylist()):
-        stripped, lines = repeated.strip(source, text or "")
+    sources, originals = table.column("source").to_pylist(), [text or "" for text in table.column("text").to_pylist()]
+    # Lines are hashed only for the texts of sources that have repeated lines.
+    judged = [i for i, (source, text) in enumerate(zip(sources, originals)) if text and source in repeated.lines]
+    hashes = dict(zip(judged, batch_line_hashes([originals[i] for i in judged], repeated.min_chars)))
+    for i, (source, text) in enumerate(zip(sources, originals)):
+        stripped, lines = repeated.strip(source, text, hashes.get(i))
         texts.append(stripped)
         for line_hash, line in lines:
             removed[(source, line_hash)] += 1
