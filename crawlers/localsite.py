@@ -45,7 +45,8 @@ def serve_folder(path: str | Path) -> Iterator[str]:
     if not folder.is_dir():
         raise FileNotFoundError(f"no folder to serve at {folder}")
     server = FolderServer(("127.0.0.1", 0), partial(StaticPageHandler, directory=str(folder)))
-    thread = threading.Thread(target=server.serve_forever, name=f"serve {folder.name}", daemon=True)
+    # `shutdown` waits for the serving loop to look again: every 0.05 s, not the default 0.5 s.
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, name=f"serve {folder.name}", daemon=True)
     thread.start()
     try:
         yield f"http://127.0.0.1:{server.server_address[1]}/"

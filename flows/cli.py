@@ -26,9 +26,10 @@ import json
 import os
 import shutil
 import sys
+from contextlib import nullcontext
 from pathlib import Path
 
-from .runtime import prepare_environment, quiet_failures_on_terminal, settle_heap
+from .runtime import prepare_environment, quiet_failures_on_terminal, settle_heap, without_heartbeats
 
 from .pipeline_info import FLOWS
 
@@ -266,16 +267,19 @@ def _flow(module: str, name: str):
     return getattr(import_module(f"flows.{module}"), name)
 
 
-def _run(args, settle: bool = False) -> dict:
+def _run(args, settle: bool = False, local_server: bool = False) -> dict:
     """Run the flow `args` names; with `settle` (the command), the imports are settled first
-    (`runtime.settle_heap`)."""
+    (`runtime.settle_heap`). On the shared local server (`local_server`), the flow runs without
+    Prefect's heartbeats (`runtime.without_heartbeats`): that server has no UI and no
+    automation that would read them, and it stops once idle."""
     module, name, arguments = _flow_call(args)
     if settle and args.flow in SUITE_FLOWS:
         import quality  # noqa: F401
     chosen = _flow(module, name)
     if settle:
         settle_heap()
-    return chosen(**arguments)
+    with without_heartbeats() if local_server else nullcontext():
+        return chosen(**arguments)
 
 
 def _flow_call(args) -> tuple[str, str, dict]:
@@ -389,7 +393,7 @@ def _command(argv: list[str] | None) -> int:
         with _run_lock(args):
             if shared_server is not None:
                 shared_server.wait_ready()
-            result = _run(args, settle=as_command)
+            result = _run(args, settle=as_command, local_server=shared_server is not None)
     except (LockBusy, SourceError, SourceRejected) as exc:  # a busy work folder, an unreadable input file: the user's to fix
         return _failed(args, exc, 2)
     except KeyboardInterrupt:

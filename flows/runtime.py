@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -45,6 +46,24 @@ def settle_heap() -> None:
     import gc
 
     gc.freeze()
+
+
+@contextmanager
+def without_heartbeats():
+    """Flow runs started inside run without Prefect's flow-run heartbeat thread, unless the user
+    set PREFECT_FLOWS_HEARTBEAT_FREQUENCY (then the context changes nothing).
+
+    Prefect starts the thread with each flow run and joins it when the run ends; the thread
+    sleeps in one-second steps, so a flow run lasts at least about a second. Heartbeats serve a
+    server-side automation that marks a run whose heartbeats stop as crashed. Call once Prefect
+    may be imported."""
+    from prefect.settings import get_current_settings, temporary_settings
+
+    if "heartbeat_frequency" in get_current_settings().flows.model_fields_set:
+        yield
+        return
+    with temporary_settings(updates={"flows.heartbeat_frequency": None}):
+        yield
 
 
 def loaded_classes(*paths: str) -> tuple[type, ...]:

@@ -64,3 +64,20 @@ def test_flows_server_stop_ends_it_and_the_next_command_starts_another(tmp_path)
     finally:
         assert stop(home)["pid"] == second["pid"]
     assert not alive(second["pid"])
+
+
+# What a flow run's heartbeat thread reads: the interval, or None for no heartbeats.
+HEARTBEAT = ("from flows.runtime import without_heartbeats\nfrom prefect.settings import get_current_settings\n"
+             "with without_heartbeats():\n    print(get_current_settings().flows.heartbeat_frequency)\n"
+             "print(get_current_settings().flows.heartbeat_frequency)\n")
+
+
+def test_runs_on_the_shared_server_send_heartbeats_only_when_the_user_sets_them(tmp_path):
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "home")}
+    env.pop("PREFECT_FLOWS_HEARTBEAT_FREQUENCY", None)
+    env.pop("PREFECT_RUNNER_HEARTBEAT_FREQUENCY", None)
+    default = subprocess.run([sys.executable, "-c", HEARTBEAT], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert default.stdout.split() == ["None", "180"], default.stdout + default.stderr[-2000:]
+    chosen = subprocess.run([sys.executable, "-c", HEARTBEAT], cwd=REPO, env={**env, "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": "60"},
+                            capture_output=True, text=True, timeout=120)
+    assert chosen.stdout.split() == ["60", "60"], chosen.stdout + chosen.stderr[-2000:]

@@ -22,6 +22,7 @@ from ..config import BuildConfig, TaskControl, load_config
 from ..pipeline_info import FLOWS
 from ..locks import hold, output_lock_file, workdir_lock_file
 from ..progress import StageProgress, input_rows
+from ..runtime import without_heartbeats
 
 DESCRIPTIONS = FLOWS
 
@@ -158,21 +159,16 @@ def _holding_workdir(flow_body: Callable) -> Callable:
 
 def _subflows_share_heartbeat(flow_body: Callable) -> Callable:
     """Run a flow that calls the stage flows as sub-flows (build-corpus, refresh) with Prefect's
-    flow-run heartbeats off for those sub-flows, unless the user set
-    PREFECT_FLOWS_HEARTBEAT_FREQUENCY.
+    flow-run heartbeats off for those sub-flows (`runtime.without_heartbeats`).
 
     A sub-flow runs in its parent's process and thread, and the parent's own heartbeat goes on
-    the whole time, so a build whose process dies is still told by its heartbeats stopping.
-    A sub-flow's own heartbeat thread sleeps in one-second steps and Prefect joins it when the
-    sub-flow ends: up to a second of waiting per stage, about 8 s of a sample build's 25."""
+    the whole time, so a build whose process dies is still told by its heartbeats stopping;
+    a sub-flow's own heartbeat thread cost up to a second of waiting per stage, about 8 s of a
+    sample build's 25."""
 
     @functools.wraps(flow_body)
     def sharing(*args, **kwargs):
-        from prefect.settings import get_current_settings, temporary_settings
-
-        if "heartbeat_frequency" in get_current_settings().flows.model_fields_set:
-            return flow_body(*args, **kwargs)
-        with temporary_settings(updates={"flows.heartbeat_frequency": None}):
+        with without_heartbeats():
             return flow_body(*args, **kwargs)
 
     return sharing
