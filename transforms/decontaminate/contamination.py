@@ -243,21 +243,27 @@ class _Grams:
 class _Segments:
     """Texts in match form whose n-grams make the index: the forms of the items (n-grams lying
     wholly inside quoted characters left out, unless no other is left: `own_grams`) and their
-    cited words (every n-gram: `cited_grams`), numbered over all texts at once."""
+    cited words (every n-gram: `cited_grams`), numbered over all texts at once; a text given
+    again (the same pieces) is hashed once."""
 
     def __init__(self) -> None:
-        self.parts: list[tuple[str, bool]] = []  # (key, quoted) pieces of every text, in order
-        self.ends: list[int] = []  # per text, how many pieces precede its end
+        self.parts: list[tuple[str, bool]] = []  # (key, quoted) pieces of every distinct text, in order
+        self.ends: list[int] = []  # per distinct text, how many pieces precede its end
+        self.distinct: dict[tuple, int] = {}  # a text's pieces -> its distinct number
+        self.texts: list[int] = []  # per text, its distinct number (texts of the same pieces hash once)
         self.items: list[int] = []  # per text, the item it belongs to
         self.cited: list[bool] = []  # per text, whether it is cited words (else a form)
 
     def add(self, parts: list[tuple[str, bool]], item: int, cited: bool = False) -> int:
         """Add a text of `item` given as its keyed pieces (key, quoted); its number."""
-        self.parts.extend(parts)
-        self.ends.append(len(self.parts))
+        number = self.distinct.setdefault(tuple(parts), len(self.distinct))
+        if number == len(self.ends):
+            self.parts.extend(parts)
+            self.ends.append(len(self.parts))
+        self.texts.append(number)
         self.items.append(item)
         self.cited.append(cited)
-        return len(self.ends) - 1
+        return len(self.texts) - 1
 
     def grams(self, n: int, items: int) -> _Grams:
         """The distinct n-grams of the texts numbered in order of their hash (`window_hashes`;
@@ -300,11 +306,17 @@ class _Segments:
         representative = start[order[heads]]  # a window of each n-gram, in number order
         count = len(representative)
         vocabulary = points[representative[:, None] + np.arange(n)].astype("<u4").tobytes().decode("utf-32-le")
-        text_grams, text_bounds = _grouped(owner, numbers, count, len(lengths))
-        holder = np.asarray(self.items, np.int64)
-        cited = np.asarray(self.cited, bool)[owner]
-        by_gram, posting_starts = _grouped(numbers, holder[owner], items, count)
-        cited_grams, cited_bounds = _grouped(holder[owner][cited], numbers[cited], count, items)
+        distinct_grams, distinct_bounds = _grouped(owner, numbers, count, len(lengths))
+        # Every text's n-grams (its distinct text's), with the item holding them.
+        texts = np.asarray(self.texts, np.int64)
+        text_bounds = np.zeros(len(texts) + 1, np.int64)
+        sizes = distinct_bounds[texts + 1] - distinct_bounds[texts]
+        np.cumsum(sizes, out=text_bounds[1:])
+        text_grams = distinct_grams[np.repeat(distinct_bounds[texts] - text_bounds[:-1], sizes) + np.arange(text_bounds[-1])]
+        holder = np.repeat(np.asarray(self.items, np.int64), sizes)
+        cited = np.repeat(np.asarray(self.cited, bool), sizes)
+        by_gram, posting_starts = _grouped(text_grams.astype(np.int64), holder, items, count)
+        cited_grams, cited_bounds = _grouped(holder[cited], text_grams[cited].astype(np.int64), count, items)
         return _Grams(vocabulary, hashes[order[heads]], text_grams, text_bounds, by_gram, posting_starts, cited_grams, cited_bounds)
 
 
