@@ -11,9 +11,10 @@ cache, so every request is sent) by `flows run convert` with `[convert] concurre
 `[operations.llm] slots` (a limit of its own, so the run holds Prefect global concurrency
 slots as it would in production). It prints, per latency, the requests/s the endpoint saw
 (between its first request and its last answer) against the ideal min(concurrency, slots) /
-latency, the most requests in flight at once, and the whole command's wall and CPU seconds
-(children included). `--function` also runs the stage function in this process, without Prefect
-or a slot (ideal: concurrency / latency); `--memory` samples its resident memory through the run.
+latency, the most requests in flight at once, the whole command's wall and CPU seconds (its
+children included, the endpoint's own CPU apart) and those CPU seconds per request.
+`--function` also runs the stage function in this process, without Prefect or a slot (ideal:
+concurrency / latency); `--memory` samples its resident memory through the run.
 """
 from __future__ import annotations
 
@@ -104,7 +105,8 @@ def run_cli(work: Path, latency_ms: float, concurrency: int, slots: int, limit_n
                               capture_output=True, text=True)
     finally:
         seen = endpoint.stop()
-    wall, cpu = time.perf_counter() - started, children_cpu() - cpu_before
+    # The endpoint is a child too, reaped by stop(): its own CPU is not the client's.
+    wall, cpu = time.perf_counter() - started, children_cpu() - cpu_before - seen["cpu_s"]
     if done.returncode:
         sys.exit(f"flows run convert failed:\n{done.stderr[-3000:]}")
     stats = json.loads(done.stdout)["stats"]
@@ -180,7 +182,8 @@ def main() -> None:
             print(f"flows run convert, latency {latency:g} ms: {cli['seen']['requests']} requests in {seconds:.2f} s = "
                   f"{rate:.1f} requests/s, {rate / ideal:.0%} of min(concurrency, slots) / latency = {ideal:.0f}/s; "
                   f"at most {cli['seen']['most_in_flight']} in flight; converted {cli['stats'].get('passages_converted', 0)}")
-            print(f"  whole command: {cli['wall']:.1f} s wall, {cli['cpu']:.1f} CPU-s (children included)")
+            print(f"  whole command: {cli['wall']:.1f} s wall, {cli['cpu']:.1f} CPU-s (children included; the endpoint's "
+                  f"{cli['seen']['cpu_s']:.2f} CPU-s apart) = {1000 * cli['cpu'] / max(1, cli['seen']['requests']):.1f} ms CPU per request")
             if args.function:
                 function = run_function(work, latency, args.concurrency, args.passages, args.memory)
                 rate, seconds = endpoint_rate(function["seen"])

@@ -26,7 +26,9 @@ Authorization header.
 Requests and answered completions are counted per (tag, step), and the requests in flight
 (`in_flight`, and the most at once: `most_in_flight`). With `hold_after=N` it answers N
 completions and then holds every later request unanswered until `release()`: a run can be killed
-with requests in flight that were never answered, as a crash would leave them. Run as a script, it prints its port and serves until killed.
+with requests in flight that were never answered, as a crash would leave them. Run as a script,
+it prints its port and serves until killed (SIGINT: then a last line of JSON with what it
+counted and its own CPU seconds).
 """
 from __future__ import annotations
 
@@ -252,7 +254,7 @@ def main() -> None:
         pass
     finally:  # the figures a benchmark reads after stopping the server with SIGINT
         print(json.dumps({"requests": sum(server.requests.values()), "most_in_flight": server.most_in_flight,
-                          "first_at": server.first_at, "last_at": server.last_at}), flush=True)
+                          "first_at": server.first_at, "last_at": server.last_at, "cpu_s": time.process_time()}), flush=True)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ from transforms.clean import pii
 from transforms.clean.steps import clean_conversations, clean_documents
 from transforms.engines.local import LocalEngine
 from transforms.ingest.importers import import_file
-from transforms.clean.normalize import nfkc, normalize_text, unicode_clean
+from transforms.clean.normalize import nfkc, normalize_batch, normalize_text, tidy_whitespace, unicode_clean
 from transforms.clean.tag_rules import quality_tags
 from transforms.select.rules import MissingTag, select_batch, selection_report
 from transforms.stages import run_clean, run_select, selection_dry_run
@@ -55,6 +55,39 @@ def test_nfkc_policy_equals_full_nfkc_with_chinese_punctuation_protected(shared_
     for text in samples:
         assert nfkc(text) == unicodedata.normalize("NFKC", text.translate(to_private)).translate(back)
     assert nfkc(samples[-1]) == "AB12 (株) fi 1 平成 é A 一 ～ … , .. 1⁄2 TM 「引」"
+
+
+def test_batch_normalisation_gives_each_texts_own_normal_form(shared_data):
+    """normalize_batch runs each pattern only over the texts it can change: same texts as the
+    policy applied text by text, for every form, on a real book and on the characters each
+    step looks for (alone, in runs, at the edges, beside Han)."""
+    book = shared_data / "corpus" / "ancient-books" / "084-汤头歌诀.txt"
+    chapters = [r.row["text"] for r in import_file(book, "book", "b", "books")]
+    pieces = ["人参", "味甘", " ", "  ", "\t", "\u3000", "\u00a0", "\u2003", "\n", "\n\n\n", " \n ", "\r\n", "\r",
+              "\u2028", "\u2029", "\u200b", "\ufeff", "\u0007", ",", "(", ")", "!", "?", "：", "ＡＢ１２", "①", "\u037e",
+              "e\u0301", "\uf900", "\U0001d400", "\U0002f800", "𠀀", "…", "，"]
+    crafted = ["".join(pieces[(i * 7 + k * 3) % len(pieces)] for k in range(i % 9)) for i in range(300)]
+    texts = chapters + crafted + ["", "a\ud800b, (x)"]
+    for form in ("NFKC", "NFC", "none"):
+        assert normalize_batch(texts, form) == [tidy_whitespace(unicode_clean(t, form)) for t in texts]
+
+
+def test_conversation_redaction_over_a_batch_equals_redaction_text_by_text():
+    texts = [CASE, "", "患者女，45岁，头痛。", "微信：abc_def1 QQ 12345678", "\0", "某某 13812345678", "取汁一升。"]
+    for kinds in (pii.KINDS, ("phone", "name"), ()):
+        out, counts = pii.redact_texts(texts, kinds)
+        one_by_one = [pii.redact(t, kinds) if kinds else (t, {}) for t in texts]
+        assert out == [t for t, _ in one_by_one]
+        assert dict(counts) == {k: sum(c.get(k, 0) for _, c in one_by_one) for k in counts} and all(counts.values())
+
+
+def test_tokenizer_reading_its_dictionary_by_buckets_segments_as_jieba_does():
+    from transforms.clean.words import _full_tokenizer, dictionary_words, tokenizer
+
+    bucketed, full = tokenizer(None), _full_tokenizer(dictionary_words(None))
+    assert bucketed.total == full.total
+    for text in ["托援交情重", "用村庄家锅底上刮得者", "为七情色欲过度。内损肾精", "益卫固表，气血两虚证", "成人视频 ABC abc 123", "𠀀人参\n黄芪"]:
+        assert list(bucketed.tokenize(text)) == list(full.tokenize(text)), text
 
 
 def test_opencc_is_configurable_and_traditional_is_recorded():

@@ -321,6 +321,24 @@ def test_mixed_lines_of_real_books_are_decoded_line_by_line(shared_data):
     assert decoded.text[len(utf8_text):] == gbk.rsplit(b"\n", 1)[0].decode("gb18030", errors="replace")
 
 
+def test_utf8_lines_are_found_by_byte_rules_as_decoding_each_line_finds_them(shared_data):
+    """The byte rules that rule lines out only ever rule out lines that do not decode: over a
+    real GB18030 book, UTF-8 lines, cut sequences, stray bytes and every line ending."""
+    from transforms.ingest.importers.encoding import _strict_utf8, _utf8_lines
+
+    books = sorted((shared_data / "corpus" / "ancient-books").glob("*.txt"))
+    gbk = next(p.read_bytes()[:20000] for p in books if decode_bytes(p.read_bytes()[:4000]).encoding == "gb18030")
+    pieces = ["黄芪，味甘".encode(), "<目录>".encode("gbk"), "é".encode()[:1], b"\xc0\x80", b"\xed\xa0\x80", b"\xf4\x90\x80\x80",
+              "𠀀".encode(), b"ascii", b"\x80", "参".encode()[:2], b"\xff"]
+    crafted = b"".join(pieces[(i * 5) % len(pieces)] + pieces[(i * 3) % len(pieces)] + (b"\n", b"\r\n", b"\r", b"")[i % 4]
+                       for i in range(200))
+    for data in (gbk, crafted, gbk + crafted, crafted + gbk, b"\xe4\xb8", b""):
+        lines = data.splitlines(keepends=True)
+        expected = {i: text for i, text in enumerate(map(_strict_utf8, lines)) if text is not None}
+        assert _utf8_lines(data, lines) == expected
+    assert 0 < len(_utf8_lines(crafted, crafted.splitlines(keepends=True))) < len(crafted.splitlines())
+
+
 def test_charset_normalizer_decides_where_our_guess_reads_poorly():
     text = "Décoction de réglisse: à prendre après le repas, très efficace. " * 4
     decoded = decode_bytes(text.encode("cp1252"))

@@ -7,6 +7,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from schemas import CONVERSATIONS, DOCUMENTS, PAGES
+from schemas.records import SCHEMAS, rejected_schema
 from schemas.dataset import DatasetWriter, StageManifest, iter_batches
 
 from transforms.engines.local import add_count
@@ -36,10 +37,10 @@ def run_ingest(sources: list[dict], page_inputs: list[Path], output, params, man
         def flush(force: bool = False) -> None:
             for kind in kept:
                 if kept[kind] and (force or len(kept[kind]) >= flush_rows):
-                    writer.write(kind, pa.Table.from_pylist(kept[kind]))
+                    writer.write(kind, _rows_table(kept[kind], SCHEMAS[kind]))
                     kept[kind] = []
                 if removed[kind] and (force or len(removed[kind]) >= flush_rows):
-                    writer.reject(kind, pa.Table.from_pylist(removed[kind]))
+                    writer.reject(kind, _rows_table(removed[kind], rejected_schema(kind)))
                     removed[kind] = []
 
         files_read = {}
@@ -116,6 +117,15 @@ def run_ingest(sources: list[dict], page_inputs: list[Path], output, params, man
         manifest.stats["untrained_meta"] = {name: dict(sorted(c.items())) for name, c in untrained_meta.items() if c}
         manifest.stats = well_formed(manifest.stats)  # file names that are not UTF-8 cannot be written as such
         return writer.commit()
+
+
+def _rows_table(rows: list[dict], schema: pa.Schema) -> pa.Table:
+    """The rows as a table; typed by `schema` (no inference: a third of the cost) when every row
+    holds exactly its columns, as the importers' rows do, else inferred (nothing dropped)."""
+    names = set(schema.names)
+    if all(row.keys() == names for row in rows):
+        return pa.Table.from_pylist(rows, schema=schema)
+    return pa.Table.from_pylist(rows)
 
 
 def sources_all_rejected(stats: dict) -> list[str]:
