@@ -39,6 +39,9 @@ DEPTH_LIMIT = 0
 REDIRECT_MAX_TIMES = 10
 COOKIES_ENABLED = False
 TELNETCONSOLE_ENABLED = False
+# Scrapy's remote-control HTTP server (a loopback port and a job file holding its token for
+# each crawl): like the telnet console, nothing a corpus crawl uses.
+REMOTE_CONTROL_ENABLED = False
 LOG_LEVEL = "INFO"
 LOGSTATS_INTERVAL = 60.0
 

@@ -171,6 +171,10 @@ def strip_pointers(body: str) -> str:
     if "见" in body or "载" in body or "同" in body or "参" in body:
         kept, last = [], 0
         for start, end in _marked_sentences(body):
+            # A pointer sentence is at most 30 characters (and its end) unless it opens with a
+            # numbered formula (三方见上): a longer one is content.
+            if end - start > _POINTER_MAX + 1 and body[start] not in _NUMERALS:
+                continue
             sentence = body[start:end]
             if POINTER_SENTENCE.match(sentence.strip()):
                 kept.append(body[last:start])
@@ -181,6 +185,11 @@ def strip_pointers(body: str) -> str:
     if "\n" not in body:
         return body if body.strip() else ""
     return "\n".join(line for line in body.split("\n") if line.strip())
+
+
+# The longest POINTER_SENTENCE match that does not open with a numeral, and those numerals.
+_POINTER_MAX = 30
+_NUMERALS = frozenset("一二三四五六七八九十")
 
 
 def _may_point(body: str) -> bool:

@@ -256,9 +256,10 @@ def keeps_break(previous_raw: str, joined: str, next_raw: str, width: int) -> bo
     """Whether the break between two lines is the author's, not the wrap's.
 
     `joined` is the text built so far (markers removed), whose end is the previous line's end."""
-    if next_raw.startswith(INDENT) or next_raw.lstrip().startswith(_BREAK_OPENERS):
+    # (lstrip and strip copy the line: only a line opening with a space needs them)
+    if next_raw.startswith(INDENT) or (next_raw.lstrip() if next_raw[:1].isspace() else next_raw).startswith(_BREAK_OPENERS):
         return True
-    previous = previous_raw.strip()
+    previous = previous_raw.strip() if previous_raw[:1].isspace() or previous_raw[-1:].isspace() else previous_raw
     if previous.startswith(EMPHASIS) and previous.endswith(EMPHASIS):
         return True  # a line that is all emphasis is a heading
     last = joined[-1]
