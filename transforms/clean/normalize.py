@@ -260,6 +260,69 @@ def _key_tables() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     return fold, simple_fold, np.where(word, lower, 0).astype(np.uint32), simple_word
 
 
+def _any_per_text(flags: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    """Per text (`ends`: where each ends in the batch's code points), whether any flag is set."""
+    out = np.zeros(len(ends), bool)
+    out[np.searchsorted(ends, np.flatnonzero(flags), side="right")] = True
+    return out
+
+
+def _dictionary_files(node) -> list[str]:
+    """The ocd2 files an OpenCC configuration (parsed JSON) names, wherever they sit in it."""
+    if isinstance(node, dict):
+        if node.get("type") == "ocd2" and "file" in node:
+            return [node["file"]]
+        return [f for value in node.values() for f in _dictionary_files(value)]
+    if isinstance(node, list):
+        return [f for value in node for f in _dictionary_files(value)]
+    return []
+
+
+@lru_cache(maxsize=4)
+def _changing_table(config: str) -> np.ndarray | None:
+    """Per code point (all planes), whether OpenCC's `config` can change a text holding it; None
+    where the dictionaries cannot be read (then every text is converted).
+
+    Read from the configuration's own dictionaries (dumped to text by OpenCC's `opencc_dict`):
+    for each entry whose (first) value differs from its key, the key's characters where the two
+    differ (every character of the key where the lengths differ). A text holding none of them
+    matches only entries that map to themselves, so OpenCC returns it as it is."""
+    import json
+    import os
+    import subprocess
+    import tempfile
+    from pathlib import Path
+
+    import opencc
+
+    clib = Path(opencc.__file__).parent / "clib"
+    share, tool = clib / "share" / "opencc", clib / "bin" / "opencc_dict"
+    env = dict(os.environ)
+    env["LD_LIBRARY_PATH"] = os.pathsep.join(filter(None, [str(clib / "lib64"), str(clib / "lib"), env.get("LD_LIBRARY_PATH")]))
+    table = np.zeros(0x110000, bool)
+    try:
+        files = _dictionary_files(json.loads((share / f"{config}.json").read_text(encoding="utf-8")))
+        with tempfile.TemporaryDirectory() as folder:
+            for name in files:
+                dumped = Path(folder) / f"{name}.txt"
+                subprocess.run([str(tool), "-i", str(share / name), "-o", str(dumped), "-f", "ocd2", "-t", "text"],
+                               check=True, capture_output=True, env=env, timeout=60)
+                for line in dumped.read_text(encoding="utf-8").splitlines():
+                    key, _, values = line.partition("\t")
+                    value = values.split(" ")[0]
+                    if value == key:
+                        continue
+                    if len(value) != len(key):
+                        table[[ord(c) for c in key]] = True
+                    else:
+                        table[[ord(a) for a, b in zip(key, value) if a != b]] = True
+    except (OSError, ValueError, subprocess.SubprocessError):
+        return None
+    if not files or not table.any():
+        return None
+    return table
+
+
 def _code_points(texts: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(code points of all texts, where each text starts and where it ends in them)."""
     lengths = np.fromiter(map(len, texts), np.int64, len(texts))
@@ -308,10 +371,20 @@ def _match_keys(texts: list[str]) -> list[str]:
     fold, simple_fold, word, simple_word = _key_tables()
     points, starts, ends = _code_points(texts)
     folded, slow = _look_up(points, fold, simple_fold, ends)
-    joined = _BATCH_SEPARATOR.join(_kept_texts(folded, starts, ends))
-    converted = _converter("t2s").convert(joined).split(_BATCH_SEPARATOR)
-    if len(converted) != len(texts):  # never expected; the per-text path is always right
-        return [match_key(text) for text in texts]
+    converted = _kept_texts(folded, starts, ends)
+    # OpenCC runs only over the texts holding a character its dictionaries can change.
+    changing = _changing_table("t2s")
+    if changing is None:
+        changeable = list(range(len(texts)))
+    else:
+        changeable = np.flatnonzero(_any_per_text(changing[folded], ends)).tolist()
+    if changeable:
+        joined = _BATCH_SEPARATOR.join([converted[i] for i in changeable])
+        out = _converter("t2s").convert(joined).split(_BATCH_SEPARATOR)
+        if len(out) != len(changeable):  # never expected; the per-text path is always right
+            return [match_key(text) for text in texts]
+        for i, text in zip(changeable, out):
+            converted[i] = text
     points, starts, ends = _code_points(converted)
     kept, slow_word = _look_up(points, word, simple_word, ends)
     keys = _kept_texts(kept, starts, ends)
