@@ -335,22 +335,57 @@ def _look_up(points: np.ndarray, table: np.ndarray, simple: np.ndarray, ends: np
     the BMP or not `simple`: that text takes the per-text path)."""
     astral = points > 0xFFFF
     index = np.minimum(points, 0xFFFF) if astral.any() else points
-    bad = ~simple[index] | astral
-    slow = np.zeros(len(ends), bool)
-    if bad.any():
-        slow[np.searchsorted(ends, np.flatnonzero(bad), side="right")] = True
-    return table[index], slow
+    bad = np.take(~simple, index)
+    bad |= astral
+    return np.take(table, index), _any_per_text(bad, ends)
 
 
-def _kept_texts(values: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> list[str]:
-    """The texts that the nonzero `values` (code points) of each [start, end) span make."""
-    dropped = np.flatnonzero(values == 0)
-    if len(dropped):
-        values = np.delete(values, dropped)
-        ends = ends - np.bincount(np.searchsorted(ends, dropped, side="right"), minlength=len(ends)).cumsum()[: len(ends)]
-        starts = np.concatenate([[0], ends[:-1]])
+def _dropped_zeros(values: np.ndarray, ends: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(the nonzero `values`, where each span ending at `ends` ends in them)."""
+    kept = values != 0
+    if kept.all():
+        return values, ends
+    counts = np.concatenate([[0], np.cumsum(kept)])
+    return values[kept], counts[ends]
+
+
+def _kept_texts(values: np.ndarray, ends: np.ndarray) -> list[str]:
+    """The texts that the nonzero `values` (code points) of each span ending at `ends` make."""
+    return _texts(*_dropped_zeros(values, ends))
+
+
+def _texts(values: np.ndarray, ends: np.ndarray) -> list[str]:
+    """The texts the code points `values` make, cut at `ends`."""
     joined = values.tobytes().decode("utf-32-le")
-    return [joined[a:b] for a, b in zip(starts.tolist(), ends.tolist())]
+    bounds = [0] + ends.tolist()
+    return [joined[a:b] for a, b in zip(bounds, bounds[1:])]
+
+
+def _converted(values: np.ndarray, ends: np.ndarray, changeable: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """(code points, ends) of the texts (`values` cut at `ends`) after OpenCC t2s, which runs over
+    the `changeable` texts only (one call, joined by _BATCH_SEPARATOR); the others stay as they
+    are. None where OpenCC's output does not split back into as many texts."""
+    if not len(changeable):
+        return values, ends
+    starts = np.concatenate([[0], ends[:-1]])
+    spans = list(zip(starts[changeable].tolist(), ends[changeable].tolist()))
+    joined = values.tobytes().decode("utf-32-le")
+    out = _converter("t2s").convert(_BATCH_SEPARATOR.join([joined[a:b] for a, b in spans]))
+    new = np.frombuffer(out.encode("utf-32-le"), np.uint32)
+    separators = np.flatnonzero(new == ord(_BATCH_SEPARATOR))
+    if len(separators) != len(spans) - 1:
+        return None
+    new_starts = np.concatenate([[0], separators + 1])
+    new_ends = np.concatenate([separators, [len(new)]])
+    pieces, previous = [], 0
+    for (a, b), c, d in zip(spans, new_starts.tolist(), new_ends.tolist()):
+        pieces.append(values[previous:a])
+        pieces.append(new[c:d])
+        previous = b
+    pieces.append(values[previous:])
+    lengths = np.diff(np.concatenate([[0], ends]))
+    lengths[changeable] = new_ends - new_starts
+    return np.concatenate(pieces), np.cumsum(lengths)
 
 
 def match_keys(texts: list[str]) -> list[str]:
@@ -369,27 +404,25 @@ def match_keys(texts: list[str]) -> list[str]:
 
 def _match_keys(texts: list[str]) -> list[str]:
     fold, simple_fold, word, simple_word = _key_tables()
-    points, starts, ends = _code_points(texts)
+    points, _, ends = _code_points(texts)
     folded, slow = _look_up(points, fold, simple_fold, ends)
-    converted = _kept_texts(folded, starts, ends)
+    folded, ends = _dropped_zeros(folded, ends)
     # OpenCC runs only over the texts holding a character its dictionaries can change.
     changing = _changing_table("t2s")
     if changing is None:
-        changeable = list(range(len(texts)))
+        changeable = np.arange(len(texts))
     else:
-        changeable = np.flatnonzero(_any_per_text(changing[folded], ends)).tolist()
-    if changeable:
-        joined = _BATCH_SEPARATOR.join([converted[i] for i in changeable])
-        out = _converter("t2s").convert(joined).split(_BATCH_SEPARATOR)
-        if len(out) != len(changeable):  # never expected; the per-text path is always right
-            return [match_key(text) for text in texts]
-        for i, text in zip(changeable, out):
-            converted[i] = text
-    points, starts, ends = _code_points(converted)
+        changeable = np.flatnonzero(_any_per_text(np.take(changing, folded), ends))
+    converted = _converted(folded, ends, changeable)
+    if converted is None:  # never expected; the per-text path is always right
+        return [match_key(text) for text in texts]
+    points, ends = converted
     kept, slow_word = _look_up(points, word, simple_word, ends)
-    keys = _kept_texts(kept, starts, ends)
+    slow_word &= ~slow
+    lines = _texts(points, ends) if slow_word.any() else []
+    keys = _kept_texts(kept, ends)
     for i in np.flatnonzero(slow).tolist():
         keys[i] = match_key(texts[i])
-    for i in np.flatnonzero(slow_word & ~slow).tolist():
-        keys[i] = _NOT_WORD.sub("", converted[i]).lower()
+    for i in np.flatnonzero(slow_word).tolist():
+        keys[i] = _NOT_WORD.sub("", lines[i]).lower()
     return keys
