@@ -349,16 +349,26 @@ def _dropped_zeros(values: np.ndarray, ends: np.ndarray) -> tuple[np.ndarray, np
     return values[kept], counts[ends]
 
 
-def _kept_texts(values: np.ndarray, ends: np.ndarray) -> list[str]:
-    """The texts that the nonzero `values` (code points) of each span ending at `ends` make."""
-    return _texts(*_dropped_zeros(values, ends))
-
-
 def _texts(values: np.ndarray, ends: np.ndarray) -> list[str]:
     """The texts the code points `values` make, cut at `ends`."""
     joined = values.tobytes().decode("utf-32-le")
     bounds = [0] + ends.tolist()
     return [joined[a:b] for a, b in zip(bounds, bounds[1:])]
+
+
+def _spliced(values: np.ndarray, ends: np.ndarray, which: list[int], new: np.ndarray, new_starts: list[int], new_ends: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """(code points, ends) of the texts `values` cut at `ends`, with text number which[j]
+    (ascending) replaced by new[new_starts[j]:new_ends[j]]."""
+    starts = np.concatenate([[0], ends[:-1]])
+    pieces, previous = [], 0
+    for a, b, c, d in zip(starts[which].tolist(), ends[which].tolist(), new_starts, new_ends):
+        pieces.append(values[previous:a])
+        pieces.append(new[c:d])
+        previous = b
+    pieces.append(values[previous:])
+    lengths = np.diff(ends, prepend=0)
+    lengths[which] = np.subtract(new_ends, new_starts)
+    return np.concatenate(pieces), np.cumsum(lengths)
 
 
 def _converted(values: np.ndarray, ends: np.ndarray, changeable: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
@@ -368,41 +378,40 @@ def _converted(values: np.ndarray, ends: np.ndarray, changeable: np.ndarray) -> 
     if not len(changeable):
         return values, ends
     starts = np.concatenate([[0], ends[:-1]])
-    spans = list(zip(starts[changeable].tolist(), ends[changeable].tolist()))
     joined = values.tobytes().decode("utf-32-le")
+    spans = zip(starts[changeable].tolist(), ends[changeable].tolist())
     out = _converter("t2s").convert(_BATCH_SEPARATOR.join([joined[a:b] for a, b in spans]))
     new = np.frombuffer(out.encode("utf-32-le"), np.uint32)
     separators = np.flatnonzero(new == ord(_BATCH_SEPARATOR))
-    if len(separators) != len(spans) - 1:
+    if len(separators) != len(changeable) - 1:
         return None
-    new_starts = np.concatenate([[0], separators + 1])
-    new_ends = np.concatenate([separators, [len(new)]])
-    pieces, previous = [], 0
-    for (a, b), c, d in zip(spans, new_starts.tolist(), new_ends.tolist()):
-        pieces.append(values[previous:a])
-        pieces.append(new[c:d])
-        previous = b
-    pieces.append(values[previous:])
-    lengths = np.diff(np.concatenate([[0], ends]))
-    lengths[changeable] = new_ends - new_starts
-    return np.concatenate(pieces), np.cumsum(lengths)
+    new_starts = [0] + (separators + 1).tolist()
+    new_ends = separators.tolist() + [len(new)]
+    return _spliced(values, ends, changeable.tolist(), new, new_starts, new_ends)
 
 
 def match_keys(texts: list[str]) -> list[str]:
     """match_key of each text, for a batch at once: identical results, a fraction of the cost.
     The character-local steps (invisible removal, NFKC, punctuation and spacing dropped, lower
-    case) are table look-ups over the batch's code points; OpenCC runs once over the batch. A
-    text holding a character whose result depends on its neighbours (a combining mark, İ, Σ,
-    a character outside the BMP) takes match_key itself."""
+    case) are table look-ups over the batch's code points; OpenCC runs once over the batch's
+    texts that it can change. A text holding a character whose result depends on its neighbours
+    (a combining mark, İ, Σ, a character outside the BMP) takes match_key itself."""
+    return _texts(*match_key_points(texts))
+
+
+def match_key_points(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """The match_keys of `texts` as code points: (the keys' code points one after another,
+    uint32; where each key ends in them, int64, one per text). Raises UnicodeEncodeError where
+    the per-text match_key does (a lone surrogate)."""
     if not texts:
-        return []
+        return np.zeros(0, np.uint32), np.zeros(0, np.int64)
     try:
-        return _match_keys(texts)
+        return _match_key_points(texts)
     except UnicodeEncodeError:  # a lone surrogate: the per-text path says what it makes of it
-        return [match_key(text) for text in texts]
+        return _code_points([match_key(text) for text in texts])[::2]
 
 
-def _match_keys(texts: list[str]) -> list[str]:
+def _match_key_points(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
     fold, simple_fold, word, simple_word = _key_tables()
     points, _, ends = _code_points(texts)
     folded, slow = _look_up(points, fold, simple_fold, ends)
@@ -415,14 +424,17 @@ def _match_keys(texts: list[str]) -> list[str]:
         changeable = np.flatnonzero(_any_per_text(np.take(changing, folded), ends))
     converted = _converted(folded, ends, changeable)
     if converted is None:  # never expected; the per-text path is always right
-        return [match_key(text) for text in texts]
+        return _code_points([match_key(text) for text in texts])[::2]
     points, ends = converted
     kept, slow_word = _look_up(points, word, simple_word, ends)
     slow_word &= ~slow
-    lines = _texts(points, ends) if slow_word.any() else []
-    keys = _kept_texts(kept, ends)
-    for i in np.flatnonzero(slow).tolist():
-        keys[i] = match_key(texts[i])
-    for i in np.flatnonzero(slow_word).tolist():
-        keys[i] = _NOT_WORD.sub("", lines[i]).lower()
-    return keys
+    fixed = {i: match_key(texts[i]) for i in np.flatnonzero(slow).tolist()}
+    if slow_word.any():
+        lines = _texts(points, ends)
+        fixed.update((i, _NOT_WORD.sub("", lines[i]).lower()) for i in np.flatnonzero(slow_word).tolist())
+    kept, ends = _dropped_zeros(kept, ends)
+    if fixed:
+        which = sorted(fixed)
+        new, new_starts, new_ends = _code_points([fixed[i] for i in which])
+        kept, ends = _spliced(kept, ends, which, new, new_starts.tolist(), new_ends.tolist())
+    return kept, ends
