@@ -239,6 +239,26 @@ def test_batch_match_forms_equal_the_per_text_match_form(shared_data):
     assert match_keys(pieces) == [match_key(piece) for piece in pieces]
 
 
+def test_opencc_skips_only_texts_it_returns_as_they_are(shared_data):
+    """match_keys runs OpenCC only over texts holding a character its t2s dictionaries can change:
+    every other character, alone or in a run with its neighbours, converts to itself, and every
+    real text without one converts to itself."""
+    import opencc
+
+    from transforms.clean.normalize import _changing_table
+
+    table = _changing_table("t2s")
+    assert table is not None and table[ord("後")] and table[ord("坏")] and not table[ord("后")] and not table[ord("一")]
+    t2s = opencc.OpenCC("t2s")
+    kept = "".join(chr(cp) for cp in range(0x20, 0x10000) if not table[cp] and not 0xD800 <= cp <= 0xDFFF)
+    assert t2s.convert(kept) == kept
+    assert t2s.convert(kept[::-1]) == kept[::-1]
+    texts = load_passages(shared_data / "corpus" / "ancient-books", 400, length=300, seed=11)
+    plain = [text for text in texts if not table[[ord(c) for c in text]].any()]
+    assert plain and len(plain) < len(texts)
+    assert all(t2s.convert(text) == text for text in plain)
+
+
 def _rule_read_item_by_item(items: list[dict], n: int = 13, min_chars: int = 8) -> list[tuple[dict, list, frozenset]]:
     """The indexed items as the rule reads, one item at a time: (item, forms as sets of n-gram
     strings with their shares, cited n-grams)."""

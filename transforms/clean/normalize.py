@@ -260,6 +260,69 @@ def _key_tables() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     return fold, simple_fold, np.where(word, lower, 0).astype(np.uint32), simple_word
 
 
+def _any_per_text(flags: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    """Per text (`ends`: where each ends in the batch's code points), whether any flag is set."""
+    out = np.zeros(len(ends), bool)
+    out[np.searchsorted(ends, np.flatnonzero(flags), side="right")] = True
+    return out
+
+
+def _dictionary_files(node) -> list[str]:
+    """The ocd2 files an OpenCC configuration (parsed JSON) names, wherever they sit in it."""
+    if isinstance(node, dict):
+        if node.get("type") == "ocd2" and "file" in node:
+            return [node["file"]]
+        return [f for value in node.values() for f in _dictionary_files(value)]
+    if isinstance(node, list):
+        return [f for value in node for f in _dictionary_files(value)]
+    return []
+
+
+@lru_cache(maxsize=4)
+def _changing_table(config: str) -> np.ndarray | None:
+    """Per code point (all planes), whether OpenCC's `config` can change a text holding it; None
+    where the dictionaries cannot be read (then every text is converted).
+
+    Read from the configuration's own dictionaries (dumped to text by OpenCC's `opencc_dict`):
+    for each entry whose (first) value differs from its key, the key's characters where the two
+    differ (every character of the key where the lengths differ). A text holding none of them
+    matches only entries that map to themselves, so OpenCC returns it as it is."""
+    import json
+    import os
+    import subprocess
+    import tempfile
+    from pathlib import Path
+
+    import opencc
+
+    clib = Path(opencc.__file__).parent / "clib"
+    share, tool = clib / "share" / "opencc", clib / "bin" / "opencc_dict"
+    env = dict(os.environ)
+    env["LD_LIBRARY_PATH"] = os.pathsep.join(filter(None, [str(clib / "lib64"), str(clib / "lib"), env.get("LD_LIBRARY_PATH")]))
+    table = np.zeros(0x110000, bool)
+    try:
+        files = _dictionary_files(json.loads((share / f"{config}.json").read_text(encoding="utf-8")))
+        with tempfile.TemporaryDirectory() as folder:
+            for name in files:
+                dumped = Path(folder) / f"{name}.txt"
+                subprocess.run([str(tool), "-i", str(share / name), "-o", str(dumped), "-f", "ocd2", "-t", "text"],
+                               check=True, capture_output=True, env=env, timeout=60)
+                for line in dumped.read_text(encoding="utf-8").splitlines():
+                    key, _, values = line.partition("\t")
+                    value = values.split(" ")[0]
+                    if value == key:
+                        continue
+                    if len(value) != len(key):
+                        table[[ord(c) for c in key]] = True
+                    else:
+                        table[[ord(a) for a, b in zip(key, value) if a != b]] = True
+    except (OSError, ValueError, subprocess.SubprocessError):
+        return None
+    if not files or not table.any():
+        return None
+    return table
+
+
 def _code_points(texts: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(code points of all texts, where each text starts and where it ends in them)."""
     lengths = np.fromiter(map(len, texts), np.int64, len(texts))
@@ -272,51 +335,106 @@ def _look_up(points: np.ndarray, table: np.ndarray, simple: np.ndarray, ends: np
     the BMP or not `simple`: that text takes the per-text path)."""
     astral = points > 0xFFFF
     index = np.minimum(points, 0xFFFF) if astral.any() else points
-    bad = ~simple[index] | astral
-    slow = np.zeros(len(ends), bool)
-    if bad.any():
-        slow[np.searchsorted(ends, np.flatnonzero(bad), side="right")] = True
-    return table[index], slow
+    bad = np.take(~simple, index)
+    bad |= astral
+    return np.take(table, index), _any_per_text(bad, ends)
 
 
-def _kept_texts(values: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> list[str]:
-    """The texts that the nonzero `values` (code points) of each [start, end) span make."""
-    dropped = np.flatnonzero(values == 0)
-    if len(dropped):
-        values = np.delete(values, dropped)
-        ends = ends - np.bincount(np.searchsorted(ends, dropped, side="right"), minlength=len(ends)).cumsum()[: len(ends)]
-        starts = np.concatenate([[0], ends[:-1]])
+def _dropped_zeros(values: np.ndarray, ends: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(the nonzero `values`, where each span ending at `ends` ends in them)."""
+    kept = values != 0
+    if kept.all():
+        return values, ends
+    counts = np.concatenate([[0], np.cumsum(kept)])
+    return values[kept], counts[ends]
+
+
+def _texts(values: np.ndarray, ends: np.ndarray) -> list[str]:
+    """The texts the code points `values` make, cut at `ends`."""
     joined = values.tobytes().decode("utf-32-le")
-    return [joined[a:b] for a, b in zip(starts.tolist(), ends.tolist())]
+    bounds = [0] + ends.tolist()
+    return [joined[a:b] for a, b in zip(bounds, bounds[1:])]
+
+
+def _spliced(values: np.ndarray, ends: np.ndarray, which: list[int], new: np.ndarray, new_starts: list[int], new_ends: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """(code points, ends) of the texts `values` cut at `ends`, with text number which[j]
+    (ascending) replaced by new[new_starts[j]:new_ends[j]]."""
+    starts = np.concatenate([[0], ends[:-1]])
+    pieces, previous = [], 0
+    for a, b, c, d in zip(starts[which].tolist(), ends[which].tolist(), new_starts, new_ends):
+        pieces.append(values[previous:a])
+        pieces.append(new[c:d])
+        previous = b
+    pieces.append(values[previous:])
+    lengths = np.diff(ends, prepend=0)
+    lengths[which] = np.subtract(new_ends, new_starts)
+    return np.concatenate(pieces), np.cumsum(lengths)
+
+
+def _converted(values: np.ndarray, ends: np.ndarray, changeable: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """(code points, ends) of the texts (`values` cut at `ends`) after OpenCC t2s, which runs over
+    the `changeable` texts only (one call, joined by _BATCH_SEPARATOR); the others stay as they
+    are. None where OpenCC's output does not split back into as many texts."""
+    if not len(changeable):
+        return values, ends
+    starts = np.concatenate([[0], ends[:-1]])
+    joined = values.tobytes().decode("utf-32-le")
+    spans = zip(starts[changeable].tolist(), ends[changeable].tolist())
+    out = _converter("t2s").convert(_BATCH_SEPARATOR.join([joined[a:b] for a, b in spans]))
+    new = np.frombuffer(out.encode("utf-32-le"), np.uint32)
+    separators = np.flatnonzero(new == ord(_BATCH_SEPARATOR))
+    if len(separators) != len(changeable) - 1:
+        return None
+    new_starts = [0] + (separators + 1).tolist()
+    new_ends = separators.tolist() + [len(new)]
+    return _spliced(values, ends, changeable.tolist(), new, new_starts, new_ends)
 
 
 def match_keys(texts: list[str]) -> list[str]:
     """match_key of each text, for a batch at once: identical results, a fraction of the cost.
     The character-local steps (invisible removal, NFKC, punctuation and spacing dropped, lower
-    case) are table look-ups over the batch's code points; OpenCC runs once over the batch. A
-    text holding a character whose result depends on its neighbours (a combining mark, İ, Σ,
-    a character outside the BMP) takes match_key itself."""
+    case) are table look-ups over the batch's code points; OpenCC runs once over the batch's
+    texts that it can change. A text holding a character whose result depends on its neighbours
+    (a combining mark, İ, Σ, a character outside the BMP) takes match_key itself."""
+    return _texts(*match_key_points(texts))
+
+
+def match_key_points(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """The match_keys of `texts` as code points: (the keys' code points one after another,
+    uint32; where each key ends in them, int64, one per text). Raises UnicodeEncodeError where
+    the per-text match_key does (a lone surrogate)."""
     if not texts:
-        return []
+        return np.zeros(0, np.uint32), np.zeros(0, np.int64)
     try:
-        return _match_keys(texts)
+        return _match_key_points(texts)
     except UnicodeEncodeError:  # a lone surrogate: the per-text path says what it makes of it
-        return [match_key(text) for text in texts]
+        return _code_points([match_key(text) for text in texts])[::2]
 
 
-def _match_keys(texts: list[str]) -> list[str]:
+def _match_key_points(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
     fold, simple_fold, word, simple_word = _key_tables()
-    points, starts, ends = _code_points(texts)
+    points, _, ends = _code_points(texts)
     folded, slow = _look_up(points, fold, simple_fold, ends)
-    joined = _BATCH_SEPARATOR.join(_kept_texts(folded, starts, ends))
-    converted = _converter("t2s").convert(joined).split(_BATCH_SEPARATOR)
-    if len(converted) != len(texts):  # never expected; the per-text path is always right
-        return [match_key(text) for text in texts]
-    points, starts, ends = _code_points(converted)
+    folded, ends = _dropped_zeros(folded, ends)
+    # OpenCC runs only over the texts holding a character its dictionaries can change.
+    changing = _changing_table("t2s")
+    if changing is None:
+        changeable = np.arange(len(texts))
+    else:
+        changeable = np.flatnonzero(_any_per_text(np.take(changing, folded), ends))
+    converted = _converted(folded, ends, changeable)
+    if converted is None:  # never expected; the per-text path is always right
+        return _code_points([match_key(text) for text in texts])[::2]
+    points, ends = converted
     kept, slow_word = _look_up(points, word, simple_word, ends)
-    keys = _kept_texts(kept, starts, ends)
-    for i in np.flatnonzero(slow).tolist():
-        keys[i] = match_key(texts[i])
-    for i in np.flatnonzero(slow_word & ~slow).tolist():
-        keys[i] = _NOT_WORD.sub("", converted[i]).lower()
-    return keys
+    slow_word &= ~slow
+    fixed = {i: match_key(texts[i]) for i in np.flatnonzero(slow).tolist()}
+    if slow_word.any():
+        lines = _texts(points, ends)
+        fixed.update((i, _NOT_WORD.sub("", lines[i]).lower()) for i in np.flatnonzero(slow_word).tolist())
+    kept, ends = _dropped_zeros(kept, ends)
+    if fixed:
+        which = sorted(fixed)
+        new, new_starts, new_ends = _code_points([fixed[i] for i in which])
+        kept, ends = _spliced(kept, ends, which, new, new_starts.tolist(), new_ends.tolist())
+    return kept, ends

@@ -43,7 +43,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from transforms.dedup.keys import text_of
-from transforms.clean.normalize import match_key, match_keys
+from transforms.clean.normalize import match_key, match_key_points, match_keys
 
 # The items' texts are keyed several times each while the index is built (stem, pieces, forms).
 _item_key = lru_cache(maxsize=1 << 16)(match_key)
@@ -466,13 +466,15 @@ class ContaminationIndex:
 
     def present_grams(self, keys: list[str]) -> list[dict[int, int]]:
         """Per match form: its n-grams that are in the index, as {n-gram number: first position}."""
+        lengths = np.fromiter(map(len, keys), np.int64, len(keys))
+        return self._present(np.frombuffer("".join(keys).encode("utf-32-le"), np.uint32), np.cumsum(lengths))
+
+    def _present(self, points: np.ndarray, ends: np.ndarray) -> list[dict[int, int]]:
+        """present_grams of the match forms given as code points (`points`, uint32) cut at `ends`."""
         n = self.ngram
-        present: list[dict[int, int]] = [{} for _ in keys]
-        if not len(self.hashes) or not keys:
+        present: list[dict[int, int]] = [{} for _ in range(len(ends))]
+        if not len(self.hashes) or not len(ends):
             return present
-        joined = "".join(keys)
-        ends = np.cumsum(np.fromiter(map(len, keys), np.int64, len(keys)))
-        points = np.frombuffer(joined.encode("utf-32-le"), np.uint32)
         windows = self._screened(points)
         found = _horner(points[windows + k] for k in range(n))
         passing = self._screen()[_bucket(found)]
@@ -482,9 +484,9 @@ class ContaminationIndex:
         windows, slots = windows[hit], slots[hit]
         owners = np.searchsorted(ends, windows, side="right")
         inside = windows + n <= ends[owners]  # a window across two texts is no n-gram of either
-        starts = ends - np.fromiter(map(len, keys), np.int64, len(keys))
+        starts = np.concatenate([[0], ends[:-1]])
         for window, slot, owner in zip(windows[inside].tolist(), slots[inside].tolist(), owners[inside].tolist()):
-            gram, value = joined[window : window + n], self.hashes[slot]
+            gram, value = points[window : window + n].tobytes().decode("utf-32-le"), self.hashes[slot]
             # Equal hashes: every n-gram of the index with this hash is compared.
             while slot < len(self.hashes) and self.hashes[slot] == value:
                 number = int(self.hash_grams[slot])
@@ -507,8 +509,10 @@ class ContaminationIndex:
     def find_batch(self, texts: list[str]) -> list[tuple[list, list]]:
         """find_all of each text, for a batch at once (match forms and n-gram look-ups over the
         whole batch; only texts sharing an n-gram with the index are judged one by one)."""
-        keys = match_keys(texts)
-        return [self._judge(key, present) if present else ([], []) for key, present in zip(keys, self.present_grams(keys))]
+        points, ends = match_key_points(texts)
+        bounds = [0] + ends.tolist()
+        return [self._judge(points[bounds[i] : bounds[i + 1]].tobytes().decode("utf-32-le"), present) if present else ([], [])
+                for i, present in enumerate(self._present(points, ends))]
 
     def _sets(self, number: int) -> tuple[tuple[tuple[frozenset, float], ...], frozenset]:
         """An item's forms and cited words as sets of n-gram numbers, made when first needed."""
