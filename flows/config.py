@@ -632,12 +632,41 @@ def _resolve_paths(config: BuildConfig, base: Path) -> BuildConfig:
     return config
 
 
+def _nearest_key(loc: tuple) -> Optional[str]:
+    """The key of the same section closest in spelling to the unknown last part of `loc`
+    (difflib, ratio >= 0.75), or None. Walks BuildConfig's fields along `loc`; list indices and
+    mapping keys are stepped over."""
+    import difflib
+
+    model: object = BuildConfig
+    for part in loc[:-1]:
+        fields = getattr(model, "model_fields", None)
+        if fields is None or isinstance(part, int):
+            continue
+        field = fields.get(str(part))
+        if field is None:
+            return None
+        annotation = field.annotation
+        for arg in (*getattr(annotation, "__args__", ()), annotation):
+            if isinstance(arg, type) and issubclass(arg, BaseModel):
+                model = arg
+                break
+        else:
+            return None
+    fields = getattr(model, "model_fields", None)
+    if not fields:
+        return None
+    found = difflib.get_close_matches(str(loc[-1]), list(fields), n=1, cutoff=0.75)
+    return found[0] if found else None
+
+
 def _describe(error: ValidationError) -> str:
     first = error.errors()[0]
     where = ".".join(str(part) for part in first["loc"]) or "(top level)"
     where = where.replace("validate_", "validate")
     if first["type"] == "extra_forbidden":
-        return f"unknown key '{where}'"
+        near = _nearest_key(first["loc"])
+        return f"unknown key '{where}'" + (f" (did you mean '{near}'?)" if near else "")
     message = first["msg"].removeprefix("Value error, ")
     return f"{where}: {message}"
 

@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 from schemas.dataset import MANIFEST, kind_files
 
 CORPUS_MANIFEST = "_corpus_manifest.json"
-STAGE_ORDER = ("crawl", "ingest", "clean", "dedup", "decontaminate", "convert", "sample", "validate", "export")
+STAGE_ORDER = ("crawl", "ingest", "clean", "select", "dedup", "decontaminate", "convert", "sample", "validate", "export")
 COLORS = {"web": "#4e79a7", "literature": "#f28e2b", "encyclopedia": "#59a14f", "books": "#b07aa1", "sft": "#e15759"}
 OTHER_COLOR = "#9c9c9c"
 LENGTH_EDGES = [0, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 20000, 50000]

@@ -45,6 +45,9 @@ def test_good_config_loads_with_defaults_and_relative_paths(tmp_path):
     "text, message",
     [
         (GOOD + "\n[clean]\nmin_charz = 3\n", "unknown key 'clean.min_charz'"),
+        (GOOD + "\n[select]\nmin_char = 3\n", "unknown key 'select.min_char' (did you mean 'min_chars'?)"),
+        (GOOD + "\n[operations.llm]\nslotz = 2\n", "unknown key 'operations.llm.slotz' (did you mean 'slots'?)"),
+        (GOOD.replace('category = "books"', 'category = "books"\nformt = "book"'), "unknown key 'sources.0.formt' (did you mean 'format'?)"),
         (GOOD.replace('category = "books"', 'category = "novels"'), "sources.0.category"),
         (GOOD.replace("sft_epochs = 2", "sft_epochs = 0"), "sample.sft_epochs"),
         (GOOD.replace("weights = { web = 10 }", "weights = { blogs = 10 }"), "unknown category 'blogs'"),
@@ -58,6 +61,12 @@ def test_bad_config_is_one_line_naming_the_key(tmp_path, text, message):
     with pytest.raises(ConfigError) as caught:
         load_config(_write(tmp_path, text))
     assert message in str(caught.value)
+
+
+def test_unknown_key_without_a_near_spelling_suggests_nothing(tmp_path):
+    with pytest.raises(ConfigError) as caught:
+        load_config(_write(tmp_path, GOOD + "\n[select]\nbanana = 3\n"))
+    assert str(caught.value).endswith("unknown key 'select.banana'")
     assert "\n" not in str(caught.value)
 
 

@@ -359,6 +359,8 @@ def test_build_validates_every_stage_and_writes_the_report(tmp_path, shared_data
     from prefect.client.orchestration import get_client
 
     from flows import pipeline
+    from flows.build import STAGE_FLOWS
+    from quality.report import build_figures
 
     workdir = tmp_path / "build"
     result = pipeline.build_corpus(config=str(_small_build_config(tmp_path, shared_data)), workdir=str(workdir))
@@ -372,6 +374,9 @@ def test_build_validates_every_stage_and_writes_the_report(tmp_path, shared_data
     report = Path(result["report"])
     assert report == workdir / "report.html"
     page = report.read_text(encoding="utf-8")
+    funnel_stages = list(dict.fromkeys(row["stage"] for row in build_figures(workdir)["funnel"]))
+    assert funnel_stages == [s for s in STAGE_FLOWS if s in result["stages"]]
+    assert "<td>select</td>" in page
     for heading in ("Funnel", "Rejection reasons", "Validation", "Category mix", "Sampling curve", "Lengths of chat rows", "Dedup clusters", "Top sources"):
         assert f"<h2>{heading}" in page, heading
     assert page.count("<polygon") == 2, "one area per category in the sampling curve"
