@@ -13,7 +13,8 @@ Prints, per stage, rows in and out (from the build's summary, checked against ea
 `_manifest.json`), wall seconds and CPU-seconds (the stage's task and its worker processes, as
 the build's summary records them), its share of the command's CPU and rows per CPU-second; the
 rest of the command's CPU (imports, Prefect flow and sub-flow runs, the suites after each stage,
-the report) and, apart, the shared server's CPU during the command; wall seconds, the load
+the report), with the suites' own CPU-seconds as the build's summary records them, and, apart,
+the shared server's CPU during the command; wall seconds, the load
 average, peak resident memory (the largest process, from wait4, and the command's whole process
 tree, sampled); and the floor: the CPU seconds pyarrow takes to read the same input files, decode
 them and write them once as Parquet (one row per line), with how many times that floor the
@@ -241,6 +242,10 @@ def main() -> None:
     rest = cpu_total - stage_cpu
     print(f"{'rest':>14} {'':>10} {'':>10} {'':>8} {rest:>8.2f} {rest / cpu_total:>9.1%}   "
           "(the command's CPU outside the stages: imports, Prefect flow and sub-flow runs, the suites after each stage, the report)")
+    suites = {stage: v.get("cpu_seconds") or 0.0 for stage, v in (result.get("validation") or {}).items()}
+    if suites:
+        print(f"{'':>14} of which the suites on each stage's output (validate.every_stage): {sum(suites.values()):.2f} CPU-s ("
+              + ", ".join(f"{stage} {cpu:.2f}" for stage, cpu in suites.items()) + ")")
     started_note = "; this command started it, its start-up included" if run["server_started"] else ""
     print(f"{'server':>14} {'':>10} {'':>10} {'':>8} {run['server_cpu']:>8.2f} {run['server_cpu'] / cpu_total:>9.1%}   "
           f"(the shared Prefect server's CPU during the command, beside the command's own{started_note})")
