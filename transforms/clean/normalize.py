@@ -343,10 +343,11 @@ def _look_up(points: np.ndarray, table: np.ndarray, simple: np.ndarray, ends: np
 def _dropped_zeros(values: np.ndarray, ends: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(the nonzero `values`, where each span ending at `ends` ends in them)."""
     kept = values != 0
-    if kept.all():
+    dropped = np.flatnonzero(~kept)
+    if not len(dropped):
         return values, ends
-    counts = np.concatenate([[0], np.cumsum(kept)])
-    return values[kept], counts[ends]
+    per_text = np.bincount(np.searchsorted(ends, dropped, side="right"), minlength=len(ends))
+    return values[kept], ends - np.cumsum(per_text[: len(ends)])
 
 
 def _texts(values: np.ndarray, ends: np.ndarray) -> list[str]:
