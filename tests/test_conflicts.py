@@ -8,7 +8,7 @@ import pytest
 from schemas import CONVERSATIONS, SCHEMAS
 from schemas.dataset import DatasetWriter, StageManifest, read_kind
 from transforms import stages
-from transforms.select.conflicts import AnswerIndex, prompt_and_answer
+from transforms.select.conflicts import AnswerIndex, _digest, conversation_keys, prompt_and_answer
 from transforms.engines.local import LocalEngine
 from transforms.ingest.importers import import_file
 
@@ -34,6 +34,20 @@ def test_prompt_and_answer_ignore_form_and_system_turns():
     c = [{"role": "user", "content": "黄芪有什么功效？"}, {"role": "assistant", "content": "补血活血。"}]
     index.add(pa.table({"messages": [a, b, c]}))
     assert list(index.conflicts().values()) == [2]
+
+
+def test_batch_keys_equal_each_conversations_own_prompt_and_answer(qr_conversations):
+    """conversation_keys puts a batch's turns in match form at once: the digests of
+    prompt_and_answer row by row, on the real set and on rows without a final answer."""
+    _, rows = qr_conversations
+    messages = [r["messages"] for r in rows] + [None, [], [{"role": "user", "content": "问"}],
+                                                [{"role": "system", "content": "系统"}, {"role": "user", "content": "黃耆？"}, {"role": "assistant", "content": "補氣。"}]]
+    expected = []
+    for row in messages:
+        pair = prompt_and_answer(row)
+        expected.append(None if pair is None else (_digest(pair[0]), _digest(pair[1])))
+    assert conversation_keys(messages) == expected
+    assert expected.count(None) == 3
 
 
 def test_select_drops_conflicting_answers_of_real_rows_by_default_and_keeps_them_when_asked(tmp_path, qr_conversations):

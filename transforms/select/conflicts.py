@@ -20,7 +20,7 @@ from typing import Iterable
 import pyarrow as pa
 import pyarrow.compute  # noqa: F401 - pa.compute in corpus_conflicts
 
-from transforms.clean.normalize import match_key
+from transforms.clean.normalize import match_key, match_keys
 
 
 def prompt_and_answer(messages: list[dict] | None) -> tuple[str, str] | None:
@@ -37,11 +37,26 @@ def _digest(text: str) -> int:
 
 
 def conversation_keys(messages: Iterable[list[dict] | None]) -> list[tuple[int, int] | None]:
-    """Per conversation, (prompt digest, answer digest), or None without a final answer."""
-    keys = []
+    """Per conversation, (prompt digest, answer digest), or None without a final answer: the
+    digests of `prompt_and_answer`, with every turn of the batch put in match form by one
+    `match_keys` call."""
+    kept: list[list[dict] | None] = []
+    contents: list[str] = []
     for row in messages:
-        pair = prompt_and_answer(row)
-        keys.append(None if pair is None else (_digest(pair[0]), _digest(pair[1])))
+        turns = [m for m in (row or []) if m.get("role") != "system"]
+        if len(turns) < 2 or turns[-1].get("role") != "assistant":
+            kept.append(None)
+            continue
+        kept.append(turns)
+        contents.extend(m.get("content") or "" for m in turns)
+    forms = iter(match_keys(contents))
+    keys: list[tuple[int, int] | None] = []
+    for turns in kept:
+        if turns is None:
+            keys.append(None)
+            continue
+        prompt = "\n".join(f"{m.get('role')}:{next(forms)}" for m in turns[:-1])
+        keys.append((_digest(prompt), _digest(next(forms))))
     return keys
 
 
