@@ -197,6 +197,16 @@ def measure(command: list[str], folder: Path, env: dict | None = None) -> dict:
     return result
 
 
+def run_script(python: str, source: str, name: str, lines: Path, folder: Path) -> dict:
+    """Write a peer's script `source` as folder/NAME.py and run it with that peer's `python` on the
+    JSON-lines input `lines`; the script writes the ids it removed to folder/NAME_removed.json.
+    measure()'s figures plus "removed" (a set of ids; empty when the script failed)."""
+    script, removed_file = folder / f"{name}.py", folder / f"{name}_removed.json"
+    script.write_text(source, encoding="utf-8")
+    run = measure([python, str(script), str(lines), str(removed_file)], folder)
+    return {**run, "removed": set(json.loads(removed_file.read_text())) if run["rc"] == 0 else set()}
+
+
 def flows_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "flows.cli", "run", *args]
 
@@ -314,11 +324,7 @@ def main() -> None:
         not_installed.append("datatrove (pip install datatrove==0.10.1 fits this environment)")
     juicer = peer_python(args.data_juicer_python, "data_juicer", "TCM_DATA_JUICER_PYTHON")
     if juicer:
-        script, removed_file = folder / "dj_dedup.py", folder / "dj_dedup_removed.json"
-        script.write_text(_DATA_JUICER_DEDUP, encoding="utf-8")
-        run = measure([juicer, str(script), str(lines), str(removed_file)], folder)
-        removed = set(json.loads(removed_file.read_text())) if run["rc"] == 0 else set()
-        results["data-juicer document_minhash_deduplicator"] = {**run, "removed": removed}
+        results["data-juicer document_minhash_deduplicator"] = run_script(juicer, _DATA_JUICER_DEDUP, "dj_dedup", lines, folder)
     else:
         not_installed.append("py-data-juicer (its own virtual environment: --data-juicer-python)")
 
@@ -352,11 +358,7 @@ def main() -> None:
             "rss_mb": max(first["rss_mb"], second["rss_mb"]), "tail": first["tail"] + second["tail"]}
     filters["tcm-corpus `flows run clean` + `flows run select`"] = {**both, "removed": removed_ids(cleaned) | removed_ids(selected)}
     if juicer:
-        script, removed_file = folder / "dj_filters.py", folder / "dj_filters_removed.json"
-        script.write_text(_DATA_JUICER_FILTERS, encoding="utf-8")
-        run = measure([juicer, str(script), str(lines), str(removed_file)], folder)
-        removed = set(json.loads(removed_file.read_text())) if run["rc"] == 0 else set()
-        filters["data-juicer six character filters"] = {**run, "removed": removed}
+        filters["data-juicer six character filters"] = run_script(juicer, _DATA_JUICER_FILTERS, "dj_filters", lines, folder)
     print(f"\n{'filters':<52} {'CPU-s':>7} {'wall s':>7} {'peak MB':>8} {'removed':>8} {'MB/CPU-s':>9}")
     for name, row in filters.items():
         if row["rc"] != 0:

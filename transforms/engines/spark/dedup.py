@@ -31,7 +31,7 @@ from schemas import DOCUMENTS
 from schemas.dataset import StageManifest
 
 from .datasets import HadoopStore, SparkDatasetWriter, kinds_in, read_files
-from .stages import TEXT_KINDS, LedgerError, Progress, input_files
+from .stages import TEXT_KINDS, Progress, close_ledger, input_files
 
 EMPTIED = "_tcm_emptied"
 AUDIT = "_tcm_audit"  # a row of what a batch removed, not a document
@@ -372,11 +372,7 @@ def run_dedup(inputs, output, params, manifest: StageManifest, engine, progress:
                         frame.unpersist()
                 if broadcast is not None:
                     broadcast.destroy()
-            if kept + rejected != rows_in:
-                raise LedgerError(f"{kind}: {rows_in} rows in, but {kept} kept + {rejected} rejected")
-            manifest.rows_in[kind] = manifest.rows_in.get(kind, 0) + rows_in
-            if progress:
-                progress(kind, rows_in)
+            close_ledger(manifest, kind, rows_in, kept, rejected, progress)
             groups[kind] = found["clusters"]
             kind_stats.update(
                 {

@@ -41,6 +41,16 @@ class LedgerError(RuntimeError):
     """Rows in != rows kept + rows rejected: a step lost or invented rows."""
 
 
+def close_ledger(manifest: StageManifest, kind: str, rows_in: int, kept: int, rejected: int, progress: Progress | None) -> None:
+    """A kind's ledger once its rows are written: rows in (counted from the input) must equal
+    kept + rejected, else LedgerError; rows in are added to the manifest and reported."""
+    if kept + rejected != rows_in:
+        raise LedgerError(f"{kind}: {rows_in} rows in, but {kept} kept + {rejected} rejected")
+    manifest.rows_in[kind] = manifest.rows_in.get(kind, 0) + rows_in
+    if progress:
+        progress(kind, rows_in)
+
+
 def spark_schema(schema: pa.Schema):
     from pyspark.sql.pandas.types import from_arrow_schema
 
@@ -184,9 +194,5 @@ def map_kinds(step, inputs, writer, manifest: StageManifest, engine, kinds, cont
         finally:
             flagged.unpersist()
             broadcast.destroy()
-        if kept + rejected != rows_in:
-            raise LedgerError(f"{kind}: {rows_in} rows in, but {kept} kept + {rejected} rejected")
-        manifest.rows_in[kind] = manifest.rows_in.get(kind, 0) + rows_in
-        if progress:
-            progress(kind, rows_in)
+        close_ledger(manifest, kind, rows_in, kept, rejected, progress)
         yield kind, extras
