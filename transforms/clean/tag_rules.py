@@ -22,6 +22,7 @@ threshold never recomputes them.
 from __future__ import annotations
 
 import re
+import time
 
 import numpy as np
 import pyarrow as pa
@@ -70,13 +71,13 @@ TAG_COLUMNS = (
 
 
 def quality_tags(texts: list[str], params: dict | None = None, timings: dict | None = None,
-                 titled: np.ndarray | None = None) -> dict[str, np.ndarray]:
+                 titled: np.ndarray | None = None, batch: TextBatch | None = None) -> dict[str, np.ndarray]:
     """Every quality column for `texts`; `timings` (if given) collects CPU seconds per rule;
-    `titled` (per text: its first line is its title) keeps title lines out of punct_line_ratio."""
-    import time
-
+    `titled` (per text: its first line is its title) keeps title lines out of punct_line_ratio.
+    `batch`: the `TextBatch(texts, titled)` a caller already holds, so its code points, classes
+    and lines are computed once."""
     params = params or {}
-    batch = TextBatch(texts, titled)
+    batch = batch if batch is not None else TextBatch(texts, titled)
     tags: dict[str, np.ndarray] = {}
     for name, rule in RULES:
         started = time.process_time()
@@ -163,9 +164,11 @@ def _dup_ngrams(batch: TextBatch, params: dict) -> dict:
         inside = owner[:starts] == owner[n_gram - 1 :]
         keys = hashes[inside] ^ (owner[:starts][inside].astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15))
     repeated = np.flatnonzero(inside)[repeated_keys(keys)]
-    cover = np.bincount(repeated, minlength=total + 1)[: total + 1] - np.bincount(repeated + n_gram, minlength=total + 1)[: total + 1]
-    covered = np.cumsum(cover)[:total] > 0
-    return {"dup_ngram_ratio": ratio(np.bincount(owner[covered], minlength=n), batch.lengths)}
+    # The covered characters are the union of the windows [start, start + n) of the repeated
+    # n-grams: each start adds up to the next start (starts ascend, and a window never leaves its
+    # text, so the next text's first start is past it).
+    covered = np.minimum(np.diff(repeated, append=total), n_gram)
+    return {"dup_ngram_ratio": ratio(np.bincount(owner[repeated], weights=covered, minlength=n), batch.lengths)}
 
 
 HASH_PRIME = 1_000_003
@@ -197,16 +200,27 @@ def window_hashes(values: np.ndarray, width: int) -> np.ndarray:
 
 
 def repeated_keys(keys: np.ndarray) -> np.ndarray:
-    """Mask of the keys that occur more than once. A sorted copy (numpy's vectorised sort) gives
-    the few repeated values; a hash table of those alone (pandas isin, small enough to stay in
-    cache) marks them: a third cheaper than one hash table of every key."""
+    """Mask of the keys (uint64) that occur more than once. A sorted copy (numpy's vectorised
+    sort) gives the few repeated values; two 64 KB tables of their lowest two 16-bit parts pick
+    the keys that may be one of them (gathers through a view of the keys, no copy), and a hash
+    table of the repeated values (pandas isin) decides those candidates alone."""
     import pandas as pd  # here: a command that never tags lines does not import pandas
 
+    keys = np.ascontiguousarray(keys, np.uint64)
     ordered = np.sort(keys)
     equal = ordered[1:] == ordered[:-1]
     if not equal.any():
         return np.zeros(len(keys), bool)
-    return pd.Series(keys).isin(ordered[1:][equal]).to_numpy()
+    values = ordered[1:][equal]
+    words = keys.view(np.uint16).reshape(-1, 4)
+    mask = np.ones(len(keys), bool)
+    for shift, column in zip((0, 16), (0, 1) if np.little_endian else (3, 2)):
+        table = np.zeros(1 << 16, bool)
+        table[(values >> np.uint64(shift)) & np.uint64(0xFFFF)] = True
+        mask &= np.take(table, words[:, column])
+    candidates = np.flatnonzero(mask)
+    mask[candidates] = pd.Series(keys[candidates]).isin(values).to_numpy()
+    return mask
 
 
 def _flagged(batch: TextBatch, params: dict) -> dict:
