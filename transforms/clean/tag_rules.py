@@ -159,11 +159,19 @@ def _dup_ngrams(batch: TextBatch, params: dict) -> dict:
     if total < n_gram:
         return {"dup_ngram_ratio": np.zeros(n)}
     starts = total - n_gram + 1
-    hashes = window_hashes(points.astype(np.uint64), n_gram)[:starts]
+    inside = owner[:starts] == owner[n_gram - 1 :]
+    keys = window_hashes(points, n_gram)[inside]
     with np.errstate(over="ignore"):
-        inside = owner[:starts] == owner[n_gram - 1 :]
-        keys = hashes[inside] ^ (owner[:starts][inside].astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15))
-    repeated = np.flatnonzero(inside)[repeated_keys(keys)]
+        text_mix = owner[:starts][inside].astype(np.uint64)
+        text_mix *= np.uint64(0x9E3779B97F4A7C15)
+        keys ^= text_mix
+    del text_mix
+    found = np.flatnonzero(repeated_keys(keys))
+    # Where the found keys' windows start: the k-th window inside a text starts at k plus the
+    # windows before it that cross into the next text (few: n - 1 per text), counted through
+    # how many inside windows precede each crossing one.
+    crossing = np.flatnonzero(~inside)
+    repeated = found + np.searchsorted(crossing - np.arange(len(crossing)), found, side="right")
     # The covered characters are the union of the windows [start, start + n) of the repeated
     # n-grams: each start adds up to the next start (starts ascend, and a window never leaves its
     # text, so the next text's first start is past it).
@@ -176,9 +184,26 @@ HASH_PRIME = 1_000_003
 
 def window_hashes(values: np.ndarray, width: int) -> np.ndarray:
     """Polynomial hash (base HASH_PRIME, wrapping in 64 bits) of every window of `width` values
-    (uint64), one per start that leaves a whole window: sum of values[i + k] * P**(width - 1 - k).
-    Built by doubling (the hash of a window of a + b values is the hash of its first a times
-    P**b plus the hash of its last b), so a few vector operations instead of one per position."""
+    (unsigned integers), one per start that leaves a whole window: sum of values[i + k] *
+    P**(width - 1 - k), as uint64. Built by doubling (the hash of a window of a + b values is the
+    hash of its first a times P**b plus the hash of its last b), so a few vector operations
+    instead of one per position, over blocks of HASH_BLOCK starts: the temporaries stay small
+    and in cache, instead of a batch-sized array per step."""
+    count = len(values) - width + 1
+    if count <= 0:
+        return _doubled_hashes(np.asarray(values, np.uint64), width)
+    out = np.empty(count, np.uint64)
+    for start in range(0, count, HASH_BLOCK):
+        stop = min(start + HASH_BLOCK, count)
+        out[start:stop] = _doubled_hashes(values[start : stop + width - 1].astype(np.uint64), width)
+    return out
+
+
+HASH_BLOCK = 1 << 15
+
+
+def _doubled_hashes(values: np.ndarray, width: int) -> np.ndarray:
+    """window_hashes of uint64 `values` in one block."""
     prime = np.uint64(HASH_PRIME)
     result, covered = None, 0  # hashes of windows of `covered` values
     block, size = values, 1  # hashes of windows of `size` values (size a power of two)
