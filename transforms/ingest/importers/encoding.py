@@ -208,23 +208,38 @@ def detect_legacy(data: bytes, candidates: tuple[str, ...] = CANDIDATES) -> tupl
     return best, "ours"
 
 
-# The same opening is judged twice when a file is checked for mixed lines first.
-@lru_cache(maxsize=16)
 def _unsure(sample: bytes, encoding: str) -> bool:
     """More than UNSURE of the non-ASCII characters read are invalid or rare."""
-    text = codecs.getincrementaldecoder(encoding)(errors="surrogateescape").decode(sample, final=False)
-    escaped, points = _split_escapes(text)
+    _, escaped, points = _reading(sample, encoding)
     wide = escaped + int(np.count_nonzero(points >= 0x80))
     return (escaped + escaped + _rare_count(points)) > UNSURE * max(wide, 1)
 
 
-@lru_cache(maxsize=16)
 def _score(sample: bytes, encoding: str) -> float:
     """Invalid bytes plus rare characters per decoded character (lower reads better)."""
-    # An incremental decoder leaves a character cut at the sample's end undecoded, not invalid.
+    length, escaped, points = _reading(sample, encoding)
+    return (escaped + escaped + _rare_count(points)) / max(length, 1)
+
+
+# The same opening is judged twice when a file is checked for mixed lines first, and its best
+# reading once more for how sure it is.
+@lru_cache(maxsize=16)
+def _reading(sample: bytes, encoding: str) -> tuple[int, int, np.ndarray]:
+    """(characters decoded, invalid bytes, code points of the rest) of `sample` read in
+    `encoding`, each invalid byte one character (surrogateescape); as _split_escapes of that text.
+    An incremental decoder leaves a character cut at the sample's end undecoded, not invalid."""
     text = codecs.getincrementaldecoder(encoding)(errors="surrogateescape").decode(sample, final=False)
-    escaped, points = _split_escapes(text)
-    return (escaped + escaped + _rare_count(points)) / max(len(text), 1)
+    if encoding not in CANDIDATES:
+        return (len(text), *_split_escapes(text))
+    try:
+        return len(text), 0, np.frombuffer(text.encode("utf-32-le"), np.uint32)
+    except UnicodeEncodeError:
+        pass
+    # No candidate decodes bytes to a lone surrogate, so each in `text` is an escape, and the
+    # rest is what the same decoder keeps when it drops the invalid bytes instead (the same
+    # bytes are invalid whatever is done with them): no search through a text of escapes.
+    rest = codecs.getincrementaldecoder(encoding)(errors="ignore").decode(sample, final=False)
+    return len(text), len(text) - len(rest), np.frombuffer(rest.encode("utf-32-le"), np.uint32)
 
 
 def rare_characters(text: str) -> int:
