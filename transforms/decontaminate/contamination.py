@@ -207,9 +207,19 @@ def _packed_points(points: np.ndarray, n: int) -> list[np.ndarray]:
     for k in range(0, n, 3):
         word = np.zeros(len(points), np.uint64)
         for j in range(k, min(k + 3, n)):
-            word |= padded[j - k : j - k + len(points)] << np.uint64(21 * (2 - (j - k)))
+            word |= padded[j : j + len(points)] << np.uint64(21 * (2 - (j - k)))
         words.append(word)
     return words
+
+
+def _rows_equal(rows: np.ndarray, left: np.ndarray, right: np.ndarray, chunk: int = 1 << 16) -> np.ndarray:
+    """Whether rows[left[i]] equals rows[right[i]] in every column, per i (`rows`: 2-D, any view),
+    compared a chunk of pairs at a time so the gathered rows stay small."""
+    equal = np.empty(len(left), bool)
+    for at in range(0, len(left), chunk):
+        a, b = rows[left[at : at + chunk]], rows[right[at : at + chunk]]
+        np.all(a == b, axis=1, out=equal[at : at + chunk])
+    return equal
 
 
 class _Keys(dict):
@@ -284,28 +294,26 @@ class _Segments:
         hashes = window_hashes(points, n)[start]
         order = np.argsort(hashes)
         same = hashes[order][1:] == hashes[order][:-1]
-        # Equal hashes are confirmed on the code points, three to a 64-bit word (21 bits each).
-        words = _packed_points(points, n)
+        # Equal hashes are confirmed on the code points: each n-gram as one row of n code points.
+        grams = np.lib.stride_tricks.sliding_window_view(points, n) if len(points) >= n else np.zeros((0, n), np.uint32)
         ordered = start[order]
         left, right = ordered[1:][same], ordered[:-1][same]
-        equal = np.ones(len(left), bool)
-        for k, word in zip(range(0, n, 3), words):
-            equal &= word[left + k] == word[right + k]
+        equal = _rows_equal(grams, left, right)
         if equal.all():
             same[same] = equal
         else:  # two n-grams share a hash: their code points order them
-            columns = [word[start + k] for k, word in zip(range(0, n, 3), words)]
+            columns = [word[start] for word in _packed_points(points, n)]
             order = np.lexsort(columns[::-1] + [hashes])
             same = hashes[order][1:] == hashes[order][:-1]
             for column in columns:
                 same &= column[order][1:] == column[order][:-1]
-        del words, left, right, equal
+        del left, right, equal
         heads = np.concatenate([[True], ~same]) if len(order) else np.zeros(0, bool)
         numbers = np.empty(len(order), np.int64)
         numbers[order] = np.cumsum(heads) - 1
         representative = start[order[heads]]  # a window of each n-gram, in number order
         count = len(representative)
-        vocabulary = points[representative[:, None] + np.arange(n)].astype("<u4").tobytes().decode("utf-32-le")
+        vocabulary = grams[representative].astype("<u4").tobytes().decode("utf-32-le")
         distinct_grams, distinct_bounds = _grouped(owner, numbers, count, len(lengths))
         # Every text's n-grams (its distinct text's), with the item holding them.
         texts = np.asarray(self.texts, np.int64)
@@ -443,11 +451,13 @@ class ContaminationIndex:
         screen = self.__dict__.get("_filter")
         if screen is None:
             sample, stride = self._sampling()
-            points = np.frombuffer(self.vocabulary.encode("utf-32-le"), np.uint32).reshape(-1, self.ngram)
+            points = np.frombuffer(self.vocabulary.encode("utf-32-le"), np.uint32)
             screen = np.zeros(1 << FILTER_BITS, bool)
             screen[_bucket(self.hashes)] = True
-            for offset in range(stride):
-                screen[_bucket(_horner(points[:, offset + k] for k in range(sample)))] = True
+            # The samples of every run in the vocabulary; those starting at an n-gram's first
+            # `stride` positions are its own (the others run into the next n-gram).
+            runs = np.concatenate([window_hashes(points, sample), np.zeros(sample - 1, np.uint64)])
+            screen[_bucket(runs.reshape(-1, self.ngram)[:, :stride].ravel())] = True
             self.__dict__["_filter"] = screen
         return screen
 
