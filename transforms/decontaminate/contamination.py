@@ -422,7 +422,7 @@ class ContaminationIndex:
             forms: list[tuple[np.ndarray, float]] = []
             for text, share in texts:
                 grams = found.of_text(text)
-                if all(not np.array_equal(grams, known) for known, _ in forms):
+                if all(len(grams) != len(known) or (grams != known).any() for known, _ in forms):
                     forms.append((grams, share))
             item.forms, item.cited = tuple(forms), found.cited_of(number)
         index.floors = np.array([
@@ -520,9 +520,12 @@ class ContaminationIndex:
         """find_all of each text, for a batch at once (match forms and n-gram look-ups over the
         whole batch; only texts sharing an n-gram with the index are judged one by one)."""
         points, ends = match_key_points(texts)
-        bounds = [0] + ends.tolist()
-        return [self._judge(points[bounds[i] : bounds[i + 1]].tobytes().decode("utf-32-le"), present) if present else ([], [])
-                for i, present in enumerate(self._present(points, ends))]
+        judged: list[tuple[list, list]] = [([], [])] * len(texts)
+        for i, present in enumerate(self._present(points, ends)):
+            if present:
+                start = int(ends[i - 1]) if i else 0
+                judged[i] = self._judge(points[start : ends[i]].tobytes().decode("utf-32-le"), present)
+        return judged
 
     def _sets(self, number: int) -> tuple[tuple[tuple[frozenset, float], ...], frozenset]:
         """An item's forms and cited words as sets of n-gram numbers, made when first needed."""
