@@ -202,7 +202,7 @@ def add_tags(table: pa.Table, texts: list[str], params: dict, timer: "_Timer | N
     tags = {"lang": pa.array(langs, pa.string()), "lang_score": pa.array(scores.astype(np.float32))}
     quality = quality_tags(texts, params, rule_seconds, titled, batch)
     if "debris_ratio" in quality and "meta" in table.column_names:
-        quality["debris_ratio"] = _with_replaced_bytes(quality["debris_ratio"], batch, texts, table.column("meta").to_pylist())
+        quality["debris_ratio"] = _with_replaced_bytes(quality["debris_ratio"], batch, texts, table.column("meta"))
     for name, values in quality.items():
         tags[name] = pa.array(values if values.dtype.kind == "i" else values.astype(np.float32))
     timer.add(rule_seconds)
@@ -220,15 +220,18 @@ def add_tags(table: pa.Table, texts: list[str], params: dict, timer: "_Timer | N
     return table
 
 
-def _with_replaced_bytes(debris: np.ndarray, batch: TextBatch, texts: list[str], metas: list) -> np.ndarray:
+def _with_replaced_bytes(debris: np.ndarray, batch: TextBatch, texts: list[str], metas: pa.ChunkedArray | pa.Array) -> np.ndarray:
     """Debris counted from the bytes decoding replaced (meta `debris_bytes`), not only from what
     survives: a run of invalid bytes is one U+FFFD in the text, so a file that was mostly
     undecodable would otherwise read as nearly clean. Each replaced byte beyond its U+FFFD counts
     as one more debris character."""
-    if not any(meta and "debris_bytes" in meta for meta in metas):
+    replaced = _replaced_bytes(metas)
+    if replaced is None:
         return debris
-    replaced = np.array([_debris_bytes(meta) for meta in metas], np.float64)
-    marks = np.array([text.count("\ufffd") for text in texts], np.float64)
+    # Only a row with replaced bytes can have more of them than U+FFFD marks.
+    marks = np.zeros(len(texts), np.float64)
+    for i in np.flatnonzero(replaced).tolist():
+        marks[i] = texts[i].count("\ufffd")
     extra = np.maximum(replaced - marks, 0)
     if not extra.any():
         return debris
@@ -236,6 +239,28 @@ def _with_replaced_bytes(debris: np.ndarray, batch: TextBatch, texts: list[str],
     with np.errstate(invalid="ignore", divide="ignore"):
         adjusted = (np.nan_to_num(debris) * visible + extra) / (visible + extra)
     return np.where(extra > 0, adjusted, debris)
+
+
+def _replaced_bytes(metas: pa.ChunkedArray | pa.Array) -> np.ndarray | None:
+    """Per row, meta["debris_bytes"] (0 when absent), as float64; None when no meta names it.
+    An object whose every "debris_bytes" is written 0 (and that escapes nothing, so no key hides
+    behind an escape) is not parsed: in most rows decoding replaced nothing. Those rows are told
+    by string kernels over the column; only the others are parsed."""
+    named = pc.fill_null(pc.match_substring(metas, "debris_bytes"), False)
+    if not pc.any(named).as_py():
+        return None
+    written_zero = pc.add(pc.count_substring(metas, '"debris_bytes": 0,'), pc.count_substring(metas, '"debris_bytes": 0}'))
+    plain_zero = pc.and_(
+        pc.and_(pc.starts_with(metas, "{"), pc.ends_with(metas, "}")),
+        pc.and_(pc.invert(pc.match_substring(metas, "\\")), pc.equal(pc.count_substring(metas, '"debris_bytes"'), written_zero)),
+    )
+    absent = pc.equal(pc.fill_null(pc.utf8_length(metas), 0), 0)
+    parse = np.flatnonzero(~pc.fill_null(pc.or_(absent, plain_zero), True).to_numpy(zero_copy_only=False))
+    out = np.zeros(len(metas), np.float64)
+    if len(parse):
+        values = metas.take(pa.array(parse)).to_pylist()
+        out[parse] = [_debris_bytes(meta) for meta in values]
+    return out
 
 
 def _debris_bytes(meta: str | None) -> int:
