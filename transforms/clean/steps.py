@@ -67,9 +67,9 @@ def clean_documents(batch: pa.RecordBatch | pa.Table, params: dict, stats: dict 
     table = _with_column(table, "lost_glyphs", pa.array(lost, pa.int32()))
     kept, _ = _split(table, reasons)
     _, rejected = _split(original, reasons)
-    kept_texts = kept.column("text").to_pylist()
+    kept_texts = [text for text, reason in zip(texts, reasons) if reason is None]
     titles = _normalize_titles(kept.column("title").to_pylist(), params)
-    kept = add_tags(kept, kept_texts, params, timer, title=title_prefix(kept_texts, titles))
+    kept = add_tags(kept, kept_texts, params, timer, title=title_prefix(kept_texts, titles), text_array=kept.column("text"))
     lengths = np.maximum(pc.utf8_length(kept.column("text")).to_numpy(zero_copy_only=False), 1)
     per_kchar = kept.column("lost_glyphs").to_numpy(zero_copy_only=False) * 1000.0 / lengths
     kept = _with_column(kept, "lost_glyphs_per_kchar", pa.array(per_kchar.astype(np.float32)))
@@ -187,15 +187,16 @@ def pii_kinds(params: dict) -> tuple[str, ...]:
 
 
 def add_tags(table: pa.Table, texts: list[str], params: dict, timer: "_Timer | None" = None,
-             title: np.ndarray | None = None) -> pa.Table:
+             title: np.ndarray | None = None, text_array: pa.Array | pa.ChunkedArray | None = None) -> pa.Table:
     """The table with `lang`, `lang_score`, the quality columns and (when configured) the domain
     columns, computed for `texts` (one per row). With `title` (documents: the length of the
     title each text opens with, `entries.title_prefix`), also `body_chars` and `body_kind`, and
-    a title line of its own is left out of the line rules."""
+    a title line of its own is left out of the line rules. `text_array`: the same texts as an
+    Arrow string array (a table's column), which the Arrow kernels then read as it is."""
     timer = timer or _Timer({})
     titled = opens_with_title_line(texts, title) if title is not None else None
     rule_seconds: dict[str, float] = {}
-    batch = TextBatch(texts, titled)
+    batch = TextBatch(texts, titled, text_array)
     with timer("langid"):
         identifier = _identifier(params.get("lid_model"), int(params.get("lid_max_chars", DEFAULT_MAX_CHARS)))
         langs, scores = identifier.predict(texts, batch)

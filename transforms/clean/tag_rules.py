@@ -256,7 +256,7 @@ def _flagged(batch: TextBatch, params: dict) -> dict:
         return {"flagged_per_kchar": hits}
     pattern = flagged_pattern(words)
     # RE2 over the batch finds the few texts with a candidate; only those are segmented.
-    found = pc.match_substring_regex(pa.array(batch.texts, pa.string()), pattern, ignore_case=True)
+    found = pc.match_substring_regex(batch.text_array, pattern, ignore_case=True)
     candidates = np.flatnonzero(found.to_numpy(zero_copy_only=False))
     if len(candidates):
         tk = tokenizer(params.get("tcm_dict"))
@@ -268,7 +268,7 @@ def _flagged(batch: TextBatch, params: dict) -> dict:
 
 
 def _debris(batch: TextBatch, params: dict) -> dict:
-    texts = pa.array(batch.texts, pa.string())
+    texts = batch.text_array
     slips = pc.count_substring_regex(texts, OCR_SLIP).to_numpy(zero_copy_only=False)
     gaps = pc.count_substring_regex(texts, LOST_GLYPH).to_numpy(zero_copy_only=False)
     return {"debris_ratio": ratio(batch.count(DEBRIS) + slips + gaps, batch.visible)}
