@@ -29,9 +29,9 @@ from . import pii
 from .entries import body_tags, opens_with_title_line, title_prefix
 from .langid import DEFAULT_MAX_CHARS, LanguageIdentifier
 from .lexicon import list_matcher
-from .normalize import normalize_batch
+from .normalize import normalize_batch_with_evidence
 from .repair import REPAIR_TYPE, repairer
-from .simplify import may_be_traditional, to_simplified
+from .simplify import to_simplified
 from .tag_rules import quality_tags
 from .textstats import HAN, TextBatch
 
@@ -84,10 +84,10 @@ def _normalize(texts: list[str], params: dict, stats: dict, kind: str) -> list[t
     stats["opencc"][kind]."""
     if not texts:
         return []
-    texts = normalize_batch(texts, params.get("unicode_form", "NFKC"))
     policy = params.get("opencc", "auto")
+    texts, evidence = normalize_batch_with_evidence(texts, params.get("unicode_form", "NFKC"), evidence=bool(policy))
     phrases = tuple(map(str, params.get("opencc_phrases") or ()))
-    candidates = may_be_traditional(texts).tolist() if policy else [False] * len(texts)
+    candidates = evidence.tolist() if policy else [False] * len(texts)
     counts = stats.setdefault("opencc", {}).setdefault(kind, {})
     counts["texts"] = counts.get("texts", 0) + len(texts)
     out = []
