@@ -1,7 +1,8 @@
 """The local engine: streams record batches through a pool of worker processes.
 
 A step is a plain function `step(batch, context) -> result`. The context (stage parameters, an
-index) is sent to each worker once, when the worker starts, not with every batch. Results come
+index) is sent to each worker once, when the worker starts, not with every batch; a stage's kinds
+share one pool, whose workers start with every kind's context. Results come
 back in input order, and at most two batches per worker are in flight, so memory stays bounded
 whatever the dataset size.
 """
@@ -9,7 +10,9 @@ from __future__ import annotations
 
 import multiprocessing
 from collections import deque
+from contextlib import ExitStack
 from concurrent.futures import ProcessPoolExecutor
+from functools import partial
 from itertools import chain, islice
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
@@ -30,6 +33,11 @@ def _run_step(step: Callable, batch: Any) -> Any:
     return step(batch, _worker_context)
 
 
+def _run_kind_step(step: Callable, kind: str, batch: Any) -> Any:
+    """A map_stage task: the worker's context is the stage's contexts by kind."""
+    return step(batch, _worker_context[kind])
+
+
 class LocalEngine:
     """The engine interface (`transforms.engines.Engine`) on this machine's cores."""
 
@@ -39,6 +47,23 @@ class LocalEngine:
         self.workers = max(1, workers)
         self.batch_rows = batch_rows
 
+    def _pool(self, context: Any) -> ProcessPoolExecutor:
+        # spawn, not fork: the caller may hold threads (Prefect's), which fork does not copy safely.
+        return ProcessPoolExecutor(
+            self.workers, mp_context=multiprocessing.get_context("spawn"), initializer=_start_worker, initargs=(context,),
+        )
+
+    def _in_order(self, pool: ProcessPoolExecutor, task: Callable, batches: Iterable[Any]) -> Iterator[Any]:
+        """task(batch) of each batch on the pool, results in input order, at most two batches
+        per worker in flight."""
+        pending: deque = deque()
+        for batch in batches:
+            pending.append(pool.submit(task, batch))
+            if len(pending) >= 2 * self.workers:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+
     def map(self, step: Callable[[Any, Any], Any], batches: Iterable[Any], context: Any = None) -> Iterator[Any]:
         batches = iter(batches)
         head = list(islice(batches, 2))
@@ -47,26 +72,27 @@ class LocalEngine:
             for batch in chain(head, batches):
                 yield step(batch, context)
             return
-        # spawn, not fork: the caller may hold threads (Prefect's), which fork does not copy safely.
-        with ProcessPoolExecutor(
-            self.workers,
-            mp_context=multiprocessing.get_context("spawn"),
-            initializer=_start_worker,
-            initargs=(context,),
-        ) as pool:
-            pending: deque = deque()
-            for batch in chain(head, batches):
-                pending.append(pool.submit(_run_step, step, batch))
-                if len(pending) >= 2 * self.workers:
-                    yield pending.popleft().result()
-            while pending:
-                yield pending.popleft().result()
+        with self._pool(context) as pool:
+            yield from self._in_order(pool, partial(_run_step, step), chain(head, batches))
 
     def map_stage(self, step, inputs, output, manifest: StageManifest, kinds, context_of, progress=None, extras=None, finish=None) -> StageManifest:
-        """`step` over every batch of each kind present, through `map`; see `Engine.map_stage`."""
-        with DatasetWriter(output, manifest) as writer:
-            for kind in kinds_present(inputs, kinds):
-                for result in self.map(step, read_batches(inputs, kind, self.batch_rows), context_of(kind)):
+        """`step` over every batch of each kind present, as `map` does; see `Engine.map_stage`.
+        One pool serves all the kinds (its workers start once, with every kind's context), started
+        when a kind first has two batches or more."""
+        kinds = kinds_present(inputs, kinds)
+        contexts = {kind: context_of(kind) for kind in kinds}
+        with DatasetWriter(output, manifest) as writer, ExitStack() as stack:
+            pool = None
+            for kind in kinds:
+                batches = iter(read_batches(inputs, kind, self.batch_rows))
+                head = list(islice(batches, 2))
+                if pool is None and self.workers > 1 and len(head) >= 2:
+                    pool = stack.enter_context(self._pool(contexts))
+                if pool is None:
+                    results = (step(batch, contexts[kind]) for batch in chain(head, batches))
+                else:
+                    results = self._in_order(pool, partial(_run_kind_step, step, kind), chain(head, batches))
+                for result in results:
                     kept, rejected = result[0], result[1]
                     writer.write(kind, kept)
                     writer.reject(kind, rejected)
@@ -75,6 +101,7 @@ class LocalEngine:
                     add_count(manifest, "rows_in", kind, kept.num_rows + rejected.num_rows)
                     if progress:
                         progress(kind, kept.num_rows + rejected.num_rows)
+            stack.close()  # the workers end with the last batch
             if finish is not None:
 
                 def write_file(name: str, text: str, rows: int) -> None:
