@@ -21,7 +21,7 @@ import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator, Optional
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -144,13 +144,18 @@ def _first_line(exc: BaseException) -> str:
     return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
 
 
-def iter_batches(path: str | os.PathLike, kind: str, batch_size: int = 1024) -> Iterator[pa.RecordBatch]:
+def iter_batches(path: str | os.PathLike, kind: str, batch_size: int = 1024,
+                 columns: Optional[Iterable[str]] = None) -> Iterator[pa.RecordBatch]:
+    """The record batches of `kind` in a dataset folder, file by file; with `columns`, only those
+    of them each file holds (a reader that needs a few columns skips decoding the others)."""
+    wanted = None if columns is None else list(columns)
     for file in kind_files(path, kind):
         try:
             parquet = pq.ParquetFile(file)
         except (pa.ArrowInvalid, OSError) as exc:
             raise DatasetError(f"{file}: not a readable Parquet file ({exc})") from exc
-        for batch in parquet.iter_batches(batch_size=batch_size):
+        held = None if wanted is None else [name for name in wanted if name in parquet.schema_arrow.names]
+        for batch in parquet.iter_batches(batch_size=batch_size, columns=held):
             yield batch
 
 
