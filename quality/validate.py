@@ -150,7 +150,7 @@ def validate_dataset(
 
 def dataset_summary(path: Path, kind: str, batch_rows: int = 65_536) -> pa.Table:
     """The suite's flat columns for every row of `kind` in a dataset folder, read batch by batch."""
-    parts = [summary_table(batch, kind) for batch in iter_batches(path, kind, batch_rows, columns=read_columns(kind))]
+    parts = [summary_table(batch, kind) for batch in iter_batches(path, kind, batch_rows, columns=list(read_columns(kind)))]
     if not parts:
         return summary_table(conform_for_validation(pa.table({}), kind), kind)
     return pa.concat_tables(parts, promote_options="permissive")

@@ -21,7 +21,7 @@ import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator, Optional
+from typing import Iterator
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -144,17 +144,15 @@ def _first_line(exc: BaseException) -> str:
     return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
 
 
-def iter_batches(path: str | os.PathLike, kind: str, batch_size: int = 1024,
-                 columns: Optional[Iterable[str]] = None) -> Iterator[pa.RecordBatch]:
-    """The record batches of `kind` in a dataset folder, file by file; with `columns`, only those
-    of them each file holds (a reader that needs a few columns skips decoding the others)."""
-    wanted = None if columns is None else list(columns)
+def iter_batches(path: str | os.PathLike, kind: str, batch_size: int = 1024, columns: list[str] | None = None) -> Iterator[pa.RecordBatch]:
+    """The rows of `kind` in a dataset folder, file by file, `batch_size` rows at a time; only
+    `columns` (all when None) are read, those of them a file holds (a reader conforms the rest)."""
     for file in kind_files(path, kind):
         try:
             parquet = pq.ParquetFile(file)
         except (pa.ArrowInvalid, OSError) as exc:
             raise DatasetError(f"{file}: not a readable Parquet file ({exc})") from exc
-        held = None if wanted is None else [name for name in wanted if name in parquet.schema_arrow.names]
+        held = None if columns is None else [name for name in columns if name in parquet.schema_arrow.names]
         for batch in parquet.iter_batches(batch_size=batch_size, columns=held):
             yield batch
 

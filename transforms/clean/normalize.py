@@ -330,14 +330,34 @@ def _code_points(texts: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return np.frombuffer("".join(texts).encode("utf-32-le"), np.uint32), ends - lengths, ends
 
 
-def _look_up(points: np.ndarray, table: np.ndarray, simple: np.ndarray, ends: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(table's value for each code point, per text whether one of its code points is outside
-    the BMP or not `simple`: that text takes the per-text path)."""
-    astral = points > 0xFFFF
-    index = np.minimum(points, 0xFFFF) if astral.any() else points
-    bad = np.take(~simple, index)
-    bad |= astral
-    return np.take(table, index), _any_per_text(bad, ends)
+# Bits of the packed look-up tables (_packed_tables) above a code point's 21.
+_VALUE = np.uint32(0x1FFFFF)
+_SLOW = np.uint32(1 << 21)  # the text takes the per-text path
+_CHANGING = np.uint32(1 << 22)  # OpenCC's dictionaries can change the (folded) character
+
+
+@lru_cache(maxsize=1)
+def _packed_tables() -> tuple[np.ndarray, np.ndarray, bool]:
+    """_key_tables packed for one look-up per step over every plane (uint32 per code point):
+    (first, second, whether the changing bit is known).
+
+    - first: fold's value, _SLOW where simple_fold is False or outside the BMP, _CHANGING where
+      OpenCC t2s can change the folded character (`_changing_table`);
+    - second: word's value, _SLOW where simple_word is False or outside the BMP.
+    Outside the BMP the values are those of U+FFFF, as the per-text path decides those texts."""
+    fold, simple_fold, word, simple_word = _key_tables()
+    first = np.full(0x110000, fold[0xFFFF], np.uint32)
+    first[:0x10000] = fold
+    first[np.flatnonzero(~simple_fold)] |= _SLOW
+    first[0x10000:] |= _SLOW
+    changing = _changing_table("t2s")
+    if changing is not None:
+        first[changing[first & _VALUE]] |= _CHANGING
+    second = np.full(0x110000, word[0xFFFF], np.uint32)
+    second[:0x10000] = word
+    second[np.flatnonzero(~simple_word)] |= _SLOW
+    second[0x10000:] |= _SLOW
+    return first, second, changing is not None
 
 
 def _dropped_zeros(values: np.ndarray, ends: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -346,8 +366,8 @@ def _dropped_zeros(values: np.ndarray, ends: np.ndarray) -> tuple[np.ndarray, np
     dropped = np.flatnonzero(~kept)
     if not len(dropped):
         return values, ends
-    per_text = np.bincount(np.searchsorted(ends, dropped, side="right"), minlength=len(ends))
-    return values[kept], ends - np.cumsum(per_text[: len(ends)])
+    # Each end moves back by the values dropped before it.
+    return values[kept], ends - np.searchsorted(dropped, ends)
 
 
 def _texts(values: np.ndarray, ends: np.ndarray) -> list[str]:
@@ -413,27 +433,26 @@ def match_key_points(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _match_key_points(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    fold, simple_fold, word, simple_word = _key_tables()
+    first, second, known = _packed_tables()
     points, _, ends = _code_points(texts)
-    folded, slow = _look_up(points, fold, simple_fold, ends)
-    folded, ends = _dropped_zeros(folded, ends)
+    looked = np.take(first, points)
+    slow = _any_per_text(looked & _SLOW, ends)
     # OpenCC runs only over the texts holding a character its dictionaries can change.
-    changing = _changing_table("t2s")
-    if changing is None:
-        changeable = np.arange(len(texts))
-    else:
-        changeable = np.flatnonzero(_any_per_text(np.take(changing, folded), ends))
+    changeable = np.flatnonzero(_any_per_text(looked & _CHANGING, ends)) if known else np.arange(len(texts))
+    folded, ends = _dropped_zeros(looked & _VALUE, ends)
+    del looked
     converted = _converted(folded, ends, changeable)
     if converted is None:  # never expected; the per-text path is always right
         return _code_points([match_key(text) for text in texts])[::2]
     points, ends = converted
-    kept, slow_word = _look_up(points, word, simple_word, ends)
+    looked = np.take(second, points)
+    slow_word = _any_per_text(looked & _SLOW, ends)
     slow_word &= ~slow
     fixed = {i: match_key(texts[i]) for i in np.flatnonzero(slow).tolist()}
     if slow_word.any():
         lines = _texts(points, ends)
         fixed.update((i, _NOT_WORD.sub("", lines[i]).lower()) for i in np.flatnonzero(slow_word).tolist())
-    kept, ends = _dropped_zeros(kept, ends)
+    kept, ends = _dropped_zeros(looked & _VALUE, ends)
     if fixed:
         which = sorted(fixed)
         new, new_starts, new_ends = _code_points([fixed[i] for i in which])

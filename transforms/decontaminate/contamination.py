@@ -207,9 +207,19 @@ def _packed_points(points: np.ndarray, n: int) -> list[np.ndarray]:
     for k in range(0, n, 3):
         word = np.zeros(len(points), np.uint64)
         for j in range(k, min(k + 3, n)):
-            word |= padded[j - k : j - k + len(points)] << np.uint64(21 * (2 - (j - k)))
+            word |= padded[j : j + len(points)] << np.uint64(21 * (2 - (j - k)))
         words.append(word)
     return words
+
+
+def _rows_equal(rows: np.ndarray, left: np.ndarray, right: np.ndarray, chunk: int = 1 << 16) -> np.ndarray:
+    """Whether rows[left[i]] equals rows[right[i]] in every column, per i (`rows`: 2-D, any view),
+    compared a chunk of pairs at a time so the gathered rows stay small."""
+    equal = np.empty(len(left), bool)
+    for at in range(0, len(left), chunk):
+        a, b = rows[left[at : at + chunk]], rows[right[at : at + chunk]]
+        np.all(a == b, axis=1, out=equal[at : at + chunk])
+    return equal
 
 
 class _Keys(dict):
@@ -284,28 +294,26 @@ class _Segments:
         hashes = window_hashes(points, n)[start]
         order = np.argsort(hashes)
         same = hashes[order][1:] == hashes[order][:-1]
-        # Equal hashes are confirmed on the code points, three to a 64-bit word (21 bits each).
-        words = _packed_points(points, n)
+        # Equal hashes are confirmed on the code points: each n-gram as one row of n code points.
+        grams = np.lib.stride_tricks.sliding_window_view(points, n) if len(points) >= n else np.zeros((0, n), np.uint32)
         ordered = start[order]
         left, right = ordered[1:][same], ordered[:-1][same]
-        equal = np.ones(len(left), bool)
-        for k, word in zip(range(0, n, 3), words):
-            equal &= word[left + k] == word[right + k]
+        equal = _rows_equal(grams, left, right)
         if equal.all():
             same[same] = equal
         else:  # two n-grams share a hash: their code points order them
-            columns = [word[start + k] for k, word in zip(range(0, n, 3), words)]
+            columns = [word[start] for word in _packed_points(points, n)]
             order = np.lexsort(columns[::-1] + [hashes])
             same = hashes[order][1:] == hashes[order][:-1]
             for column in columns:
                 same &= column[order][1:] == column[order][:-1]
-        del words, left, right, equal
+        del left, right, equal
         heads = np.concatenate([[True], ~same]) if len(order) else np.zeros(0, bool)
         numbers = np.empty(len(order), np.int64)
         numbers[order] = np.cumsum(heads) - 1
         representative = start[order[heads]]  # a window of each n-gram, in number order
         count = len(representative)
-        vocabulary = points[representative[:, None] + np.arange(n)].astype("<u4").tobytes().decode("utf-32-le")
+        vocabulary = grams[representative].astype("<u4").tobytes().decode("utf-32-le")
         distinct_grams, distinct_bounds = _grouped(owner, numbers, count, len(lengths))
         # Every text's n-grams (its distinct text's), with the item holding them.
         texts = np.asarray(self.texts, np.int64)
@@ -414,7 +422,7 @@ class ContaminationIndex:
             forms: list[tuple[np.ndarray, float]] = []
             for text, share in texts:
                 grams = found.of_text(text)
-                if all(not np.array_equal(grams, known) for known, _ in forms):
+                if all(len(grams) != len(known) or (grams != known).any() for known, _ in forms):
                     forms.append((grams, share))
             item.forms, item.cited = tuple(forms), found.cited_of(number)
         index.floors = np.array([
@@ -443,11 +451,13 @@ class ContaminationIndex:
         screen = self.__dict__.get("_filter")
         if screen is None:
             sample, stride = self._sampling()
-            points = np.frombuffer(self.vocabulary.encode("utf-32-le"), np.uint32).reshape(-1, self.ngram)
+            points = np.frombuffer(self.vocabulary.encode("utf-32-le"), np.uint32)
             screen = np.zeros(1 << FILTER_BITS, bool)
             screen[_bucket(self.hashes)] = True
-            for offset in range(stride):
-                screen[_bucket(_horner(points[:, offset + k] for k in range(sample)))] = True
+            # The samples of every run in the vocabulary; those starting at an n-gram's first
+            # `stride` positions are its own (the others run into the next n-gram).
+            runs = np.concatenate([window_hashes(points, sample), np.zeros(sample - 1, np.uint64)])
+            screen[_bucket(runs.reshape(-1, self.ngram)[:, :stride].ravel())] = True
             self.__dict__["_filter"] = screen
         return screen
 
@@ -510,9 +520,12 @@ class ContaminationIndex:
         """find_all of each text, for a batch at once (match forms and n-gram look-ups over the
         whole batch; only texts sharing an n-gram with the index are judged one by one)."""
         points, ends = match_key_points(texts)
-        bounds = [0] + ends.tolist()
-        return [self._judge(points[bounds[i] : bounds[i + 1]].tobytes().decode("utf-32-le"), present) if present else ([], [])
-                for i, present in enumerate(self._present(points, ends))]
+        judged: list[tuple[list, list]] = [([], [])] * len(texts)
+        for i, present in enumerate(self._present(points, ends)):
+            if present:
+                start = int(ends[i - 1]) if i else 0
+                judged[i] = self._judge(points[start : ends[i]].tobytes().decode("utf-32-le"), present)
+        return judged
 
     def _sets(self, number: int) -> tuple[tuple[tuple[frozenset, float], ...], frozenset]:
         """An item's forms and cited words as sets of n-gram numbers, made when first needed."""

@@ -46,7 +46,11 @@ def well_formed(value: Any) -> Any:
     replaced by U+FFFD, in strings nested in lists and dicts too: text that cannot be written
     as UTF-8 would fail the whole stage."""
     if isinstance(value, str):
-        return _LONE_SURROGATE.sub("\ufffd", value) if _LONE_SURROGATE.search(value) else value
+        try:
+            value.encode("utf-8")  # fails exactly on a lone surrogate; faster than searching for one
+        except UnicodeEncodeError:
+            return _LONE_SURROGATE.sub("\ufffd", value)
+        return value
     if isinstance(value, list):
         return [well_formed(v) for v in value]
     if isinstance(value, dict):
