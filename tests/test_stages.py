@@ -36,3 +36,35 @@ def test_dedup_ledger_over_several_input_datasets(tmp_path):
     assert manifest.rows_in == {"documents": 5}
     assert manifest.rows_rejected["documents"] == 1
     assert manifest.rows_kept["documents"] == 4 == read_manifest(tmp_path / "dedup").rows_out["documents"]
+
+
+def _tagged(batch, context):
+    import os
+
+    return [(context, item, os.getpid()) for item in batch]
+
+
+def test_local_engine_workers_serve_every_map_call_with_that_calls_context():
+    from transforms.engines import local
+
+    engine = LocalEngine(workers=2)
+    first = [row for rows in engine.map(_tagged, [[1, 2], [3], [4, 5], [6]], "clean params") for row in rows]
+    spent = local.worker_cpu_seconds()
+    second = [row for rows in LocalEngine(workers=2).map(_tagged, [[7], [8], [9]], {"index": [1, 2, 3]}) for row in rows]
+    # Results in input order, each call's batches with that call's context.
+    assert [(c, i) for c, i, _ in first] == [("clean params", i) for i in range(1, 7)]
+    assert [(c, i) for c, i, _ in second] == [({"index": [1, 2, 3]}, i) for i in (7, 8, 9)]
+    # The same worker processes, started once, served both calls; their CPU is counted while they live.
+    workers = set(local._shared.pids())
+    assert {pid for _, _, pid in first + second} <= workers and len(workers) == 2
+    assert local.worker_cpu_seconds() >= spent > 0
+    # A step that fails stops that call only; the next call still gets results.
+    try:
+        list(engine.map(_tagged, [[1], None, [2]], "ctx"))
+    except TypeError:
+        pass
+    else:
+        raise AssertionError("the failing batch's error reaches the caller")
+    assert [i for rows in engine.map(_tagged, [[1], [2]], "again") for _, i, _ in rows] == [1, 2]
+    local.shutdown_workers()
+    assert local._shared is None and local.worker_cpu_seconds() == 0.0
