@@ -117,3 +117,37 @@ def test_dry_run_counts_the_conflicting_answers_the_run_drops(tmp_path, qr_conve
     assert f"{'conflicting_answers':<24} would remove {rule['would_remove']:>7}" in describe_report(report)
     kept = stages.selection_dry_run([folder], {"conflicting_answers": "keep"}, LocalEngine(workers=1))
     assert "conflicting_answers" not in kept[CONVERSATIONS]["rules"] and kept[CONVERSATIONS]["would_remove"] == 0
+
+
+def test_select_finds_the_rows_in_conflict_as_keying_every_row_again_does(tmp_path, qr_conversations):
+    """The select stage keys every conversation once and then reads only the rows in conflict:
+    same rows rejected, same reasons and examples as select_batch and conflict_examples given
+    the conflicts, also where another row (not in conflict) carries the id of one in conflict."""
+    from transforms.select.conflicts import conflict_examples
+    from transforms.select.rules import select_batch
+
+    folder, rows = qr_conversations
+    index = AnswerIndex()
+    index.add(pa.Table.from_pylist([{"messages": r["messages"]} for r in rows]))
+    keys = conversation_keys([r["messages"] for r in rows])
+    conflicted = next(r for r, key in zip(rows, keys) if key is not None and key[0] in index.conflicts())
+    other = tmp_path / "other"
+    schema = pa.schema([f.with_nullable(True) for f in SCHEMAS[CONVERSATIONS]])
+    twin = {**rows[0], "id": conflicted["id"], "messages": [{"role": "user", "content": "独一无二的问题？"}, {"role": "assistant", "content": "独一无二的回答。"}]}
+    with DatasetWriter(other, StageManifest(stage="test")) as writer:
+        writer.write(CONVERSATIONS, pa.Table.from_pylist([twin, conflicted], schema=schema))
+        writer.commit()
+
+    result = stages.run_select([folder, other], tmp_path / "out", {}, StageManifest(stage="select"), LocalEngine(workers=1, batch_rows=500))
+    everything = pa.concat_tables([read_kind(folder, CONVERSATIONS), read_kind(other, CONVERSATIONS)])
+    index = AnswerIndex()
+    index.add(everything)
+    conflicts = index.conflicts()
+    kept, rejected = select_batch(everything, CONVERSATIONS, {}, conflicts)
+    assert read_kind(tmp_path / "out", CONVERSATIONS).column("id").to_pylist() == kept.column("id").to_pylist()
+    out_rejected = read_kind(tmp_path / "out" / "rejected", CONVERSATIONS)
+    assert out_rejected.column("reason").to_pylist() == rejected.column("reason").to_pylist()
+    assert out_rejected.column("id").to_pylist() == rejected.column("id").to_pylist()
+    assert twin["id"] in kept.column("id").to_pylist() and twin["id"] in rejected.column("id").to_pylist()
+    tables = [everything.slice(i, 500) for i in range(0, everything.num_rows, 500)]
+    assert result.stats["conflicting_answers"]["examples"] == conflict_examples(tables, conflicts)

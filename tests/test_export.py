@@ -159,3 +159,39 @@ def test_export_flow_writes_the_chosen_formats(corpus, tmp_path, prefect_harness
     assert (tmp_path / "export" / "alpaca.jsonl").is_file() and (tmp_path / "export" / DATASET_INFO).is_file()
     total = sum(pq.read_metadata(path).num_rows for path in corpus.glob("part-*.parquet"))
     assert result["rows_in"] == {"corpus": total}
+
+
+def test_sharegpt_lines_are_the_json_of_each_record(tmp_path):
+    """The ShareGPT and pretrain lines are written from the columns' strings: each is exactly
+    json.dumps of the row's record, escapes, a system turn, a null text and an empty chat too."""
+    from schemas import CORPUS
+    from transforms.export.formats import export_record
+
+    awkward = 'say "补气"\\ then\n\ttab \x01\x1f end\u2028'
+    rows = [
+        {"messages": turns(("system", "你是\"医师\""), ("user", awkward), ("assistant", "答\r\n"))},
+        {"messages": turns(("user", "问"), ("assistant", None))},
+        {"messages": []},
+        {"format": "text", "text": awkward},
+        {"format": "text", "text": None},
+        {"messages": turns(("user", "黄芪？"), ("assistant", "补气。"), ("user", "剂量？"), ("assistant", "九至三十克。"))},
+    ]
+    rows = [
+        {"id": f"row-{i}\"", "position": i, "source": "s", "category": "sft", "format": "chat", "text": None, "meta": None, **row}
+        for i, row in enumerate(rows)
+    ]
+    for row in rows:
+        if row["format"] == "text":
+            row["messages"] = None
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    pq.write_table(pa.Table.from_pylist(rows, schema=SCHEMAS[CORPUS]), corpus / "part-00000.parquet")
+    out = tmp_path / "out"
+    out.mkdir()
+    export_corpus([corpus], out, ["sharegpt"])
+    expected: dict[str, list[str]] = {}
+    for row in pq.read_table(corpus).to_pylist():
+        stem, record = export_record(row, "sharegpt")
+        expected.setdefault(f"{stem}.jsonl", []).append(json.dumps(record, ensure_ascii=False) + "\n")
+    for name, lines in expected.items():
+        assert (out / name).read_text(encoding="utf-8") == "".join(lines)

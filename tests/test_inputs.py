@@ -324,7 +324,7 @@ def test_mixed_lines_of_real_books_are_decoded_line_by_line(shared_data):
 def test_utf8_lines_are_found_by_byte_rules_as_decoding_each_line_finds_them(shared_data):
     """The byte rules that rule lines out only ever rule out lines that do not decode: over a
     real GB18030 book, UTF-8 lines, cut sequences, stray bytes and every line ending."""
-    from transforms.ingest.importers.encoding import _strict_utf8, _utf8_lines
+    from transforms.ingest.importers.encoding import _line_ends, _strict_utf8, _utf8_lines
 
     books = sorted((shared_data / "corpus" / "ancient-books").glob("*.txt"))
     gbk = next(p.read_bytes()[:20000] for p in books if decode_bytes(p.read_bytes()[:4000]).encoding == "gb18030")
@@ -334,9 +334,14 @@ def test_utf8_lines_are_found_by_byte_rules_as_decoding_each_line_finds_them(sha
                        for i in range(200))
     for data in (gbk, crafted, gbk + crafted, crafted + gbk, b"\xe4\xb8", b""):
         lines = data.splitlines(keepends=True)
+        ends = _line_ends(data)
+        assert [data[start:end] for start, end in zip([0, *ends[:-1]], ends)] == lines, "the lines splitlines finds"
         expected = {i: text for i, text in enumerate(map(_strict_utf8, lines)) if text is not None}
-        assert _utf8_lines(data, lines) == expected
-    assert 0 < len(_utf8_lines(crafted, crafted.splitlines(keepends=True))) < len(crafted.splitlines())
+        assert _utf8_lines(data, ends) == expected
+    assert 0 < len(_utf8_lines(crafted, _line_ends(crafted))) < len(crafted.splitlines())
+    for data in (b"\r", b"\n", b"\r\n", b"a\r\rb\n\n", b"\r\n\r", b"x"):
+        ends = _line_ends(data)
+        assert [data[start:end] for start, end in zip([0, *ends[:-1]], ends)] == data.splitlines(keepends=True)
 
 
 def test_charset_normalizer_decides_where_our_guess_reads_poorly():

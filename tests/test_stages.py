@@ -38,50 +38,33 @@ def test_dedup_ledger_over_several_input_datasets(tmp_path):
     assert manifest.rows_kept["documents"] == 4 == read_manifest(tmp_path / "dedup").rows_out["documents"]
 
 
-def _keep_all_but_first(batch, context):
-    """A map step: drops each batch's first row (reason: the context), and says which process ran it."""
+def _tagged(batch, context):
     import os
 
-    import pyarrow as pa
-
-    table = pa.Table.from_batches([batch])
-    rejected = table.slice(0, 1).append_column("reason", pa.array([context], pa.string()))
-    return table.slice(1), rejected, os.getpid()
+    return [(context, item, os.getpid()) for item in batch]
 
 
-def test_map_stage_starts_one_pool_for_all_kinds(tmp_path):
-    """With workers, a stage's kinds share one pool (each worker starts once, with every kind's
-    context); the output is the one a single process writes."""
-    import os
+def test_local_engine_workers_serve_every_map_call_with_that_calls_context():
+    from transforms.engines import local
 
-    import pyarrow as pa
-
-    from schemas import CONVERSATIONS, DOCUMENTS, conversation_id, document_id
-    from schemas.dataset import DatasetWriter
-
-    texts = [f"第{i}条：黄芪补气升阳，固表止汗。" for i in range(12)]
-    chats = [[{"role": "user", "content": f"问{i}"}, {"role": "assistant", "content": f"答{i}"}] for i in range(9)]
-    with DatasetWriter(tmp_path / "in", StageManifest(stage="ingest")) as writer:
-        writer.write(DOCUMENTS, pa.table({"id": [document_id("s", t) for t in texts], "text": texts,
-                                          "source": ["s"] * 12, "category": ["books"] * 12}))
-        writer.write(CONVERSATIONS, pa.table({"id": [conversation_id("s", m) for m in chats], "messages": chats,
-                                              "source": ["s"] * 9, "category": ["sft"] * 9}))
-        writer.commit()
-    outputs, processes = {}, {}
-    for workers in (1, 2):
-        ran: dict[str, set] = {}
-        manifest = LocalEngine(workers=workers, batch_rows=3).map_stage(
-            _keep_all_but_first, [tmp_path / "in"], tmp_path / f"out{workers}", StageManifest(stage="x"), (DOCUMENTS, CONVERSATIONS),
-            lambda kind: f"first_of_batch:{kind}", extras=lambda kind, pid: ran.setdefault(kind, set()).add(pid),
-        )
-        assert manifest.rows_in == {DOCUMENTS: 12, CONVERSATIONS: 9}
-        assert manifest.rows_rejected == {DOCUMENTS: 4, CONVERSATIONS: 3}
-        outputs[workers] = {kind: (pq.read_table(tmp_path / f"out{workers}" / kind), pq.read_table(tmp_path / f"out{workers}" / "rejected" / kind))
-                            for kind in (DOCUMENTS, CONVERSATIONS)}
-        processes[workers] = ran
-    assert processes[1] == {DOCUMENTS: {os.getpid()}, CONVERSATIONS: {os.getpid()}}
-    both = processes[2][DOCUMENTS] | processes[2][CONVERSATIONS]
-    assert os.getpid() not in both and len(both) <= 2
-    for kind in (DOCUMENTS, CONVERSATIONS):
-        assert outputs[1][kind][0].equals(outputs[2][kind][0]) and outputs[1][kind][1].equals(outputs[2][kind][1])
-    assert outputs[2][DOCUMENTS][1].column("reason").to_pylist() == ["first_of_batch:documents"] * 4
+    engine = LocalEngine(workers=2)
+    first = [row for rows in engine.map(_tagged, [[1, 2], [3], [4, 5], [6]], "clean params") for row in rows]
+    spent = local.worker_cpu_seconds()
+    second = [row for rows in LocalEngine(workers=2).map(_tagged, [[7], [8], [9]], {"index": [1, 2, 3]}) for row in rows]
+    # Results in input order, each call's batches with that call's context.
+    assert [(c, i) for c, i, _ in first] == [("clean params", i) for i in range(1, 7)]
+    assert [(c, i) for c, i, _ in second] == [({"index": [1, 2, 3]}, i) for i in (7, 8, 9)]
+    # The same worker processes, started once, served both calls; their CPU is counted while they live.
+    workers = set(local._shared.pids())
+    assert {pid for _, _, pid in first + second} <= workers and len(workers) == 2
+    assert local.worker_cpu_seconds() >= spent > 0
+    # A step that fails stops that call only; the next call still gets results.
+    try:
+        list(engine.map(_tagged, [[1], None, [2]], "ctx"))
+    except TypeError:
+        pass
+    else:
+        raise AssertionError("the failing batch's error reaches the caller")
+    assert [i for rows in engine.map(_tagged, [[1], [2]], "again") for _, i, _ in rows] == [1, 2]
+    local.shutdown_workers()
+    assert local._shared is None and local.worker_cpu_seconds() == 0.0

@@ -16,7 +16,7 @@ from prefect.cache_policies import NONE
 
 from schemas.dataset import StageManifest, check_input, fingerprint, hash_config, read_manifest, remove_stale_temporaries
 from transforms import stages
-from transforms.engines.local import LocalEngine
+from transforms.engines.local import LocalEngine, worker_cpu_seconds
 
 from ..config import BuildConfig, TaskControl, load_config
 from ..pipeline_info import FLOWS
@@ -206,10 +206,11 @@ def _run_stage(stage: str, output: Path, config_section: object, inputs: list[Pa
 
 
 def cpu_seconds() -> float:
-    """CPU seconds (user + system) of this process and of its children that have ended: a
-    stage's worker processes end with the stage, so the difference around it is what it cost."""
+    """CPU seconds (user + system) of this process, of its children that have ended, and of the
+    local engine's live worker processes (they serve every stage of a build and end with the
+    process), so the difference around a stage is what it cost."""
     own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime + worker_cpu_seconds()
 
 
 def _summary(manifest: StageManifest) -> dict:

@@ -37,9 +37,10 @@ POINTER_SENTENCE = re.compile(
     r"^(?:(?:[一二三四五六七八九十]+方)?[方治法制证说义解注论详俱具并互已余又亦皆仍宜参]{0,4}(?:见|载)[^。！？；，\s]{0,24}"
     r"|(?:[方治法制证]{0,2})同(?:上|前)(?:法|症|证|方)?|参看[^。！？；，\s]{0,24}|详载于下)[。；]?$"
 )
-_POINTER_MARK = re.compile(r"[见载同参]")
+# What every POINTER_SENTENCE match holds (详载于下 holds 载).
+_POINTER_MARK = re.compile(r"[见载]|同[上前]|参看")
 # A part of SENTENCE_SPLIT (text up to and with a sentence end or space) holding a mark.
-_MARKED_SENTENCE = re.compile(r"(?:(?<=[。！？；\s])|^)[^。！？；\s]*[见载同参][^。！？；\s]*[。！？；\s]?")
+_MARKED_SENTENCE = re.compile(r"(?:(?<=[。！？；\s])|^)[^。！？；\s]*(?:[见载]|同[上前]|参看)[^。！？；\s]*[。！？；\s]?")
 SENTENCE_SPLIT = re.compile(r"(?<=[。！？；\s])")
 SENTENCE_END = set("。！？!?…")
 # After a sentence's end: closing brackets and quotes, and a source tag (〔证〕 〔嘉〕); or a
@@ -114,8 +115,7 @@ def _judge(body: str, titled: bool, matcher) -> tuple[int, str]:
         return chars, "cross_reference"
     if not titled:
         return chars, "untitled"
-    bare = (BRACKETS.sub("", content) if _has_bracket(content) else content).strip()
-    if CATALOGUE.match(bare) or APPENDIX_NOTE.match(content.strip()) or _all_catalogue_items(bare):
+    if _catalogue_note(content):
         return chars, "fragment"
     if ends_sentence(content):
         return chars, "sentence"
@@ -133,6 +133,27 @@ def _judge(body: str, titled: bool, matcher) -> tuple[int, str]:
         # A pointer with an unfinished clause beside it (方见寒门 治烦躁): the entry is elsewhere.
         return chars, "cross_reference"
     return chars, "unpunctuated" if listed else "fragment"
+
+
+def _catalogue_note(content: str) -> bool:
+    """Whether the body is a note of a catalogue or an appendix: CATALOGUE or _all_catalogue_items
+    of the body without brackets and outer spaces, or APPENDIX_NOTE. That form is made only when
+    one of them can match: CATALOGUE ends in a count word, a numeral or a word for lost text;
+    catalogue items hold 类, 部 or 门; APPENDIX_NOTE holds 附."""
+    end = len(content)
+    while end and (content[end - 1] in BRACKET_CHARS or content[end - 1].isspace()):
+        end -= 1
+    classes = "类" in content or "部" in content or "门" in content
+    # Without a character left, the bare form is empty: no items, all of them classes.
+    if not end or classes or content[end - 1] in _CATALOGUE_ENDS:
+        bare = (BRACKETS.sub("", content) if _has_bracket(content) else content).strip()
+        if CATALOGUE.match(bare) or _all_catalogue_items(bare):
+            return True
+    return "附" in content and bool(APPENDIX_NOTE.match(content.strip()))
+
+
+# The characters a CATALOGUE match can end with: a count word, a numeral (NUMBER), lost text.
+_CATALOGUE_ENDS = frozenset("种道首条方则篇" + "〇一二三四五六七八九十百千两0123456789" + "佚缺阙脱文")
 
 
 def _all_catalogue_items(bare: str) -> bool:
@@ -168,7 +189,7 @@ def strip_pointers(body: str) -> str:
         body = BRACKETED_POINTER.sub("", body)
     # Every pointer holds a mark (见 载 同上/同前 参看): only the sentences holding one are judged,
     # each as SENTENCE_SPLIT cuts it within its line (a line's own end stays).
-    if "见" in body or "载" in body or "同" in body or "参" in body:
+    if "见" in body or "载" in body or "同上" in body or "同前" in body or "参看" in body:
         kept, last = [], 0
         for start, end in _marked_sentences(body):
             # A pointer sentence is at most 30 characters (and its end) unless it opens with a
@@ -184,7 +205,14 @@ def strip_pointers(body: str) -> str:
             body = "".join(kept)
     if "\n" not in body:
         return body if body.strip() else ""
-    return "\n".join(line for line in body.split("\n") if line.strip())
+    # A blank line is empty or all spaces: the body opens with a space or a newline, ends with a
+    # newline, holds two newlines together or a space after one. Most bodies have none.
+    if body[0].isspace() or body[-1] == "\n" or "\n\n" in body or _SPACE_AFTER_NEWLINE.search(body):
+        return "\n".join(line for line in body.split("\n") if line.strip())
+    return body
+
+
+_SPACE_AFTER_NEWLINE = re.compile(r"\n[^\S\n]")
 
 
 # The longest POINTER_SENTENCE match that does not open with a numeral, and those numerals.

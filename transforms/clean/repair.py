@@ -51,11 +51,10 @@ FUNCTION_CHARS = set("加用以与和及同倍去减恶入宜并兼佐君臣使�
 _HAN = re.compile("[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0002ebef]")
 # A dose: a number and a unit (三两, 一钱五分, 10g), or 各 / 等分.
 _DOSE = re.compile(r"(?:[一二三四五六七八九十百半0-9０-９]+[两钱分厘斤升合枚个片克g]|各|等分)")
+_HAN_RUN = re.compile(_HAN.pattern + r"+\Z")
 _LIST_MARKS = set("（(、，,。；;：:)）\n")
 MAX_SIDE = 12
 _BLANK = re.compile("|".join(map(re.escape, BLANKS)))
-# A blank right after a Han character: the only blanks a glyph can be missing from.
-_BLANK_AFTER_HAN = re.compile(f"[{''.join(map(re.escape, BLANKS))}](?<={_HAN.pattern[:-1]}][{''.join(map(re.escape, BLANKS))}])")
 
 
 class RepairError(ValueError):
@@ -136,6 +135,12 @@ class Repairer:
                     self.by_left.setdefault(term[:k], []).append((term[k + 1 :], glyph))
         self.max_term = max((len(t) for t in self.terms), default=2)
         self.glyph_after = {a[-1] for a in self.by_left}
+        # The blanks a glyph may fill: after a Han character that some term has before a lost
+        # glyph (matched with it: those characters are rarer than blanks). Any other blank has
+        # no completion, so the scan finds only these.
+        before_glyph = "".join(sorted(re.escape(c) for c in self.glyph_after if _HAN.fullmatch(c)))
+        blanks = "".join(map(re.escape, BLANKS))
+        self.fillable = re.compile(f"[{before_glyph}][{blanks}]") if before_glyph else None
 
     def repair(self, text: str) -> Repaired:
         repairs: list[Repair] = []
@@ -162,13 +167,14 @@ class Repairer:
         return "".join(pieces), repairs
 
     def _fill(self, text: str, repairs: list[Repair]) -> Repaired:
-        # A 「□」 not after a Han character is a lost glyph no lexicon can fill.
+        # Every 「□」 is a lost glyph unless a fill takes it; a blank no glyph can fill stays as it is.
         lost = text.count(LOST_MARK)
         fills: list[tuple[int, str]] = []  # (position of the blank, replacement)
-        for blank in _BLANK_AFTER_HAN.finditer(text):
-            i, ch = blank.start(), blank.group()
+        for blank in self.fillable.finditer(text) if self.fillable is not None else ():
+            i = blank.start() + 1
+            ch = text[i]
             lost -= ch == LOST_MARK
-            found = self.completions(text, i) if text[i - 1] in self.glyph_after else {}
+            found = self.completions(text, i)
             if len(found) == 1:
                 glyph, spans = found.popitem()
                 # 「炙黄 人参」 was 「炙黄芪 人参」: the blank was the glyph and the list's space.
@@ -196,10 +202,9 @@ class Repairer:
     def completions(self, text: str, i: int) -> dict[str, bool]:
         """The glyphs the lexicon admits for the blank at text[i] (rules 1-3 of the module doc),
         each with whether a term admitting it continues past the blank."""
-        left_start = i
-        while left_start > 0 and i - left_start < MAX_SIDE and _HAN.match(text[left_start - 1]):
-            left_start -= 1
-        left = text[left_start:i]
+        # The run of Han characters (at most MAX_SIDE) that ends at the blank.
+        run = _HAN_RUN.search(text, max(i - MAX_SIDE, 0), i)
+        left = run.group() if run else ""
         right = text[i + 1 : i + 1 + MAX_SIDE]
         # Rule 1: the longest lexicon term ending at the blank.
         closing = max((j for j in range(2, len(left) + 1) if left[-j:] in self.terms), default=0)
@@ -207,16 +212,18 @@ class Repairer:
         for j in range(1, min(len(left), self.max_term) + 1):
             if closing > j:
                 continue
-            a = left[-j:]
-            before = text[i - j - 1] if i - j - 1 >= 0 else ""
-            starts_word = not before or not _HAN.match(before) or before in FUNCTION_CHARS or self._term_ends(left[:-j])
-            for b, glyph in self.by_left.get(a, ()):
+            starts_word = None  # asked only of a term that ends at the blank
+            for b, glyph in self.by_left.get(left[-j:], ()):
                 if not right.startswith(b):
                     continue
-                if not b and not starts_word:  # rule 2
-                    continue
-                if not b and not self._item_follows(right):  # rule 3
-                    continue
+                if not b:
+                    if starts_word is None:
+                        before = text[i - j - 1] if i - j - 1 >= 0 else ""
+                        starts_word = not before or not _HAN.match(before) or before in FUNCTION_CHARS or self._term_ends(left[:-j])
+                    if not starts_word:  # rule 2
+                        continue
+                    if not self._item_follows(right):  # rule 3
+                        continue
                 glyphs[glyph] = glyphs.get(glyph, False) or bool(b)
         return glyphs
 

@@ -200,7 +200,7 @@ def add_tags(table: pa.Table, texts: list[str], params: dict, timer: "_Timer | N
         identifier = _identifier(params.get("lid_model"), int(params.get("lid_max_chars", DEFAULT_MAX_CHARS)))
         langs, scores = identifier.predict(texts, batch)
     tags = {"lang": pa.array(langs, pa.string()), "lang_score": pa.array(scores.astype(np.float32))}
-    quality = quality_tags(texts, params, rule_seconds, titled)
+    quality = quality_tags(texts, params, rule_seconds, titled, batch)
     if "debris_ratio" in quality and "meta" in table.column_names:
         quality["debris_ratio"] = _with_replaced_bytes(quality["debris_ratio"], batch, texts, table.column("meta").to_pylist())
     for name, values in quality.items():

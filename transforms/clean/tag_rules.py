@@ -22,6 +22,7 @@ threshold never recomputes them.
 from __future__ import annotations
 
 import re
+import time
 
 import numpy as np
 import pyarrow as pa
@@ -70,13 +71,13 @@ TAG_COLUMNS = (
 
 
 def quality_tags(texts: list[str], params: dict | None = None, timings: dict | None = None,
-                 titled: np.ndarray | None = None) -> dict[str, np.ndarray]:
+                 titled: np.ndarray | None = None, batch: TextBatch | None = None) -> dict[str, np.ndarray]:
     """Every quality column for `texts`; `timings` (if given) collects CPU seconds per rule;
-    `titled` (per text: its first line is its title) keeps title lines out of punct_line_ratio."""
-    import time
-
+    `titled` (per text: its first line is its title) keeps title lines out of punct_line_ratio.
+    `batch`: the `TextBatch(texts, titled)` a caller already holds, so its code points, classes
+    and lines are computed once."""
     params = params or {}
-    batch = TextBatch(texts, titled)
+    batch = batch if batch is not None else TextBatch(texts, titled)
     tags: dict[str, np.ndarray] = {}
     for name, rule in RULES:
         started = time.process_time()
@@ -158,14 +159,24 @@ def _dup_ngrams(batch: TextBatch, params: dict) -> dict:
     if total < n_gram:
         return {"dup_ngram_ratio": np.zeros(n)}
     starts = total - n_gram + 1
-    hashes = window_hashes(points.astype(np.uint64), n_gram)[:starts]
+    inside = owner[:starts] == owner[n_gram - 1 :]
+    keys = window_hashes(points, n_gram)[inside]
     with np.errstate(over="ignore"):
-        inside = owner[:starts] == owner[n_gram - 1 :]
-        keys = hashes[inside] ^ (owner[:starts][inside].astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15))
-    repeated = np.flatnonzero(inside)[repeated_keys(keys)]
-    cover = np.bincount(repeated, minlength=total + 1)[: total + 1] - np.bincount(repeated + n_gram, minlength=total + 1)[: total + 1]
-    covered = np.cumsum(cover)[:total] > 0
-    return {"dup_ngram_ratio": ratio(np.bincount(owner[covered], minlength=n), batch.lengths)}
+        text_mix = owner[:starts][inside].astype(np.uint64)
+        text_mix *= np.uint64(0x9E3779B97F4A7C15)
+        keys ^= text_mix
+    del text_mix
+    found = np.flatnonzero(repeated_keys(keys))
+    # Where the found keys' windows start: the k-th window inside a text starts at k plus the
+    # windows before it that cross into the next text (few: n - 1 per text), counted through
+    # how many inside windows precede each crossing one.
+    crossing = np.flatnonzero(~inside)
+    repeated = found + np.searchsorted(crossing - np.arange(len(crossing)), found, side="right")
+    # The covered characters are the union of the windows [start, start + n) of the repeated
+    # n-grams: each start adds up to the next start (starts ascend, and a window never leaves its
+    # text, so the next text's first start is past it).
+    covered = np.minimum(np.diff(repeated, append=total), n_gram)
+    return {"dup_ngram_ratio": ratio(np.bincount(owner[repeated], weights=covered, minlength=n), batch.lengths)}
 
 
 HASH_PRIME = 1_000_003
@@ -173,9 +184,26 @@ HASH_PRIME = 1_000_003
 
 def window_hashes(values: np.ndarray, width: int) -> np.ndarray:
     """Polynomial hash (base HASH_PRIME, wrapping in 64 bits) of every window of `width` values
-    (uint64), one per start that leaves a whole window: sum of values[i + k] * P**(width - 1 - k).
-    Built by doubling (the hash of a window of a + b values is the hash of its first a times
-    P**b plus the hash of its last b), so a few vector operations instead of one per position."""
+    (unsigned integers), one per start that leaves a whole window: sum of values[i + k] *
+    P**(width - 1 - k), as uint64. Built by doubling (the hash of a window of a + b values is the
+    hash of its first a times P**b plus the hash of its last b), so a few vector operations
+    instead of one per position, over blocks of HASH_BLOCK starts: the temporaries stay small
+    and in cache, instead of a batch-sized array per step."""
+    count = len(values) - width + 1
+    if count <= 0:
+        return _doubled_hashes(np.asarray(values, np.uint64), width)
+    out = np.empty(count, np.uint64)
+    for start in range(0, count, HASH_BLOCK):
+        stop = min(start + HASH_BLOCK, count)
+        out[start:stop] = _doubled_hashes(values[start : stop + width - 1].astype(np.uint64), width)
+    return out
+
+
+HASH_BLOCK = 1 << 15
+
+
+def _doubled_hashes(values: np.ndarray, width: int) -> np.ndarray:
+    """window_hashes of uint64 `values` in one block."""
     prime = np.uint64(HASH_PRIME)
     result, covered = None, 0  # hashes of windows of `covered` values
     block, size = values, 1  # hashes of windows of `size` values (size a power of two)
@@ -197,16 +225,27 @@ def window_hashes(values: np.ndarray, width: int) -> np.ndarray:
 
 
 def repeated_keys(keys: np.ndarray) -> np.ndarray:
-    """Mask of the keys that occur more than once. A sorted copy (numpy's vectorised sort) gives
-    the few repeated values; a hash table of those alone (pandas isin, small enough to stay in
-    cache) marks them: a third cheaper than one hash table of every key."""
+    """Mask of the keys (uint64) that occur more than once. A sorted copy (numpy's vectorised
+    sort) gives the few repeated values; two 64 KB tables of their lowest two 16-bit parts pick
+    the keys that may be one of them (gathers through a view of the keys, no copy), and a hash
+    table of the repeated values (pandas isin) decides those candidates alone."""
     import pandas as pd  # here: a command that never tags lines does not import pandas
 
+    keys = np.ascontiguousarray(keys, np.uint64)
     ordered = np.sort(keys)
     equal = ordered[1:] == ordered[:-1]
     if not equal.any():
         return np.zeros(len(keys), bool)
-    return pd.Series(keys).isin(ordered[1:][equal]).to_numpy()
+    values = ordered[1:][equal]
+    words = keys.view(np.uint16).reshape(-1, 4)
+    mask = np.ones(len(keys), bool)
+    for shift, column in zip((0, 16), (0, 1) if np.little_endian else (3, 2)):
+        table = np.zeros(1 << 16, bool)
+        table[(values >> np.uint64(shift)) & np.uint64(0xFFFF)] = True
+        mask &= np.take(table, words[:, column])
+    candidates = np.flatnonzero(mask)
+    mask[candidates] = pd.Series(keys[candidates]).isin(values).to_numpy()
+    return mask
 
 
 def _flagged(batch: TextBatch, params: dict) -> dict:

@@ -1,41 +1,115 @@
 """The local engine: streams record batches through a pool of worker processes.
 
 A step is a plain function `step(batch, context) -> result`. The context (stage parameters, an
-index) is sent to each worker once, when the worker starts, not with every batch; a stage's kinds
-share one pool, whose workers start with every kind's context. Results come
-back in input order, and at most two batches per worker are in flight, so memory stays bounded
-whatever the dataset size.
+index) reaches each worker once per `map` call, not with every batch. Results come back in input
+order, and at most two batches per worker are in flight, so memory stays bounded whatever the
+dataset size.
+
+The worker processes are started once per process and worker count, on first need, and serve
+every later `map` call of every stage (a build's stages no longer each spawn workers that import
+pyarrow, the transforms and their models again); they end when this process exits or when
+`shutdown_workers()` is called. `worker_cpu_seconds()` tells what the live ones have spent, so a
+caller timing a stage can count them before they end.
 """
 from __future__ import annotations
 
+import atexit
+import itertools
 import multiprocessing
+import os
+import pickle
+import shutil
+import tempfile
+import threading
 from collections import deque
-from contextlib import ExitStack
 from concurrent.futures import ProcessPoolExecutor
-from functools import partial
 from itertools import chain, islice
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator, Optional
 
 import pyarrow as pa
 
 from schemas.dataset import DatasetWriter, StageManifest, iter_batches, kinds_in
 
-_worker_context: Any = None
+# In a worker: the context of the `map` call whose batches it runs, by that call's number.
+_worker_context: tuple[int, Any] = (-1, None)
 
 
-def _start_worker(context: Any) -> None:
+def _run_step(step: Callable, batch: Any, call: int, context_file: str) -> Any:
     global _worker_context
-    _worker_context = context
+    if _worker_context[0] != call:
+        _worker_context = (-1, None)  # the previous call's context is dropped before the next is read
+        with open(context_file, "rb") as handle:
+            _worker_context = (call, pickle.load(handle))
+    return step(batch, _worker_context[1])
 
 
-def _run_step(step: Callable, batch: Any) -> Any:
-    return step(batch, _worker_context)
+class _Workers:
+    """The process pool shared by the local engines of this process: `workers` spawned processes
+    (spawn, not fork: the caller may hold threads, Prefect's, which fork does not copy safely),
+    and a folder for the contexts of the `map` calls, one pickle file per call."""
+
+    def __init__(self, workers: int):
+        self.workers = workers
+        self.pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+        self.folder = Path(tempfile.mkdtemp(prefix="tcm-engine-"))
+
+    def broken(self) -> bool:
+        return bool(getattr(self.pool, "_broken", False))
+
+    def pids(self) -> list[int]:
+        return list((getattr(self.pool, "_processes", None) or {}).keys())
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+        shutil.rmtree(self.folder, ignore_errors=True)
 
 
-def _run_kind_step(step: Callable, kind: str, batch: Any) -> Any:
-    """A map_stage task: the worker's context is the stage's contexts by kind."""
-    return step(batch, _worker_context[kind])
+_lock = threading.Lock()
+_shared: Optional[_Workers] = None
+_calls = itertools.count()
+
+
+def _workers(n: int) -> _Workers:
+    """The shared pool of `n` workers, started now if there is none of that size (or it broke)."""
+    global _shared
+    with _lock:
+        if _shared is not None and (_shared.workers != n or _shared.broken()):
+            _shared.close()
+            _shared = None
+        if _shared is None:
+            _shared = _Workers(n)
+        return _shared
+
+
+def shutdown_workers() -> None:
+    """End the shared worker processes (if any) and wait for them; the next `map` starts new ones."""
+    global _shared
+    with _lock:
+        if _shared is not None:
+            _shared.close()
+            _shared = None
+
+
+atexit.register(shutdown_workers)
+
+
+def worker_cpu_seconds() -> float:
+    """CPU seconds (user + system) spent so far by the live shared worker processes, read from
+    /proc (0.0 where there is no /proc). Once they end, the same seconds are in this process's
+    RUSAGE_CHILDREN, so `RUSAGE_CHILDREN + worker_cpu_seconds()` only grows."""
+    with _lock:
+        pids = _shared.pids() if _shared is not None else []
+    ticks = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as handle:
+                fields = handle.read().rsplit(b")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime: fields 14 and 15 of stat(5)
+    return total / ticks
 
 
 class LocalEngine:
@@ -47,23 +121,6 @@ class LocalEngine:
         self.workers = max(1, workers)
         self.batch_rows = batch_rows
 
-    def _pool(self, context: Any) -> ProcessPoolExecutor:
-        # spawn, not fork: the caller may hold threads (Prefect's), which fork does not copy safely.
-        return ProcessPoolExecutor(
-            self.workers, mp_context=multiprocessing.get_context("spawn"), initializer=_start_worker, initargs=(context,),
-        )
-
-    def _in_order(self, pool: ProcessPoolExecutor, task: Callable, batches: Iterable[Any]) -> Iterator[Any]:
-        """task(batch) of each batch on the pool, results in input order, at most two batches
-        per worker in flight."""
-        pending: deque = deque()
-        for batch in batches:
-            pending.append(pool.submit(task, batch))
-            if len(pending) >= 2 * self.workers:
-                yield pending.popleft().result()
-        while pending:
-            yield pending.popleft().result()
-
     def map(self, step: Callable[[Any, Any], Any], batches: Iterable[Any], context: Any = None) -> Iterator[Any]:
         batches = iter(batches)
         head = list(islice(batches, 2))
@@ -72,27 +129,30 @@ class LocalEngine:
             for batch in chain(head, batches):
                 yield step(batch, context)
             return
-        with self._pool(context) as pool:
-            yield from self._in_order(pool, partial(_run_step, step), chain(head, batches))
+        shared = _workers(self.workers)
+        call = next(_calls)
+        context_file = shared.folder / f"context-{call}.pickle"
+        with open(context_file, "wb") as handle:
+            pickle.dump(context, handle, protocol=pickle.HIGHEST_PROTOCOL)
+        pending: deque = deque()
+        try:
+            for batch in chain(head, batches):
+                pending.append(shared.pool.submit(_run_step, step, batch, call, str(context_file)))
+                if len(pending) >= 2 * self.workers:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+        finally:
+            # Left early (a failed batch, a consumer that stopped): what has not started is not run.
+            for future in pending:
+                future.cancel()
+            context_file.unlink(missing_ok=True)
 
     def map_stage(self, step, inputs, output, manifest: StageManifest, kinds, context_of, progress=None, extras=None, finish=None) -> StageManifest:
-        """`step` over every batch of each kind present, as `map` does; see `Engine.map_stage`.
-        One pool serves all the kinds (its workers start once, with every kind's context), started
-        when a kind first has two batches or more."""
-        kinds = kinds_present(inputs, kinds)
-        contexts = {kind: context_of(kind) for kind in kinds}
-        with DatasetWriter(output, manifest) as writer, ExitStack() as stack:
-            pool = None
-            for kind in kinds:
-                batches = iter(read_batches(inputs, kind, self.batch_rows))
-                head = list(islice(batches, 2))
-                if pool is None and self.workers > 1 and len(head) >= 2:
-                    pool = stack.enter_context(self._pool(contexts))
-                if pool is None:
-                    results = (step(batch, contexts[kind]) for batch in chain(head, batches))
-                else:
-                    results = self._in_order(pool, partial(_run_kind_step, step, kind), chain(head, batches))
-                for result in results:
+        """`step` over every batch of each kind present, through `map`; see `Engine.map_stage`."""
+        with DatasetWriter(output, manifest) as writer:
+            for kind in kinds_present(inputs, kinds):
+                for result in self.map(step, read_batches(inputs, kind, self.batch_rows), context_of(kind)):
                     kept, rejected = result[0], result[1]
                     writer.write(kind, kept)
                     writer.reject(kind, rejected)
@@ -101,7 +161,6 @@ class LocalEngine:
                     add_count(manifest, "rows_in", kind, kept.num_rows + rejected.num_rows)
                     if progress:
                         progress(kind, kept.num_rows + rejected.num_rows)
-            stack.close()  # the workers end with the last batch
             if finish is not None:
 
                 def write_file(name: str, text: str, rows: int) -> None:

@@ -14,8 +14,13 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from json.encoder import encode_basestring as _quote
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from schemas import CORPUS
 from schemas.dataset import iter_batches
@@ -82,19 +87,22 @@ def export_corpus(inputs: list[Path], folder: Path, formats: list[str], counted:
     first_chat = next((f for f in formats if f != "jsonl"), None)
     try:
         for fmt in formats:
+            # The chat formats read four columns; `jsonl` writes every column.
+            columns = None if fmt == "jsonl" else list(CHAT_COLUMNS)
             for path in inputs:
-                for batch in iter_batches(path, CORPUS, 4096):
+                for batch in iter_batches(path, CORPUS, 4096, columns):
                     if counted and fmt == formats[0]:
                         counted(batch.num_rows)
-                    for row in batch.to_pylist():
-                        stem, record = export_record(row, fmt)
+                    lines: dict[str, list[str]] = {}
+                    for stem, line in _batch_lines(batch, fmt):
                         if stem == "pretrain" and fmt != first_chat:
                             continue  # written once, by the first chat format
-                        name = file_name(fmt, stem)
+                        lines.setdefault(file_name(fmt, stem), []).append(line)
+                    for name, written in lines.items():
                         if name not in handles:
                             handles[name] = open(folder / name, "w", encoding="utf-8")
-                        handles[name].write(json.dumps(record, ensure_ascii=False) + "\n")
-                        counts[name] += 1
+                        handles[name].write("".join(written))
+                        counts[name] += len(written)
     finally:
         for handle in handles.values():
             handle.close()
@@ -102,3 +110,43 @@ def export_corpus(inputs: list[Path], folder: Path, formats: list[str], counted:
     if info:
         (folder / DATASET_INFO).write_text(json.dumps(info, ensure_ascii=False, indent=2), encoding="utf-8")
     return counts
+
+
+CHAT_COLUMNS = ("id", "format", "messages", "text")
+# json.dumps(record, ensure_ascii=False) of the records export_record makes, one line each.
+_RECORD = json.JSONEncoder(ensure_ascii=False)
+
+
+def _json_string(value: str | None) -> str:
+    return "null" if value is None else _quote(value)
+
+
+def _batch_lines(batch: pa.RecordBatch, fmt: str) -> Iterator[tuple[str, str]]:
+    """(file stem, JSON line) of each row of a corpus batch, in order: the line
+    `json.dumps(export_record(row, fmt)[1], ensure_ascii=False)` writes. ShareGPT and plain
+    text rows are written from the columns' strings (no dict per row or per turn)."""
+    messages = batch.column("messages")
+    turns = pc.list_flatten(messages)  # a null list (a text row's) holds no turns
+    if fmt != "sharegpt" or turns.null_count:
+        for row in batch.to_pylist():
+            stem, record = export_record(row, fmt)
+            yield stem, _RECORD.encode(record) + "\n"
+        return
+    roles, contents = turns.field("role").to_pylist(), turns.field("content").to_pylist()
+    ends = np.cumsum(pc.list_value_length(messages).fill_null(0).to_numpy(zero_copy_only=False)).tolist()
+    start = 0
+    for row_id, row_format, text, end in zip(
+        batch.column("id").to_pylist(), batch.column("format").to_pylist(), batch.column("text").to_pylist(), ends
+    ):
+        if row_format == "text":
+            yield "pretrain", f'{{"id": {_json_string(row_id)}, "text": {_json_string(text)}}}\n'
+        else:
+            first = start
+            system = '""'
+            if end > start and roles[start] == "system":
+                system, first = _json_string(contents[start]), start + 1
+            conversation = ", ".join(
+                f'{{"from": {_quote(EXPORT_ROLES[roles[i]])}, "value": {_json_string(contents[i])}}}' for i in range(first, end)
+            )
+            yield "sharegpt", f'{{"id": {_json_string(row_id)}, "conversations": [{conversation}], "system": {system}}}\n'
+        start = end

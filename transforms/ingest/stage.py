@@ -60,16 +60,17 @@ def run_ingest(sources: list[dict], page_inputs: list[Path], output, params, man
             files_read[source["name"]] = len(files)
             reasons: Counter = Counter()
             counts = {"rows": 0, "kept": 0, "rejected": 0}
+            tally = import_counts.setdefault(source["name"], Counter())
+            untrained = untrained_meta.setdefault(source["name"], Counter())
             for file in files:
                 report: dict = {}
                 options = {"encoding": source.get("encoding", "auto"), "fields": source.get("fields") or {}, "report": report}
                 file_counts = {"rows": 0, "kept": 0, "rejected": 0}
+                rows_in: Counter = Counter()  # per kind, in order of first sight; into the manifest per file
                 for item in import_file(file, source["format"], source["name"], source["category"], options):
-                    add_count(manifest, "rows_in", item.kind, 1)
-                    tally = import_counts.setdefault(source["name"], Counter())
+                    rows_in[item.kind] += 1
                     if item.tally:
                         tally.update(item.tally)
-                    untrained = untrained_meta.setdefault(source["name"], Counter())
                     if item.untrained:
                         untrained.update(item.untrained)
                     row_id = item.row.get("id")
@@ -87,6 +88,8 @@ def run_ingest(sources: list[dict], page_inputs: list[Path], output, params, man
                         file_counts["kept"] += 1
                         if item.kind == CONVERSATIONS:
                             repairs.update(loads_meta(item.row["meta"]).get("repairs") or {})
+                for kind, rows in rows_in.items():
+                    add_count(manifest, "rows_in", kind, rows)
                 flush()
                 source_files.append({"source": source["name"], "path": str(file), "format": source["format"], **report, **file_counts})
                 for key in counts:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from schemas import CATEGORIES, CONVERSATIONS, CORPUS, CORPUS_SCHEMA, DOCUMENTS, conform, dumps_meta, loads_meta, nullable_schema
 
@@ -207,16 +208,20 @@ def to_corpus_rows(table: pa.Table | pa.RecordBatch, kind: str) -> pa.Table:
     else:
         table = conform(table, DOCUMENTS, extra=False)
         messages, text, fmt = pa.nulls(n, CORPUS_SCHEMA.field("messages").type), table.column("text"), "text"
-    # Provenance columns move into meta; only rows that have one go through JSON.
+    # Provenance columns move into meta; only rows that have one go through JSON, and only
+    # their metas leave Arrow.
     extras = ["title", "url"] if kind == DOCUMENTS else ["origin_id"]
-    metas = table.column("meta").to_pylist()
+    metas = table.column("meta")
     has_extra = np.zeros(n, dtype=bool)
     for name in extras:
         has_extra |= table.column(name).is_valid().to_numpy(zero_copy_only=False)
-    for i, row in zip(np.flatnonzero(has_extra), table.select(["meta", *extras]).filter(pa.array(has_extra)).to_pylist()):
-        meta = loads_meta(row.pop("meta"))
-        meta.update({k: v for k, v in row.items() if v is not None})
-        metas[i] = dumps_meta(meta)
+    if has_extra.any():
+        moved = []
+        for row in table.select(["meta", *extras]).filter(pa.array(has_extra)).to_pylist():
+            meta = loads_meta(row.pop("meta"))
+            meta.update({k: v for k, v in row.items() if v is not None})
+            moved.append(dumps_meta(meta))
+        metas = pc.replace_with_mask(_one_chunk(metas), pa.array(has_extra), pa.array(moved, pa.string()))
     return pa.table(
         {
             "id": table.column("id"),
@@ -225,9 +230,15 @@ def to_corpus_rows(table: pa.Table | pa.RecordBatch, kind: str) -> pa.Table:
             "format": pa.array([fmt] * n, pa.string()),
             "messages": messages,
             "text": text,
-            "meta": pa.array(metas, pa.string()),
+            "meta": _one_chunk(metas),
         }
     )
+
+
+def _one_chunk(column: pa.Array | pa.ChunkedArray) -> pa.Array:
+    if not isinstance(column, pa.ChunkedArray):
+        return column
+    return column.combine_chunks() if column.num_chunks else pa.array([], column.type)
 
 
 def expand_copies(rows: pa.Table, copies_of_row: np.ndarray, epochs: np.ndarray, sft_epochs: int) -> pa.Table:
@@ -236,17 +247,37 @@ def expand_copies(rows: pa.Table, copies_of_row: np.ndarray, epochs: np.ndarray,
     expanded = rows.take(pa.array(copies_of_row, pa.int64()))
     if sft_epochs <= 1:
         return expanded
-    categories = expanded.column("category").to_pylist()
-    if SFT not in categories:
+    is_sft = pc.fill_null(pc.equal(rows.column("category"), SFT), False).to_numpy(zero_copy_only=False)
+    copy_is_sft = is_sft[copies_of_row] if len(copies_of_row) else np.zeros(0, dtype=bool)
+    if not copy_is_sft.any():
         return expanded
-    ids, metas = expanded.column("id").to_pylist(), expanded.column("meta").to_pylist()
-    for i, category in enumerate(categories):
-        if category == SFT:
+    ids, metas = rows.column("id").to_pylist(), rows.column("meta").to_pylist()
+    sft_copies = np.flatnonzero(copy_is_sft)
+    new_ids, new_metas = [], []
+    copies_meta: dict[int, tuple[dict, bool, str | None]] = {}
+    for i, epoch in zip(copies_of_row[sft_copies].tolist(), epochs[sft_copies].tolist()):
+        if i not in copies_meta:
+            # A row's meta is read and written once for all its copies: each copy's JSON is the
+            # row's with the new keys added at its end, as the dict's own JSON would be.
             meta = loads_meta(metas[i])
-            metas[i] = dumps_meta({**meta, "epoch": int(epochs[i]), "origin_id": meta.get("origin_id", ids[i])})
-            ids[i] = f"{ids[i]}@{int(epochs[i])}"
-    expanded = expanded.set_column(0, "id", pa.array(ids, pa.string()))
-    return expanded.set_column(expanded.schema.get_field_index("meta"), "meta", pa.array(metas, pa.string()))
+            appends = isinstance(meta, dict) and "epoch" not in meta
+            copies_meta[i] = (meta, appends, dumps_meta(meta) if appends else None)
+        meta, appends, written = copies_meta[i]
+        if not appends:
+            new_metas.append(dumps_meta({**meta, "epoch": int(epoch), "origin_id": meta.get("origin_id", ids[i])}))
+        else:
+            added = f'"epoch": {int(epoch)}' + ("" if "origin_id" in meta else f', "origin_id": {_json_value(ids[i])}')
+            new_metas.append(f"{written[:-1]}, {added}}}" if written else f"{{{added}}}")
+        new_ids.append(f"{ids[i]}@{int(epoch)}")
+    mask = pa.array(copy_is_sft)
+    expanded = expanded.set_column(0, "id", pc.replace_with_mask(_one_chunk(expanded.column("id")), mask, pa.array(new_ids, pa.string())))
+    meta_at = expanded.schema.get_field_index("meta")
+    return expanded.set_column(meta_at, "meta", pc.replace_with_mask(_one_chunk(expanded.column("meta")), mask, pa.array(new_metas, pa.string())))
+
+
+def _json_value(value) -> str:
+    """A value as JSON, as dumps_meta writes it inside a meta."""
+    return dumps_meta({"": value})[5:-1]
 
 
 def with_positions(table: pa.Table, positions: np.ndarray) -> pa.Table:

@@ -75,25 +75,31 @@ class TokenCounter:
         data = np.frombuffer(data, dtype=np.uint8) if data is not None else np.zeros(0, np.uint8)
         data = data[offsets[0] : offsets[-1]]
         offsets = offsets - offsets[0]
-        wide = _per_row(lambda b: b >= 0xC0, data, offsets)  # lead bytes of multi-byte characters
-        ascii_visible = _per_row(lambda b: (b > 0x20) & (b < 0x7F), data, offsets)
+        wide, ascii_visible = _per_row(data, offsets)
         return wide * self.tokens_per_cjk_char + ascii_visible / self.chars_per_token
 
 
 CHUNK_BYTES = 1 << 22  # bytes judged at once: bounds the per-byte temporaries to a few tens of MB
+# Per byte: 1 for a lead byte of a multi-byte character (>= 0xC0), 1 << 32 for a visible ASCII
+# character; a row's sum holds both counts (a row of 2^32 bytes is far beyond a Parquet string).
+_BYTE_CLASSES = np.zeros(256, dtype=np.int64)
+_BYTE_CLASSES[0xC0:] = 1
+_BYTE_CLASSES[0x21:0x7F] = 1 << 32
 
 
-def _per_row(flags_of, data: np.ndarray, offsets: np.ndarray) -> np.ndarray:
-    """`flags_of(bytes)` summed per row, a chunk of rows at a time."""
+def _per_row(data: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(multi-byte characters, visible ASCII characters) of each row (`offsets`: where each
+    row's UTF-8 bytes start in `data`, and the end), a chunk of rows at a time."""
     rows = len(offsets) - 1
-    counts = np.zeros(rows, dtype=np.float64)
+    sums = np.zeros(rows, dtype=np.int64)
     row = 0
     while row < rows:
         end = int(np.searchsorted(offsets, offsets[row] + CHUNK_BYTES, side="right")) - 1
         end = min(max(end, row + 1), rows)
         lo, hi = int(offsets[row]), int(offsets[end])
-        running = np.zeros(hi - lo + 1, dtype=np.int64)
-        np.cumsum(flags_of(data[lo:hi]), out=running[1:])
-        counts[row:end] = running[offsets[row + 1 : end + 1] - lo] - running[offsets[row:end] - lo]
+        # Only rows holding bytes open a sum: an empty row's sum stays 0.
+        filled = np.flatnonzero(offsets[row + 1 : end + 1] > offsets[row:end]) + row
+        if len(filled):
+            sums[filled] = np.add.reduceat(_BYTE_CLASSES[data[lo:hi]], offsets[filled] - lo)
         row = end
-    return counts
+    return sums & 0xFFFFFFFF, sums >> 32

@@ -60,6 +60,19 @@ def conversation_keys(messages: Iterable[list[dict] | None]) -> list[tuple[int, 
     return keys
 
 
+class ConflictingRows:
+    """What the select step needs to find the rows in conflict without putting every
+    conversation in match form again: the conflicts, and the ids of the rows passing the rules
+    whose prompt is in conflict (only rows with one of these ids are keyed)."""
+
+    def __init__(self, conflicts: dict[int, int], ids: set[str]):
+        self.conflicts = conflicts
+        self.ids = ids
+
+    def __len__(self) -> int:
+        return len(self.conflicts)
+
+
 class AnswerIndex:
     """The distinct answers of every prompt seen, as digests."""
 
@@ -68,7 +81,11 @@ class AnswerIndex:
         self.rows: Counter = Counter()  # prompt digest -> conversations holding it
 
     def add(self, table: pa.Table) -> None:
-        for key in conversation_keys(table.column("messages").to_pylist()):
+        self.add_keys(conversation_keys(table.column("messages").to_pylist()))
+
+    def add_keys(self, keys: Iterable[tuple[int, int] | None]) -> None:
+        """Add conversations by their `conversation_keys`."""
+        for key in keys:
             if key is not None:
                 self.answers[key[0]].add(key[1])
                 self.rows[key[0]] += 1
@@ -83,22 +100,45 @@ class AnswerIndex:
         return {prompt: len(answers) for prompt, answers in self.answers.items() if len(answers) > 1}
 
 
-def conflicting_rows(table: pa.Table, conflicts: dict[int, int]) -> list[int | None]:
+def conflicting_rows(table: pa.Table, conflicts: dict[int, int] | ConflictingRows) -> list[int | None]:
     """Per row of a conversations table, the number of answers its prompt has when it is in
-    conflict, else None."""
+    conflict, else None. With ConflictingRows, for the rows that pass the rules (the others may
+    read None): only rows with one of its ids are keyed."""
     if not conflicts:
         return [None] * table.num_rows
+    if isinstance(conflicts, ConflictingRows):
+        found: list[int | None] = [None] * table.num_rows
+        named = [i for i, row_id in enumerate(table.column("id").to_pylist()) if row_id in conflicts.ids]
+        if named:
+            keys = conversation_keys(table.column("messages").take(named).to_pylist())
+            for i, key in zip(named, keys):
+                found[i] = None if key is None else conflicts.conflicts.get(key[0])
+        return found
     return [None if key is None else conflicts.get(key[0]) for key in conversation_keys(table.column("messages").to_pylist())]
 
 
 def conflict_examples(tables: Iterable[pa.Table], conflicts: dict[int, int], limit: int = 5, chars: int = 80) -> list[dict]:
     """Up to `limit` prompts in conflict with their different answers (cut to `chars`) and the
     sources giving them: [{"prompt", "answers": [{"answer", "source", "id"}]}]."""
+    return keyed_conflict_examples(((table, None) for table in tables), conflicts, limit, chars)
+
+
+def keyed_conflict_examples(
+    tables: Iterable[tuple[pa.Table, list[tuple[int, int] | None] | None]], conflicts: dict[int, int], limit: int = 5, chars: int = 80
+) -> list[dict]:
+    """conflict_examples of tables given with their `conversation_keys` where known (else None):
+    then only the rows in conflict are read."""
     chosen: dict[int, dict] = {}
     seen: dict[int, set[int]] = defaultdict(set)
-    for table in tables:
+    for table, keys in tables:
+        if keys is not None:
+            hits = [i for i, key in enumerate(keys) if key is not None and key[0] in conflicts]
+            if not hits:
+                continue
+            table, keys = table.take(hits), [keys[i] for i in hits]
         messages = table.column("messages").to_pylist()
-        for row, key, source, row_id in zip(messages, conversation_keys(messages), table.column("source").to_pylist(), table.column("id").to_pylist()):
+        keys = conversation_keys(messages) if keys is None else keys
+        for row, key, source, row_id in zip(messages, keys, table.column("source").to_pylist(), table.column("id").to_pylist()):
             if key is None or key[0] not in conflicts:
                 continue
             if key[0] not in chosen:

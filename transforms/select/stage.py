@@ -1,6 +1,7 @@
 """The select stage: apply the [select] thresholds to the tags clean wrote; and its dry run."""
 from __future__ import annotations
 
+import numpy as np
 import pyarrow as pa
 
 from schemas import CONVERSATIONS, DOCUMENTS
@@ -20,31 +21,65 @@ def _select_step(batch, context):
     return selection.select_batch(batch, kind, params, conflicts)
 
 
-def _answers_step(batch, params):
-    """The prompt and answer digests of the conversations of a batch that pass the rules."""
-    from .conflicts import AnswerIndex
+def _answers_step(batch, params) -> tuple[np.ndarray, list]:
+    """(passing, keys) of a batch of conversations: whether each row passes the rules, and the
+    prompt and answer digests of every row (`conflicts.conversation_keys`)."""
+    from .conflicts import conversation_keys
 
     table = batch if isinstance(batch, pa.Table) else pa.Table.from_batches([batch])
-    passing = pa.array([r is None for r in selection.rule_reasons(table, CONVERSATIONS, params)], pa.bool_())
-    index = AnswerIndex()
-    index.add(table.filter(passing))
-    return index
+    passing = np.array([r is None for r in selection.rule_reasons(table, CONVERSATIONS, params)], bool)
+    return passing, conversation_keys(table.column("messages").to_pylist())
 
 
 def answer_conflicts(inputs, params, engine) -> tuple[dict[int, int], int, list[dict]]:
     """Prompts given several different answers by the conversations that pass the [select]
     rules, the rows holding them, and examples; one pass over the conversations (digests only,
     in this process)."""
-    from .conflicts import AnswerIndex, conflict_examples
+    conflicts, rows, examples, _ = _answer_conflicts(inputs, params, engine)
+    return conflicts, rows, examples
+
+
+def _answer_conflicts(inputs, params, engine):
+    """answer_conflicts, and the select step's ConflictingRows. Every row's digests are kept
+    (17 bytes a row, in read order): the second pass, only when there are conflicts, reads the
+    rows in conflict for the examples and the ids of those passing the rules."""
+    from .conflicts import AnswerIndex, ConflictingRows, keyed_conflict_examples
 
     if CONVERSATIONS not in kinds_present(inputs, TEXT_KINDS):
-        return {}, 0, []
+        return {}, 0, [], {}
     index = AnswerIndex()
+    parts = []
     for batch in read_batches(inputs, CONVERSATIONS, engine.batch_rows):
-        index.merge(_answers_step(batch, params))
+        passing, keys = _answers_step(batch, params)
+        index.add_keys(key for key, passes in zip(keys, passing) if passes)
+        parts.append((
+            passing,
+            np.fromiter((key is not None for key in keys), bool, len(keys)),
+            np.fromiter((key[0] if key is not None else 0 for key in keys), np.uint64, len(keys)),
+            np.fromiter((key[1] if key is not None else 0 for key in keys), np.uint64, len(keys)),
+        ))
     conflicts = index.conflicts()
-    tables = (pa.Table.from_batches([b]) for b in read_batches(inputs, CONVERSATIONS, engine.batch_rows)) if conflicts else ()
-    return conflicts, sum(index.rows[p] for p in conflicts), conflict_examples(tables, conflicts)
+    rows = sum(index.rows[p] for p in conflicts)
+    if not conflicts:
+        return conflicts, rows, [], conflicts
+    passing, has_key, prompts, answers = (np.concatenate([part[i] for part in parts]) for i in range(4))
+    in_conflict = has_key & np.isin(prompts, np.fromiter(conflicts, np.uint64, len(conflicts)))
+    ids: set[str] = set()
+    keyed = []  # the rows in conflict, passing or not, with their digests
+    offset = 0
+    for batch in read_batches(inputs, CONVERSATIONS, engine.batch_rows):
+        span = slice(offset, offset + batch.num_rows)
+        offset += batch.num_rows
+        hits = np.flatnonzero(in_conflict[span])
+        if not len(hits):
+            continue
+        table = pa.Table.from_batches([batch]).take(hits)
+        row_ids = table.column("id").to_pylist()
+        ids.update(row_ids[i] for i in np.flatnonzero(passing[span][hits]).tolist())
+        keyed.append((table, [(int(p), int(a)) for p, a in zip(prompts[span][hits].tolist(), answers[span][hits].tolist())]))
+    if offset != len(passing):
+        raise ValueError(f"conversations changed while selecting: {offset} rows read, {len(passing)} before")
+    return conflicts, rows, keyed_conflict_examples(keyed, conflicts), ConflictingRows(conflicts, ids)
 
 
 def run_select(inputs, output, params, manifest, engine, progress=None) -> StageManifest:
@@ -53,14 +88,14 @@ def run_select(inputs, output, params, manifest, engine, progress=None) -> Stage
     mode = params.get("conflicting_answers", "drop")
     if mode not in selection.CONFLICT_MODES:
         raise ValueError(f"select.conflicting_answers must be one of {', '.join(selection.CONFLICT_MODES)}, got {mode!r}")
-    conflicts, rows, examples = answer_conflicts(inputs, params, engine)
+    conflicts, rows, examples, conflicting = _answer_conflicts(inputs, params, engine)
     # rows: conversations holding a prompt in conflict (rejected when the mode is drop)
     manifest.stats["conflicting_answers"] = {
         "mode": mode, "prompts": len(conflicts), "answers": sum(conflicts.values()), "rows": rows, "examples": examples,
     }
     return run_map_stage(
         _select_step, inputs, output, manifest, engine, TEXT_KINDS,
-        lambda kind: (kind, params, conflicts if kind == CONVERSATIONS else None), progress,
+        lambda kind: (kind, params, conflicting if kind == CONVERSATIONS else None), progress,
     )
 
 

@@ -37,8 +37,11 @@ from __future__ import annotations
 import re
 from collections import Counter
 from dataclasses import dataclass, field
+from json.encoder import encode_basestring as _quote
 from pathlib import Path
 from typing import Iterator
+
+from schemas.records import dumps_meta
 
 from .base import Imported, document, read_source, replaced_in
 
@@ -48,7 +51,6 @@ CHAPTER = "<篇名>"
 VOLUMES = ("<目录>", "<目錄>")
 # 内?： is an OCR slip of 内容： in 新修本草.
 CONTENT_PREFIX = re.compile(r"^\s*(?:内容|內容|属性|屬性|内\?)：")
-LINE_BREAK = re.compile(r"\r\n|\r|\n")
 IMAGE = re.compile(r"\\r.*?\\p[^\\]*\\r")
 EMPHASIS = "\\x"
 NUMBERED_STEM = re.compile(r"^\d+[-_. ]+")
@@ -80,7 +82,7 @@ class Book:
 def import_book(path: Path, source: str, category: str, options: dict | None = None) -> Iterator[Imported]:
     options = options or {}
     decoded = read_source(path, options)
-    lines = LINE_BREAK.split(decoded.text)
+    lines = split_lines(decoded.text)
     book = parse_book(lines)
     width = wrap_width(lines)
     meta_base = {
@@ -102,17 +104,33 @@ def import_book(path: Path, source: str, category: str, options: dict | None = N
         record.untrained = _untrained(meta)
         yield record
         return
+    # The book's part of every chapter's meta JSON, written once: a chapter's JSON adds its own
+    # keys at the end, as dumps_meta of the chapter's meta (the book's keys first) would.
+    book_json = dumps_meta(meta_base)[:-1]
     for index, chapter in enumerate(book.chapters):
         body = clean_text(chapter.lines, width, chapter.prefix)
         text = with_title(chapter.title, body)
         meta = {**meta_base, "chapter": chapter.title, "chapter_index": index, "volume": chapter.volume,
                 "debris_bytes": replaced_in(body, decoded)}
+        meta_json = (f'{book_json}, "chapter": {_json(chapter.title)}, "chapter_index": {_json(index)}, '
+                     f'"volume": {_json(chapter.volume)}, "debris_bytes": {_json(meta["debris_bytes"])}}}')
         record = document(
             text, source, category, title=chapter.title, meta=meta,
-            reason=None if text else "empty_chapter", fallback_key=(path.name, str(index)),
+            reason=None if text else "empty_chapter", fallback_key=(path.name, str(index)), meta_json=meta_json,
         )
         record.untrained = _untrained(meta)
         yield record
+
+
+def _json(value) -> str:
+    """A meta value as dumps_meta writes it."""
+    if value is None:
+        return "null"
+    if type(value) is str:
+        return _quote(value)
+    if type(value) is int:
+        return int.__repr__(value)
+    return dumps_meta({"": value})[5:-1]
 
 
 def _untrained(meta: dict) -> tuple[str, ...]:
@@ -125,7 +143,7 @@ def import_text(path: Path, source: str, category: str, options: dict | None = N
     """A plain text file as one Document, wrapped lines re-joined the same way as books."""
     options = options or {}
     decoded = read_source(path, options)
-    lines = LINE_BREAK.split(decoded.text)
+    lines = split_lines(decoded.text)
     text = clean_text(lines, wrap_width(lines))
     meta = {"file": path.name, "encoding": decoded.encoding, "replaced_bytes": decoded.replaced_bytes,
             "debris_bytes": replaced_in(text, decoded)}
@@ -133,6 +151,15 @@ def import_text(path: Path, source: str, category: str, options: dict | None = N
         text, source, category, title=options.get("title") or path.stem, url=options.get("url"),
         meta=meta, reason=None if text else "empty_text", fallback_key=(path.name,),
     )
+
+
+def split_lines(text: str) -> list[str]:
+    """The lines of `text` between its line breaks (\\r\\n, \\r or \\n); a break at the end leaves
+    an empty last line."""
+    if "\r" in text:
+        # Left to right, as a regular expression \r\n|\r|\n would split.
+        text = text.replace("\r\n", "\n").replace("\r", "\n")
+    return text.split("\n")
 
 
 def with_title(title: str, body: str) -> str:
@@ -224,6 +251,7 @@ def clean_text(lines: list[str], width: int, prefix: int = 0) -> str:
     paragraphs: list[str] = []
     current: list[str] | None = None  # the paragraph being built, in pieces (never empty)
     previous_raw = ""
+    last = ""  # the last character of the previous line, markers removed
     for raw in lines:
         raw = raw.rstrip()
         line = strip_markers(raw).rstrip() if "\\" in raw else raw
@@ -236,14 +264,15 @@ def clean_text(lines: list[str], width: int, prefix: int = 0) -> str:
             raw, prefix = " " * prefix + raw, 0
         if current is None:
             current = [line.lstrip()]
-        elif keeps_break(previous_raw, current[-1], raw, width):
+        elif keeps_break(previous_raw, last, raw, width):
             paragraphs.append("".join(current))
             current = [line.lstrip()]
         else:
-            if _spaced(current[-1], line):
+            if _spaced(last, line):
                 current.append(" ")
             current.append(line)
         previous_raw = raw
+        last = line[-1]
     if current:
         paragraphs.append("".join(current))
     return "\n".join(paragraphs).strip()
@@ -253,18 +282,19 @@ _BREAK_OPENERS = (EMPHASIS, *ENTRY_OPENERS)
 
 
 def keeps_break(previous_raw: str, joined: str, next_raw: str, width: int) -> bool:
-    """Whether the break between two lines is the author's, not the wrap's.
+    """Whether the break between two right-stripped lines is the author's, not the wrap's.
 
-    `joined` is the text built so far (markers removed), whose end is the previous line's end."""
-    # (lstrip and strip copy the line: only a line opening with a space needs them)
+    `joined` is the text built so far (markers removed), or its last character: the previous
+    line's end."""
+    # (lstrip copies the line: only a line opening with a space needs it)
     if next_raw.startswith(INDENT) or (next_raw.lstrip() if next_raw[:1].isspace() else next_raw).startswith(_BREAK_OPENERS):
         return True
-    previous = previous_raw.strip() if previous_raw[:1].isspace() or previous_raw[-1:].isspace() else previous_raw
-    if previous.startswith(EMPHASIS) and previous.endswith(EMPHASIS):
-        return True  # a line that is all emphasis is a heading
     last = joined[-1]
     if last in SENTENCE_END:
         return True
+    previous = previous_raw.lstrip()
+    if previous.startswith(EMPHASIS) and previous.endswith(EMPHASIS):
+        return True  # a line that is all emphasis is a heading
     fills_line = width and len(previous_raw) >= width - 2
     if last in CLOSING:
         return not fills_line

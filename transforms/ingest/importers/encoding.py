@@ -82,6 +82,11 @@ def decode_bytes(data: bytes, encoding: str | None = None) -> Decoded:
 
 
 def _decode(data: bytes, encoding: str, detector: str) -> Decoded:
+    try:
+        # Most files decode cleanly: then no escape can be in the text, and it need not be searched.
+        return Decoded(data.decode(encoding), codecs.lookup(encoding).name, 0, detector)
+    except UnicodeDecodeError:
+        pass
     text = data.decode(encoding, errors="surrogateescape")
     replaced = 0
     if _ESCAPED.search(text):
@@ -95,15 +100,15 @@ def _decode_mixed(data: bytes) -> Decoded | None:
     a UTF-8 line with non-ASCII text beside lines that are not UTF-8 at all. A legacy line that
     happens to be valid UTF-8 (short GBK lines often are: `<目录>` is `<Ŀ¼>`) reads worse as
     UTF-8, so it stays legacy."""
-    lines = data.splitlines(keepends=True)
-    utf8 = _utf8_lines(data, lines)
+    ends = _line_ends(data)
+    utf8 = _utf8_lines(data, ends)
     if not utf8:
         return None
     # The legacy lines, as the runs of the file between the UTF-8 lines.
-    ends = np.cumsum(np.fromiter(map(len, lines), np.int64, len(lines))).tolist()
+    starts = [0, *ends[:-1]]
     runs, last = [], 0
     for i in utf8:
-        runs.append(data[last : ends[i] - len(lines[i])])
+        runs.append(data[last : starts[i]])
         last = ends[i]
     runs.append(data[last:])
     legacy, _ = detect_legacy(b"".join(runs), candidates=CANDIDATES[1:])
@@ -113,8 +118,20 @@ def _decode_mixed(data: bytes) -> Decoded | None:
         return rare_characters(text) < rare_characters(decoded.text) + decoded.replaced_bytes
 
     # Only the UTF-8 lines can make the file mixed: the file is decoded line by line only then.
-    if not any(reads_better(lines[i], text) for i, text in utf8.items()):
+    # Their rare characters are counted all at once, both ways (one line at a time if a line
+    # cannot be decoded, so that the error is the one reading each line in turn would meet).
+    try:
+        decoded = [_decode(data[starts[i] : ends[i]], legacy, "per-line") for i in utf8]
+    except (UnicodeError, LookupError):
+        decoded = None
+    if decoded is not None:
+        replaced = np.fromiter((d.replaced_bytes for d in decoded), np.int64, len(decoded))
+        mixed = bool(np.any(_rare_per_text(list(utf8.values())) < _rare_per_text([d.text for d in decoded]) + replaced))
+    else:
+        mixed = any(reads_better(data[starts[i] : ends[i]], text) for i, text in utf8.items())
+    if not mixed:
         return None
+    lines = data.splitlines(keepends=True)
     parts, replaced = [], 0
     for i, line in enumerate(lines):
         text = utf8.get(i)
@@ -127,17 +144,33 @@ def _decode_mixed(data: bytes) -> Decoded | None:
     return Decoded("".join(parts), f"utf-8+{codecs.lookup(legacy).name}", replaced, "per-line")
 
 
-def _utf8_lines(data: bytes, lines: list[bytes]) -> dict[int, str]:
-    """{index: text} of the lines of `data` (`lines`: data.splitlines(keepends=True)) that are
-    valid UTF-8 with non-ASCII characters, in order. Byte rules over the whole file first mark
+def _line_ends(data: bytes) -> list[int]:
+    """Where each line of `data` ends, its line break included: the lines of
+    data.splitlines(keepends=True), found from the bytes at once (\n, \r\n or a lone \r)."""
+    if not data:
+        return []
+    raw = np.frombuffer(data, np.uint8)
+    breaks = raw == 0x0A
+    lone_cr = raw == 0x0D
+    lone_cr[:-1] &= ~breaks[1:]
+    ends = np.flatnonzero(breaks | lone_cr) + 1
+    if not len(ends) or ends[-1] != len(data):
+        ends = np.append(ends, len(data))
+    return ends.tolist()
+
+
+def _utf8_lines(data: bytes, ends: list[int]) -> dict[int, str]:
+    """{index: text} of the lines of `data` (`ends`: where each line ends, see _line_ends) that
+    are valid UTF-8 with non-ASCII characters, in order. Byte rules over the whole file first mark
     the lines that cannot be UTF-8 (a continuation byte after an ASCII one, a lead byte not
     followed by a continuation, a byte UTF-8 never uses), which is nearly every line of a
     legacy file; only the other non-ASCII lines are decoded."""
-    if not lines:
+    if not ends:
         return {}
     raw = np.frombuffer(data, np.uint8)
-    sizes = np.fromiter(map(len, lines), np.int64, len(lines))
-    starts = np.cumsum(sizes) - sizes
+    starts = np.empty(len(ends), np.int64)
+    starts[0] = 0
+    starts[1:] = ends[:-1]
     wide = raw >= 0x80
     continuation = wide & (raw < 0xC0)
     lead = (raw >= 0xC2) & (raw < 0xF5)
@@ -147,7 +180,7 @@ def _utf8_lines(data: bytes, lines: list[bytes]) -> dict[int, str]:
     broken[:-1] |= lead[:-1] & ~continuation[1:]
     broken[-1:] |= lead[-1:]
     candidates = np.logical_or.reduceat(wide, starts) & ~np.logical_or.reduceat(broken, starts)
-    found = {i: _strict_utf8(lines[i]) for i in np.flatnonzero(candidates).tolist()}
+    found = {i: _strict_utf8(data[starts[i] : ends[i]]) for i in np.flatnonzero(candidates).tolist()}
     return {i: text for i, text in found.items() if text is not None}
 
 
@@ -188,18 +221,36 @@ def detect_legacy(data: bytes, candidates: tuple[str, ...] = CANDIDATES) -> tupl
 
 def _unsure(sample: bytes, encoding: str) -> bool:
     """More than UNSURE of the non-ASCII characters read are invalid or rare."""
-    text = codecs.getincrementaldecoder(encoding)(errors="surrogateescape").decode(sample, final=False)
-    escaped, points = _split_escapes(text)
+    _, escaped, points = _reading(sample, encoding)
     wide = escaped + int(np.count_nonzero(points >= 0x80))
     return (escaped + escaped + _rare_count(points)) > UNSURE * max(wide, 1)
 
 
 def _score(sample: bytes, encoding: str) -> float:
     """Invalid bytes plus rare characters per decoded character (lower reads better)."""
-    # An incremental decoder leaves a character cut at the sample's end undecoded, not invalid.
+    length, escaped, points = _reading(sample, encoding)
+    return (escaped + escaped + _rare_count(points)) / max(length, 1)
+
+
+# The same opening is judged twice when a file is checked for mixed lines first, and its best
+# reading once more for how sure it is.
+@lru_cache(maxsize=16)
+def _reading(sample: bytes, encoding: str) -> tuple[int, int, np.ndarray]:
+    """(characters decoded, invalid bytes, code points of the rest) of `sample` read in
+    `encoding`, each invalid byte one character (surrogateescape); as _split_escapes of that text.
+    An incremental decoder leaves a character cut at the sample's end undecoded, not invalid."""
     text = codecs.getincrementaldecoder(encoding)(errors="surrogateescape").decode(sample, final=False)
-    escaped, points = _split_escapes(text)
-    return (escaped + escaped + _rare_count(points)) / max(len(text), 1)
+    if encoding not in CANDIDATES:
+        return (len(text), *_split_escapes(text))
+    try:
+        return len(text), 0, np.frombuffer(text.encode("utf-32-le"), np.uint32)
+    except UnicodeEncodeError:
+        pass
+    # No candidate decodes bytes to a lone surrogate, so each in `text` is an escape, and the
+    # rest is what the same decoder keeps when it drops the invalid bytes instead (the same
+    # bytes are invalid whatever is done with them): no search through a text of escapes.
+    rest = codecs.getincrementaldecoder(encoding)(errors="ignore").decode(sample, final=False)
+    return len(text), len(text) - len(rest), np.frombuffer(rest.encode("utf-32-le"), np.uint32)
 
 
 def rare_characters(text: str) -> int:
@@ -207,6 +258,20 @@ def rare_characters(text: str) -> int:
     private-use code points, and Han characters outside both GB2312 and Big5's common level."""
     escaped, points = _split_escapes(text)
     return escaped + _rare_count(points)
+
+
+def _rare_per_text(texts: list[str]) -> np.ndarray:
+    """rare_characters of each text, at once. An escape is a code point the common table holds
+    as rare, so each counts once, as there."""
+    lengths = np.fromiter(map(len, texts), np.int64, len(texts))
+    counts = np.zeros(len(texts), np.int64)
+    filled = np.flatnonzero(lengths)
+    if len(filled):
+        points = np.frombuffer("".join(texts).encode("utf-32-le", errors="surrogatepass"), np.uint32)
+        common = _common_table()
+        rare = ~common.take(points, mode="clip")
+        counts[filled] = np.add.reduceat(rare, (np.cumsum(lengths) - lengths)[filled], dtype=np.int64)
+    return counts
 
 
 def _split_escapes(text: str) -> tuple[int, np.ndarray]:
@@ -222,7 +287,7 @@ def _split_escapes(text: str) -> tuple[int, np.ndarray]:
 
 def _rare_count(points: np.ndarray) -> int:
     common = _common_table()
-    return int(len(points) - np.count_nonzero(common[np.minimum(points, len(common) - 1)]))
+    return int(len(points) - np.count_nonzero(common.take(points, mode="clip")))  # beyond the table: its last entry
 
 
 @lru_cache(maxsize=1)
