@@ -23,6 +23,7 @@ from .stages.runner import DESCRIPTIONS, _holding_workdir, _subflows_share_heart
 from .stages.sample import sample_flow
 from .stages.select import select_flow
 from .stages.validate import validate_flow, validate_stage_output
+from .runtime import SUMMARY_RECORD
 from .summary import as_markdown, as_text, produced
 
 QUALITY = "quality"  # WORKDIR/quality/<stage>/: the suites' results on each stage's output
@@ -94,7 +95,7 @@ def build_corpus(config: Optional[str] = None, workdir: str = "tcm-corpus-build"
     seconds = round(time.perf_counter() - started, 2)
     report_path = publish_build_report(root, logger)
     facts = produced(root, corpus, results, seconds)
-    logger.info("%s", as_text(facts))
+    logger.info("%s", as_text(facts), extra={SUMMARY_RECORD: True})
     _publish_summary(as_markdown(facts) + "\n\n" + build_summary(results), "build-corpus-summary", "What the corpus build produced")
     return {"workdir": str(root), "corpus": str(corpus), "seconds": seconds, "stages": results, "produced": facts,
             "validation": validation, "report": report_path}

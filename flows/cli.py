@@ -29,7 +29,7 @@ import sys
 from contextlib import nullcontext
 from pathlib import Path
 
-from .runtime import prepare_environment, quiet_failures_on_terminal, settle_heap, without_heartbeats
+from .runtime import keep_summary_off_terminal, prepare_environment, quiet_failures_on_terminal, settle_heap, without_heartbeats
 
 from .pipeline_info import FLOWS
 
@@ -389,6 +389,8 @@ def _command(argv: list[str] | None) -> int:
 
     if not args.debug:
         quiet_failures_on_terminal()  # Prefect still records every failure, traceback included
+    if not args.json:
+        keep_summary_off_terminal()  # printed below, once the run ends
     try:
         with _run_lock(args):
             if shared_server is not None:

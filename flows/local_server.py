@@ -48,6 +48,8 @@ MODE_ENV = "TCM_CORPUS_PREFECT_SERVER"
 DEFAULT_IDLE_SECONDS = 600.0
 START_TIMEOUT_ENV = "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"
 CHECK_SECONDS = 2.0
+CSRF_SERVER_ENV = "PREFECT_SERVER_API_CSRF_PROTECTION_ENABLED"
+CSRF_CLIENT_ENV = "PREFECT_CLIENT_CSRF_SUPPORT_ENABLED"
 
 
 class ServerError(Exception):
@@ -154,13 +156,16 @@ def use_shared_server() -> Optional[ServerUse]:
                 launcher = _launch(folder)
                 state = _wait_for_record(folder, launcher)
     os.environ["PREFECT_API_URL"] = state["url"]
+    # The shared server runs without CSRF protection (a loopback API without a UI, see `_launch`):
+    # a client asking it for a token first costs a refused round trip per client.
+    os.environ.setdefault(CSRF_CLIENT_ENV, "false")
     return ServerUse(folder, users, state, launcher is not None, launcher)
 
 
 def _launch(folder: Path) -> subprocess.Popen:
     (folder / "server.json").unlink(missing_ok=True)
     log = open(folder / "server.log", "ab")
-    env = {**os.environ, "PREFECT_UI_ENABLED": "false"}
+    env = {**os.environ, "PREFECT_UI_ENABLED": "false", CSRF_SERVER_ENV: "false"}
     env.pop("PREFECT_API_URL", None)
     try:
         return subprocess.Popen([sys.executable, "-m", "flows.local_server", "serve", "--home", os.environ["PREFECT_HOME"],

@@ -94,9 +94,33 @@ class _FailureRecords:
         return not ("Finished in state" in message and ("Failed(" in message or "Crashed(" in message))
 
 
+# A log record carrying this attribute (True) is the build's final summary, which `flows run`
+# prints itself once the run ends (`keep_summary_off_terminal`).
+SUMMARY_RECORD = "tcm_corpus_summary"
+
+
+class _SummaryRecords:
+    """A console-handler filter: the final summary's record stays off the terminal, where the CLI
+    prints the same text when the run ends. The Prefect API keeps it (the run's logs in the UI)."""
+
+    def filter(self, record) -> bool:
+        return not getattr(record, SUMMARY_RECORD, False)
+
+
 def quiet_failures_on_terminal() -> None:
     """Keep Prefect's failure records off the terminal (see `_FailureRecords`); call once Prefect
     is imported, and not under `--debug`."""
+    _filter_console(_FailureRecords)
+
+
+def keep_summary_off_terminal() -> None:
+    """Keep the build's final summary record off the terminal (see `_SummaryRecords`): for a
+    command that prints the summary itself."""
+    _filter_console(_SummaryRecords)
+
+
+def _filter_console(kind: type) -> None:
+    """Add a `kind()` filter to each of Prefect's console handlers that has none yet."""
     import logging
 
     import prefect.main  # noqa: F401 - configures Prefect's logging (its import does), whose console handlers are filtered here
@@ -105,5 +129,5 @@ def quiet_failures_on_terminal() -> None:
     loggers = [logging.getLogger(), *(logging.getLogger(name) for name in list(logging.Logger.manager.loggerDict))]
     for logger in loggers:
         for handler in getattr(logger, "handlers", []):
-            if isinstance(handler, PrefectConsoleHandler) and not any(isinstance(f, _FailureRecords) for f in handler.filters):
-                handler.addFilter(_FailureRecords())
+            if isinstance(handler, PrefectConsoleHandler) and not any(isinstance(f, kind) for f in handler.filters):
+                handler.addFilter(kind())

@@ -44,6 +44,8 @@ from .suites import (  # noqa: E402
     Options,
     build_suite,
     conform_for_validation,
+    read_columns,
+    summary_frame,
     summary_table,
 )
 from .turns import empty_turns, role_sequence  # noqa: E402
@@ -148,7 +150,7 @@ def validate_dataset(
 
 def dataset_summary(path: Path, kind: str, batch_rows: int = 65_536) -> pa.Table:
     """The suite's flat columns for every row of `kind` in a dataset folder, read batch by batch."""
-    parts = [summary_table(batch, kind) for batch in iter_batches(path, kind, batch_rows)]
+    parts = [summary_table(batch, kind) for batch in iter_batches(path, kind, batch_rows, columns=list(read_columns(kind)))]
     if not parts:
         return summary_table(conform_for_validation(pa.table({}), kind), kind)
     return pa.concat_tables(parts, promote_options="permissive")
@@ -224,7 +226,7 @@ class QualityRun:
         in full, to describe a failing row."""
         started = time.perf_counter()
         suite = build_suite(kind, self.options, summary.num_rows, has_lang="lang" in summary.schema.names)
-        frame = summary.to_pandas(types_mapper=pd.ArrowDtype)
+        frame = summary_frame(summary)
 
         if any(suite.name == kind for suite in self.context.suites.all()):
             raise ValueError(f"{kind} was already validated in this run")

@@ -146,13 +146,14 @@ def _first_line(exc: BaseException) -> str:
 
 def iter_batches(path: str | os.PathLike, kind: str, batch_size: int = 1024, columns: list[str] | None = None) -> Iterator[pa.RecordBatch]:
     """The rows of `kind` in a dataset folder, file by file, `batch_size` rows at a time; only
-    `columns` (all when None) are read."""
+    `columns` (all when None) are read, those of them a file holds (a reader conforms the rest)."""
     for file in kind_files(path, kind):
         try:
             parquet = pq.ParquetFile(file)
         except (pa.ArrowInvalid, OSError) as exc:
             raise DatasetError(f"{file}: not a readable Parquet file ({exc})") from exc
-        for batch in parquet.iter_batches(batch_size=batch_size, columns=columns):
+        held = None if columns is None else [name for name in columns if name in parquet.schema_arrow.names]
+        for batch in parquet.iter_batches(batch_size=batch_size, columns=held):
             yield batch
 
 

@@ -250,3 +250,24 @@ def test_flows_list_names_every_flow(prefect_home):
     assert run.returncode == 0
     for name in ("build-corpus", *STAGE_FOLDERS, "sample"):
         assert name in run.stdout
+
+
+def test_the_build_summary_reaches_the_terminal_once():
+    """`flows run` prints the final summary itself; the build's log record of it goes to the
+    Prefect API only, not to the console as well."""
+    import logging
+
+    from flows.runtime import SUMMARY_RECORD, keep_summary_off_terminal
+
+    keep_summary_off_terminal()
+    from prefect.logging.handlers import PrefectConsoleHandler
+
+    logger = logging.getLogger("prefect.flow_runs")  # its records reach the root logger's console handler
+    consoles = [h for h in logging.getLogger().handlers if isinstance(h, PrefectConsoleHandler)]
+    assert consoles and logger.propagate
+
+    def record(**extra):
+        return logger.makeRecord(logger.name, logging.INFO, __file__, 1, "build-corpus finished", (), None, extra=extra)
+
+    assert not any(handler.filter(record(**{SUMMARY_RECORD: True})) for handler in consoles)
+    assert all(handler.filter(record()) for handler in consoles)

@@ -251,19 +251,33 @@ def expand_copies(rows: pa.Table, copies_of_row: np.ndarray, epochs: np.ndarray,
     copy_is_sft = is_sft[copies_of_row] if len(copies_of_row) else np.zeros(0, dtype=bool)
     if not copy_is_sft.any():
         return expanded
-    # Each row's meta is read once for all its copies.
     ids, metas = rows.column("id").to_pylist(), rows.column("meta").to_pylist()
-    read = {int(i): loads_meta(metas[i]) for i in np.unique(copies_of_row[copy_is_sft])}
     sft_copies = np.flatnonzero(copy_is_sft)
     new_ids, new_metas = [], []
+    copies_meta: dict[int, tuple[dict, bool, str | None]] = {}
     for i, epoch in zip(copies_of_row[sft_copies].tolist(), epochs[sft_copies].tolist()):
-        meta = read[i]
-        new_metas.append(dumps_meta({**meta, "epoch": int(epoch), "origin_id": meta.get("origin_id", ids[i])}))
+        if i not in copies_meta:
+            # A row's meta is read and written once for all its copies: each copy's JSON is the
+            # row's with the new keys added at its end, as the dict's own JSON would be.
+            meta = loads_meta(metas[i])
+            appends = isinstance(meta, dict) and "epoch" not in meta
+            copies_meta[i] = (meta, appends, dumps_meta(meta) if appends else None)
+        meta, appends, written = copies_meta[i]
+        if not appends:
+            new_metas.append(dumps_meta({**meta, "epoch": int(epoch), "origin_id": meta.get("origin_id", ids[i])}))
+        else:
+            added = f'"epoch": {int(epoch)}' + ("" if "origin_id" in meta else f', "origin_id": {_json_value(ids[i])}')
+            new_metas.append(f"{written[:-1]}, {added}}}" if written else f"{{{added}}}")
         new_ids.append(f"{ids[i]}@{int(epoch)}")
     mask = pa.array(copy_is_sft)
     expanded = expanded.set_column(0, "id", pc.replace_with_mask(_one_chunk(expanded.column("id")), mask, pa.array(new_ids, pa.string())))
     meta_at = expanded.schema.get_field_index("meta")
     return expanded.set_column(meta_at, "meta", pc.replace_with_mask(_one_chunk(expanded.column("meta")), mask, pa.array(new_metas, pa.string())))
+
+
+def _json_value(value) -> str:
+    """A value as JSON, as dumps_meta writes it inside a meta."""
+    return dumps_meta({"": value})[5:-1]
 
 
 def with_positions(table: pa.Table, positions: np.ndarray) -> pa.Table:

@@ -70,11 +70,12 @@ def _holds_lone_surrogate(value: Any) -> bool:
 _JSON = json.JSONEncoder(ensure_ascii=False)
 
 
-def well_formed_meta(meta: dict | None) -> str | None:
+def well_formed_meta(meta: dict | None, dumped: str | None = None) -> str | None:
     """`dumps_meta(well_formed(meta))`: the JSON of a record's meta. JSON writes every string of
     it (keys too) as it is, so the JSON of a meta without lone surrogates is its answer, and
-    only a meta with one is walked."""
-    dumped = dumps_meta(meta)
+    only a meta with one is walked. `dumped`: dumps_meta(meta), where the caller has it."""
+    if dumped is None:
+        dumped = dumps_meta(meta)
     if dumped is not None and _LONE_SURROGATE.search(dumped):
         return dumps_meta(well_formed(meta))
     return dumped
@@ -117,9 +118,11 @@ def document(
     meta: dict | None = None,
     reason: str | None = None,
     fallback_key: Iterable[str] = (),
+    meta_json: str | None = None,
 ) -> Imported:
     """A Document; an empty text is rejected with `reason` and takes its id from `fallback_key`,
-    since every empty text would otherwise share one id."""
+    since every empty text would otherwise share one id. `meta_json`: dumps_meta(meta), where the
+    importer writes it itself."""
     text, title, url = well_formed(text), well_formed(title), well_formed(url)
     fallback_key = well_formed(list(fallback_key))
     doc_id = document_id(source, text) if text else content_id("empty-doc", source, *fallback_key)
@@ -131,7 +134,7 @@ def document(
         "url": url,
         "title": title,
         "lang": None,
-        "meta": well_formed_meta(meta),
+        "meta": well_formed_meta(meta, meta_json),
     }
     return Imported(DOCUMENTS, row, reason)
 

@@ -37,8 +37,11 @@ from __future__ import annotations
 import re
 from collections import Counter
 from dataclasses import dataclass, field
+from json.encoder import encode_basestring as _quote
 from pathlib import Path
 from typing import Iterator
+
+from schemas.records import dumps_meta
 
 from .base import Imported, document, read_source, replaced_in
 
@@ -101,17 +104,33 @@ def import_book(path: Path, source: str, category: str, options: dict | None = N
         record.untrained = _untrained(meta)
         yield record
         return
+    # The book's part of every chapter's meta JSON, written once: a chapter's JSON adds its own
+    # keys at the end, as dumps_meta of the chapter's meta (the book's keys first) would.
+    book_json = dumps_meta(meta_base)[:-1]
     for index, chapter in enumerate(book.chapters):
         body = clean_text(chapter.lines, width, chapter.prefix)
         text = with_title(chapter.title, body)
         meta = {**meta_base, "chapter": chapter.title, "chapter_index": index, "volume": chapter.volume,
                 "debris_bytes": replaced_in(body, decoded)}
+        meta_json = (f'{book_json}, "chapter": {_json(chapter.title)}, "chapter_index": {_json(index)}, '
+                     f'"volume": {_json(chapter.volume)}, "debris_bytes": {_json(meta["debris_bytes"])}}}')
         record = document(
             text, source, category, title=chapter.title, meta=meta,
-            reason=None if text else "empty_chapter", fallback_key=(path.name, str(index)),
+            reason=None if text else "empty_chapter", fallback_key=(path.name, str(index)), meta_json=meta_json,
         )
         record.untrained = _untrained(meta)
         yield record
+
+
+def _json(value) -> str:
+    """A meta value as dumps_meta writes it."""
+    if value is None:
+        return "null"
+    if type(value) is str:
+        return _quote(value)
+    if type(value) is int:
+        return int.__repr__(value)
+    return dumps_meta({"": value})[5:-1]
 
 
 def _untrained(meta: dict) -> tuple[str, ...]:

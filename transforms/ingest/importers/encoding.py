@@ -118,7 +118,18 @@ def _decode_mixed(data: bytes) -> Decoded | None:
         return rare_characters(text) < rare_characters(decoded.text) + decoded.replaced_bytes
 
     # Only the UTF-8 lines can make the file mixed: the file is decoded line by line only then.
-    if not any(reads_better(data[starts[i] : ends[i]], text) for i, text in utf8.items()):
+    # Their rare characters are counted all at once, both ways (one line at a time if a line
+    # cannot be decoded, so that the error is the one reading each line in turn would meet).
+    try:
+        decoded = [_decode(data[starts[i] : ends[i]], legacy, "per-line") for i in utf8]
+    except (UnicodeError, LookupError):
+        decoded = None
+    if decoded is not None:
+        replaced = np.fromiter((d.replaced_bytes for d in decoded), np.int64, len(decoded))
+        mixed = bool(np.any(_rare_per_text(list(utf8.values())) < _rare_per_text([d.text for d in decoded]) + replaced))
+    else:
+        mixed = any(reads_better(data[starts[i] : ends[i]], text) for i, text in utf8.items())
+    if not mixed:
         return None
     lines = data.splitlines(keepends=True)
     parts, replaced = [], 0
@@ -249,6 +260,20 @@ def rare_characters(text: str) -> int:
     return escaped + _rare_count(points)
 
 
+def _rare_per_text(texts: list[str]) -> np.ndarray:
+    """rare_characters of each text, at once. An escape is a code point the common table holds
+    as rare, so each counts once, as there."""
+    lengths = np.fromiter(map(len, texts), np.int64, len(texts))
+    counts = np.zeros(len(texts), np.int64)
+    filled = np.flatnonzero(lengths)
+    if len(filled):
+        points = np.frombuffer("".join(texts).encode("utf-32-le", errors="surrogatepass"), np.uint32)
+        common = _common_table()
+        rare = ~common.take(points, mode="clip")
+        counts[filled] = np.add.reduceat(rare, (np.cumsum(lengths) - lengths)[filled], dtype=np.int64)
+    return counts
+
+
 def _split_escapes(text: str) -> tuple[int, np.ndarray]:
     """(bytes surrogateescape escaped: U+DC80..U+DCFF, one per byte; the code points of the
     rest). An escape is an invalid byte, and a rare character too (a lone surrogate)."""
@@ -262,7 +287,7 @@ def _split_escapes(text: str) -> tuple[int, np.ndarray]:
 
 def _rare_count(points: np.ndarray) -> int:
     common = _common_table()
-    return int(len(points) - np.count_nonzero(common[np.minimum(points, len(common) - 1)]))
+    return int(len(points) - np.count_nonzero(common.take(points, mode="clip")))  # beyond the table: its last entry
 
 
 @lru_cache(maxsize=1)
