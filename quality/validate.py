@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any, Mapping
 
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
-# Before the import: registering its expectations, GX logs hundreds of DEBUG lines.
+# Before the import (quality/__init__.py imports GX first, this holds for an import without it):
+# registering its expectations, GX logs hundreds of DEBUG lines.
 logging.getLogger("great_expectations").setLevel(logging.WARNING)
 
 import great_expectations as gx  # noqa: E402
