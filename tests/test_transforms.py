@@ -223,3 +223,32 @@ def test_other_sampling_modes(mode):
 def test_conversation_ids_are_content_derived():
     messages = [{"role": "user", "content": "问"}, {"role": "assistant", "content": "答"}]
     assert conversation_id("s", messages) == conversation_id("s", list(messages))
+
+
+def test_key_tables_hold_each_code_points_own_rule():
+    """The look-up tables of match_keys (found a block at a time) give, per code point of the BMP,
+    what the rule says read one code point at a time: invisible removal and NFKC (full-width
+    Chinese punctuation kept), whether the result depends on neighbours, word characters lower-cased."""
+    import unicodedata
+
+    from transforms.clean.normalize import _CJK_PUNCT, _INVISIBLE, _key_tables
+
+    seconds = {int(parts[1], 16) for parts in (unicodedata.decomposition(chr(cp)).split() for cp in range(0x110000))
+               if len(parts) == 2 and not parts[0].startswith("<")}
+    seconds |= set(range(0x1100, 0x1200)) | set(range(0x3130, 0x3190))
+    fold, simple_fold, word, simple_word = _key_tables()
+    for cp in range(0x10000):
+        if 0xD800 <= cp <= 0xDFFF:
+            assert not simple_fold[cp] and not simple_word[cp]
+            continue
+        char = chr(cp)
+        folded = "" if _INVISIBLE.match(char) else char if char in _CJK_PUNCT else unicodedata.normalize("NFKC", char)
+        simple = not folded or not (len(folded) != 1 or cp in seconds or ord(folded) in seconds
+                                    or unicodedata.combining(char) or unicodedata.combining(folded))
+        assert simple_fold[cp] == simple, hex(cp)
+        if simple:
+            assert fold[cp] == (ord(folded) if folded else 0), hex(cp)
+        lowered = char.lower()
+        simple_lower = not char.isalnum() or (len(lowered) == 1 and char != "\u03a3")
+        assert simple_word[cp] == simple_lower, hex(cp)
+        assert word[cp] == (ord(lowered) if char.isalnum() and simple_lower else 0), hex(cp)

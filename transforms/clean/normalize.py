@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from functools import lru_cache
+from functools import lru_cache, partial
 
 import numpy as np
 
@@ -228,15 +228,37 @@ def _key_tables() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     word = np.zeros(size, bool)
     lower = np.arange(size, dtype=np.uint32)
     simple_word = np.ones(size, bool)
-    # Characters a canonical composition can absorb into the character before them.
+    # Every code point as one string, surrogates standing in as spaces, read a block at a time.
+    every = np.arange(0x110000, dtype=np.uint32)
+    every[0xD800:0xE000] = 0x20
+    every = every.tobytes().decode("utf-32-le")
+    block = 256
+    # Characters a canonical composition can absorb into the character before them: the second
+    # of a two-part canonical decomposition. A character with a canonical decomposition is not
+    # in NFD, so a block in NFD holds none.
     seconds = set()
-    for cp in range(0x110000):
-        parts = unicodedata.decomposition(chr(cp)).split()
-        if len(parts) == 2 and not parts[0].startswith("<"):
-            seconds.add(int(parts[1], 16))
+    for lo in range(0, 0x110000, block):
+        if unicodedata.is_normalized("NFD", every[lo : lo + block]):
+            continue
+        for char in every[lo : lo + block]:
+            parts = unicodedata.decomposition(char).split()
+            if len(parts) == 2 and not parts[0].startswith("<"):
+                seconds.add(int(parts[1], 16))
     seconds.update(range(0x1100, 0x1200))  # Hangul jamo compose algorithmically
     seconds.update(range(0x3130, 0x3190))
-    for cp in range(size):
+    # A block of letters and digits that NFKC and lower case leave as they are, none of them
+    # invisible or a second, keeps the defaults (itself, simple, a word character): most of the BMP.
+    nfkc_of = partial(unicodedata.normalize, "NFKC")
+    others = []
+    for lo in range(0, size, block):
+        text = every[lo : lo + block]
+        if (text.isalnum() and text.lower() == text and not _INVISIBLE.search(text) and seconds.isdisjoint(range(lo, lo + block))
+                and unicodedata.is_normalized("NFKC", text) and list(map(nfkc_of, text)) == list(text)
+                and not any(map(unicodedata.combining, text))):
+            word[lo : lo + block] = True
+        else:
+            others.extend(range(lo, lo + block))
+    for cp in others:
         if 0xD800 <= cp <= 0xDFFF:
             simple_fold[cp] = simple_word[cp] = False
             continue
