@@ -434,9 +434,19 @@ class ContaminationIndex:
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
         # Rebuilt where they are needed: cheaper to build than to send.
-        state.pop("_filter", None)
         state.pop("_item_sets", None)
+        # The screen, once built, travels as bits (2 MiB): cheaper to unpack than to build again.
+        screen = state.pop("_filter", None)
+        if screen is not None:
+            state["_filter_bits"] = np.packbits(screen)
         return state
+
+    def __setstate__(self, state: dict) -> None:
+        state = dict(state)
+        bits = state.pop("_filter_bits", None)
+        self.__dict__.update(state)
+        if bits is not None:
+            self.__dict__["_filter"] = np.unpackbits(bits).view(bool)
 
     def _sampling(self) -> tuple[int, int]:
         """(sample, stride): the screen hashes `sample` characters at every `stride`-th position
@@ -445,7 +455,7 @@ class ContaminationIndex:
         sample = min(self.ngram, _SAMPLE_CHARS)
         return sample, self.ngram - sample + 1
 
-    def _screen(self) -> np.ndarray:
+    def screen(self) -> np.ndarray:
         """Per bucket of the mixed hash's top FILTER_BITS bits: whether an n-gram of the index,
         or a sample (`_sampling`) of one at any of the offsets a stride covers, falls in it."""
         screen = self.__dict__.get("_filter")
@@ -456,8 +466,9 @@ class ContaminationIndex:
             screen[_bucket(self.hashes)] = True
             # The samples of every run in the vocabulary; those starting at an n-gram's first
             # `stride` positions are its own (the others run into the next n-gram).
-            runs = np.concatenate([window_hashes(points, sample), np.zeros(sample - 1, np.uint64)])
-            screen[_bucket(runs.reshape(-1, self.ngram)[:, :stride].ravel())] = True
+            if len(points):
+                runs = np.concatenate([window_hashes(points, sample), np.zeros(sample - 1, np.uint64)])
+                screen[_bucket(runs.reshape(-1, self.ngram)[:, :stride].ravel())] = True
             self.__dict__["_filter"] = screen
         return screen
 
@@ -470,7 +481,7 @@ class ContaminationIndex:
             return np.zeros(0, np.int64)
         count = (len(points) - sample) // stride + 1
         samples = _horner(points[k : k + (count - 1) * stride + 1 : stride] for k in range(sample))
-        passing = np.flatnonzero(self._screen()[_bucket(samples)]) * stride
+        passing = np.flatnonzero(self.screen()[_bucket(samples)]) * stride
         windows = (passing[:, None] + np.arange(1 - stride, 1)).ravel()
         return windows[(windows >= 0) & (windows <= last)]
 
@@ -487,7 +498,7 @@ class ContaminationIndex:
             return present
         windows = self._screened(points)
         found = _horner(points[windows + k] for k in range(n))
-        passing = self._screen()[_bucket(found)]
+        passing = self.screen()[_bucket(found)]
         windows, found = windows[passing], found[passing]
         slots = np.searchsorted(self.hashes, found)
         hit = self.hashes[np.minimum(slots, len(self.hashes) - 1)] == found

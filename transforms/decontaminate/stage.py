@@ -20,6 +20,7 @@ def run_decontaminate(inputs, output, params, manifest: StageManifest, engine: E
     """Index the benchmark `items` once, then remove (or flag) the rows holding one; the hits of
     every batch, in dataset order, make `contamination.json` / `contamination.md` in the output."""
     index = ContaminationIndex.from_params(items, params)
+    index.screen()  # built once here; it travels with the index to the engine's workers
     action = params.get("action", "remove")
     manifest.stats.update(index.reference_stats())
     hits: list[dict] = []

@@ -34,7 +34,7 @@ from schemas.records import CLUSTERS, REPEATED_PARAGRAPHS
 
 from . import minhash, paragraphs
 from .clusters import KEEP_CRITERIA, ClusterRows, Fingerprints, _object_array, find_clusters
-from .keys import exact_key, quality_key, text_of
+from .keys import QUALITY_TAGS, exact_key, quality_key, text_of
 from .index import DedupIndex, index_table, segment_name
 from .spill import ShingleSpill, SignatureSpill
 from transforms.clean.normalize import match_keys
@@ -293,9 +293,18 @@ def _table(batch) -> pa.Table:
     return batch if isinstance(batch, pa.Table) else pa.Table.from_batches([batch])
 
 
-def _batches(inputs: Iterable[Path], kind: str, rows: int):
+def _batches(inputs: Iterable[Path], kind: str, rows: int, columns: list[str] | None = None):
     for path in inputs:
-        yield from iter_batches(path, kind, rows)
+        yield from iter_batches(path, kind, rows, columns)
+
+
+# The columns each pass reads (those an input has): counting lines and fingerprinting need the
+# words, their source and the keep rule's tags, not the rest of the row (its meta is most of a book's).
+_LINE_COLUMNS = ["source", "category", "text"]
+
+
+def _fingerprint_columns(kind: str, quality_column: str | None) -> list[str]:
+    return ["id", "source", "text" if kind == DOCUMENTS else "messages", *QUALITY_TAGS, *([quality_column] if quality_column else [])]
 
 
 def _holds(inputs: Iterable[Path], kind: str, categories: frozenset | None) -> bool:
@@ -384,7 +393,7 @@ def run_dedup_stage(
                 min_chars = settings.paragraph_option("min_chars", 8)
                 counts = paragraphs.LineCounts()
                 context = (min_chars, categories)
-                for batch_counts in engine.map(_count_step, _batches(inputs, kind, engine.batch_rows), context):
+                for batch_counts in engine.map(_count_step, _batches(inputs, kind, engine.batch_rows, _LINE_COLUMNS), context):
                     counts.add(*batch_counts)
                 repeated = counts.repeated(
                     min_chars, settings.paragraph_option("min_documents", 5), settings.paragraph_option("min_share", 0.05),
@@ -404,7 +413,7 @@ def run_dedup_stage(
                     emptied = np.zeros(new_rows, dtype=bool)
                     offset = 0
                     context = (kind, mh_params, settings.quality_column, repeated, index is not None)
-                    for batch in engine.map(_fingerprint_step, _batches(inputs, kind, engine.batch_rows), context):
+                    for batch in engine.map(_fingerprint_step, _batches(inputs, kind, engine.batch_rows, _fingerprint_columns(kind, settings.quality_column)), context):
                         emptied[offset : offset + len(batch.emptied)] = batch.emptied
                         offset += len(batch.emptied)
                         store.append_batch(batch)
