@@ -160,15 +160,16 @@ def convert_documents(batch: pa.RecordBatch | pa.Table, params: dict) -> dict:
             ),
         }
 
-    for row in table.to_pylist():
-        meta = loads_meta(row.get("meta"))
+    # Only the rows a template takes become Python dicts; the others leave as they came (by position).
+    metas = [loads_meta(meta) for meta in (table.column("meta").to_pylist() if "meta" in table.schema.names else [None] * table.num_rows)]
+    templated = [number for number, meta in enumerate(metas) if meta.get("kind", "") in TEMPLATES]
+    rows = dict(zip(templated, table.take(templated).to_pylist())) if templated else {}
+    for number, meta in enumerate(metas):
         template = TEMPLATES.get(meta.get("kind", ""))
+        row = rows.get(number)
         result = template(meta, row["text"]) if template else None
         if not result or not (result["pairs"] or result["rejected"]):
-            if params.get("keep_text", True):
-                as_text.append(row)
-            else:
-                rejected_rows.append({**row, "reason": f"not_converted:backend={params.get('backend', 'template')}"})
+            (as_text if params.get("keep_text", True) else rejected_rows).append(number)
             continue
         for section, question, answer in result["pairs"]:
             produced.append(conversation(row, section, question, answer))
@@ -186,10 +187,11 @@ def convert_documents(batch: pa.RecordBatch | pa.Table, params: dict) -> dict:
                 "meta": dumps_meta({**meta, "kind": TEXT_KIND, "origin_id": row["id"], "sections": None,
                                     "sections_as_text": result["to_text"]}),
             })
+    reasons = pa.array([f"not_converted:backend={params.get('backend', 'template')}"] * len(rejected_rows), pa.string())
     out = {
         CONVERSATIONS: conform(pa.Table.from_pylist(produced, schema=nullable_schema(CONVERSATIONS)), CONVERSATIONS),
-        DOCUMENTS: table.filter(pa.array([False] * table.num_rows)) if not as_text else _rows_like(table, as_text),
-        "rejected": _rows_like(table, rejected_rows, reason=True),
+        DOCUMENTS: table.filter(pa.array([False] * table.num_rows)) if not as_text else _taken_like(table, as_text),
+        "rejected": _taken_like(table, rejected_rows, reasons),
         "converted": table.num_rows - len(as_text) - len(rejected_rows),
         "remainders": _rows_like(table, remainders),
         "rejected_conversations": rejected_candidates,
@@ -202,6 +204,15 @@ def _rows_like(table: pa.Table, rows: list[dict], reason: bool = False) -> pa.Ta
     schema = table.schema.append(pa.field("reason", pa.string())) if reason else table.schema
     schema = pa.schema([f.with_nullable(True) for f in schema])
     return pa.Table.from_pylist(rows, schema=schema)
+
+
+def _taken_like(table: pa.Table, numbers: list[int], reasons: pa.Array | None = None) -> pa.Table:
+    """The rows of `table` at `numbers` as `_rows_like` makes them (every field nullable), with
+    a `reason` column when `reasons` is given: taken, not rebuilt from Python dicts."""
+    taken = table.take(pa.array(numbers, pa.int64()))
+    if reasons is not None:
+        taken = taken.append_column(pa.field("reason", pa.string()), reasons)
+    return taken.cast(pa.schema([f.with_nullable(True) for f in taken.schema]))
 
 
 NATIVE_VERSION = "native-1"
