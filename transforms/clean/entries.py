@@ -48,6 +48,7 @@ SENTENCE_END = set("。！？!?…")
 CLOSERS = re.compile(r"(?:[）)」』”’》\]]|〔[^〔〕]{1,4}〕|\s)+$")
 TRAILING_NOTE = re.compile(r"(?:[（(][^（）()]*[）)]|〔[^〔〕]{1,4}〕|\s)+$")
 SPACE = re.compile(r"\s+")
+_NOT_SPACE = re.compile(r"\S")
 # What follows a title at the start of a text: a line break, or a term's colon (with its
 # synonyms first: 蟠蛇疬（又称锁颈疬）：), or the comma of an entry that opens with its name
 # (白药，今为治马肺热药).
@@ -87,7 +88,7 @@ def title_prefix(texts: list[str], titles: list[str | None]) -> np.ndarray:
         title = (title or "").strip()
         if title and text and text.startswith(title):
             separator = TITLE_SEPARATOR.match(text, len(title))
-            if separator and text[separator.end():].strip():
+            if separator and _NOT_SPACE.search(text, separator.end()):
                 out[i] = separator.end()
     return out
 

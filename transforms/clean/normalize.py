@@ -101,32 +101,43 @@ def tidy_whitespace(text: str) -> str:
     return _BLANK_LINES.sub("\n\n", text).strip(" \n")
 
 
-# Bits of _char_flags: which steps of the policy a character calls for.
-_F_INVISIBLE, _F_NFKC, _F_ASCII_PUNCT, _F_SPACE = 1, 2, 4, 8
+# Bits of _char_flags: which steps of the policy a character calls for (and, on request, whether
+# it is traditional evidence: transforms.clean.simplify).
+_F_INVISIBLE, _F_NFKC, _F_ASCII_PUNCT, _F_SPACE, _F_LINE_BREAK, _F_TRADITIONAL = 1, 2, 4, 8, 16, 32
+_LINE_BREAKS = "\r\u2028\u2029"
 
 
-@lru_cache(maxsize=1)
-def _char_flags() -> np.ndarray:
+@lru_cache(maxsize=2)
+def _char_flags(evidence: bool = False) -> np.ndarray:
     """Per code point (all planes), the steps it calls for: invisible removal, the NFKC fold,
-    full-width punctuation after Han, space folding. A text none of whose characters calls for
-    a step is left as it is by that step's pattern, which is then not run."""
+    full-width punctuation after Han, space folding, line breaks made newlines; with `evidence`,
+    also whether it is a traditional evidence character (`simplify.may_be_traditional`). A text
+    none of whose characters calls for a step is left as it is by that step's pattern, which is
+    then not run."""
+    if evidence:
+        from .simplify import _traditional_table as traditional_table
+
+        return _char_flags(False) | (traditional_table().astype(np.uint8) * np.uint8(_F_TRADITIONAL))
     flags = np.zeros(0x110000, np.uint8)
-    flags[[cp for cp in range(0x10000) if _INVISIBLE.match(chr(cp))]] |= _F_INVISIBLE
+    # One search over all of the BMP's characters: each pattern is one character class.
+    plane = "".join(map(chr, range(0x10000)))
+    flags[[m.start() for m in _INVISIBLE.finditer(plane)]] |= _F_INVISIBLE
     flags[list(_nfkc_changed_points())] |= _F_NFKC
     flags[[ord(c) for c in ",:;!?()"]] |= _F_ASCII_PUNCT
     # A plain space calls for folding only in a run of two: the text tells (`"  " in text`).
-    flags[[cp for cp in range(0x10000) if _SPACES.match(chr(cp)) and cp != 0x20]] |= _F_SPACE
+    flags[[cp for m in _SPACES.finditer(plane) for cp in range(m.start(), m.end()) if cp != 0x20]] |= _F_SPACE
+    flags[[ord(c) for c in _LINE_BREAKS]] |= _F_LINE_BREAK
     return flags
 
 
-def _texts_flagged(texts: list[str]) -> np.ndarray | None:
+def _texts_flagged(texts: list[str], evidence: bool = False) -> np.ndarray | None:
     """Per text, the OR of its characters' _char_flags; None when a text holds a lone
     surrogate (no code points to look up: the per-text path takes the batch)."""
     try:
         points, _, ends = _code_points(texts)
     except UnicodeEncodeError:
         return None
-    per_char = _char_flags()[points]
+    per_char = _char_flags(evidence)[points]
     hits = np.flatnonzero(per_char)
     out = np.zeros(len(texts), np.uint8)
     np.bitwise_or.at(out, np.searchsorted(ends, hits, side="right"), per_char[hits])
@@ -138,10 +149,23 @@ def normalize_batch(texts: list[str], form: str = "NFKC") -> list[str]:
     results, a fraction of the cost. Which characters each text holds is looked up for the whole
     batch (code points against one table), and each pattern runs only over the texts that hold
     a character it can change."""
-    texts = [text.replace("\r\n", "\n").replace("\r", "\n").replace("\u2028", "\n").replace("\u2029", "\n\n") for text in texts]
-    flags = _texts_flagged(texts)
+    return normalize_batch_with_evidence(texts, form, evidence=False)[0]
+
+
+def normalize_batch_with_evidence(texts: list[str], form: str = "NFKC", evidence: bool = True) -> tuple[list[str], np.ndarray | None]:
+    """`normalize_batch`, and (with `evidence`) per normalised text whether it holds a
+    traditional evidence character (`simplify.may_be_traditional` of the result), read from the
+    same look-up of the batch's code points: the later steps change only spaces, line breaks
+    and ASCII punctuation, none of them evidence, and a text the fold or NFC changed is looked
+    up again. None without `evidence`."""
+    flags = _texts_flagged(texts, evidence)
     if flags is None:
-        return [tidy_whitespace(unicode_clean(text, form)) for text in texts]
+        texts = [_line_breaks(text) for text in texts]
+        texts = [tidy_whitespace(unicode_clean(text, form)) for text in texts]
+        return texts, _may_be_traditional(texts) if evidence else None
+    texts = list(texts)
+    for i in np.flatnonzero(flags & _F_LINE_BREAK).tolist():
+        texts[i] = _line_breaks(texts[i])
     for i in np.flatnonzero(flags & _F_INVISIBLE).tolist():
         texts[i] = _INVISIBLE.sub("", texts[i])
     if form == "NFKC":
@@ -149,15 +173,33 @@ def normalize_batch(texts: list[str], form: str = "NFKC") -> list[str]:
         for i in np.flatnonzero(flags & _F_NFKC).tolist():
             texts[i] = changes.sub(_fold, texts[i])
     if form in ("NFKC", "NFC"):
+        before = texts
         texts = [unicodedata.normalize("NFC", text) for text in texts]
-        # NFC and the fold make new characters: the later steps look at the texts as they are now.
-        flags = _texts_flagged(texts)
-        if flags is None:
-            return [tidy_whitespace(_ASCII_AFTER_HAN.sub(_full_width, text)) for text in texts]
+        # NFC and the fold make new characters: the texts they (or invisible removal) changed
+        # are looked up again as they are now.
+        changed = [i for i, (old, new) in enumerate(zip(before, texts)) if new is not old or flags[i] & (_F_INVISIBLE | _F_NFKC)]
+        if changed:
+            again = _texts_flagged([texts[i] for i in changed], evidence)
+            if again is None:
+                texts = [tidy_whitespace(_ASCII_AFTER_HAN.sub(_full_width, text)) for text in texts]
+                return texts, _may_be_traditional(texts) if evidence else None
+            flags[changed] = again
     for i in np.flatnonzero(flags & _F_ASCII_PUNCT).tolist():
         texts[i] = _ASCII_AFTER_HAN.sub(_full_width, texts[i])
     other_space = (flags & _F_SPACE).astype(bool).tolist()
-    return [_tidy(text, other) for text, other in zip(texts, other_space)]
+    texts = [_tidy(text, other) for text, other in zip(texts, other_space)]
+    return texts, (flags & _F_TRADITIONAL).astype(bool) if evidence else None
+
+
+def _line_breaks(text: str) -> str:
+    """CR, CRLF, U+2028 and U+2029 as newlines (unicode_clean's first step)."""
+    return text.replace("\r\n", "\n").replace("\r", "\n").replace("\u2028", "\n").replace("\u2029", "\n\n")
+
+
+def _may_be_traditional(texts: list[str]) -> np.ndarray:
+    from .simplify import may_be_traditional
+
+    return may_be_traditional(texts)
 
 
 def _full_width(match: re.Match) -> str:

@@ -29,9 +29,9 @@ from . import pii
 from .entries import body_tags, opens_with_title_line, title_prefix
 from .langid import DEFAULT_MAX_CHARS, LanguageIdentifier
 from .lexicon import list_matcher
-from .normalize import normalize_batch
+from .normalize import normalize_batch_with_evidence
 from .repair import REPAIR_TYPE, repairer
-from .simplify import may_be_traditional, to_simplified
+from .simplify import to_simplified
 from .tag_rules import quality_tags
 from .textstats import HAN, TextBatch
 
@@ -67,9 +67,9 @@ def clean_documents(batch: pa.RecordBatch | pa.Table, params: dict, stats: dict 
     table = _with_column(table, "lost_glyphs", pa.array(lost, pa.int32()))
     kept, _ = _split(table, reasons)
     _, rejected = _split(original, reasons)
-    kept_texts = kept.column("text").to_pylist()
+    kept_texts = [text for text, reason in zip(texts, reasons) if reason is None]
     titles = _normalize_titles(kept.column("title").to_pylist(), params)
-    kept = add_tags(kept, kept_texts, params, timer, title=title_prefix(kept_texts, titles))
+    kept = add_tags(kept, kept_texts, params, timer, title=title_prefix(kept_texts, titles), text_array=kept.column("text"))
     lengths = np.maximum(pc.utf8_length(kept.column("text")).to_numpy(zero_copy_only=False), 1)
     per_kchar = kept.column("lost_glyphs").to_numpy(zero_copy_only=False) * 1000.0 / lengths
     kept = _with_column(kept, "lost_glyphs_per_kchar", pa.array(per_kchar.astype(np.float32)))
@@ -84,10 +84,10 @@ def _normalize(texts: list[str], params: dict, stats: dict, kind: str) -> list[t
     stats["opencc"][kind]."""
     if not texts:
         return []
-    texts = normalize_batch(texts, params.get("unicode_form", "NFKC"))
     policy = params.get("opencc", "auto")
+    texts, evidence = normalize_batch_with_evidence(texts, params.get("unicode_form", "NFKC"), evidence=bool(policy))
     phrases = tuple(map(str, params.get("opencc_phrases") or ()))
-    candidates = may_be_traditional(texts).tolist() if policy else [False] * len(texts)
+    candidates = evidence.tolist() if policy else [False] * len(texts)
     counts = stats.setdefault("opencc", {}).setdefault(kind, {})
     counts["texts"] = counts.get("texts", 0) + len(texts)
     out = []
@@ -187,22 +187,23 @@ def pii_kinds(params: dict) -> tuple[str, ...]:
 
 
 def add_tags(table: pa.Table, texts: list[str], params: dict, timer: "_Timer | None" = None,
-             title: np.ndarray | None = None) -> pa.Table:
+             title: np.ndarray | None = None, text_array: pa.Array | pa.ChunkedArray | None = None) -> pa.Table:
     """The table with `lang`, `lang_score`, the quality columns and (when configured) the domain
     columns, computed for `texts` (one per row). With `title` (documents: the length of the
     title each text opens with, `entries.title_prefix`), also `body_chars` and `body_kind`, and
-    a title line of its own is left out of the line rules."""
+    a title line of its own is left out of the line rules. `text_array`: the same texts as an
+    Arrow string array (a table's column), which the Arrow kernels then read as it is."""
     timer = timer or _Timer({})
     titled = opens_with_title_line(texts, title) if title is not None else None
     rule_seconds: dict[str, float] = {}
-    batch = TextBatch(texts, titled)
+    batch = TextBatch(texts, titled, text_array)
     with timer("langid"):
         identifier = _identifier(params.get("lid_model"), int(params.get("lid_max_chars", DEFAULT_MAX_CHARS)))
         langs, scores = identifier.predict(texts, batch)
     tags = {"lang": pa.array(langs, pa.string()), "lang_score": pa.array(scores.astype(np.float32))}
     quality = quality_tags(texts, params, rule_seconds, titled, batch)
     if "debris_ratio" in quality and "meta" in table.column_names:
-        quality["debris_ratio"] = _with_replaced_bytes(quality["debris_ratio"], batch, texts, table.column("meta").to_pylist())
+        quality["debris_ratio"] = _with_replaced_bytes(quality["debris_ratio"], batch, texts, table.column("meta"))
     for name, values in quality.items():
         tags[name] = pa.array(values if values.dtype.kind == "i" else values.astype(np.float32))
     timer.add(rule_seconds)
@@ -220,15 +221,18 @@ def add_tags(table: pa.Table, texts: list[str], params: dict, timer: "_Timer | N
     return table
 
 
-def _with_replaced_bytes(debris: np.ndarray, batch: TextBatch, texts: list[str], metas: list) -> np.ndarray:
+def _with_replaced_bytes(debris: np.ndarray, batch: TextBatch, texts: list[str], metas: pa.ChunkedArray | pa.Array) -> np.ndarray:
     """Debris counted from the bytes decoding replaced (meta `debris_bytes`), not only from what
     survives: a run of invalid bytes is one U+FFFD in the text, so a file that was mostly
     undecodable would otherwise read as nearly clean. Each replaced byte beyond its U+FFFD counts
     as one more debris character."""
-    if not any(meta and "debris_bytes" in meta for meta in metas):
+    replaced = _replaced_bytes(metas)
+    if replaced is None:
         return debris
-    replaced = np.array([_debris_bytes(meta) for meta in metas], np.float64)
-    marks = np.array([text.count("\ufffd") for text in texts], np.float64)
+    # Only a row with replaced bytes can have more of them than U+FFFD marks.
+    marks = np.zeros(len(texts), np.float64)
+    for i in np.flatnonzero(replaced).tolist():
+        marks[i] = texts[i].count("\ufffd")
     extra = np.maximum(replaced - marks, 0)
     if not extra.any():
         return debris
@@ -236,6 +240,28 @@ def _with_replaced_bytes(debris: np.ndarray, batch: TextBatch, texts: list[str],
     with np.errstate(invalid="ignore", divide="ignore"):
         adjusted = (np.nan_to_num(debris) * visible + extra) / (visible + extra)
     return np.where(extra > 0, adjusted, debris)
+
+
+def _replaced_bytes(metas: pa.ChunkedArray | pa.Array) -> np.ndarray | None:
+    """Per row, meta["debris_bytes"] (0 when absent), as float64; None when no meta names it.
+    An object whose every "debris_bytes" is written 0 (and that escapes nothing, so no key hides
+    behind an escape) is not parsed: in most rows decoding replaced nothing. Those rows are told
+    by string kernels over the column; only the others are parsed."""
+    named = pc.fill_null(pc.match_substring(metas, "debris_bytes"), False)
+    if not pc.any(named).as_py():
+        return None
+    written_zero = pc.add(pc.count_substring(metas, '"debris_bytes": 0,'), pc.count_substring(metas, '"debris_bytes": 0}'))
+    plain_zero = pc.and_(
+        pc.and_(pc.starts_with(metas, "{"), pc.ends_with(metas, "}")),
+        pc.and_(pc.invert(pc.match_substring(metas, "\\")), pc.equal(pc.count_substring(metas, '"debris_bytes"'), written_zero)),
+    )
+    absent = pc.equal(pc.fill_null(pc.utf8_length(metas), 0), 0)
+    parse = np.flatnonzero(~pc.fill_null(pc.or_(absent, plain_zero), True).to_numpy(zero_copy_only=False))
+    out = np.zeros(len(metas), np.float64)
+    if len(parse):
+        values = metas.take(pa.array(parse)).to_pylist()
+        out[parse] = [_debris_bytes(meta) for meta in values]
+    return out
 
 
 def _debris_bytes(meta: str | None) -> int:

@@ -29,7 +29,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from .lexicon import list_matcher
-from .textstats import DEBRIS, DIGIT, HAN, SYMBOL, TextBatch, ratio
+from .textstats import DEBRIS, DIGIT, HAN, LATIN, SYMBOL, TextBatch, ratio
 from .words import flagged_pattern, flagged_words, tokenizer, whole_word_hits
 
 # Lines that end a sentence or clause, in Chinese or Western punctuation (closing quotes too).
@@ -108,7 +108,9 @@ def _lines(batch: TextBatch, params: dict) -> dict:
         verse = pc.match_substring_regex(undecided, VERSE_LINE).to_numpy(zero_copy_only=False)
         dose = pc.match_substring_regex(undecided, DOSE).to_numpy(zero_copy_only=False)
         clauses = pc.match_substring_regex(undecided, CLAUSE_PUNCT).to_numpy(zero_copy_only=False)
-        han = pc.count_substring_regex(undecided, r"\p{Han}").to_numpy(zero_copy_only=False)
+        # Han characters: the line's length less its other characters, which are few (a match
+        # per Han character would cost three times as much).
+        han = pc.subtract(pc.utf8_length(undecided), pc.count_substring_regex(undecided, r"\P{Han}")).to_numpy(zero_copy_only=False)
         classical = han >= HAN_LINE_SHARE * lengths[rest]
         undecided_rest = ~(verse | dose | clauses | classical)
         if undecided_rest.any():
@@ -256,7 +258,7 @@ def _flagged(batch: TextBatch, params: dict) -> dict:
         return {"flagged_per_kchar": hits}
     pattern = flagged_pattern(words)
     # RE2 over the batch finds the few texts with a candidate; only those are segmented.
-    found = pc.match_substring_regex(pa.array(batch.texts, pa.string()), pattern, ignore_case=True)
+    found = pc.match_substring_regex(batch.text_array, pattern, ignore_case=True)
     candidates = np.flatnonzero(found.to_numpy(zero_copy_only=False))
     if len(candidates):
         tk = tokenizer(params.get("tcm_dict"))
@@ -268,10 +270,26 @@ def _flagged(batch: TextBatch, params: dict) -> dict:
 
 
 def _debris(batch: TextBatch, params: dict) -> dict:
-    texts = pa.array(batch.texts, pa.string())
-    slips = pc.count_substring_regex(texts, OCR_SLIP).to_numpy(zero_copy_only=False)
-    gaps = pc.count_substring_regex(texts, LOST_GLYPH).to_numpy(zero_copy_only=False)
+    # Each pattern runs only over the texts that hold what its matches need: an OCR slip holds
+    # l, I or O (Latin letters), a lost glyph's gap a space before punctuation.
+    slips = _count_in(batch, np.flatnonzero(batch.class_counts[:, LATIN]), OCR_SLIP)
+    points = batch.points
+    spaces = np.flatnonzero(points[:-1] == 0x20)
+    gapped = np.unique(batch.owner[spaces[np.isin(points[spaces + 1], _GAP_CLOSERS)]])
+    gaps = _count_in(batch, gapped, LOST_GLYPH)
     return {"debris_ratio": ratio(batch.count(DEBRIS) + slips + gaps, batch.visible)}
+
+
+# What follows the space of a LOST_GLYPH match.
+_GAP_CLOSERS = np.array([ord(c) for c in "，。、；：）"], np.uint32)
+
+
+def _count_in(batch: TextBatch, rows: np.ndarray, pattern: str) -> np.ndarray:
+    """Matches of `pattern` per text, counted in `rows` only (0 elsewhere)."""
+    counts = np.zeros(len(batch.texts), np.int64)
+    if len(rows):
+        counts[rows] = pc.count_substring_regex(batch.text_array.take(pa.array(rows)), pattern).to_numpy(zero_copy_only=False)
+    return counts
 
 
 RULES = (

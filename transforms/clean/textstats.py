@@ -80,6 +80,17 @@ class TextBatch:
     texts: list[str]
     # Per text, whether its first line is its title (a heading, not content); None: no titles.
     titled: np.ndarray | None = None
+    # The texts as an Arrow string array, when the caller has them so (a table's column): not
+    # encoded again.
+    array: pa.Array | pa.ChunkedArray | None = None
+
+    @cached_property
+    def text_array(self) -> pa.Array:
+        """The texts as one Arrow string array."""
+        if self.array is None:
+            return pa.array(self.texts, pa.string())
+        array = self.array.combine_chunks() if isinstance(self.array, pa.ChunkedArray) else self.array
+        return array.cast(pa.string()) if array.type != pa.string() else array
 
     @cached_property
     def _points(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -129,7 +140,7 @@ class TextBatch:
     @cached_property
     def _lines(self) -> tuple[pa.Array, np.ndarray]:
         """Non-empty lines of all texts (flattened) and the text each belongs to."""
-        split = pc.split_pattern(pa.array(self.texts, pa.string()), "\n")
+        split = pc.split_pattern(self.text_array, "\n")
         counts = pc.list_value_length(split).to_numpy(zero_copy_only=False)
         flat = pc.list_flatten(split)
         owner = np.repeat(np.arange(len(self.texts)), counts)
