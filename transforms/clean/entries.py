@@ -37,10 +37,9 @@ POINTER_SENTENCE = re.compile(
     r"^(?:(?:[一二三四五六七八九十]+方)?[方治法制证说义解注论详俱具并互已余又亦皆仍宜参]{0,4}(?:见|载)[^。！？；，\s]{0,24}"
     r"|(?:[方治法制证]{0,2})同(?:上|前)(?:法|症|证|方)?|参看[^。！？；，\s]{0,24}|详载于下)[。；]?$"
 )
-# What every POINTER_SENTENCE match holds (详载于下 holds 载).
-_POINTER_MARK = re.compile(r"[见载]|同[上前]|参看")
+_POINTER_MARK = re.compile(r"[见载同参]")
 # A part of SENTENCE_SPLIT (text up to and with a sentence end or space) holding a mark.
-_MARKED_SENTENCE = re.compile(r"(?:(?<=[。！？；\s])|^)[^。！？；\s]*(?:[见载]|同[上前]|参看)[^。！？；\s]*[。！？；\s]?")
+_MARKED_SENTENCE = re.compile(r"(?:(?<=[。！？；\s])|^)[^。！？；\s]*[见载同参][^。！？；\s]*[。！？；\s]?")
 SENTENCE_SPLIT = re.compile(r"(?<=[。！？；\s])")
 SENTENCE_END = set("。！？!?…")
 # After a sentence's end: closing brackets and quotes, and a source tag (〔证〕 〔嘉〕); or a
@@ -123,9 +122,12 @@ def _judge(body: str, titled: bool, matcher) -> tuple[int, str]:
     # Lines of a recipe: a composition (a list of terms, or doses) and unpunctuated instructions.
     listed = unpunctuated_only = True
     for line in (line for line in content.split("\n") if line.strip()):
+        if not unpunctuated_only and _finished_or_unpunctuated(line):
+            # A list is known already: whether this line lists too changes nothing.
+            continue
         if DOSE.search(line) or matcher.recognises_list(line):
             unpunctuated_only = False
-        elif not (unpunctuated((BRACKETS.sub("", line) if _has_bracket(line) else line).strip()) or ends_sentence(line)):
+        elif not _finished_or_unpunctuated(line):
             listed = False
             break
     if listed and not unpunctuated_only:
@@ -136,23 +138,33 @@ def _judge(body: str, titled: bool, matcher) -> tuple[int, str]:
     return chars, "unpunctuated" if listed else "fragment"
 
 
+def _finished_or_unpunctuated(line: str) -> bool:
+    """A line a recipe may hold beside its list: unpunctuated text, or a finished sentence."""
+    return unpunctuated((BRACKETS.sub("", line) if _has_bracket(line) else line).strip()) or ends_sentence(line)
+
+
 def _catalogue_note(content: str) -> bool:
     """Whether the body is a note of a catalogue or an appendix: CATALOGUE or _all_catalogue_items
-    of the body without brackets and outer spaces, or APPENDIX_NOTE. That form is made only when
-    one of them can match: CATALOGUE ends in a count word, a numeral or a word for lost text;
-    catalogue items hold 类, 部 or 门; APPENDIX_NOTE holds 附."""
+    of the body without brackets and outer spaces, or APPENDIX_NOTE of the body without outer
+    spaces. Each is tried only when the body ends as its matches end: CATALOGUE in a count word,
+    a numeral or a word for lost text, catalogue items in 类 部 门 (上 中 下), APPENDIX_NOTE in
+    a closing bracket (after 附 somewhere)."""
     end = len(content)
+    while end and content[end - 1].isspace():
+        end -= 1
+    if end and content[end - 1] in "）)" and "附" in content and APPENDIX_NOTE.match(content.strip()):
+        return True
     while end and (content[end - 1] in BRACKET_CHARS or content[end - 1].isspace()):
         end -= 1
-    classes = "类" in content or "部" in content or "门" in content
     # Without a character left, the bare form is empty: no items, all of them classes.
-    if not end or classes or content[end - 1] in _CATALOGUE_ENDS:
+    if not end or content[end - 1] in _CATALOGUE_ENDS or content[end - 1] in _CLASS_ENDS:
         bare = (BRACKETS.sub("", content) if _has_bracket(content) else content).strip()
-        if CATALOGUE.match(bare) or _all_catalogue_items(bare):
-            return True
-    return "附" in content and bool(APPENDIX_NOTE.match(content.strip()))
+        return bool(CATALOGUE.match(bare)) or _all_catalogue_items(bare)
+    return False
 
 
+# How a catalogue item (CATALOGUE_ITEM) can end.
+_CLASS_ENDS = frozenset("类部门上中下")
 # The characters a CATALOGUE match can end with: a count word, a numeral (NUMBER), lost text.
 _CATALOGUE_ENDS = frozenset("种道首条方则篇" + "〇一二三四五六七八九十百千两0123456789" + "佚缺阙脱文")
 
@@ -190,7 +202,7 @@ def strip_pointers(body: str) -> str:
         body = BRACKETED_POINTER.sub("", body)
     # Every pointer holds a mark (见 载 同上/同前 参看): only the sentences holding one are judged,
     # each as SENTENCE_SPLIT cuts it within its line (a line's own end stays).
-    if "见" in body or "载" in body or "同上" in body or "同前" in body or "参看" in body:
+    if "见" in body or "载" in body or "同" in body or "参" in body:
         kept, last = [], 0
         for start, end in _marked_sentences(body):
             # A pointer sentence is at most 30 characters (and its end) unless it opens with a
