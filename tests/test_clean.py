@@ -117,6 +117,22 @@ def test_every_kind_of_personal_data_is_redacted_and_counted():
     assert "患者<name>，男，45岁" in text and "微信号：<wechat>" in text and "110105194912310021" in text
 
 
+def test_case_insensitive_screens_open_only_where_their_openings_say():
+    """The url, QQ and WeChat screens are tried only at their opening characters: no other code
+    point folds to an opening letter, and the screen finds the same match as a plain search."""
+    import re
+
+    for letter in "hwvq":
+        folded = re.compile(letter, re.IGNORECASE)
+        assert {c for c in map(chr, range(0x110000)) if folded.match(c)} == {letter, letter.upper()}
+    text = "网址WWW.a.cn，HtTpS://b.cn；加ＶＸ：Wxid_abcdef，WeChat abcdefg，Vx信，qQ群 12345，扣扣 54321"
+    for kind in pii._SCREEN_OPENINGS:
+        for position in range(len(text)):
+            expected = pii._SCREENS[kind].search(text, position)
+            found = pii._screen_search(kind, text, position)
+            assert (found and (found.span(), found.group())) == (expected and (expected.span(), expected.group())), (kind, position)
+
+
 def test_case_records_without_names_and_classical_text_are_left_alone():
     for text in ["患者女，45岁，头痛。", "患者高热，口渴，脉洪大。", "取汁一升，分温再服，日三次。", "含量不得少于0.13812345678%。"]:
         assert pii.redact(text) == (text, {})
@@ -178,6 +194,28 @@ def test_duplicate_ngram_share_matches_its_definition():
         return len(covered) / len(text)
 
     assert list(quality_tags(texts)["dup_ngram_ratio"]) == pytest.approx([by_hand(t) for t in texts])
+
+
+def test_duplicate_ngram_hashes_and_keys_over_blocks_equal_their_definitions():
+    """Window hashes built block by block equal the polynomial over the whole run, across block
+    edges; repeated_keys marks exactly the keys that occur more than once."""
+    from transforms.clean.tag_rules import HASH_BLOCK, HASH_PRIME, repeated_keys, window_hashes
+
+    rng = np.random.default_rng(7)
+    points = rng.integers(0x4E00, 0x4E40, HASH_BLOCK * 2 + 123).astype(np.uint32)
+    hashes = window_hashes(points, 10)
+    assert hashes.dtype == np.uint64 and len(hashes) == len(points) - 9
+    for start in (0, HASH_BLOCK - 5, HASH_BLOCK, 2 * HASH_BLOCK + 100, len(points) - 10):
+        expected = 0
+        for value in points[start : start + 10]:
+            expected = (expected * HASH_PRIME + int(value)) % 2**64
+        assert int(hashes[start]) == expected, start
+    keys = rng.integers(0, 2**63, 200_000, dtype=np.int64).astype(np.uint64)
+    keys[rng.integers(0, len(keys), 500)] = keys[rng.integers(0, len(keys), 500)]
+    keys[:3] = keys[-1]  # a value three times more
+    values, counts = np.unique(keys, return_counts=True)
+    assert np.array_equal(repeated_keys(keys), np.isin(keys, values[counts > 1]))
+    assert not repeated_keys(np.arange(10, dtype=np.uint64)).any()
 
 
 def test_line_punctuation_rule_keeps_verse_formulas_headings_and_classical_text():

@@ -100,8 +100,8 @@ def redact_texts(texts: list[str], kinds: tuple[str, ...] = KINDS) -> tuple[list
     for kind in KINDS:
         if kind not in kinds:
             continue
-        screen, position = _SCREENS[kind], 0
-        while (match := screen.search(joined, position)) is not None:
+        position = 0
+        while (match := _screen_search(kind, joined, position)) is not None:
             owner = int(np.searchsorted(starts, match.start(), side="right")) - 1
             screened[owner] = True
             if owner + 1 == len(texts):
@@ -151,5 +151,27 @@ _SCREENS = {
 }
 
 
+# The characters a case-insensitive screen's match can open with (Python folds w, h, v and q
+# only to their two ASCII cases): the screen is tried only there, instead of at every position
+# with case folding.
+_SCREEN_OPENINGS = {
+    "url": re.compile(r"[hHwW]"),
+    "qq": re.compile(r"[qQ扣企]"),
+    "wechat": re.compile(r"[微wWvV]"),
+}
+
+
+def _screen_search(kind: str, text: str, position: int = 0) -> re.Match | None:
+    """`_SCREENS[kind].search(text, position)`: the same leftmost match."""
+    screen = _SCREENS[kind]
+    openings = _SCREEN_OPENINGS.get(kind)
+    if openings is None:
+        return screen.search(text, position)
+    for opening in openings.finditer(text, position):
+        if (found := screen.match(text, opening.start())) is not None:
+            return found
+    return None
+
+
 def _may_contain(kind: str, text: str) -> bool:
-    return _SCREENS[kind].search(text) is not None
+    return _screen_search(kind, text) is not None
