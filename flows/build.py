@@ -137,12 +137,14 @@ def publish_artifacts(figures: dict) -> None:
 
 
 def build_summary(results: dict[str, dict]) -> str:
-    """The funnel: rows in, kept, rejected and written per record kind at each stage."""
-    lines = ["## Funnel", "", "| stage | in | kept | rejected | out | skipped |", "|---|---|---|---|---|---|"]
+    """The funnel: rows in, made (from rows of another kind), kept, rejected and written per record
+    kind at each stage."""
+    lines = ["## Funnel", "", "| stage | in | made | kept | rejected | out | skipped |", "|---|---|---|---|---|---|---|"]
     for stage, summary in results.items():
         fmt = lambda counts: ", ".join(f"{k} {v}" for k, v in counts.items()) or "-"  # noqa: E731
         lines.append(
-            f"| {stage} | {fmt(summary['rows_in'])} | {fmt(summary['rows_kept'])} | {fmt(summary['rows_rejected'])} "
+            f"| {stage} | {fmt(summary['rows_in'])} | {fmt(summary.get('rows_made') or {})} | {fmt(summary['rows_kept'])} "
+            f"| {fmt(summary['rows_rejected'])} "
             f"| {fmt(summary['rows_out'])} | {'yes' if summary.get('skipped') else 'no'} |"
         )
     return "\n".join(lines)

@@ -315,9 +315,11 @@ def _print_result(flow: str, result: dict) -> None:
         return
     stages = result.get("stages", {flow: result})
     for name, summary in stages.items():
+        made = summary.get("rows_made") or {}
         ledger = ", ".join(
-            f"{kind} {n}→{summary['rows_kept'].get(kind, 0)}" + (f" (-{summary['rows_rejected'][kind]})" if summary["rows_rejected"].get(kind) else "")
-            for kind, n in summary["rows_in"].items()
+            f"{kind} {summary['rows_in'].get(kind, 0)}" + (f"+{made[kind]} made" if made.get(kind) else "")
+            + f"→{summary['rows_kept'].get(kind, 0)}" + (f" (-{summary['rows_rejected'][kind]})" if summary["rows_rejected"].get(kind) else "")
+            for kind in dict.fromkeys([*summary["rows_in"], *made])
         )
         note = " [skipped: already done]" if summary.get("skipped") else ""
         print(f"{name:>14}: {ledger or '-'}{note}")

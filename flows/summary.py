@@ -35,6 +35,7 @@ def produced(workdir: Path, corpus: Path, stages: dict[str, dict], seconds: floa
             "skipped": bool(s.get("skipped")),
             "seconds": s.get("seconds"),
             "rows_in": sum(s.get("rows_in", {}).values()),
+            "rows_made": sum((s.get("rows_made") or {}).values()),
             "rows_rejected": sum(s.get("rows_rejected", {}).values()),
             "rows_out": sum(s.get("rows_out", {}).values()),
         }
@@ -93,8 +94,9 @@ def as_markdown(facts: dict, title: str = "Corpus build") -> str:
         out += [f"**Exports**: `{facts['exports']['path']}`: {_counts(facts['exports']['files'])}.", ""]
     if facts.get("quality"):
         out += [f"**Quality**: `{facts['quality']['path']}`: {'; '.join(facts['quality']['reports']) or '-'}.", ""]
-    out += ["| stage | rows in | rejected | written | seconds | |", "|---|---|---|---|---|---|"]
+    out += ["| stage | rows in | made | rejected | written | seconds | |", "|---|---|---|---|---|---|---|"]
     for name, s in facts.get("stages", {}).items():
         seconds = "-" if s["seconds"] is None else s["seconds"]
-        out.append(f"| {name} | {s['rows_in']:,} | {s['rows_rejected']:,} | {s['rows_out']:,} | {seconds} | {'skipped: already done' if s['skipped'] else ''} |")
+        out.append(f"| {name} | {s['rows_in']:,} | {s.get('rows_made', 0):,} | {s['rows_rejected']:,} | {s['rows_out']:,} | {seconds} "
+                   f"| {'skipped: already done' if s['skipped'] else ''} |")
     return "\n".join(out)

@@ -73,16 +73,18 @@ def build_figures(workdir: str | Path, corpus_conflicts: dict | None = None) -> 
 
 
 def funnel(manifests: dict[str, dict]) -> list[dict]:
-    """Rows in, kept, rejected and written per stage and record kind, in build order."""
+    """Rows in, made (from rows of another kind: convert's conversations from documents), kept,
+    rejected and written per stage and record kind, in build order; in + made = kept + rejected."""
     rows = []
     for stage, manifest in manifests.items():
-        kinds = list(dict.fromkeys([*manifest.get("rows_in", {}), *manifest.get("rows_out", {})]))
+        kinds = list(dict.fromkeys([*manifest.get("rows_in", {}), *manifest.get("rows_made", {}), *manifest.get("rows_out", {})]))
         for kind in kinds:
             rows.append(
                 {
                     "stage": stage,
                     "kind": kind,
                     "in": manifest.get("rows_in", {}).get(kind, 0),
+                    "made": manifest.get("rows_made", {}).get(kind, 0),
                     "kept": manifest.get("rows_kept", {}).get(kind, 0),
                     "rejected": manifest.get("rows_rejected", {}).get(kind, 0),
                     "out": manifest.get("rows_out", {}).get(kind, 0),
@@ -265,7 +267,7 @@ th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}h2{margin-to
 def render_html(figures: dict) -> str:
     sections = [f"<h1>Corpus report</h1><p>Build folder <code>{html.escape(figures['workdir'])}</code>: "
                 f"{_number(figures['rows'])} rows in {len(figures['shards'])} shard(s).</p>"]
-    sections.append("<h2>Funnel</h2>" + _table(figures["funnel"], ["stage", "kind", "in", "kept", "rejected", "out", "seconds"]))
+    sections.append("<h2>Funnel</h2>" + _table(figures["funnel"], ["stage", "kind", "in", "made", "kept", "rejected", "out", "seconds"]))
     sections.append("<h2>Rejection reasons</h2>" + _table(figures["rejections"], ["stage", "reason", "rows"]))
     checks = [{**r, "result": "passed" if r["success"] else "FAILED"} for r in figures["validation"]]
     sections.append("<h2>Validation</h2>" + _table(checks, ["stage", "kind", "rows", "result", "warnings", "summary"]))

@@ -43,8 +43,11 @@ class StageManifest:
     code_version: str = ""
     config_hash: str = ""
     inputs: list[dict] = field(default_factory=list)  # [{"path", "fingerprint"}]
-    rows_in: dict[str, int] = field(default_factory=dict)  # per record kind
-    rows_kept: dict[str, int] = field(default_factory=dict)  # input rows accounted for in the output
+    rows_in: dict[str, int] = field(default_factory=dict)  # per record kind, as they came in
+    # Rows of a kind the stage made from rows of another (convert: conversations from documents);
+    # per kind, in + made = kept + rejected.
+    rows_made: dict[str, int] = field(default_factory=dict)
+    rows_kept: dict[str, int] = field(default_factory=dict)  # rows (in or made) accounted for in the output
     rows_rejected: dict[str, int] = field(default_factory=dict)
     rows_out: dict[str, int] = field(default_factory=dict)  # rows written (conversion may fan out)
     rejected_by_reason: dict[str, int] = field(default_factory=dict)
@@ -286,9 +289,9 @@ class DatasetWriter:
             part_writer.close()
         m = self.manifest
         m.rows_out = {**m.rows_out, **{k: w.rows for k, w in self._kept.items()}}
-        m.rows_rejected = {**{k: 0 for k in m.rows_in}, **{k: w.rows for k, w in self._rejected.items()}}
-        for kind, rows in m.rows_in.items():
-            m.rows_kept.setdefault(kind, rows - m.rows_rejected.get(kind, 0))
+        m.rows_rejected = {**{k: 0 for k in (*m.rows_in, *m.rows_made)}, **{k: w.rows for k, w in self._rejected.items()}}
+        for kind in dict.fromkeys([*m.rows_in, *m.rows_made]):
+            m.rows_kept.setdefault(kind, m.rows_in.get(kind, 0) + m.rows_made.get(kind, 0) - m.rows_rejected.get(kind, 0))
         m.rejected_by_reason = dict(sorted(self.reasons.items()))
         files = []
         for part_writer in (*self._kept.values(), *self._rejected.values()):

@@ -28,13 +28,15 @@ def flows_cli(*args, prefect_home, cwd=None, timeout=400):
 
 
 def check_ledgers(workdir: Path) -> dict:
-    """Every stage: rows in = rows kept + rows rejected, per record kind; returns the manifests."""
+    """Every stage: rows in + rows made = rows kept + rows rejected, per record kind; returns the
+    manifests."""
     manifests = {}
     for folder in [*(workdir / "stages").iterdir(), workdir / "corpus"]:
         manifest = read_manifest(folder)
         assert manifest is not None, f"{folder} has no manifest"
-        for kind, rows in manifest.rows_in.items():
-            assert rows == manifest.rows_kept[kind] + manifest.rows_rejected.get(kind, 0), (folder.name, kind)
+        for kind in {*manifest.rows_in, *manifest.rows_made}:
+            made = manifest.rows_made.get(kind, 0)
+            assert manifest.rows_in.get(kind, 0) + made == manifest.rows_kept[kind] + manifest.rows_rejected.get(kind, 0), (folder.name, kind)
         rejected = folder / "rejected"
         for kind, n in manifest.rows_rejected.items():
             if n:
@@ -189,7 +191,16 @@ def test_build_on_a_slice_of_the_shared_data_and_resume_after_a_crash(tmp_path, 
     ingest = manifests["ingest"]
     assert ingest.rows_in["conversations"] == 300
     assert ingest.rows_in["documents"] > 100
-    assert manifests["convert"].stats["conversations_from_documents"] > 10
+    convert = manifests["convert"]
+    assert convert.stats["conversations_from_documents"] > 10
+    # Conversations in are those that came in; those made from documents are said as made.
+    assert convert.rows_in["conversations"] == manifests["decontaminate"].rows_out["conversations"] == convert.stats["conversations_native"]
+    assert convert.rows_made["conversations"] == convert.stats["conversations_from_documents"] + convert.rows_rejected["conversations"]
+    assert convert.rows_out["conversations"] == convert.rows_kept["conversations"]
+    from quality.report import build_figures
+
+    row = next(r for r in build_figures(workdir)["funnel"] if (r["stage"], r["kind"]) == ("convert", "conversations"))
+    assert (row["in"], row["made"], row["kept"]) == (convert.rows_in["conversations"], convert.rows_made["conversations"], convert.rows_out["conversations"])
     sft = frame[frame["category"] == "sft"]
     copies = sft["meta"].map(lambda m: json.loads(m)["origin_id"]).value_counts()
     assert set(copies) == {2}, "each fine-tuning item appears sft_epochs times"

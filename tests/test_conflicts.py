@@ -2,6 +2,8 @@
 found, dropped (or kept) by the select stage, counted in its manifest and listed in the report."""
 from __future__ import annotations
 
+import re
+
 import pyarrow as pa
 import pytest
 
@@ -64,8 +66,18 @@ def test_select_drops_conflicting_answers_of_real_rows_by_default_and_keeps_them
     assert stats["examples"] and len(stats["examples"][0]["answers"]) >= 2
     assert dropped.rows_rejected[CONVERSATIONS] == in_conflict
     assert dropped.rows_in[CONVERSATIONS] == len(rows) == dropped.rows_kept[CONVERSATIONS] + in_conflict
-    rejected = read_kind(tmp_path / "drop" / "rejected", CONVERSATIONS).column("reason").to_pylist()
-    assert all(r.startswith("conflicting_answers:") for r in rejected)
+    rejected_rows = read_kind(tmp_path / "drop" / "rejected", CONVERSATIONS).to_pylist()
+    assert all(r["reason"].startswith("conflicting_answers:") for r in rejected_rows)
+    assert set(dropped.rejected_by_reason) == {"conflicting_answers"}, "counted by the reason's prefix"
+    # Each reason names the row it conflicts with: the same prompt, another answer, its source.
+    by_id = {r["id"]: r for r in rows}
+    for row in rejected_rows:
+        match = re.fullmatch(r"conflicting_answers:(\d+) unlike (\S+) \((.+)\)", row["reason"])
+        assert match, row["reason"]
+        other = by_id[match.group(2)]
+        assert match.group(3) == other["source"] and other["id"] != row["id"]
+        mine, theirs = prompt_and_answer(row["messages"]), prompt_and_answer(other["messages"])
+        assert mine[0] == theirs[0] and mine[1] != theirs[1], (row["id"], other["id"])
     left = AnswerIndex()
     left.add(read_kind(tmp_path / "drop", CONVERSATIONS))
     assert not left.conflicts()

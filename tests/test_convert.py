@@ -80,8 +80,10 @@ def run(inputs: Path, output: Path, params: dict) -> StageManifest:
 
 
 def check_ledger(manifest: StageManifest) -> None:
-    for kind, rows in manifest.rows_in.items():
-        assert rows == manifest.rows_kept[kind] + manifest.rows_rejected.get(kind, 0), kind
+    for kind in {*manifest.rows_in, *manifest.rows_made}:
+        made = manifest.rows_made.get(kind, 0)
+        assert manifest.rows_in.get(kind, 0) + made == manifest.rows_kept[kind] + manifest.rows_rejected.get(kind, 0), kind
+    assert not manifest.rows_made.get(DOCUMENTS), "convert makes conversations, never documents"
 
 
 @pytest.fixture(autouse=True)
@@ -320,7 +322,9 @@ def test_template_backend_stays_deterministic_and_native_passes_through(tmp_path
     assert all(r["messages"][0] == {"role": "system", "content": "你是一位中医师。"} for r in a)
     native = [r for r in a if r["source"] == "dialogues"]
     assert len(native) == 2 and all(r["origin_id"] for r in native), "a changed conversation keeps its old id as origin"
-    assert read_manifest(tmp_path / "a").rows_in == {DOCUMENTS: 2, CONVERSATIONS: 3}
+    written = read_manifest(tmp_path / "a")
+    assert written.rows_in == {DOCUMENTS: 2, CONVERSATIONS: 2}, "rows in: what came in, the two dialogues"
+    assert written.rows_made == {CONVERSATIONS: 1} and written.rows_kept[CONVERSATIONS] == 3
 
 
 def test_a_config_file_drives_the_openai_backend(tmp_path):

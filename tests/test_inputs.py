@@ -216,6 +216,54 @@ def test_unsupported_or_misdeclared_files_are_one_line_and_exit_2(tmp_path, pref
         assert not out.exists()
 
 
+def _one_error_line(capsys) -> str:
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("flows:")]
+    assert len(err) == 1, err
+    return err[0]
+
+
+def test_a_format_that_does_not_fit_the_file_says_why_and_what_to_write(tmp_path, shared_data, prefect_harness, capsys):
+    """Real files under the wrong format: a classical book (GB18030) read as monographs, the same
+    book given as an instructions dataset, and real records whose `fields` name fields they lack.
+    Each is one line, exit 2, naming the source, the file, what was wrong and what to write."""
+    book = shared_data / "corpus" / "ancient-books" / "000-神农本草经.txt"
+    books = tmp_path / "books"
+    books.mkdir()
+    (books / book.name).symlink_to(book)
+    (tmp_path / "tcm_qr.json").symlink_to(shared_data / "instructions" / "tcm_qr.json")
+
+    code, _ = _ingest(tmp_path, '[[sources]]\nname = "bk"\nkind = "files"\npath = "books"\nformat = "monograph"\ncategory = "books"\n', "mono")
+    line = _one_error_line(capsys)
+    assert code == 2 and "source bk:" in line and book.name in line, line
+    assert 'no rows read as format = "monograph", which reads pharmacopoeia monographs' in line and 'write format = "book"' in line
+
+    code, out = _ingest(tmp_path, f'[[sources]]\nname = "gb"\nkind = "dataset"\npath = "books/{book.name}"\nformat = "instructions"\ncategory = "sft"\n', "gb")
+    line = _one_error_line(capsys)
+    assert code == 2 and "source gb:" in line and book.name in line, line
+    assert "plain text (gb18030), not records" in line and 'kind = "files" with format = "book"' in line
+    assert not out.exists(), "refused before any work"
+
+    fields = '[[sources]]\nname = "qr"\nkind = "dataset"\npath = "tcm_qr.json"\ncategory = "sft"\nfields = {question = "问题", answer = "output"}\n'
+    code, _ = _ingest(tmp_path, fields, "fields")
+    line = _one_error_line(capsys)
+    assert code == 2 and "source qr:" in line and "tcm_qr.json" in line, line
+    assert 'fields {question = "问题"} names a field no record of the file has' in line
+    assert "its records' fields: instruction, input, output" in line and "write the file's own field names" in line
+    code, out = _ingest(tmp_path, fields.replace('"问题"', '"instruction"'), "fixed")
+    assert code == 0 and _manifest(out)["rows_kept"][CONVERSATIONS] > 0, "the fields it does have read as before"
+
+
+def test_build_corpus_stops_on_a_format_that_does_not_fit_in_one_line(tmp_path, shared_data, prefect_harness, capsys):
+    books = tmp_path / "books"
+    books.mkdir()
+    (books / "000-神农本草经.txt").symlink_to(shared_data / "corpus" / "ancient-books" / "000-神农本草经.txt")
+    (tmp_path / "build.toml").write_text(
+        '[[sources]]\nname = "bk"\nkind = "files"\npath = "books"\nformat = "monograph"\ncategory = "books"\n', encoding="utf-8")
+    code = main(["run", "build-corpus", "--config", str(tmp_path / "build.toml"), "--workdir", str(tmp_path / "work")])
+    line = _one_error_line(capsys)
+    assert code == 2 and "source bk:" in line and "000-神农本草经.txt" in line and 'write format = "book"' in line, line
+
+
 # -- shapes and field names --------------------------------------------------------------------
 
 

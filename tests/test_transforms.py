@@ -41,6 +41,27 @@ def test_match_key_ignores_script_punctuation_and_spacing():
     assert match_key("黃耆，味甘, 微溫。") == match_key("黄耆味甘微温")
 
 
+def test_a_lone_surrogate_is_dropped_from_the_match_form_of_real_text(shared_data):
+    """Lines of a real book (GB18030, traditional) with a lone surrogate in them, as a JSON
+    "\\ud800" escape gives: match_key and match_keys read each like any other text, dropping the
+    surrogate as they drop punctuation, so the key is the one of the line with U+FFFD there (what
+    ingest writes) and of the line without it."""
+    from transforms.clean.normalize import match_keys
+    from transforms.select.conflicts import conversation_keys
+
+    raw = (shared_data / "corpus" / "ancient-books" / "000-神农本草经.txt").read_bytes().decode("gb18030", errors="replace")
+    lines = [line.strip() for line in raw.splitlines() if len(line.strip()) > 12][:200]
+    broken = [line[:5] + surrogate + line[5:] for line, surrogate in zip(lines, ["\ud800", "\udfff", "\udc80", "\udbff"] * 50)]
+    repaired = [line[:5] + "\ufffd" + line[5:] for line in lines]
+    expected = [match_key(line) for line in lines]
+    assert all(expected) and [match_key(t) for t in repaired] == expected
+    assert [match_key(t) for t in broken] == expected
+    assert match_keys(broken + lines) == expected + expected, "one text with a surrogate leaves the batch's keys as they are"
+    messages = [[{"role": "user", "content": broken[0]}, {"role": "assistant", "content": broken[1]}]]
+    clean = [[{"role": "user", "content": lines[0]}, {"role": "assistant", "content": lines[1]}]]
+    assert conversation_keys(messages) == conversation_keys(clean)
+
+
 def test_clean_ledger_and_reasons():
     batch = docs(["黃耆味甘微溫，主治癰疽久敗瘡，排膿止痛。", "短", "  \u200b "])
     kept, rejected = clean_documents(batch, {})

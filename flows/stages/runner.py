@@ -217,6 +217,7 @@ def _summary(manifest: StageManifest) -> dict:
     return {
         "stage": manifest.stage,
         "rows_in": manifest.rows_in,
+        "rows_made": manifest.rows_made,
         "rows_kept": manifest.rows_kept,
         "rows_rejected": manifest.rows_rejected,
         "rows_out": manifest.rows_out,
@@ -227,8 +228,10 @@ def _summary(manifest: StageManifest) -> dict:
 
 def _ledger_line(manifest: StageManifest) -> str:
     parts = [
-        f"{kind} {n} in, {manifest.rows_kept.get(kind, 0)} kept, {manifest.rows_rejected.get(kind, 0)} rejected"
-        for kind, n in manifest.rows_in.items()
+        f"{kind} {manifest.rows_in.get(kind, 0)} in, "
+        + (f"{manifest.rows_made[kind]} made, " if manifest.rows_made.get(kind) else "")
+        + f"{manifest.rows_kept.get(kind, 0)} kept, {manifest.rows_rejected.get(kind, 0)} rejected"
+        for kind in dict.fromkeys([*manifest.rows_in, *manifest.rows_made])
     ]
     out = ", ".join(f"{n} {kind}" for kind, n in manifest.rows_out.items())
     return "; ".join(parts) + (f" -> {out} written" if out else "")

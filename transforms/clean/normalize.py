@@ -239,12 +239,20 @@ def han_count(text: str) -> int:
 
 
 def match_key(text: str) -> str:
-    """The form two texts are compared in: NFKC, simplified, without punctuation or spacing."""
+    """The form two texts are compared in: NFKC, simplified, without punctuation or spacing. A
+    lone surrogate (no character, so no word) is dropped like punctuation: the key is the one of
+    the text with it replaced by U+FFFD, as ingest writes such text."""
     # The house NFKC (full-width punctuation kept) is twice as fast, and what it keeps is
     # punctuation, which is removed below: the key is the one full NFKC would give.
     text = nfkc(_INVISIBLE.sub("", text))
-    text = _converter("t2s").convert(text)
+    try:
+        text = _converter("t2s").convert(text)
+    except UnicodeEncodeError:  # OpenCC takes UTF-8, which cannot hold a lone surrogate
+        text = _converter("t2s").convert(_LONE_SURROGATE.sub("", text))
     return _NOT_WORD.sub("", text).lower()
+
+
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 # A separator no match form can hold: match_keys joins a batch with it for one OpenCC call
@@ -486,13 +494,12 @@ def match_keys(texts: list[str]) -> list[str]:
 
 def match_key_points(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
     """The match_keys of `texts` as code points: (the keys' code points one after another,
-    uint32; where each key ends in them, int64, one per text). Raises UnicodeEncodeError where
-    the per-text match_key does (a lone surrogate)."""
+    uint32; where each key ends in them, int64, one per text)."""
     if not texts:
         return np.zeros(0, np.uint32), np.zeros(0, np.int64)
     try:
         return _match_key_points(texts)
-    except UnicodeEncodeError:  # a lone surrogate: the per-text path says what it makes of it
+    except UnicodeEncodeError:  # a lone surrogate: the per-text path drops it
         return _code_points([match_key(text) for text in texts])[::2]
 
 

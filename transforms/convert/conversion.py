@@ -258,9 +258,10 @@ class ConversionSink:
 
     Ledger: documents in = kept (converted, or left as text) + rejected (`not_converted`, only
     without `keep_text`); a converted entry's remainder (sections no template took) is written
-    as one more text row, counted in `remainder_text_rows`. Conversations in = native conversations + every conversation the stage
-    produced, before checks; rejected = LLM candidates that failed a check or a request, and
-    repeats of a conversation already written."""
+    as one more text row, counted in `remainder_text_rows`. Conversations in = native conversations
+    (the rows that came in); conversations made = every conversation the stage produced from
+    documents, before checks; in + made = kept + rejected, where rejected = LLM candidates that
+    failed a check or a request, and repeats of a conversation already written."""
 
     def __init__(self, writer, flush_rows: int = 1024):
         self.writer = writer
@@ -273,8 +274,8 @@ class ConversionSink:
         self._buffers: dict[str, list[dict]] = {"conversations": [], "text": [], "rejected_documents": [], "rejected_conversations": []}
 
     def produced(self, rows: list[dict]) -> None:
-        """Conversations made by a backend (not yet counted as input)."""
-        self.counts["conversations_in"] += len(rows)
+        """Conversations made by a backend (not yet counted)."""
+        self.counts["conversations_made"] += len(rows)
         for row in rows:
             if row["id"] in self.ids:
                 # Two entries can yield the same question and answer (an entry printed twice).
@@ -320,7 +321,8 @@ class ConversionSink:
         self._maybe_flush()
 
     def reject_conversations(self, rows: list[dict]) -> None:
-        self.counts["conversations_in"] += len(rows)
+        """Conversations a backend made but that failed a check (each with a `reason`)."""
+        self.counts["conversations_made"] += len(rows)
         self._buffers["rejected_conversations"].extend(rows)
         self._maybe_flush()
 
@@ -342,12 +344,14 @@ class ConversionSink:
             rows.clear()
 
     def close(self, manifest) -> None:
-        """Flush and fill the manifest's counts of what came in."""
+        """Flush and fill the manifest's counts of what came in and what was made."""
         self.flush()
         if self.counts["documents_in"]:
             manifest.rows_in[DOCUMENTS] = self.counts["documents_in"]
         if self.counts["conversations_in"]:
             manifest.rows_in[CONVERSATIONS] = self.counts["conversations_in"]
+        if self.counts["conversations_made"]:
+            manifest.rows_made[CONVERSATIONS] = self.counts["conversations_made"]
 
 
 def _with_reason(kind: str) -> pa.Schema:

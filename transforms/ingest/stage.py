@@ -131,9 +131,20 @@ def _rows_table(rows: list[dict], schema: pa.Schema) -> pa.Table:
     return pa.Table.from_pylist(rows)
 
 
+# What each format reads, and what to write for a text file it does not fit: said when a source
+# yields no rows at all.
+FORMAT_READS = {
+    "monograph": "pharmacopoeia monographs (a herb's name on its own line, then 【性味与归经】-style headings)",
+    "terms": "terminology standards (a numbered code, the term, its definition)",
+    "book": "classical books", "text": "plain text", "instructions": "records", "benchmark": "evaluation items",
+}
+TEXT_HINT = 'for classical books write format = "book", for any other plain text format = "text"'
+
+
 def sources_all_rejected(stats: dict) -> list[str]:
     """One line per source of an ingest whose rows were all rejected (and that does not allow
-    it): the source, its rows and its most common rejection reason."""
+    it): the source, its rows and its most common rejection reason; for a source that yielded no
+    rows, the file(s) read, what its format reads and what to write instead."""
     lines = []
     for name, figures in (stats.get("sources") or {}).items():
         if figures.get("allow_all_rejected"):
@@ -144,5 +155,15 @@ def sources_all_rejected(stats: dict) -> list[str]:
                 f"(see rejected/ in the output; allow_all_rejected = true in the source accepts this)"
             )
         elif not figures["rows"]:
-            lines.append(f"source {name}: no rows read (allow_all_rejected = true in the source accepts this)")
+            files = [f for f in stats.get("source_files") or [] if f.get("source") == name]
+            if not files:
+                lines.append(f"source {name}: no rows read (allow_all_rejected = true in the source accepts this)")
+                continue
+            fmt = files[0].get("format", "")
+            where = files[0]["path"] + (f" and {len(files) - 1} more files" if len(files) > 1 else "")
+            hint = f"; {TEXT_HINT}" if fmt in ("monograph", "terms") else ""
+            lines.append(
+                f"source {name}: {where}: no rows read as format = \"{fmt}\", which reads {FORMAT_READS.get(fmt, fmt)}"
+                f"{hint} (allow_all_rejected = true in the source accepts no rows)"
+            )
     return lines

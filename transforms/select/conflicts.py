@@ -62,12 +62,15 @@ def conversation_keys(messages: Iterable[list[dict] | None]) -> list[tuple[int, 
 
 class ConflictingRows:
     """What the select step needs to find the rows in conflict without putting every
-    conversation in match form again: the conflicts, and the ids of the rows passing the rules
-    whose prompt is in conflict (only rows with one of these ids are keyed)."""
+    conversation in match form again: the conflicts, the ids of the rows passing the rules
+    whose prompt is in conflict (only rows with one of these ids are keyed), and `others`: per
+    such id, (id, source) of a row with the same prompt and a different answer, the first in
+    read order."""
 
-    def __init__(self, conflicts: dict[int, int], ids: set[str]):
+    def __init__(self, conflicts: dict[int, int], ids: set[str], others: dict[str, tuple[str, str]] | None = None):
         self.conflicts = conflicts
         self.ids = ids
+        self.others = others or {}
 
     def __len__(self) -> int:
         return len(self.conflicts)
@@ -98,6 +101,30 @@ class AnswerIndex:
     def conflicts(self) -> dict[int, int]:
         """Prompt digest -> number of different answers, for prompts with two or more."""
         return {prompt: len(answers) for prompt, answers in self.answers.items() if len(answers) > 1}
+
+
+def other_rows(holders: dict[int, list[tuple[int, str, str]]]) -> dict[str, tuple[str, str]]:
+    """`holders`: per prompt digest, its rows in read order as (answer digest, id, source). Per
+    id of a row whose prompt has another answer, (id, source) of the first row giving another:
+    the row it conflicts with."""
+    others: dict[str, tuple[str, str]] = {}
+    for rows in holders.values():
+        for answer, row_id, _ in rows:
+            other = next(((o_id, o_source) for o_answer, o_id, o_source in rows if o_answer != answer), None)
+            if other is not None:
+                others[row_id] = other
+    return others
+
+
+def table_other_rows(table: pa.Table, conflicts: dict[int, int], among: list[bool]) -> dict[str, tuple[str, str]]:
+    """`other_rows` of the rows of a conversations table marked in `among` whose prompt is in
+    `conflicts` (digests as `AnswerIndex.conflicts`)."""
+    holders: dict[int, list[tuple[int, str, str]]] = {}
+    keys = conversation_keys(table.column("messages").to_pylist())
+    for key, row_id, source, chosen in zip(keys, table.column("id").to_pylist(), table.column("source").to_pylist(), among):
+        if chosen and key is not None and key[0] in conflicts:
+            holders.setdefault(key[0], []).append((key[1], row_id, source))
+    return other_rows(holders)
 
 
 def conflicting_rows(table: pa.Table, conflicts: dict[int, int] | ConflictingRows) -> list[int | None]:

@@ -126,15 +126,23 @@ def select_batch(
     """(kept, rejected): a row fails with its first failing rule; then, with `conflicts`
     (`conflicts.AnswerIndex.conflicts()` of the rows passing the rules) and
     `conflicting_answers = "drop"`, a conversation whose prompt has several different answers is
-    rejected as `conflicting_answers:<answers>`."""
+    rejected as `conflicting_answers:<answers> unlike <id> (<source>)`, naming a row with the same
+    prompt and another answer (from `conflicts.others` of a ConflictingRows, else among the rows
+    of `batch` that pass the rules)."""
     table = batch if isinstance(batch, pa.Table) else pa.Table.from_batches([batch])
     reasons = rule_reasons(table, kind, params)
     if conflicts and kind == CONVERSATIONS and params.get("conflicting_answers", "drop") == "drop":
-        from .conflicts import conflicting_rows
+        from .conflicts import ConflictingRows, conflicting_rows, table_other_rows
 
+        if isinstance(conflicts, ConflictingRows):
+            others = conflicts.others
+        else:  # the conflicts of these rows: the other row is one of those passing the rules
+            others = table_other_rows(table, conflicts, [r is None for r in reasons])
+        row_ids = table.column("id").to_pylist() if others else []
         for i, answers in enumerate(conflicting_rows(table, conflicts)):
             if answers is not None and reasons[i] is None:
-                reasons[i] = f"conflicting_answers:{answers}"
+                other = others.get(row_ids[i]) if others else None
+                reasons[i] = f"conflicting_answers:{answers}" + (f" unlike {other[0]} ({other[1]})" if other else "")
     rejected_mask = pa.array([r is not None for r in reasons], pa.bool_())
     kept = table.filter(pc.invert(rejected_mask))
     rejected = table.filter(rejected_mask).append_column("reason", pa.array([r for r in reasons if r is not None], pa.string()))

@@ -43,7 +43,7 @@ def _answer_conflicts(inputs, params, engine):
     """answer_conflicts, and the select step's ConflictingRows. Every row's digests are kept
     (17 bytes a row, in read order): the second pass, only when there are conflicts, reads the
     rows in conflict for the examples and the ids of those passing the rules."""
-    from .conflicts import AnswerIndex, ConflictingRows, keyed_conflict_examples
+    from .conflicts import AnswerIndex, ConflictingRows, keyed_conflict_examples, other_rows
 
     if CONVERSATIONS not in kinds_present(inputs, TEXT_KINDS):
         return {}, 0, [], {}
@@ -65,6 +65,8 @@ def _answer_conflicts(inputs, params, engine):
     passing, has_key, prompts, answers = (np.concatenate([part[i] for part in parts]) for i in range(4))
     in_conflict = has_key & np.isin(prompts, np.fromiter(conflicts, np.uint64, len(conflicts)))
     ids: set[str] = set()
+    # Per prompt in conflict, its passing rows in read order: (answer digest, id, source).
+    holders: dict[int, list[tuple[int, str, str]]] = {}
     keyed = []  # the rows in conflict, passing or not, with their digests
     offset = 0
     for batch in read_batches(inputs, CONVERSATIONS, engine.batch_rows):
@@ -75,11 +77,15 @@ def _answer_conflicts(inputs, params, engine):
             continue
         table = pa.Table.from_batches([batch]).take(hits)
         row_ids = table.column("id").to_pylist()
-        ids.update(row_ids[i] for i in np.flatnonzero(passing[span][hits]).tolist())
-        keyed.append((table, [(int(p), int(a)) for p, a in zip(prompts[span][hits].tolist(), answers[span][hits].tolist())]))
+        sources = table.column("source").to_pylist()
+        digests = [(int(p), int(a)) for p, a in zip(prompts[span][hits].tolist(), answers[span][hits].tolist())]
+        for i in np.flatnonzero(passing[span][hits]).tolist():
+            ids.add(row_ids[i])
+            holders.setdefault(digests[i][0], []).append((digests[i][1], row_ids[i], sources[i]))
+        keyed.append((table, digests))
     if offset != len(passing):
         raise ValueError(f"conversations changed while selecting: {offset} rows read, {len(passing)} before")
-    return conflicts, rows, keyed_conflict_examples(keyed, conflicts), ConflictingRows(conflicts, ids)
+    return conflicts, rows, keyed_conflict_examples(keyed, conflicts), ConflictingRows(conflicts, ids, other_rows(holders))
 
 
 def run_select(inputs, output, params, manifest, engine, progress=None) -> StageManifest:

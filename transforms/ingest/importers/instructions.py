@@ -44,7 +44,7 @@ import re
 from pathlib import Path
 from typing import Any, Iterator
 
-from .base import Imported, conversation, document
+from .base import Imported, SourceError, conversation, document
 
 USER, ASSISTANT, SYSTEM = "user", "assistant", "system"
 SHAREGPT_ROLES = {
@@ -84,8 +84,11 @@ class Malformed(Exception):
 
 def import_instructions(path: Path, source: str, category: str, options: dict | None = None) -> Iterator[Imported]:
     """Every record of a records file (any format `records.read_records` reads) as a Conversation,
-    or a Document for a text record; `options["fields"]` maps shape names to the file's own."""
+    or a Document for a text record; `options["fields"]` maps shape names to the file's own.
+    SourceError (after the last record) when a field `fields` names is in no record of the file."""
     fields = field_map((options or {}).get("fields"))
+    unseen = set(fields.values())  # the file's own names `fields` gives, until a record has each
+    names_read: dict[str, None] = {}  # the records' field names, in order of first sight
     for index, record, raw_error in read_records(path, options):
         base_meta = {"file": path.name, "index": index}
         origin = _origin_id(record, path.name, index)
@@ -93,6 +96,9 @@ def import_instructions(path: Path, source: str, category: str, options: dict | 
             yield _rejected("malformed:json", raw_error, base_meta, origin, source, category, path)
             continue
         if isinstance(record, dict) and fields:
+            if unseen:
+                unseen.difference_update(record)
+                names_read.update(dict.fromkeys(record))
             record = _renamed(record, fields)
         if isinstance(record, str) or (isinstance(record, dict) and _is_text_record(record)):
             yield _text_document(record, base_meta, source, category, path)
@@ -110,6 +116,18 @@ def import_instructions(path: Path, source: str, category: str, options: dict | 
         imported = conversation(messages, source, category, origin_id=origin, meta=meta)
         imported.untrained = tuple(sorted(kept_aside))
         yield imported
+    if unseen and names_read:
+        raise SourceError(_unseen_fields(path, source, (options or {}).get("fields") or {}, unseen, list(names_read)))
+
+
+def _unseen_fields(path: Path, source: str, given: dict, unseen: set[str], names: list[str]) -> str:
+    """One line: the `fields` entries naming a field no record of `path` has, the fields its
+    records do have, and what to write instead."""
+    wrong = ", ".join(f'{name} = "{own}"' for name, own in given.items() if own in unseen)
+    shown = ", ".join(names[:12]) + (", ..." if len(names) > 12 else "")
+    return (f"source {source}: {path}: fields {{{wrong}}} names a field no record of the file has "
+            f"(its records' fields: {shown}); write the file's own field names there, or leave fields out "
+            f"to read the common shapes")
 
 
 def read_records(path: Path, options: dict | None = None) -> Iterator[tuple[int, Any, str | None]]:

@@ -97,7 +97,33 @@ def record_format(path: Path) -> str:
         raise SourceError(f"{path}: a {kind} file, not records; instructions sources read {READ}")
     if _looks_binary(head):
         raise SourceError(f"{path}: binary data of an unknown kind; instructions sources read {READ}")
+    if by_name is None and not _opens_json(head):
+        raise SourceError(f"{path}: plain text ({_text_encoding(path)}), not records: instructions sources read {READ}; "
+                          f"for a book or other text write kind = \"files\" with format = \"book\" (or \"text\")")
     return by_name or "json"  # told apart from JSON lines by content
+
+
+def _opens_json(head: bytes) -> bool:
+    """Whether the first bytes of a file named neither .json nor .jsonl open JSON (an object or
+    an array, after any byte-order mark and white space); UTF-16/32 text is left to the reader."""
+    if head.startswith((b"\xff\xfe", b"\xfe\xff", b"\x00\x00\xfe\xff")):
+        return True
+    stripped = head.removeprefix(b"\xef\xbb\xbf").lstrip()
+    return not stripped or stripped[:1] in (b"{", b"[")
+
+
+def _text_encoding(path: Path) -> str:
+    """The encoding a plain text file reads in, from its first 64 KiB: utf-8, or a legacy guess."""
+    from .encoding import detect_legacy
+
+    data = read_bytes(path)[:65536]
+    try:
+        data.decode("utf-8")
+        return "utf-8"
+    except UnicodeDecodeError as exc:
+        if exc.start >= len(data) - 3:  # a character cut by the sample's end
+            return "utf-8"
+    return detect_legacy(data)[0]
 
 
 def _decompressed_head(path: Path, kind: str) -> bytes:
