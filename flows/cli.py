@@ -26,6 +26,7 @@ import json
 import os
 import shutil
 import sys
+import threading
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -255,8 +256,8 @@ def _check_sources(config) -> None:
             raise UsageError(f"decontaminate.benchmarks: {path} does not exist")
 
 
-# Flows that run the quality suites: the command imports Great Expectations with the flow, not
-# midway through it, so its objects are settled with the rest of the imports.
+# Flows that run the quality suites: the command imports them (Great Expectations) with the flow,
+# or on a thread while the flow starts (`_import_suites_meanwhile`).
 SUITE_FLOWS = ("build-corpus", "validate")
 
 
@@ -267,19 +268,42 @@ def _flow(module: str, name: str):
     return getattr(import_module(f"flows.{module}"), name)
 
 
-def _run(args, settle: bool = False, local_server: bool = False) -> dict:
+def _run(args, settle: bool = False, local_server: bool = False, engine_kind: str = "local") -> dict:
     """Run the flow `args` names; with `settle` (the command), the imports are settled first
     (`runtime.settle_heap`). On the shared local server (`local_server`), the flow runs without
     Prefect's heartbeats (`runtime.without_heartbeats`): that server has no UI and no
     automation that would read them, and it stops once idle."""
     module, name, arguments = _flow_call(args)
-    if settle and args.flow in SUITE_FLOWS:
+    meanwhile = settle and local_server and args.flow == "build-corpus" and engine_kind != "spark"
+    if settle and args.flow in SUITE_FLOWS and not meanwhile:
         import quality  # noqa: F401
     chosen = _flow(module, name)
     if settle:
         settle_heap()
+    if meanwhile:
+        _import_suites_meanwhile()
     with without_heartbeats() if local_server else nullcontext():
         return chosen(**arguments)
+
+
+def _import_suites_meanwhile() -> None:
+    """Import the quality suites (Great Expectations: about 2 CPU-seconds) on a thread of their
+    own while build-corpus starts: its round trips to the Prefect API and a crawl (a child
+    process) leave the interpreter idle most of that time. The first validation imports
+    `quality` as usual, which waits for this import if it is still under way (or, had it
+    failed, imports it again and raises what fails). Its objects are settled
+    (`runtime.settle_heap`) once imported, as the command's own imports are. Not on the Spark
+    engine: `quality` keeps pyspark out of `sys.modules` while it imports GX, and a Spark stage
+    imports pyspark meanwhile."""
+
+    def load() -> None:
+        try:
+            import quality  # noqa: F401
+        except Exception:  # noqa: BLE001 - the validating stage imports it again and reports the error
+            return
+        settle_heap()
+
+    threading.Thread(target=load, name="import-quality-suites", daemon=True).start()
 
 
 def _flow_call(args) -> tuple[str, str, dict]:
@@ -397,7 +421,7 @@ def _command(argv: list[str] | None) -> int:
         with _run_lock(args):
             if shared_server is not None:
                 shared_server.wait_ready()
-            result = _run(args, settle=as_command, local_server=shared_server is not None)
+            result = _run(args, settle=as_command, local_server=shared_server is not None, engine_kind=args.engine or config.engine.kind)
     except (LockBusy, SourceError, SourceRejected) as exc:  # a busy work folder, an unreadable input file: the user's to fix
         return _failed(args, exc, 2)
     except KeyboardInterrupt:
