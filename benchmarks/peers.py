@@ -3,6 +3,7 @@ through the commands a user runs, per CPU-second.
 
     python benchmarks/peers.py [--shared ../shared/data] [--passages 37648] [--copies 10000]
                                [--data-juicer-python PATH] [--datatrove-python PATH] [--keep DIR] [--dedup-only]
+                               [--data-juicer-filters-only]
 
 Installs nothing: each peer runs where it is installed and is reported as not installed
 otherwise. datatrove (0.10.1) and rensa (0.5.0) install into this project's environment without
@@ -282,6 +283,9 @@ def main() -> None:
     parser.add_argument("--datatrove-python", help="a Python with datatrove (default: this one)")
     parser.add_argument("--keep", type=Path, help="keep the inputs and outputs in this folder")
     parser.add_argument("--dedup-only", action="store_true", help="near-duplicate removal only: no filters, no MinHash cores")
+    parser.add_argument("--data-juicer-filters-only", action="store_true",
+                        help="run data-juicer's character filters but not its document_minhash_deduplicator "
+                             "(single-process, it takes minutes on the default input)")
     args = parser.parse_args()
     books = args.shared / "corpus" / "ancient-books"
     if not any(books.glob("*.txt")):
@@ -323,8 +327,10 @@ def main() -> None:
     else:
         not_installed.append("datatrove (pip install datatrove==0.10.1 fits this environment)")
     juicer = peer_python(args.data_juicer_python, "data_juicer", "TCM_DATA_JUICER_PYTHON")
-    if juicer:
+    if juicer and not args.data_juicer_filters_only:
         results["data-juicer document_minhash_deduplicator"] = run_script(juicer, _DATA_JUICER_DEDUP, "dj_dedup", lines, folder)
+    elif juicer:
+        print("data-juicer document_minhash_deduplicator: not run (--data-juicer-filters-only)")
     else:
         not_installed.append("py-data-juicer (its own virtual environment: --data-juicer-python)")
 
