@@ -661,7 +661,10 @@ def _nearest_key(loc: tuple) -> Optional[str]:
 
 
 def _describe(error: ValidationError) -> str:
-    first = error.errors()[0]
+    """One line for the first fault of a config; an unknown key comes before the others, since a
+    misspelt required key (`catagory`) also leaves that key missing."""
+    errors = error.errors()
+    first = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
     where = ".".join(str(part) for part in first["loc"]) or "(top level)"
     where = where.replace("validate_", "validate")
     if first["type"] == "extra_forbidden":

@@ -48,6 +48,7 @@ def test_good_config_loads_with_defaults_and_relative_paths(tmp_path):
         (GOOD + "\n[select]\nmin_char = 3\n", "unknown key 'select.min_char' (did you mean 'min_chars'?)"),
         (GOOD + "\n[operations.llm]\nslotz = 2\n", "unknown key 'operations.llm.slotz' (did you mean 'slots'?)"),
         (GOOD.replace('category = "books"', 'category = "books"\nformt = "book"'), "unknown key 'sources.0.formt' (did you mean 'format'?)"),
+        (GOOD.replace('category = "books"', 'catagory = "books"'), "unknown key 'sources.0.catagory' (did you mean 'category'?)"),
         (GOOD.replace('category = "books"', 'category = "novels"'), "sources.0.category"),
         (GOOD.replace("sft_epochs = 2", "sft_epochs = 0"), "sample.sft_epochs"),
         (GOOD.replace("weights = { web = 10 }", "weights = { blogs = 10 }"), "unknown category 'blogs'"),
