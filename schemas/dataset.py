@@ -68,6 +68,15 @@ class StageManifest:
             "inputs": [i["fingerprint"] for i in self.inputs],
         }
 
+    def settle(self, written: dict[str, int], rejected: dict[str, int], reasons: dict[str, int]) -> None:
+        """Close the ledger when a writer commits: rows written and rejected per kind, kept as
+        in + made - rejected for each kind a stage did not count itself, the reasons sorted."""
+        self.rows_out = {**self.rows_out, **written}
+        self.rows_rejected = {**{k: 0 for k in (*self.rows_in, *self.rows_made)}, **rejected}
+        for kind in dict.fromkeys([*self.rows_in, *self.rows_made]):
+            self.rows_kept.setdefault(kind, self.rows_in.get(kind, 0) + self.rows_made.get(kind, 0) - self.rows_rejected.get(kind, 0))
+        self.rejected_by_reason = dict(sorted(reasons.items()))
+
     def to_json(self) -> str:
         return json.dumps(asdict(self), ensure_ascii=False, indent=2, sort_keys=True)
 
@@ -288,11 +297,7 @@ class DatasetWriter:
         for part_writer in (*self._kept.values(), *self._rejected.values()):
             part_writer.close()
         m = self.manifest
-        m.rows_out = {**m.rows_out, **{k: w.rows for k, w in self._kept.items()}}
-        m.rows_rejected = {**{k: 0 for k in (*m.rows_in, *m.rows_made)}, **{k: w.rows for k, w in self._rejected.items()}}
-        for kind in dict.fromkeys([*m.rows_in, *m.rows_made]):
-            m.rows_kept.setdefault(kind, m.rows_in.get(kind, 0) + m.rows_made.get(kind, 0) - m.rows_rejected.get(kind, 0))
-        m.rejected_by_reason = dict(sorted(self.reasons.items()))
+        m.settle({k: w.rows for k, w in self._kept.items()}, {k: w.rows for k, w in self._rejected.items()}, self.reasons)
         files = []
         for part_writer in (*self._kept.values(), *self._rejected.values()):
             for entry in part_writer.files:

@@ -296,11 +296,7 @@ class SparkDatasetWriter:
 
     def commit(self) -> StageManifest:
         m = self.manifest
-        m.rows_out = {**m.rows_out, **self.kept}
-        m.rows_rejected = {**{k: 0 for k in (*m.rows_in, *m.rows_made)}, **self.rejected}
-        for kind in dict.fromkeys([*m.rows_in, *m.rows_made]):
-            m.rows_kept.setdefault(kind, m.rows_in.get(kind, 0) + m.rows_made.get(kind, 0) - m.rows_rejected.get(kind, 0))
-        m.rejected_by_reason = dict(sorted(self.reasons.items()))
+        m.settle(self.kept, self.rejected, self.reasons)
         m.files = sorted(self._files, key=lambda f: f["path"])
         m.timings.setdefault("seconds", round(time.perf_counter() - self._t0, 3))
         m.finished_at = _now()
