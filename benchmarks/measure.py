@@ -7,8 +7,9 @@ import json
 import os
 from pathlib import Path
 
+from transforms.engines.local import process_cpu_seconds
+
 PAGE = os.sysconf("SC_PAGE_SIZE")
-TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def _stat_rss() -> tuple[dict[int, list[int]], dict[int, int]]:
@@ -57,10 +58,9 @@ def server_cpu(home: Path) -> float:
     none runs). It is no child of the command that started it, so a command's own rusage misses it."""
     try:
         pid = json.loads((home / "tcm-corpus-server" / "server.json").read_text())["pid"]
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / TICKS  # utime, stime
-    except (OSError, ValueError, KeyError, IndexError):
+    except (OSError, ValueError, KeyError):
         return 0.0
+    return process_cpu_seconds(pid)
 
 
 def run_sampled(command: list[str], env: dict, cwd: Path, interval: float = 0.1) -> dict:

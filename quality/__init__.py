@@ -1,7 +1,9 @@
 """Dataset validation: a Great Expectations suite per record kind, results as JSON and Data Docs."""
 import logging as _logging
 import os as _os
+import importlib.abc
 import sys as _sys
+import threading
 
 _os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 # Before the import: registering its expectations, GX logs hundreds of DEBUG lines.
@@ -11,17 +13,30 @@ _logging.getLogger("great_expectations").setLevel(_logging.WARNING)
 # (pyspark is, for the Spark engine): about a quarter of its import time, for datasources the
 # suites never use (they validate pandas frames). Importing it as where those extras are absent
 # leaves them out; GX's own stand-ins then answer for them, as in an install without them.
-# A process that has imported them already keeps them.
+# A process that has imported them already keeps them (a module in sys.modules is not looked for).
 _OPTIONAL_INTEGRATIONS = ("pyspark", "sqlalchemy")
-_left_out = [name for name in _OPTIONAL_INTEGRATIONS if name not in _sys.modules]
-for _name in _left_out:
-    _sys.modules[_name] = None  # an import of it raises ImportError while GX is imported
+
+
+class _LeaveOut(importlib.abc.MetaPathFinder):
+    """Refuses the optional integrations to the thread importing GX only: a command may import
+    `quality` on a thread while its main thread goes on (flows/cli.py), and an import of
+    sqlalchemy there (Prefect's) must still succeed."""
+
+    def __init__(self) -> None:
+        self.thread = threading.get_ident()
+
+    def find_spec(self, name, path=None, target=None):
+        if threading.get_ident() == self.thread and name.partition(".")[0] in _OPTIONAL_INTEGRATIONS:
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return None
+
+
+_finder = _LeaveOut()
+_sys.meta_path.insert(0, _finder)
 try:
     import great_expectations  # noqa: E402,F401
 finally:
-    for _name in _left_out:
-        if _name in _sys.modules and _sys.modules[_name] is None:
-            del _sys.modules[_name]
+    _sys.meta_path.remove(_finder)
 
 from .validate import ExpectationFailure, ValidationReport, validate_dataset, validate_kind  # noqa: E402,F401
 

@@ -9,20 +9,14 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
-# Before the import (quality/__init__.py imports GX first, this holds for an import without it):
-# registering its expectations, GX logs hundreds of DEBUG lines.
-logging.getLogger("great_expectations").setLevel(logging.WARNING)
-
-import great_expectations as gx  # noqa: E402
-import pandas as pd  # noqa: E402
-import pyarrow as pa  # noqa: E402
+import great_expectations as gx  # quality/__init__.py set GX's environment and logging first
+import pandas as pd
+import pyarrow as pa
 from great_expectations.core import ExpectationSuiteValidationResult  # noqa: E402
 from great_expectations.data_context import EphemeralDataContext  # noqa: E402
 from great_expectations.data_context import set_context  # noqa: E402

@@ -125,7 +125,7 @@ def test_case_insensitive_screens_open_only_where_their_openings_say():
     for letter in "hwvq":
         folded = re.compile(letter, re.IGNORECASE)
         assert {c for c in map(chr, range(0x110000)) if folded.match(c)} == {letter, letter.upper()}
-    text = "网址WWW.a.cn，HtTpS://b.cn；加ＶＸ：Wxid_abcdef，WeChat abcdefg，Vx信，qQ群 12345，扣扣 54321"
+    text = "网址WWW.a.cn，HtTpS://b.cn；加ＶＸ：Wxid_abcdef，WeChat abcdefg，Vx信，qQ群 12345，扣扣 54321，企鹅12345，微信：abcdefg"
     for kind in pii._SCREEN_OPENINGS:
         for position in range(len(text)):
             expected = pii._SCREENS[kind].search(text, position)

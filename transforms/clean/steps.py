@@ -255,8 +255,7 @@ def _replaced_bytes(metas: pa.ChunkedArray | pa.Array) -> np.ndarray | None:
         pc.and_(pc.starts_with(metas, "{"), pc.ends_with(metas, "}")),
         pc.and_(pc.invert(pc.match_substring(metas, "\\")), pc.equal(pc.count_substring(metas, '"debris_bytes"'), written_zero)),
     )
-    absent = pc.equal(pc.fill_null(pc.utf8_length(metas), 0), 0)
-    parse = np.flatnonzero(~pc.fill_null(pc.or_(absent, plain_zero), True).to_numpy(zero_copy_only=False))
+    parse = np.flatnonzero(pc.and_(named, pc.invert(pc.fill_null(plain_zero, False))).to_numpy(zero_copy_only=False))
     out = np.zeros(len(metas), np.float64)
     if len(parse):
         values = metas.take(pa.array(parse)).to_pylist()

@@ -485,13 +485,9 @@ class ContaminationIndex:
         windows = (passing[:, None] + np.arange(1 - stride, 1)).ravel()
         return windows[(windows >= 0) & (windows <= last)]
 
-    def present_grams(self, keys: list[str]) -> list[dict[int, int]]:
-        """Per match form: its n-grams that are in the index, as {n-gram number: first position}."""
-        lengths = np.fromiter(map(len, keys), np.int64, len(keys))
-        return self._present(np.frombuffer("".join(keys).encode("utf-32-le"), np.uint32), np.cumsum(lengths))
-
     def _present(self, points: np.ndarray, ends: np.ndarray) -> list[dict[int, int]]:
-        """present_grams of the match forms given as code points (`points`, uint32) cut at `ends`."""
+        """Per match form, given as code points (`points`, uint32) cut at `ends`: its n-grams that
+        are in the index, as {n-gram number: first position}."""
         n = self.ngram
         present: list[dict[int, int]] = [{} for _ in range(len(ends))]
         if not len(self.hashes) or not len(ends):

@@ -8,7 +8,8 @@ dataset size.
 The worker processes are started once per process and worker count, on first need, and serve
 every later `map` call of every stage (a build's stages no longer each spawn workers that import
 pyarrow, the transforms and their models again); they end when this process exits or when
-`shutdown_workers()` is called. `worker_cpu_seconds()` tells what the live ones have spent, so a
+`shutdown_workers()` is called. A worker keeps the last call's context (an index) until
+its next call or its end. `worker_cpu_seconds()` tells what the live ones have spent, so a
 caller timing a stage can count them before they end.
 """
 from __future__ import annotations
@@ -94,22 +95,24 @@ def shutdown_workers() -> None:
 atexit.register(shutdown_workers)
 
 
+def process_cpu_seconds(pid: int) -> float:
+    """CPU seconds (user + system) a live process has spent so far, from /proc/PID/stat; 0.0 when
+    it has ended or there is no /proc."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            fields = handle.read().rsplit(b")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime: fields 14 and 15 of stat(5)
+
+
 def worker_cpu_seconds() -> float:
-    """CPU seconds (user + system) spent so far by the live shared worker processes, read from
-    /proc (0.0 where there is no /proc). Once they end, the same seconds are in this process's
+    """CPU seconds (user + system) spent so far by the live shared worker processes
+    (`process_cpu_seconds`). Once they end, the same seconds are in this process's
     RUSAGE_CHILDREN, so `RUSAGE_CHILDREN + worker_cpu_seconds()` only grows."""
     with _lock:
         pids = _shared.pids() if _shared is not None else []
-    ticks = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-    total = 0
-    for pid in pids:
-        try:
-            with open(f"/proc/{pid}/stat", "rb") as handle:
-                fields = handle.read().rsplit(b")", 1)[1].split()
-        except OSError:
-            continue
-        total += int(fields[11]) + int(fields[12])  # utime, stime: fields 14 and 15 of stat(5)
-    return total / ticks
+    return sum(process_cpu_seconds(pid) for pid in pids)
 
 
 class LocalEngine:

@@ -109,10 +109,13 @@ def other_rows(holders: dict[int, list[tuple[int, str, str]]]) -> dict[str, tupl
     the row it conflicts with."""
     others: dict[str, tuple[str, str]] = {}
     for rows in holders.values():
+        first_answer, first_id, first_source = rows[0]
+        # The first row unlike the first answer: the first unlike any row giving the first answer.
+        unlike_first = next(((o_id, o_source) for o_answer, o_id, o_source in rows if o_answer != first_answer), None)
+        if unlike_first is None:
+            continue
         for answer, row_id, _ in rows:
-            other = next(((o_id, o_source) for o_answer, o_id, o_source in rows if o_answer != answer), None)
-            if other is not None:
-                others[row_id] = other
+            others[row_id] = unlike_first if answer == first_answer else (first_id, first_source)
     return others
 
 

@@ -5,7 +5,7 @@ import numpy as np
 import pyarrow as pa
 
 from schemas import CONVERSATIONS, DOCUMENTS
-from schemas.dataset import StageManifest
+from schemas.dataset import DatasetError, StageManifest
 
 from transforms.clean import steps as clean
 from transforms.engines import run_map_stage
@@ -84,7 +84,7 @@ def _answer_conflicts(inputs, params, engine):
             holders.setdefault(digests[i][0], []).append((digests[i][1], row_ids[i], sources[i]))
         keyed.append((table, digests))
     if offset != len(passing):
-        raise ValueError(f"conversations changed while selecting: {offset} rows read, {len(passing)} before")
+        raise DatasetError(f"conversations changed while selecting: {offset} rows read, {len(passing)} before")
     return conflicts, rows, keyed_conflict_examples(keyed, conflicts), ConflictingRows(conflicts, ids, other_rows(holders))
 
 
