@@ -6,9 +6,10 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from prefect import flow, get_run_logger
+from prefect import get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
+from .plain_flow import flow
 from .config import load_config, sample_config_path
 from .notify import FAILURE_HOOKS
 from .stages.clean import clean_flow

@@ -11,11 +11,12 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from prefect import flow, get_run_logger, task
+from prefect import get_run_logger, task
 from prefect.cache_policies import NONE
 
 from transforms.clean import domain_training as training
 
+from .plain_flow import flow
 from .config import BuildConfig, TrainDomainConfig, load_config
 from .pipeline_info import FLOWS
 

@@ -6,11 +6,12 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from prefect import flow, get_run_logger
+from prefect import get_run_logger
 
 from schemas import CONVERSATIONS, DOCUMENTS
 from schemas.dataset import read_manifest
 
+from .plain_flow import flow
 from .build import _publish_summary, build_summary
 from .config import load_config, sample_config_path
 from .notify import FAILURE_HOOKS

@@ -5,11 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable, Optional
 
-from prefect import flow, task
+from prefect import task
 from prefect.cache_policies import NONE
 
 from schemas.dataset import StageManifest
 
+from ..plain_flow import flow
 from ..config import load_config
 from .runner import DESCRIPTIONS, _run, _with_progress, retry_unless_final
 

@@ -4,11 +4,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
-from prefect import flow, get_run_logger
+from prefect import get_run_logger
 
 from schemas.dataset import StageManifest
 from transforms import stages
 
+from ..plain_flow import flow
 from ..config import load_config
 from .runner import DESCRIPTIONS, _inputs, _run, make_engine
 

@@ -4,11 +4,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
-from prefect import flow
-
 from schemas.dataset import StageManifest
 from transforms import stages
 
+from ..plain_flow import flow
 from ..config import load_config
 from .runner import DESCRIPTIONS, _inputs, _run
 

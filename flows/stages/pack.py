@@ -5,10 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
-from prefect import flow
-
 from schemas.dataset import StageManifest
 
+from ..plain_flow import flow
 from ..config import ConfigError, load_config
 from .runner import DESCRIPTIONS, _inputs, _run, make_engine
 

@@ -11,13 +11,14 @@ from importlib import metadata
 from pathlib import Path
 from typing import Callable, Optional
 
-from prefect import flow, get_run_logger, task
+from prefect import get_run_logger, task
 from prefect.cache_policies import NONE
 
 from schemas.dataset import StageManifest, check_input, fingerprint, hash_config, read_manifest, remove_stale_temporaries
 from transforms import stages
 from transforms.engines.local import LocalEngine, worker_cpu_seconds
 
+from ..plain_flow import flow
 from ..config import BuildConfig, TaskControl, load_config
 from ..pipeline_info import FLOWS
 from ..locks import hold, output_lock_file, workdir_lock_file

@@ -3,11 +3,12 @@ from __future__ import annotations
 
 from typing import Optional
 
-from prefect import flow, get_run_logger
+from prefect import get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
 from transforms import stages
 
+from ..plain_flow import flow
 from ..config import load_config
 from .runner import _inputs, _simple_stage, make_engine
 

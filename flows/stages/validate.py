@@ -5,11 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable, Optional
 
-from prefect import flow, get_run_logger
+from prefect import get_run_logger
 
 from schemas import CATEGORIES
 from schemas.dataset import StageManifest
 
+from ..plain_flow import flow
 from ..config import BuildConfig, load_config
 from .runner import DESCRIPTIONS, ValidationFailed, _inputs, _run  # noqa: F401 - ValidationFailed is part of this module's API
 
