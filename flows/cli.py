@@ -30,7 +30,7 @@ import threading
 from contextlib import nullcontext
 from pathlib import Path
 
-from .runtime import keep_summary_off_terminal, prepare_environment, quiet_failures_on_terminal, settle_heap, without_heartbeats
+from .runtime import hold_collection, keep_summary_off_terminal, prepare_environment, quiet_failures_on_terminal, settle_heap, without_heartbeats
 
 from .pipeline_info import FLOWS
 
@@ -279,7 +279,9 @@ def _run(args, settle: bool = False, local_server: bool = False, engine_kind: st
         import quality  # noqa: F401
     chosen = _flow(module, name)
     if settle:
-        settle_heap()
+        # With the suites still to import on their thread, that thread settles the heap again and
+        # starts the collector once it is done.
+        settle_heap(resume=not meanwhile)
     if meanwhile:
         _import_suites_meanwhile()
     with without_heartbeats() if local_server else nullcontext():
@@ -300,8 +302,9 @@ def _import_suites_meanwhile() -> None:
         try:
             import quality  # noqa: F401
         except Exception:  # noqa: BLE001 - the validating stage imports it again and reports the error
-            return
-        settle_heap()
+            pass
+        finally:
+            settle_heap()
 
     threading.Thread(target=load, name="import-quality-suites", daemon=True).start()
 
@@ -381,6 +384,8 @@ def _command(argv: list[str] | None) -> int:
     as_command = argv is None
     parser = _parser()
     args = parser.parse_args(argv)
+    if as_command and args.command == "run":
+        hold_collection()  # until its imports are settled (`_run`)
     if args.command == "list":
         from .pipeline_info import describe
 
