@@ -362,3 +362,21 @@ def test_a_changed_threshold_reruns_selection_only_and_the_cli_dry_run_writes_no
     out = capsys.readouterr().out
     assert "min_han_ratio" in out and "would remove" in out and "han_ratio:0." in out
     assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_evidence_characters_are_kept_per_machine_and_read_back_the_same(tmp_path, monkeypatch):
+    """The evidence classes are worked out from OpenCC's tables once, written to the temp dir,
+    and read back identical; the classes built from either are the same patterns."""
+    import tempfile
+
+    from transforms.clean import simplify
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    worked_out = simplify._worked_out_evidence()
+    assert simplify._evidence_chars() == worked_out  # worked out and written
+    written = list(tmp_path.rglob("evidence-*.json"))
+    assert len(written) == 1 and not list(tmp_path.rglob("*.partial"))
+    assert simplify._evidence_chars() == worked_out  # read back
+    assert "參" in worked_out["traditional"] and "参" in worked_out["simplified"] and "裡" in worked_out["taiwan"]
+    patterns = simplify.Evidence(**{name: simplify._char_class(set(chars)) for name, chars in worked_out.items()})
+    assert simplify.evidence() == patterns

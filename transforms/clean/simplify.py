@@ -74,7 +74,38 @@ def _char_class(chars: set[str]) -> re.Pattern:
 
 @lru_cache(maxsize=1)
 def evidence() -> Evidence:
-    """The evidence character classes, from OpenCC's character tables (about 0.5 s, once)."""
+    """The evidence character classes, from OpenCC's character tables (`_evidence_chars`)."""
+    return Evidence(**{name: _char_class(set(chars)) for name, chars in _evidence_chars().items()})
+
+
+def _evidence_chars() -> dict[str, str]:
+    """The characters of each evidence class, worked out from OpenCC's tables once per machine
+    (about 0.17 CPU-s) and kept in the temp dir in a file named by what they depend on: OpenCC's
+    version and dictionary files (names, sizes, times), and this module's source."""
+    opencc = _opencc()
+    share = _share_dir()
+    tables = "\n".join(f"{p.name}|{p.stat().st_size}|{p.stat().st_mtime_ns}" for p in sorted(share.iterdir()) if p.is_file())
+    source = hashlib.blake2b(Path(__file__).read_bytes(), digest_size=8).hexdigest()
+    key = f"{getattr(opencc, '__version__', '')}\n{share}\n{tables}\n{source}"
+    path = Path(tempfile.gettempdir()) / f"tcm-corpus-opencc-{os.getuid()}" / f"evidence-{hashlib.blake2b(key.encode(), digest_size=8).hexdigest()}.json"
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        pass
+    chars = _worked_out_evidence()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # Written beside and renamed: another worker may be reading the same file.
+        partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
+        partial.write_text(json.dumps(chars, ensure_ascii=False), encoding="utf-8")
+        partial.replace(path)
+    except OSError:
+        pass  # an unwritable temp dir: worked out again by the next process
+    return chars
+
+
+def _worked_out_evidence() -> dict[str, str]:
+    """Each evidence class (the fields of Evidence) as its characters in code point order."""
     opencc = _opencc()
     chars = [chr(cp) for lo, hi in _HAN_BLOCKS for cp in range(lo, hi)]
     joined = "\n".join(chars)
@@ -87,12 +118,13 @@ def evidence() -> Evidence:
     # A regional form is one OpenCC maps back to its standard traditional form (裡 -> 裏 for Taiwan).
     taiwan, hong_kong = set(changes("tw2t")) - NOT_REGIONAL, set(changes("hk2t")) - NOT_REGIONAL
     # A character both tables change says nothing about which script a text is in.
-    return Evidence(
-        traditional=_char_class(set(t2s) - set(s2t)),
-        simplified=_char_class(set(s2t) - set(t2s)),
-        taiwan=_char_class(taiwan - hong_kong),
-        hong_kong=_char_class(hong_kong - taiwan),
-    )
+    classes = {
+        "traditional": set(t2s) - set(s2t),
+        "simplified": set(s2t) - set(t2s),
+        "taiwan": taiwan - hong_kong,
+        "hong_kong": hong_kong - taiwan,
+    }
+    return {name: "".join(sorted(found)) for name, found in classes.items()}
 
 
 def read_phrases(paths: tuple[str | Path, ...] = ()) -> list[tuple[str, str]]:
