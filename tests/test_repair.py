@@ -81,6 +81,26 @@ def test_regional_converter_words_are_corrected_with_their_spans(shared_data):
     assert repairer().repair("气浓味薄，野野狼，伊芳尹，毒瓦斯").text == "气厚味薄，野狼，伊尹，毒气"
 
 
+def test_encoder_placeholders_become_lost_glyphs(shared_data):
+    # 「KT 」 stands where the encoder had no code for a glyph: 项背强KT KT is 项背强几几. Each mark
+    # is one lost glyph, undone exactly, counted in clean.
+    for book, phrase in (("081-祖剂.txt", "项背强KT KT "), ("029-本草思辨录.txt", "项背强KT KT ，无汗")):
+        text = tidy_whitespace(unicode_clean(read_source(shared_data / "corpus" / "ancient-books" / book).text))
+        assert phrase in text
+        result = repairer().repair(text)
+        marks = [r for r in result.repairs if r.kind == "placeholder"]
+        assert "KT" not in result.text and "项背强□□" in result.text
+        assert len(marks) == text.count("KT") and {r.replacement for r in marks} == {"□"}
+        assert undo(result.text, result.repairs) == text
+    # Marks without their space; a mark the lexicon decides is filled; Latin letters around KT are no mark.
+    assert repairer().repair("项背强KTKT ，义详").text == "项背强□□，义详"
+    assert repairer().repair("黄KT 三两，桂枝三两").text == "黄芪三两，桂枝三两"
+    assert repairer().repair("KTV 与 OKT 与 KT1").repairs == []
+    kept, _ = clean_documents(docs(["太阳病，项背强KT KT ，无汗恶风，葛根汤主之。" + "经文" * 20]), {})
+    assert kept.column("text").to_pylist()[0].startswith("太阳病，项背强□□，无汗")
+    assert kept.column("lost_glyphs").to_pylist() == [2]
+
+
 def test_undecided_blanks_are_counted_and_thresholded_in_select():
     table = docs(["太素：□□□者，□刺之。" + "经文" * 20, "黄 桂枝五物汤主之。" + "经文" * 20])
     kept, _ = clean_documents(table, {})
