@@ -68,6 +68,7 @@ CLOSING = set("）)】〕》")
 PROSE_PUNCTUATION = set("，。；：！？∶")
 ENTRY_OPENERS = ("【", "〔")
 INDENT = ("\u3000", "  ", "\t")
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def _table(characters) -> np.ndarray:
@@ -156,29 +157,32 @@ def import_book(path: Path, source: str, category: str, options: dict | None = N
     # The book's part of every chapter's meta JSON, written once: a chapter's JSON adds its own
     # keys at the end, as dumps_meta of the chapter's meta (the book's keys first) would.
     book_json = dumps_meta(meta_base)[:-1]
+    name = path.name
+    # A chapter's strings are parts of the file's text: when neither that nor the book's meta
+    # holds a lone surrogate, none of them needs searching for one.
+    points = lines.points
+    well_formed_already = not (np.any((points >= 0xD800) & (points <= 0xDFFF)) or _LONE_SURROGATE.search(book_json))
+    book_untrained = _untrained(meta_base)
     for index, (chapter, body) in enumerate(zip(book.chapters, bodies)):
-        text = with_title(chapter.title, body)
-        meta = {**meta_base, "chapter": chapter.title, "chapter_index": index, "volume": chapter.volume,
-                "debris_bytes": replaced_in(body, decoded)}
-        meta_json = (f'{book_json}, "chapter": {_json(chapter.title)}, "chapter_index": {_json(index)}, '
-                     f'"volume": {_json(chapter.volume)}, "debris_bytes": {_json(meta["debris_bytes"])}}}')
-        record = document(
-            text, source, category, title=chapter.title, meta=meta,
-            reason=None if text else "empty_chapter", fallback_key=(path.name, str(index)), meta_json=meta_json,
-        )
-        record.untrained = _untrained(meta)
+        title, volume = chapter.title, chapter.volume
+        text = with_title(title, body)
+        debris_bytes = replaced_in(body, decoded)
+        meta_json = (f'{book_json}, "chapter": {_quote(title)}, "chapter_index": {index}, '
+                     f'"volume": {"null" if volume is None else _quote(volume)}, "debris_bytes": {debris_bytes}}}')
+        if well_formed_already:
+            record = document(
+                text, source, category, title=title, reason=None if text else "empty_chapter",
+                fallback_key=(name, str(index)), meta_json=meta_json, well_formed_already=True,
+            )
+        else:
+            meta = {**meta_base, "chapter": title, "chapter_index": index, "volume": volume, "debris_bytes": debris_bytes}
+            record = document(
+                text, source, category, title=title, meta=meta, reason=None if text else "empty_chapter",
+                fallback_key=(name, str(index)), meta_json=meta_json,
+            )
+        # As _untrained of the chapter's meta: the book's keys, then its title and volume.
+        record.untrained = book_untrained + ("chapter",) * bool(title) + ("volume",) * bool(volume)
         yield record
-
-
-def _json(value) -> str:
-    """A meta value as dumps_meta writes it."""
-    if value is None:
-        return "null"
-    if type(value) is str:
-        return _quote(value)
-    if type(value) is int:
-        return int.__repr__(value)
-    return dumps_meta({"": value})[5:-1]
 
 
 def _untrained(meta: dict) -> tuple[str, ...]:
