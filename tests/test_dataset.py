@@ -6,7 +6,11 @@ import pyarrow.parquet as pq
 import pytest
 
 from schemas import DOCUMENTS, conform, document_id, kind_of
-from schemas.dataset import DatasetError, DatasetWriter, StageManifest, check_input, fingerprint, read_kind, read_manifest
+from schemas import CONVERSATIONS
+from schemas.dataset import (
+    ROW_GROUP_ROWS, DatasetError, DatasetWriter, StageManifest, check_input, fingerprint, iter_batches, parquet_leaves, read_kind,
+    read_manifest,
+)
 
 
 def _documents(n, start=0):
@@ -35,6 +39,40 @@ def test_writer_commits_whole_dataset_with_ledger(tmp_path):
     assert pq.read_table(out / "rejected" / DOCUMENTS).column("reason").to_pylist() == ["too_short:x", "empty"]
     assert read_kind(out, DOCUMENTS).num_rows == 3
     assert json.loads((out / "_manifest.json").read_text())["stage"] == "test"
+
+
+def test_parts_gather_write_calls_into_row_groups(tmp_path):
+    """Batches of a few hundred rows make row groups of ROW_GROUP_ROWS, parts keep `part_rows`
+    rows, and the rows come back in order; dictionaries only on the repeated short columns."""
+    out = tmp_path / "stage"
+    part_rows, batch = ROW_GROUP_ROWS * 2 + 100, 700
+    total = part_rows + 1_000
+    table = _documents(total)
+    with DatasetWriter(out, StageManifest(stage="test"), part_rows=part_rows) as writer:
+        for start in range(0, total, batch):
+            writer.write(DOCUMENTS, table.slice(start, batch))
+        manifest = writer.commit()
+    files = sorted((out / DOCUMENTS).iterdir())
+    assert [pq.ParquetFile(f).metadata.num_rows for f in files] == [part_rows, 1_000]
+    assert [f["rows"] for f in manifest.files] == [part_rows, 1_000]
+    first = pq.ParquetFile(files[0]).metadata
+    assert [first.row_group(g).num_rows for g in range(first.num_row_groups)] == [ROW_GROUP_ROWS, ROW_GROUP_ROWS, 100]
+    assert read_kind(out, DOCUMENTS).column("text").to_pylist() == table.column("text").to_pylist()
+    assert sum(b.num_rows for b in iter_batches(out, DOCUMENTS, 4096)) == total
+    columns = {first.row_group(0).column(i).path_in_schema: first.row_group(0).column(i) for i in range(first.num_columns)}
+    assert columns["source"].has_dictionary_page and columns["category"].has_dictionary_page
+    assert not columns["text"].has_dictionary_page and not columns["id"].has_dictionary_page
+
+
+def test_parquet_leaves_name_nested_columns_as_parquet_does(tmp_path):
+    conversations = conform(pa.table({
+        "id": ["c1"], "source": ["s"], "category": ["sft"],
+        "messages": [[{"role": "user", "content": "问"}, {"role": "assistant", "content": "答"}]],
+    }), CONVERSATIONS)
+    pq.write_table(conversations, tmp_path / "c.parquet")
+    on_disk = [column.path for column in pq.ParquetFile(tmp_path / "c.parquet").schema]
+    assert parquet_leaves(conversations.schema) == on_disk
+    assert "messages.list.element.role" in on_disk
 
 
 def test_failed_write_leaves_no_dataset(tmp_path):
