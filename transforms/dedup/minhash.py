@@ -34,6 +34,7 @@ from typing import Sequence
 import numpy as np
 
 from transforms.clean.normalize import match_key, match_keys
+from transforms.clean.textstats import lookup
 
 _U64 = np.uint64
 _LOW32 = _U64(0xFFFFFFFF)
@@ -142,7 +143,7 @@ def _gram_hashes(keys: Sequence[str], ngram: int) -> tuple[np.ndarray, np.ndarra
     pad = "\0" * (ngram - 1)
     points = np.frombuffer((pad.join(keys) + pad).encode("utf-32-le"), dtype="<u4")
     if int(points.max()) < 0x10000:
-        mixed = _mixed_bmp()[points]
+        mixed = lookup(_mixed_bmp(), points)
     else:
         mixed = _splitmix64(points)
         mixed[points == 0] = 0
