@@ -229,7 +229,8 @@ def _distinct_values(hashes: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray
     first = np.ones(len(packed), dtype=bool)
     np.not_equal(packed[1:], packed[:-1], out=first[1:])
     packed = packed[first]
-    return packed.astype(np.uint32), np.bincount((packed >> _U64(32)).astype(np.int64), minlength=texts).astype(np.int64)
+    # The text numbers (below 2^32) read as int64 in place: no copy of a value per shingle.
+    return packed.astype(np.uint32), np.bincount((packed >> _U64(32)).view(np.int64), minlength=texts).astype(np.int64)
 
 
 def exact_jaccard(a: np.ndarray, b: np.ndarray) -> float:
