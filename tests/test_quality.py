@@ -440,3 +440,28 @@ def test_report_reads_dedup_clusters_when_the_stage_wrote_them(tmp_path):
     assert figures["dedup"]["members_by_match"] == {"exact": 2, "kept": 3, "near": 2}
     page = render_html(figures)
     assert "size 2" in page and "size 3" in page and "near" in page
+
+
+def test_modules_gx_imports_for_unused_expectations_load_when_first_used(tmp_path):
+    """scipy.stats and altair are deferred while GX is imported: not run by the import, whole on
+    first use (GX's KL-divergence expectation computes with scipy.stats.entropy)."""
+    import os
+    import subprocess
+    import sys
+
+    script = tmp_path / "deferred.py"
+    script.write_text(
+        "import sys, types\n"
+        "import quality\n"
+        "import great_expectations.expectations.core.expect_column_kl_divergence_to_be_less_than as kl\n"
+        "print(type(sys.modules['scipy.stats']).__name__, 'scipy.stats._stats_py' in sys.modules)\n"
+        "print(round(float(kl.stats.entropy([0.5, 0.5], [0.9, 0.1])), 6), 'scipy.stats._stats_py' in sys.modules)\n"
+        "print(type(sys.modules['scipy.stats']).__name__, callable(kl.alt.Chart))\n",
+        encoding="utf-8",
+    )
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, str(script)], cwd=root, capture_output=True, text=True, check=True,
+                         env={**os.environ, "PYTHONPATH": str(root)}).stdout.split("\n")
+    assert out[0] == "_LazyModule False"
+    assert out[1] == "0.510826 True"
+    assert out[2] == "module True"

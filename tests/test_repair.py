@@ -101,6 +101,32 @@ def test_encoder_placeholders_become_lost_glyphs(shared_data):
     assert kept.column("lost_glyphs").to_pylist() == [2]
 
 
+def test_a_name_that_lost_a_glyph_is_not_kept_as_another_word(shared_data):
+    # 萆薢, 芎䓖 and 黄芪 are titled 萆, 芎 and 黄 in the books (the second glyph lost, the title line
+    # too), and their bodies say 「与萆 相乱」, 「故名芎 。」, 「丹溪云∶黄 大补」. The name gets its
+    # 「□」 (one lost glyph a row), 黄□ is filled as 黄芪 by the lexicon; a title the body uses
+    # whole (术, 蟹, 石 in 神农本草经) stays as it was.
+    books = shared_data / "corpus" / "ancient-books"
+    changed: dict = {}
+    for book in ("000-神农本草经.txt", "018-本草备要.txt"):
+        rows = [r.row for r in import_file(books / book, "book", "b", "books") if not r.rejected]
+        for r in rows:  # every mark is undone exactly
+            result = repairer().repair(r["text"], r["title"])
+            assert undo(result.text, result.repairs) == r["text"]
+        table = conform(pa.Table.from_pylist(rows), DOCUMENTS)
+        kept, _ = clean_documents(table, {}, {})
+        before = {r["id"]: r["title"] for r in rows}
+        for r in kept.select(["id", "title", "text", "lost_glyphs"]).to_pylist():
+            if r["title"] != before[r["id"]]:
+                changed[book[:3], before[r["id"]]] = r
+    assert changed["000", "萆"]["title"] == "萆□" and changed["000", "萆"]["text"].startswith("萆□\n味苦，平")
+    assert "与萆□相乱" in changed["000", "萆"]["text"] and changed["000", "萆"]["lost_glyphs"] == 1
+    assert changed["000", "芎"]["title"] == "芎□" and changed["000", "芎"]["lost_glyphs"] == 1
+    assert changed["018", "黄"]["title"] == "黄芪" and changed["018", "黄"]["text"].startswith("黄芪\n补气，固表")
+    assert not {("000", "术"), ("000", "蟹"), ("000", "石")} & set(changed)
+    assert all(len(title) == 1 for _, title in changed)
+
+
 def test_undecided_blanks_are_counted_and_thresholded_in_select():
     table = docs(["太素：□□□者，□刺之。" + "经文" * 20, "黄 桂枝五物汤主之。" + "经文" * 20])
     kept, _ = clean_documents(table, {})

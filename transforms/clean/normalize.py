@@ -20,6 +20,8 @@ from functools import lru_cache, partial
 
 import numpy as np
 
+from .textstats import lookup
+
 
 # Full-width punctuation that plain NFKC would turn into ASCII (and the Chinese ellipsis …,
 # which it would turn into three dots).
@@ -137,7 +139,7 @@ def _texts_flagged(texts: list[str], evidence: bool = False) -> np.ndarray | Non
         points, _, ends = _code_points(texts)
     except UnicodeEncodeError:
         return None
-    per_char = _char_flags(evidence)[points]
+    per_char = lookup(_char_flags(evidence), points)
     hits = np.flatnonzero(per_char)
     out = np.zeros(len(texts), np.uint8)
     np.bitwise_or.at(out, np.searchsorted(ends, hits, side="right"), per_char[hits])
@@ -561,7 +563,7 @@ def match_key_points(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
 def _match_key_points(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
     first, second, known = _packed_tables()
     points, _, ends = _code_points(texts)
-    looked = np.take(first, points)
+    looked = lookup(first, points)
     slow = _any_per_text(looked & _SLOW, ends)
     # OpenCC runs only over the texts holding a character its dictionaries can change.
     changeable = np.flatnonzero(_any_per_text(looked & _CHANGING, ends)) if known else np.arange(len(texts))
@@ -571,7 +573,7 @@ def _match_key_points(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
     if converted is None:  # never expected; the per-text path is always right
         return _code_points([match_key(text) for text in texts])[::2]
     points, ends = converted
-    looked = np.take(second, points)
+    looked = lookup(second, points)
     slow_word = _any_per_text(looked & _SLOW, ends)
     slow_word &= ~slow
     fixed = {i: match_key(texts[i]) for i in np.flatnonzero(slow).tolist()}

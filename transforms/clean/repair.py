@@ -29,6 +29,15 @@ term ends at the blank and the next herb follows (「炙黄 人参」 -> 「炙�
 spaced by blanks the lost glyph took its separator with it). Several -> the blank stays and is
 counted in `lost_glyphs`; none -> a 「□」 is counted, a space is a space.
 
+A name that lost a glyph (kind `lost_name`): a text titled by one Han character T (「萆」, 「芎」,
+「黄」: 萆薢, 芎䓖, 黄芪 whose second glyph the source could not encode, the title line included)
+whose own body writes T before a blank (「与萆 相乱」, 「故名芎 。」) at least as often as T
+otherwise. Each such blank after T becomes a 「□」 and a 「□」 is written after the title T, so
+the entry no longer states its facts under a one-character name that is another word (黄 is no
+herb); the marks are then lost glyphs like any other: filled where the lexicon decides (「黄□」
+before a line end is 黄芪), else counted, once a row (one glyph of one name, however often named). A title T that the body uses mostly whole (鸡 in 鸡内金,
+鸡子 with one 「鸡 。」) is left alone.
+
 Every repair is kept per row as (offset, original, replacement, kind), the offset in code points
 into the repaired text, so `undo` gives the text back exactly.
 """
@@ -46,7 +55,7 @@ import pyarrow as pa
 RESOURCES = "transforms.resources"
 CORRECTIONS_FILE = "corrections.tsv"
 LOST_GLYPHS_FILE = "lost_glyphs.tsv"
-KINDS = ("correction", "placeholder", "lost_glyph")
+KINDS = ("correction", "placeholder", "lost_name", "lost_glyph")
 LOST_MARK = "□"
 # The marks for a glyph the source could not encode (module doc); each becomes LOST_MARK.
 PLACEHOLDERS = ("KT ", "KT")
@@ -64,6 +73,8 @@ _HAN_RUN = re.compile(_HAN.pattern + r"+\Z")
 _LIST_MARKS = set("（(、，,。；;：:)）\n")
 MAX_SIDE = 12
 _BLANK = re.compile("|".join(map(re.escape, BLANKS)))
+# What follows a blank that stands for a glyph: a Han character or the punctuation of a sentence.
+_AFTER_BLANK = "[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff，。、；：∶（）]"
 
 
 class RepairError(ValueError):
@@ -75,7 +86,7 @@ class Repair:
     offset: int  # code points into the repaired text
     original: str
     replacement: str
-    kind: str  # correction | placeholder | lost_glyph
+    kind: str  # correction | placeholder | lost_name | lost_glyph
 
     def as_dict(self) -> dict:
         return {"offset": self.offset, "original": self.original, "replacement": self.replacement, "kind": self.kind}
@@ -86,6 +97,7 @@ class Repaired:
     text: str
     repairs: list[Repair]
     lost_glyphs: int  # blanks the evidence did not decide
+    title: str | None = None  # the title as the text now opens with it, when a lost_name mark changed it
 
 
 def read_table(name: str, columns: int, path: str | Path | None = None) -> tuple[str, list[list[str]]]:
@@ -152,13 +164,25 @@ class Repairer:
         blanks = "".join(map(re.escape, BLANKS))
         self.fillable = re.compile(f"[{before_glyph}][{blanks}]") if before_glyph else None
 
-    def repair(self, text: str) -> Repaired:
+    def repair(self, text: str, title: str | None = None) -> Repaired:
+        """`text` corrected, its name's lost glyph marked (when `title` is given, module doc) and its
+        blanks filled or counted; `Repaired.title` is set when the title changed."""
         repairs: list[Repair] = []
         if self.automaton is not None:
             text, repairs = self._correct(text)
+        new_title = None
+        if title is not None:
+            text, repairs, new_title = _mark_lost_name(text, title, repairs)
         if not any(blank in text for blank in BLANKS):
             return Repaired(text, repairs, 0)
-        return self._fill(text, repairs)
+        result = self._fill(text, repairs)
+        if new_title is not None:
+            result.title = result.text[: len(new_title)]
+            # The name's lost glyph is one glyph, however often the body names it.
+            filled = {r.offset for r in result.repairs if r.kind == "lost_glyph" and r.original == LOST_MARK}
+            marks = sum(r.kind == "lost_name" and r.offset not in filled for r in result.repairs)
+            result.lost_glyphs -= max(marks - 1, 0)
+        return result
 
     def _correct(self, text: str) -> tuple[str, list[Repair]]:
         matches = self.automaton.find_matches_as_indexes(text)
@@ -253,6 +277,33 @@ class Repairer:
         if not right or right[0] in _LIST_MARKS or right[0] in BLANKS or _DOSE.match(right):
             return True
         return any(right[:n] in self.terms for n in range(2, min(len(right), self.max_term) + 1))
+
+
+def lost_name_blanks(text: str, title: str) -> list[int]:
+    """Where the body of `text` writes its one-character `title` before a blank that stands for the
+    name's lost glyph: the blanks' offsets, or [] when the title is not one Han character opening
+    the text, or T stands whole in the body more often than before a blank (module doc)."""
+    if len(title) != 1 or not _HAN.match(title) or not text.startswith(title) or text[1:2] == LOST_MARK:
+        return []
+    blanks = [m.start() + 1 for m in re.compile(re.escape(title) + f"(?: (?={_AFTER_BLANK})|{LOST_MARK})").finditer(text, 1)]
+    return blanks if blanks and 2 * len(blanks) >= text.count(title, 1) else []
+
+
+def _mark_lost_name(text: str, title: str, repairs: list[Repair]) -> tuple[str, list[Repair], str | None]:
+    """The name's lost glyph written 「□」 after the opening title and in place of each blank
+    `lost_name_blanks` finds; earlier repairs' offsets moved past the inserted mark."""
+    blanks = lost_name_blanks(text, title)
+    if not blanks:
+        return text, repairs, None
+    chars = list(text)
+    marks = [Repair(1, "", LOST_MARK, "lost_name")]
+    for i in blanks:
+        if chars[i] == " ":
+            chars[i] = LOST_MARK
+            marks.append(Repair(i + 1, " ", LOST_MARK, "lost_name"))
+    moved = [Repair(r.offset + (r.offset >= 1), r.original, r.replacement, r.kind) for r in repairs]
+    text = title + LOST_MARK + "".join(chars[1:])
+    return text, sorted(moved + marks, key=lambda r: r.offset), title + LOST_MARK
 
 
 def undo(text: str, repairs: list[dict] | list[Repair]) -> str:

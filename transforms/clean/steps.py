@@ -54,7 +54,7 @@ def clean_documents(batch: pa.RecordBatch | pa.Table, params: dict, stats: dict 
     with timer("pii"):
         redacted, redactions = pii.redact_batch([text for text, _ in normalized], redact_kinds)
     with timer("repair"):
-        redacted, repairs, lost = _repair(redacted, table.column("category").to_pylist(), params, stats)
+        redacted, repairs, lost, titles = _repair(redacted, table.column("category").to_pylist(), params, stats, table.column("title").to_pylist())
     for text, (_, is_traditional) in zip(redacted, normalized):
         texts.append(text)
         traditional.append(is_traditional)
@@ -65,6 +65,8 @@ def clean_documents(batch: pa.RecordBatch | pa.Table, params: dict, stats: dict 
     table = _with_column(table, "traditional", pa.array(traditional, pa.bool_()))
     table = _with_column(table, "repairs", pa.array(repairs, REPAIR_TYPE))
     table = _with_column(table, "lost_glyphs", pa.array(lost, pa.int32()))
+    if titles is not None:
+        table = table.set_column(table.schema.get_field_index("title"), "title", pa.array(titles, pa.string()))
     kept, _ = _split(table, reasons)
     _, rejected = _split(original, reasons)
     kept_texts = [text for text, reason in zip(texts, reasons) if reason is None]
@@ -114,15 +116,21 @@ def _normalize_titles(titles: list[str | None], params: dict) -> list[str | None
     return out
 
 
-def _repair(texts: list[str], categories: list[str], params: dict, stats: dict) -> tuple[list[str], list[list[dict]], list[int]]:
-    """Corrections and lost-glyph filling (transforms.clean.repair) for rows of the categories in
-    `repair_categories` (default books); every row gets its `lost_glyphs` count (in other
-    categories: the 「□」 marks). Counts per kind and per correction go to stats["repairs"]."""
+def _repair(
+    texts: list[str], categories: list[str], params: dict, stats: dict, titles: list[str | None] | None = None
+) -> tuple[list[str], list[list[dict]], list[int], list[str | None] | None]:
+    """Corrections, names' lost glyphs and lost-glyph filling (transforms.clean.repair) for rows of
+    the categories in `repair_categories` (default books); every row gets its `lost_glyphs` count
+    (in other categories: the 「□」 marks). Counts per kind and per correction go to
+    stats["repairs"]. The last item: `titles` with those a lost_name mark changed (None when no
+    title changed)."""
     enabled = params.get("repair", True)
     scope = set(params.get("repair_categories") or ["books"])
     counts = stats.setdefault("repairs", {})
     by_entry = stats.setdefault("repairs_by_entry", {})
     out_texts, out_repairs, out_lost = [], [], []
+    out_titles = list(titles) if titles is not None else None
+    changed = False
     tool = repairer(_path(params.get("repair_lexicon")), _path(params.get("repair_corrections"))) if enabled else None
     for text, category in zip(texts, categories):
         if tool is None or category not in scope:
@@ -130,7 +138,10 @@ def _repair(texts: list[str], categories: list[str], params: dict, stats: dict) 
             out_repairs.append([])
             out_lost.append(text.count("□"))
             continue
-        result = tool.repair(text)
+        result = tool.repair(text, titles[len(out_texts)] if titles is not None else None)
+        if result.title is not None:
+            out_titles[len(out_texts)] = result.title
+            changed = True
         out_texts.append(result.text)
         out_repairs.append([r.as_dict() for r in result.repairs])
         out_lost.append(result.lost_glyphs)
@@ -140,7 +151,7 @@ def _repair(texts: list[str], categories: list[str], params: dict, stats: dict) 
             by_entry[key] = by_entry.get(key, 0) + 1
         counts["lost_glyphs_tagged"] = counts.get("lost_glyphs_tagged", 0) + result.lost_glyphs
         counts["rows_repaired"] = counts.get("rows_repaired", 0) + bool(result.repairs)
-    return out_texts, out_repairs, out_lost
+    return out_texts, out_repairs, out_lost, out_titles if changed else None
 
 
 def _path(value) -> str | None:
@@ -209,7 +220,7 @@ def add_tags(table: pa.Table, texts: list[str], params: dict, timer: "_Timer | N
     timer.add(rule_seconds)
     if title is not None:
         with timer("entries"):
-            body = body_tags(texts, title, list_matcher(params.get("domain_lexicon")))
+            body = body_tags(texts, title, list_matcher(params.get("domain_lexicon")), batch.text_array)
         tags["body_chars"] = pa.array(body["body_chars"], pa.int64())
         tags["body_kind"] = pa.array(body["body_kind"], pa.string())
     if params.get("domain_lexicon") or params.get("domain_model"):
