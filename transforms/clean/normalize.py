@@ -499,10 +499,10 @@ def _converted(values: np.ndarray, ends: np.ndarray, changeable: np.ndarray) -> 
 
 def _converted_runs(values: np.ndarray, ends: np.ndarray, changing: np.ndarray, keyed: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
     """`_converted` by runs (see there); None where a run's length changes."""
-    hot = np.flatnonzero(changing[values])
+    hot = np.flatnonzero(lookup(changing, values))
     if not len(hot):
         return values, ends
-    held = keyed[values]
+    held = lookup(keyed, values)
     edges = np.empty(len(values) + 1, bool)  # where a run of held or of other characters starts
     edges[0] = edges[-1] = True
     np.not_equal(held[1:], held[:-1], out=edges[1:-1])
