@@ -303,21 +303,26 @@ def parse_book(lines: Lines) -> Book:
             header.setdefault("book", opening[0][len(CHAPTER):].strip() or None)
     starts = lines.starts[position:]
     marked = position + np.flatnonzero((lines.ends[position:] > starts) & (lines.points.take(starts, mode="clip") == _MARKER))
-    volume_at: list[int] = []
-    chapter_at: list[int] = []
+    # Which of them open with <目录> (<目錄>) or <篇名>: their next three code points say.
+    following = lines.starts[marked][:, None] + np.arange(1, 4)
+    opening = np.where(following < lines.ends[marked][:, None], lines.points.take(following, mode="clip"), 0)
+    is_volume = np.zeros(len(marked), bool)
+    for mark in VOLUMES:
+        is_volume |= (opening == _code_points(mark[1:])).all(axis=1)
+    volume_at = marked[is_volume]
+    chapter_at = marked[(opening == _code_points(CHAPTER[1:])).all(axis=1)]
+    # A chapter's volume is read from the last <目录> line above it (every chapter carries its
+    # own; an empty one means no volume), each line read once.
+    above = np.searchsorted(volume_at, chapter_at) - 1
+    text, starts, ends = lines.text, lines.starts, lines.ends
+    volumes: dict[str, str | None] = {}
     chapters: list[Chapter] = []
-    volume: str | None = None
-    volumes: dict[str, str | None] = {}  # each chapter repeats its <目录> line: read each once
-    for at in marked.tolist():
-        line = lines.line(at)
-        if line.startswith(VOLUMES):
-            # Every chapter carries its own <目录> line; an empty one means no volume.
-            level = line[len(VOLUMES[0]):]
+    for at, volume_line in zip(chapter_at.tolist(), np.where(above >= 0, volume_at[np.maximum(above, 0)] if len(volume_at) else 0, -1).tolist()):
+        volume = None
+        if volume_line >= 0:
+            level = text[starts[volume_line] + len(VOLUMES[0]):ends[volume_line]]
             volume = volumes[level] if level in volumes else volumes.setdefault(level, _volume(level))
-            volume_at.append(at)
-        elif line.startswith(CHAPTER):
-            chapters.append(Chapter(line[len(CHAPTER):].strip(), volume))
-            chapter_at.append(at)
+        chapters.append(Chapter(text[starts[at] + len(CHAPTER):ends[at]].strip(), volume))
     if not chapters:
         front = np.ones(len(lines), bool)
         front[:position] = False
@@ -504,6 +509,10 @@ def clean_texts(lines: Lines, chosen: np.ndarray, counts: np.ndarray, width: int
 
 
 def _ranges(starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
-    """The positions of the ranges [starts[i], ends[i]), one range after another."""
+    """The positions of the ranges [starts[i], ends[i]), one range after another (32-bit where
+    they fit: half the memory to write and read)."""
     lengths = ends - starts
-    return np.arange(int(lengths.sum()), dtype=np.int64) + np.repeat(starts - (np.cumsum(lengths) - lengths), lengths)
+    total = int(lengths.sum())
+    wide = np.int32 if max(total, int(ends.max()) if len(ends) else 0) < 2**31 else np.int64
+    starts, lengths = starts.astype(wide), lengths.astype(wide)
+    return np.arange(total, dtype=wide) + np.repeat(starts - (np.cumsum(lengths, dtype=wide) - lengths), lengths)
