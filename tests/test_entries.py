@@ -15,7 +15,7 @@ from schemas import document_id
 from schemas.dataset import StageManifest
 from transforms.clean.steps import clean_documents
 from transforms.engines.local import LocalEngine
-from transforms.clean.entries import body_tags, title_prefix
+from transforms.clean.entries import _judge, _without_blank_lines, body_tags, may_hold_pointers, strip_pointers, title_prefix
 from transforms.ingest.importers import import_file
 from transforms.clean.lexicon import list_matcher
 from transforms.select.rules import describe_report, select_batch
@@ -152,3 +152,26 @@ def test_book_entry_titles_case_through_build_corpus(tmp_path, prefect_harness, 
     assert len(long_entry) == 1 and long_entry[0].split("\n")[0] in ("浓朴", "厚朴")
     select = json.loads((workdir / "stages" / "select" / "_manifest.json").read_text(encoding="utf-8"))
     assert not select.get("rejected_by_reason", {}).get("too_short")
+
+
+@pytest.mark.parametrize("book", ["038-本草分经.txt", "237-外科心法要诀.txt", "257-症因脉治.txt"])
+def test_the_pointer_screen_passes_over_no_body_a_pointer_leaves(shared_data, book):
+    """body_tags searches for cross-references only in the texts `may_hold_pointers` flags: on
+    real books, every body it passes over is one `strip_pointers` leaves but for blank lines, and
+    the columns equal those of the search in every text."""
+    rows = [r.row for r in import_file(shared_data / "corpus" / "ancient-books" / book, "book", "books", "books") if not r.reason]
+    texts = [row["text"] for row in rows]
+    prefix = title_prefix(texts, [row.get("title") for row in rows])
+    bodies = [text[n:] for text, n in zip(texts, prefix.tolist())]
+    flagged = may_hold_pointers(pa.array(texts, pa.string()))
+    assert flagged.tolist() == may_hold_pointers(texts).tolist()
+    passed = [body for body, hit in zip(bodies, flagged.tolist()) if not hit]
+    assert [strip_pointers(body) for body in passed] == [_without_blank_lines(body) for body in passed]
+    # The screen is worth its pass: it passes over bodies holding the marks a pointer holds, and
+    # flags bodies whose pointers are stripped.
+    assert sum(any(mark in body for mark in "见载同参") for body in passed) > 50
+    assert sum(strip_pointers(b) != _without_blank_lines(b) for b, hit in zip(bodies, flagged.tolist()) if hit) > 10
+    matcher = list_matcher()
+    searched = [_judge(body, bool(n), matcher) for body, n in zip(bodies, prefix.tolist())]
+    tags = body_tags(texts, prefix, matcher, pa.array(texts, pa.string()))
+    assert list(zip(tags["body_chars"].tolist(), tags["body_kind"].tolist())) == searched

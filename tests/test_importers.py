@@ -145,6 +145,16 @@ def test_book_rows_fit_the_schema(all_books):
     assert_conforms(all_books["000-神农本草经.txt"] + all_books["008-汤液本草.txt"])
 
 
+def test_common_character_table_is_the_rule_for_each_code_point():
+    import numpy as np
+
+    from transforms.ingest.importers.encoding import _common_table, _is_common
+
+    table = _common_table()
+    assert len(table) == 0x10001 and not table[-1]
+    assert (table[:-1] == np.array([_is_common(chr(cp)) for cp in range(0x10000)])).all()
+
+
 def test_big5_and_utf8_are_detected(tmp_path):
     text = "<篇名>傷寒論\r\n書名：傷寒論\r\n作者：張機\r\n朝代：漢\r\n年份：\r\n<目錄>卷一\r\r\n\n<篇名>辨脈法\r\n\r\n內容：問曰：脈有陰陽，何謂也？答曰：凡脈大、浮、數、動、滑，此名陽也；脈沉、澀、弱、弦、微，此名陰也。 \r\n"
     big5 = tmp_path / "big5.txt"

@@ -273,3 +273,24 @@ def test_key_tables_hold_each_code_points_own_rule():
         simple_lower = not char.isalnum() or (len(lowered) == 1 and char != "\u03a3")
         assert simple_word[cp] == simple_lower, hex(cp)
         assert word[cp] == (ord(lowered) if char.isalnum() and simple_lower else 0), hex(cp)
+
+
+def test_lookup_is_numpy_indexing_over_real_code_points(shared_data):
+    """`textstats.lookup` (Arrow's take) gives what numpy's indexing gives, for the tables the
+    batch steps look code points up in, over a real book's code points; out of bounds it raises
+    IndexError as numpy does."""
+    from transforms.clean.normalize import _packed_tables
+    from transforms.clean.textstats import class_table, lookup
+
+    text = (shared_data / "corpus" / "ancient-books" / "038-本草分经.txt").read_bytes().decode("gb18030")
+    points = np.frombuffer(text.encode("utf-32-le"), np.uint32)
+    assert len(points) > 10_000 and int(points.max()) <= 0xFFFF
+    first, _, _ = _packed_tables()
+    flags = np.zeros(0x110000, bool)
+    flags[0x4E00:0x9FFF] = True
+    for table in (class_table(), first, flags):
+        found = lookup(table, points)
+        assert found.dtype == table.dtype and np.array_equal(found, table[points])
+    assert lookup(first, points[:0]).shape == (0,)
+    with pytest.raises(IndexError):
+        lookup(class_table(), np.array([0x10000], np.uint32))

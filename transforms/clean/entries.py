@@ -25,6 +25,8 @@ from __future__ import annotations
 import re
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 # A pointer to another place: 见/载 opening a clause or after 方, 俱, 并, 互, 详, 参 ...
 # (not 不见日火, 不见用). In brackets it is stripped wherever it stands; outside, a whole
@@ -97,18 +99,34 @@ def opens_with_title_line(texts: list[str], prefix: np.ndarray) -> np.ndarray:
     return np.array([bool(n) and "\n" in text[:n] for text, n in zip(texts, prefix)], bool)
 
 
-def body_tags(texts: list[str], prefix: np.ndarray, matcher) -> dict[str, np.ndarray]:
+def body_tags(texts: list[str], prefix: np.ndarray, matcher, text_array: pa.Array | pa.ChunkedArray | None = None) -> dict[str, np.ndarray]:
     """{"body_chars": int64, "body_kind": object (str)} per text; `prefix` from `title_prefix`,
-    `matcher` a `transforms.clean.lexicon.LexiconMatcher` (for lists)."""
+    `matcher` a `transforms.clean.lexicon.LexiconMatcher` (for lists). `text_array`: the same
+    texts as an Arrow string array, when the caller holds them so (not encoded again). Only the
+    texts `may_hold_pointers` flags are searched for cross-references."""
     chars = np.zeros(len(texts), np.int64)
     kinds = np.empty(len(texts), object)
-    for i, (text, n) in enumerate(zip(texts, prefix)):
-        chars[i], kinds[i] = _judge((text or "")[n:], bool(n), matcher)
+    pointing = may_hold_pointers(text_array if text_array is not None else texts).tolist()
+    for i, (text, n, pointers) in enumerate(zip(texts, prefix.tolist(), pointing)):
+        chars[i], kinds[i] = _judge((text or "")[n:], bool(n), matcher, pointers)
     return {"body_chars": chars, "body_kind": kinds}
 
 
-def _judge(body: str, titled: bool, matcher) -> tuple[int, str]:
-    content = strip_pointers(body)
+def may_hold_pointers(texts: list[str] | pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """Per text (bool): whether `strip_pointers` may remove a cross-reference from its body (the
+    text less any title prefix). False is certain: BRACKETED_POINTER matches nowhere in the text
+    and no sentence of it is a POINTER_SENTENCE, so `strip_pointers` of its body only drops
+    blank lines. One RE2 pass over the batch (`_POINTER_SCREEN`) instead of a search per
+    sentence holding 见, 载, 同 or 参."""
+    array = texts if isinstance(texts, (pa.Array, pa.ChunkedArray)) else pa.array(texts, pa.string())
+    if len(array) == 0:
+        return np.zeros(0, bool)
+    found = pc.fill_null(pc.match_substring_regex(array, _POINTER_SCREEN), False)
+    return found.to_numpy(zero_copy_only=False).astype(bool, copy=False)
+
+
+def _judge(body: str, titled: bool, matcher, pointers: bool = True) -> tuple[int, str]:
+    content = strip_pointers(body) if pointers else _without_blank_lines(body)
     chars = len("".join(content.split()))  # spaces not counted
     pointed = content != body.strip()
     if body.strip() and not HAN.search(content):
@@ -216,6 +234,11 @@ def strip_pointers(body: str) -> str:
         if kept:
             kept.append(body[last:])
             body = "".join(kept)
+    return _without_blank_lines(body)
+
+
+def _without_blank_lines(body: str) -> str:
+    """The body less its blank lines (empty or all spaces); "" for a blank body of one line."""
     if "\n" not in body:
         return body if body.strip() else ""
     # A blank line is empty or all spaces: the body opens with a space or a newline, ends with a
@@ -226,6 +249,32 @@ def strip_pointers(body: str) -> str:
 
 
 _SPACE_AFTER_NEWLINE = re.compile(r"\n[^\S\n]")
+
+
+def _pointer_screen() -> str:
+    """An RE2 pattern (pyarrow's) that matches every text whose body holds a BRACKETED_POINTER
+    match or a sentence that is a POINTER_SENTENCE, and few others:
+    - brackets: BRACKETED_POINTER without its lookbehind (RE2 has none), so it matches more;
+    - sentences: a part of SENTENCE_SPLIT that is a pointer is, but for its end, a match of
+      POINTER_SENTENCE's alternatives, whose character classes hold no sentence end; so it
+      stands after a sentence end or the start of the text (or of the body: a title separator
+      ends in ：:，, or a space) and before 。 ；, a space or the end of the text. A part ending
+      in ！ or ？ is never a pointer.
+    Spaces are Python's \\s, spelled out: RE2's \\s is ASCII only."""
+    # Every character Python counts as a space lies in the Basic Multilingual Plane.
+    bmp = "".join(map(chr, range(0xD800))) + "".join(map(chr, range(0xE000, 0x10000)))
+    space = "".join(f"\\x{{{ord(c):x}}}" for c in re.findall(r"\s", bmp))
+    word = f"[^。！？；，{space}]{{0,24}}"
+    sentence = (
+        f"(?:[一二三四五六七八九十]+方)?[方治法制证说义解注论详俱具并互已余又亦皆仍宜参]{{0,4}}(?:见|载){word}"
+        f"|[方治法制证]{{0,2}}同(?:上|前)(?:法|症|证|方)?|参看{word}|详载于下"
+    )
+    pointer_sentence = f"(?:^|[。！？；：:，,{space}])(?:{sentence})(?:[。；{space}]|$)"
+    bracketed = r"[（(〔][^（）()〔〕]*?(?:见|载|参看|参阅|同上|同前)[^（）()〔〕]*[）)〕]"
+    return f"(?:{pointer_sentence})|(?:{bracketed})"
+
+
+_POINTER_SCREEN = _pointer_screen()
 
 
 # The longest POINTER_SENTENCE match that does not open with a numeral, and those numerals.
@@ -267,6 +316,8 @@ def ends_sentence(body: str) -> bool:
     """Whether the body's last sentence is finished; a body that is all one bracketed note
     (（皆出四川。）) is judged by what is inside."""
     body = body.rstrip()
+    if body and body[-1] in SENTENCE_END:  # nothing to strip: most bodies end so
+        return True
     for tail in (strip_closers(body), strip_trailing_notes(body)):
         if tail and tail[-1] in SENTENCE_END:
             return True

@@ -35,6 +35,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .textstats import lookup
+
 VARIANTS = ("t2s", "tw2s", "hk2s")
 PHRASES_FILE = "opencc_phrases.tsv"
 # A line converts on its own evidence only with this many more traditional than simplified chars.
@@ -236,7 +238,7 @@ def may_be_traditional(texts: list[str]) -> np.ndarray:
         return np.array([pattern.search(text) is not None for text in texts], bool)
     ends = np.cumsum(np.fromiter(map(len, texts), np.int64, len(texts)))
     out = np.zeros(len(texts), bool)
-    out[np.searchsorted(ends, np.flatnonzero(_traditional_table()[points]), side="right")] = True
+    out[np.searchsorted(ends, np.flatnonzero(lookup(_traditional_table(), points)), side="right")] = True
     return out
 
 

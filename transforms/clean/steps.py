@@ -220,7 +220,7 @@ def add_tags(table: pa.Table, texts: list[str], params: dict, timer: "_Timer | N
     timer.add(rule_seconds)
     if title is not None:
         with timer("entries"):
-            body = body_tags(texts, title, list_matcher(params.get("domain_lexicon")))
+            body = body_tags(texts, title, list_matcher(params.get("domain_lexicon")), batch.text_array)
         tags["body_chars"] = pa.array(body["body_chars"], pa.int64())
         tags["body_kind"] = pa.array(body["body_kind"], pa.string())
     if params.get("domain_lexicon") or params.get("domain_model"):

@@ -164,7 +164,8 @@ def _dup_ngrams(batch: TextBatch, params: dict) -> dict:
     inside = owner[:starts] == owner[n_gram - 1 :]
     keys = window_hashes(points, n_gram)[inside]
     with np.errstate(over="ignore"):
-        text_mix = owner[:starts][inside].astype(np.uint64)
+        # The selection is a new array already: its int64 text numbers (never negative) read as uint64.
+        text_mix = owner[:starts][inside].view(np.uint64)
         text_mix *= np.uint64(0x9E3779B97F4A7C15)
         keys ^= text_mix
     del text_mix

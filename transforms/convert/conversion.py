@@ -54,12 +54,14 @@ def monograph_conversion(meta: dict, text: str) -> dict:
     slips in answers are repaired (transforms.convert.numbers.repair_digits); an answer with a lost
     number is rejected with `lost_number:<fragment>` and its section is neither a question nor
     text. Every other section is either a question and answer or stays in the text row (with
-    the name, pinyin and Latin lines), as do answers over MAX_ANSWER_CHARS."""
+    the name, pinyin and Latin lines), as do answers over MAX_ANSWER_CHARS, unless it lost a
+    number too: then it is left out of the text, named with its reason in "text_rejected"
+    ({section: "lost_number:<fragment>"}; 【检查】水分不得过% is no fact)."""
     entry = read_entry_text(text) if text else None
     if entry is None or not (entry["sections"] or entry["description"]):
         entry = _entry_from_meta(meta)  # a document whose text is not an entry's layout
     name = entry["name"] or meta.get("name") or ""
-    result = {"pairs": [], "rejected": [], "text": None, "to_text": [], "digits_repaired": 0}
+    result = {"pairs": [], "rejected": [], "text": None, "to_text": [], "text_rejected": {}, "digits_repaired": 0}
     if not name:
         return result
     candidates = []
@@ -82,7 +84,22 @@ def monograph_conversion(meta: dict, text: str) -> dict:
             result["pairs"].append((section, question, answer))
         done.add(section)
     rest = [b for b in entry["blocks"] if not (b["sections"] and set(b["sections"]) <= done)]
-    result["to_text"] = sorted(set(entry["sections"]) - done)
+    # A section left as text states its numbers too: one that lost a number is dropped from the
+    # text as an answer would be (the whole block, so no line is read under another heading; a
+    # block of the processed slices (饮片) is named 饮片:<section>).
+    kept_blocks = []
+    for block in rest:
+        named = block["sections"] or [f"{PROCESSED}:{name}" for name in block["names"]]
+        lost = lost_numbers(repair_digits("\n".join(block["lines"]))[0]) if named else []
+        for section in named if lost else ():
+            result["text_rejected"].setdefault(section, f"lost_number:{lost[0]}")
+        if not lost:
+            kept_blocks.append(block)
+    while kept_blocks and kept_blocks[-1]["lines"] == [PROCESSED]:  # a 饮片 heading left with nothing under it
+        kept_blocks.pop()
+    rest = kept_blocks
+    dropped = set(result["text_rejected"])
+    result["to_text"] = sorted(set(entry["sections"]) - done - dropped)
     if SOURCE_SECTION not in done and description:
         result["to_text"].insert(0, SOURCE_SECTION)
     if any(line != PROCESSED for b in rest for line in b["lines"]) or SOURCE_SECTION not in done and description:
@@ -122,7 +139,7 @@ def term_pairs(meta: dict, text: str) -> list[tuple[str, str, str]]:
 
 
 def _term_conversion(meta: dict, text: str) -> dict:
-    return {"pairs": term_pairs(meta, text), "rejected": [], "text": None, "to_text": [], "digits_repaired": 0}
+    return {"pairs": term_pairs(meta, text), "rejected": [], "text": None, "to_text": [], "text_rejected": {}, "digits_repaired": 0}
 
 
 # meta["kind"] of a document -> the template that turns it into questions and answers.
@@ -133,8 +150,9 @@ def convert_documents(batch: pa.RecordBatch | pa.Table, params: dict) -> dict:
     """Documents -> {"conversations": produced, "documents": left as text, "rejected": removed
     documents, "converted": n, "remainders": text rows of converted entries (sections no
     template took), "rejected_conversations": candidate answers rejected (reason
-    `lost_number:...`), "sections": counts per section of what became a question, text, or a
-    rejected answer, and OCR digit runs repaired}.
+    `lost_number:...`), "sections": counts per section of what became a question, text, a
+    rejected answer, or text left out for a lost number ("text_rejected"; the remainder's meta
+    names them in `sections_dropped` with their reasons), and OCR digit runs repaired}.
 
     A document that yields conversations (or rejected candidates) counts as kept (converted);
     one that yields none stays as text when `keep_text`, else is rejected with reason
@@ -142,7 +160,7 @@ def convert_documents(batch: pa.RecordBatch | pa.Table, params: dict) -> dict:
     table = conform(batch, DOCUMENTS)
     system = params.get("system_prompt")
     produced, as_text, rejected_rows, remainders, rejected_candidates = [], [], [], [], []
-    sections = {"questions": Counter(), "text": Counter(), "rejected": Counter(), "digits_repaired": 0}
+    sections = {"questions": Counter(), "text": Counter(), "rejected": Counter(), "text_rejected": Counter(), "digits_repaired": 0}
 
     def conversation(row: dict, section: str, question: str, answer: str) -> dict:
         messages = ([{"role": "system", "content": system}] if system else []) + [
@@ -178,6 +196,7 @@ def convert_documents(batch: pa.RecordBatch | pa.Table, params: dict) -> dict:
             rejected_candidates.append({**conversation(row, section, question, answer), "reason": reason})
             sections["rejected"][section] += 1
         sections["text"].update(result["to_text"])
+        sections["text_rejected"].update(list(result["text_rejected"]))
         sections["digits_repaired"] += result["digits_repaired"]
         if result["text"]:
             remainders.append({
@@ -185,7 +204,8 @@ def convert_documents(batch: pa.RecordBatch | pa.Table, params: dict) -> dict:
                 "id": document_id(row["source"], result["text"]),
                 "text": result["text"],
                 "meta": dumps_meta({**meta, "kind": TEXT_KIND, "origin_id": row["id"], "sections": None,
-                                    "sections_as_text": result["to_text"]}),
+                                    "sections_as_text": result["to_text"],
+                                    **({"sections_dropped": result["text_rejected"]} if result["text_rejected"] else {})}),
             })
     reasons = pa.array([f"not_converted:backend={params.get('backend', 'template')}"] * len(rejected_rows), pa.string())
     out = {
@@ -268,8 +288,9 @@ class ConversionSink:
         self.flush_rows = flush_rows
         self.ids: set[str] = set()
         self.counts: Counter = Counter()
-        # Template sections per section name: became a question, stayed as text, answer rejected.
-        self.sections: dict[str, Counter] = {"questions": Counter(), "text": Counter(), "rejected": Counter()}
+        # Template sections per section name: became a question, stayed as text, answer rejected,
+        # left out of the text for a lost number.
+        self.sections: dict[str, Counter] = {"questions": Counter(), "text": Counter(), "rejected": Counter(), "text_rejected": Counter()}
         self._text_schema = nullable_schema(DOCUMENTS)
         self._buffers: dict[str, list[dict]] = {"conversations": [], "text": [], "rejected_documents": [], "rejected_conversations": []}
 
@@ -312,7 +333,7 @@ class ConversionSink:
             self.writer.write(DOCUMENTS, remainders)
         self.reject_conversations(result.get("rejected_conversations") or [])
         sections = result.get("sections") or {}
-        for what in ("questions", "text", "rejected"):
+        for what in self.sections:
             self.sections[what].update(sections.get(what, {}))
         self.counts["template_digits_repaired"] += sections.get("digits_repaired", 0)
 

@@ -53,7 +53,8 @@ def run_convert(inputs, output, params, manifest, engine, progress=None, slot=No
                 "documents_left_as_text": counts["documents_left_as_text"],
                 "remainder_text_rows": counts["remainder_text_rows"],
                 "text_rows_written": writer.rows_written(DOCUMENTS),
-                # Per section name: became a question, stayed in the text row, answer rejected.
+                # Per section name: became a question, stayed in the text row, answer rejected, left
+                # out of the text row for a lost number.
                 "template_sections": {what: dict(sorted(c.items())) for what, c in sink.sections.items()},
                 "template_digits_repaired": counts["template_digits_repaired"],
             }

@@ -34,6 +34,7 @@ from typing import Sequence
 import numpy as np
 
 from transforms.clean.normalize import match_key, match_keys
+from transforms.clean.textstats import lookup
 
 _U64 = np.uint64
 _LOW32 = _U64(0xFFFFFFFF)
@@ -142,7 +143,7 @@ def _gram_hashes(keys: Sequence[str], ngram: int) -> tuple[np.ndarray, np.ndarra
     pad = "\0" * (ngram - 1)
     points = np.frombuffer((pad.join(keys) + pad).encode("utf-32-le"), dtype="<u4")
     if int(points.max()) < 0x10000:
-        mixed = _mixed_bmp()[points]
+        mixed = lookup(_mixed_bmp(), points)
     else:
         mixed = _splitmix64(points)
         mixed[points == 0] = 0
@@ -228,7 +229,8 @@ def _distinct_values(hashes: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray
     first = np.ones(len(packed), dtype=bool)
     np.not_equal(packed[1:], packed[:-1], out=first[1:])
     packed = packed[first]
-    return packed.astype(np.uint32), np.bincount((packed >> _U64(32)).astype(np.int64), minlength=texts).astype(np.int64)
+    # The text numbers (below 2^32) read as int64 in place: no copy of a value per shingle.
+    return packed.astype(np.uint32), np.bincount((packed >> _U64(32)).view(np.int64), minlength=texts).astype(np.int64)
 
 
 def exact_jaccard(a: np.ndarray, b: np.ndarray) -> float:

@@ -62,6 +62,8 @@ def run_ingest(sources: list[dict], page_inputs: list[Path], output, params, man
             counts = {"rows": 0, "kept": 0, "rejected": 0}
             tally = import_counts.setdefault(source["name"], Counter())
             untrained = untrained_meta.setdefault(source["name"], Counter())
+            # Rows per tuple of untrained keys (few distinct tuples), counted per key after the source.
+            untrained_tuples: Counter = Counter()
             for file in files:
                 report: dict = {}
                 options = {"encoding": source.get("encoding", "auto"), "fields": source.get("fields") or {}, "report": report}
@@ -72,7 +74,7 @@ def run_ingest(sources: list[dict], page_inputs: list[Path], output, params, man
                     if item.tally:
                         tally.update(item.tally)
                     if item.untrained:
-                        untrained.update(item.untrained)
+                        untrained_tuples[item.untrained] += 1
                     row_id = item.row.get("id")
                     if not item.reason and row_id in seen_ids[item.kind]:
                         # The same content again in another file of the source: one id, one row.
@@ -94,6 +96,9 @@ def run_ingest(sources: list[dict], page_inputs: list[Path], output, params, man
                 source_files.append({"source": source["name"], "path": str(file), "format": source["format"], **report, **file_counts})
                 for key in counts:
                     counts[key] += file_counts[key]
+            for keys, rows in untrained_tuples.items():
+                for key in keys:
+                    untrained[key] += rows
             per_source[source["name"]] = {
                 **counts,
                 "top_reason": reasons.most_common(1)[0][0] if reasons else None,

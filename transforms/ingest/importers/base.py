@@ -119,10 +119,18 @@ def document(
     reason: str | None = None,
     fallback_key: Iterable[str] = (),
     meta_json: str | None = None,
+    well_formed_already: bool = False,
 ) -> Imported:
     """A Document; an empty text is rejected with `reason` and takes its id from `fallback_key`,
     since every empty text would otherwise share one id. `meta_json`: dumps_meta(meta), where the
-    importer writes it itself."""
+    importer writes it itself. `well_formed_already`: the importer knows that no string given
+    (meta_json included, which it then must give) holds a lone surrogate, so none is searched."""
+    if well_formed_already:
+        doc_id = document_id(source, text) if text else content_id("empty-doc", source, *fallback_key)
+        return Imported(DOCUMENTS, {
+            "id": doc_id, "text": text, "source": source, "category": category, "url": url, "title": title,
+            "lang": None, "meta": meta_json,
+        }, reason)
     text, title, url = well_formed(text), well_formed(title), well_formed(url)
     fallback_key = well_formed(list(fallback_key))
     doc_id = document_id(source, text) if text else content_id("empty-doc", source, *fallback_key)

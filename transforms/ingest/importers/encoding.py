@@ -293,8 +293,29 @@ def _rare_count(points: np.ndarray) -> int:
 @lru_cache(maxsize=1)
 def _common_table() -> np.ndarray:
     """_is_common of every code point of the Basic Multilingual Plane, and one False entry that
-    stands for every code point beyond it (none of which is common)."""
-    return np.array([_is_common(chr(cp)) for cp in range(0x10000)] + [False], bool)
+    stands for every code point beyond it (none of which is common). Built from the two code
+    tables rather than by asking each code point: the Han characters GB2312 encodes are those
+    its codes decode to, and those Big5 encodes in its level 1 are among those its level-1 codes
+    decode to."""
+    table = np.zeros(0x10001, bool)
+    table[:0x80] = True
+    table[[cp for cp in range(0x80, 0x10000) if chr(cp).isspace()]] = True
+    table[0x3000:0x3040] = table[0xFF00:0xFFF0] = table[0x2010:0x2070] = True  # CJK and full-width punctuation
+    han = set()
+    for code in range(0xA1A1, 0xF7FF):
+        han.update(_decoded_pair(code, "gb2312"))
+    for code in range(0xA440, 0xC67F):
+        han.update(char for char in _decoded_pair(code, "big5") if 0xA440 <= int.from_bytes(char.encode("big5"), "big") <= 0xC67E)
+    table[[ord(char) for char in han if 0x4E00 <= ord(char) <= 0x9FFF]] = True
+    return table
+
+
+def _decoded_pair(code: int, encoding: str) -> str:
+    """The character a two-byte code decodes to in `encoding`, or nothing."""
+    try:
+        return code.to_bytes(2, "big").decode(encoding)
+    except UnicodeDecodeError:
+        return ""
 
 
 def _is_common(char: str) -> bool:
