@@ -310,11 +310,14 @@ def _densify(signature: np.ndarray, filled: np.ndarray, has_shingles: np.ndarray
     if not len(empty):
         return
     first = _first_attempts(perms, seed)
-    targets = np.arange(perms)
+    # Each text's filled bins as one row: a bin's row of flags is read whole, not bin by bin.
+    by_text = filled.reshape(-1, perms)
+    texts = rows // perms
+    never = np.iinfo(np.int32).max
     for lo in range(0, len(empty), _TAIL_ROWS):
-        part_rows, part_bins = rows[lo : lo + _TAIL_ROWS], bins[lo : lo + _TAIL_ROWS]
-        attempts = np.where(filled[part_rows[:, None] + targets], first[part_bins], np.iinfo(np.int32).max)
-        signature[empty[lo : lo + _TAIL_ROWS]] = signature[part_rows + attempts.argmin(axis=1)]
+        part_texts, part_bins = texts[lo : lo + _TAIL_ROWS], bins[lo : lo + _TAIL_ROWS]
+        attempts = np.where(by_text[part_texts], first[part_bins], never)
+        signature[empty[lo : lo + _TAIL_ROWS]] = signature[rows[lo : lo + _TAIL_ROWS] + attempts.argmin(axis=1)]
 
 
 @lru_cache(maxsize=8)
