@@ -190,6 +190,10 @@ ROW_GROUP_BYTES = 32 << 20  # of Arrow data: a kind of long rows gets groups of 
 # `kind` of repairs). Tried on text, ids and JSON, a dictionary outgrows its page at once and
 # falls back to plain encoding after the work of building it.
 DICTIONARY_COLUMNS = frozenset({"source", "category", "lang", "format", "body_kind", "role", "kind"})
+# LZ4 (Parquet's LZ4_RAW): a stage's output is written once and read two or three times (the
+# next stage, the suites), and zstd cost about twice its CPU for files a third smaller. The
+# corpus shards users keep are written by the sample stage, in zstd.
+COMPRESSION = "lz4"
 
 
 def parquet_leaves(schema: pa.Schema) -> list[str]:
@@ -209,9 +213,9 @@ def parquet_leaves(schema: pa.Schema) -> list[str]:
 
 
 def part_writer(path: str | os.PathLike, schema: pa.Schema) -> pq.ParquetWriter:
-    """A Parquet writer for one part of a dataset: zstd, dictionaries on DICTIONARY_COLUMNS only."""
+    """A Parquet writer for one part of a dataset: COMPRESSION, dictionaries on DICTIONARY_COLUMNS only."""
     dictionary = [p for p in parquet_leaves(schema) if p.rsplit(".", 1)[-1] in DICTIONARY_COLUMNS]
-    return pq.ParquetWriter(path, schema, compression="zstd", use_dictionary=dictionary)
+    return pq.ParquetWriter(path, schema, compression=COMPRESSION, use_dictionary=dictionary)
 
 
 class _PartWriter:

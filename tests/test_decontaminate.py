@@ -259,6 +259,25 @@ def test_opencc_skips_only_texts_it_returns_as_they_are(shared_data):
     assert all(t2s.convert(text) == text for text in plain)
 
 
+def test_opencc_over_runs_gives_what_it_gives_over_whole_texts(shared_data):
+    """match_keys hands OpenCC only the runs of characters its dictionaries' keys hold that hold
+    a character it changes: the same result as converting the whole texts, on real books and on
+    phrases whose conversion depends on their neighbours (乾隆 stays, 乾燥 becomes 干燥)."""
+    from transforms.clean.normalize import _code_points, _converted_runs, _converted_texts, _opencc_tables
+
+    changing, keyed = _opencc_tables("t2s")
+    assert keyed[ord("乾")] and not keyed[ord("，")] and not changing[ord("一")]
+    texts = load_passages(shared_data / "corpus" / "ancient-books", 400, length=300, seed=13)
+    texts += ["乾隆年間，頭髮發現乾燥", "著作著名，瞭解了", "後天之本；皇后", "", "一", "於"]
+    values, _, ends = _code_points(texts)
+    changeable = np.flatnonzero([changing[[ord(c) for c in text]].any() for text in texts])
+    runs = _converted_runs(values, ends, changing, keyed)
+    whole = _converted_texts(values, ends, changeable)
+    assert runs is not None and not np.array_equal(runs[0], values)
+    assert np.array_equal(runs[0], whole[0]) and np.array_equal(runs[1], whole[1])
+    assert runs[0][ends[-7]:ends[-6]].tobytes().decode("utf-32-le") == "乾隆年间，头发发现干燥"
+
+
 def _rule_read_item_by_item(items: list[dict], n: int = 13, min_chars: int = 8) -> list[tuple[dict, list, frozenset]]:
     """The indexed items as the rule reads, one item at a time: (item, forms as sets of n-gram
     strings with their shares, cited n-grams)."""

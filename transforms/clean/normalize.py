@@ -357,10 +357,20 @@ def _changing_table(config: str) -> np.ndarray | None:
     """Per code point (all planes), whether OpenCC's `config` can change a text holding it; None
     where the dictionaries cannot be read (then every text is converted).
 
-    Read from the configuration's own dictionaries (dumped to text by OpenCC's `opencc_dict`):
-    for each entry whose (first) value differs from its key, the key's characters where the two
-    differ (every character of the key where the lengths differ). A text holding none of them
-    matches only entries that map to themselves, so OpenCC returns it as it is."""
+    Read from the configuration's own dictionaries (`_opencc_tables`): for each entry whose
+    (first) value differs from its key, the key's characters where the two differ (every
+    character of the key where the lengths differ). A text holding none of them matches only
+    entries that map to themselves, so OpenCC returns it as it is."""
+    tables = _opencc_tables(config)
+    return None if tables is None else tables[0]
+
+
+@lru_cache(maxsize=4)
+def _opencc_tables(config: str) -> tuple[np.ndarray, np.ndarray] | None:
+    """(changing, keyed) per code point (all planes), read from the dictionaries of OpenCC's
+    `config` (dumped to text by OpenCC's `opencc_dict`): `changing` as `_changing_table` says;
+    `keyed`, whether any entry's key holds the character. None where the dictionaries cannot be
+    read or change nothing."""
     import json
     import os
     import subprocess
@@ -374,6 +384,7 @@ def _changing_table(config: str) -> np.ndarray | None:
     env = dict(os.environ)
     env["LD_LIBRARY_PATH"] = os.pathsep.join(filter(None, [str(clib / "lib64"), str(clib / "lib"), env.get("LD_LIBRARY_PATH")]))
     table = np.zeros(0x110000, bool)
+    keyed = np.zeros(0x110000, bool)
     try:
         files = _dictionary_files(json.loads((share / f"{config}.json").read_text(encoding="utf-8")))
         with tempfile.TemporaryDirectory() as folder:
@@ -383,6 +394,7 @@ def _changing_table(config: str) -> np.ndarray | None:
                                check=True, capture_output=True, env=env, timeout=60)
                 for line in dumped.read_text(encoding="utf-8").splitlines():
                     key, _, values = line.partition("\t")
+                    keyed[[ord(c) for c in key]] = True
                     value = values.split(" ")[0]
                     if value == key:
                         continue
@@ -394,7 +406,7 @@ def _changing_table(config: str) -> np.ndarray | None:
         return None
     if not files or not table.any():
         return None
-    return table
+    return table, keyed
 
 
 def _code_points(texts: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -467,11 +479,54 @@ def _spliced(values: np.ndarray, ends: np.ndarray, which: list[int], new: np.nda
 
 
 def _converted(values: np.ndarray, ends: np.ndarray, changeable: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
-    """(code points, ends) of the texts (`values` cut at `ends`) after OpenCC t2s, which runs over
-    the `changeable` texts only (one call, joined by _BATCH_SEPARATOR); the others stay as they
-    are. None where OpenCC's output does not split back into as many texts."""
+    """(code points, ends) of the texts (`values` cut at `ends`) after OpenCC t2s; the texts not
+    `changeable` stay as they are. None where OpenCC's output does not split back as it went in.
+
+    OpenCC runs over the runs of characters that its dictionaries' keys hold (`_opencc_tables`)
+    and that hold a character it can change, in one call: no dictionary entry matches across a
+    character no key holds, so each run converts as it does inside its text, and a run without a
+    changing character converts to itself. A fraction of a text is such runs. Where a run's
+    length changes, or the tables are unknown, the changeable texts are converted whole."""
     if not len(changeable):
         return values, ends
+    tables = _opencc_tables("t2s")
+    if tables is not None:
+        converted = _converted_runs(values, ends, *tables)
+        if converted is not None:
+            return converted
+    return _converted_texts(values, ends, changeable)
+
+
+def _converted_runs(values: np.ndarray, ends: np.ndarray, changing: np.ndarray, keyed: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """`_converted` by runs (see there); None where a run's length changes."""
+    hot = np.flatnonzero(lookup(changing, values))
+    if not len(hot):
+        return values, ends
+    held = lookup(keyed, values)
+    edges = np.empty(len(values) + 1, bool)  # where a run of held or of other characters starts
+    edges[0] = edges[-1] = True
+    np.not_equal(held[1:], held[:-1], out=edges[1:-1])
+    edges[ends[:-1]] = True  # a text's first character starts a run
+    bounds = np.flatnonzero(edges)
+    after = np.searchsorted(bounds, hot, side="right")
+    starts, first = np.unique(bounds[after - 1], return_index=True)
+    lengths = bounds[after][first] - starts
+    offsets = np.cumsum(lengths)
+    picked = np.repeat(starts - (offsets - lengths), lengths) + np.arange(int(offsets[-1]))
+    joined = np.insert(values[picked], offsets[:-1], np.uint32(ord(_BATCH_SEPARATOR)))
+    out = _converter("t2s").convert(joined.tobytes().decode("utf-32-le"))
+    new = np.frombuffer(out.encode("utf-32-le"), np.uint32)
+    separators = joined == ord(_BATCH_SEPARATOR)
+    if len(new) != len(joined) or not np.array_equal(new == ord(_BATCH_SEPARATOR), separators):
+        return None
+    values = values.copy()
+    values[picked] = new[~separators]
+    return values, ends
+
+
+def _converted_texts(values: np.ndarray, ends: np.ndarray, changeable: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """`_converted` by whole texts: OpenCC over the `changeable` texts in one call, joined by
+    _BATCH_SEPARATOR. None where its output does not split back into as many texts."""
     starts = np.concatenate([[0], ends[:-1]])
     joined = values.tobytes().decode("utf-32-le")
     spans = zip(starts[changeable].tolist(), ends[changeable].tolist())
