@@ -132,8 +132,7 @@ def _rows_table(rows: list[dict], schema: pa.Schema) -> pa.Table:
     holds exactly its columns, as the importers' rows do, else inferred (nothing dropped)."""
     names = set(schema.names)
     if all(row.keys() == names for row in rows):
-        # Column by column: the same table as Table.from_pylist(rows, schema=schema), in a fifth of the time.
-        return pa.Table.from_pydict({name: [row[name] for row in rows] for name in schema.names}, schema=schema)
+        return pa.Table.from_pylist(rows, schema=schema)
     return pa.Table.from_pylist(rows)
 
 

@@ -509,6 +509,10 @@ def clean_texts(lines: Lines, chosen: np.ndarray, counts: np.ndarray, width: int
 
 
 def _ranges(starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
-    """The positions of the ranges [starts[i], ends[i]), one range after another."""
+    """The positions of the ranges [starts[i], ends[i]), one range after another (32-bit where
+    they fit: half the memory to write and read)."""
     lengths = ends - starts
-    return np.arange(int(lengths.sum()), dtype=np.int64) + np.repeat(starts - (np.cumsum(lengths) - lengths), lengths)
+    total = int(lengths.sum())
+    wide = np.int32 if max(total, int(ends.max()) if len(ends) else 0) < 2**31 else np.int64
+    starts, lengths = starts.astype(wide), lengths.astype(wide)
+    return np.arange(total, dtype=wide) + np.repeat(starts - (np.cumsum(lengths, dtype=wide) - lengths), lengths)
