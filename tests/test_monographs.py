@@ -97,7 +97,7 @@ def test_every_section_becomes_a_question_a_text_line_or_a_rejected_answer(recor
         outcome.update(questions=len(asked), rejected=len(rejected), text=len(result["to_text"]), left_out=len(left_out))
         for _, _, answer in result["pairs"]:
             assert repair_digits(answer)[1] == 0 and not lost_numbers(answer), answer
-    assert outcome["questions"] > 3800 and outcome["rejected"] > 400 and outcome["text"] > 500 and outcome["left_out"] > 1000
+    assert outcome["questions"] > 3800 and outcome["rejected"] > 400 and outcome["text"] > 300 and outcome["left_out"] > 1500
     # 法半夏: 【检查】水分不得过%（附录IXH第一法）, 【浸出物】……不得少于%: left out, named with their reason.
     assert dropped["法半夏"]["检查"].startswith("lost_number:") and "浸出物" in dropped["法半夏"]
 
@@ -122,6 +122,12 @@ def test_ocr_digit_slips_are_repaired_only_in_numeric_context(text, fixed, repai
     ("～3g，先煎、久煎。", True), ("花冠圆球形，直径～，花瓣4", True), ("一次～，多作配方用。", True),
     ("研粉吞服1～。", True), ("水分不得过%（附录", True), ("（一日量不超过）", True),
     ("3～10g；研粉冲服，一次1～2g。", False), ("外用20%～30%酊剂涂患处。", False), ("(60～90℃)", False),
+    # Real lines of the pharmacopoeia whose number the scan lost, and their whole neighbours.
+    ("以石油醚（30～60°C)-乙酸乙酯-丙酮-甲酸（30：6：5：为展开剂", True), ("三乙胺（3：：1：：：1)为", True),
+    ("加甲醇制成每1ml含的溶液，作为对照品溶液", True), ("取本品粉末（过三号筛）约，精密称定", True),
+    ("天南星，用生姜、白矾各。", True),
+    ("甲苯-乙酸乙酯-甲酸（5：4：1）为展开剂", False), ("制成每1ml含0.1mg的溶液", False),
+    ("取本品粉末（过三号筛）约0.5g，精密称定", False), ("互相制约，各有所长。", False), ("白矾各12.5kg。", False),
 ])
 def test_lost_numbers_are_found(text, lost):
     assert bool(lost_numbers(text)) is lost

@@ -127,6 +127,26 @@ def test_a_name_that_lost_a_glyph_is_not_kept_as_another_word(shared_data):
     assert all(len(title) == 1 for _, title in changed)
 
 
+def test_a_name_mark_is_counted_once_and_undone_in_any_order():
+    # The body's name may already be a lost glyph (the encoder's 「KT 」, or 「□」): still one
+    # glyph of one name. A text with no title line (「萆 用根」) has the name's blank in place of
+    # the mark after the title: it becomes the mark, no second one is put before it. The fill of
+    # a mark shares its offset: undo takes the repairs in any order.
+    tool = repairer()
+    for text in ("萆\n味苦。与萆KT 相乱，萆 。", "萆\n味苦。与萆□相乱，萆 。", "萆\n与萆□相乱，萆□。"):
+        result = tool.repair(text, "萆")
+        assert result.text.startswith("萆□\n") and result.text.count("萆□") == 3, text
+        assert result.lost_glyphs == 1, text
+        assert undo(result.text, result.repairs) == text
+    result = tool.repair("萆 用根，取其入肾。以萆 达之而阴化。", "萆")
+    assert result.text == "萆□用根，取其入肾。以萆□达之而阴化。" and result.title == "萆□"
+    assert result.lost_glyphs == 1 and undo(result.text, result.repairs) == "萆 用根，取其入肾。以萆 达之而阴化。"
+    text = "黄\n补气，固表。丹溪云：黄 大补阳虚。"
+    result = tool.repair(text, "黄")
+    assert result.title == "黄芪" and any(r.kind == "lost_glyph" and r.offset == 1 for r in result.repairs)
+    assert undo(result.text, result.repairs[::-1]) == text and undo(result.text, result.repairs) == text
+
+
 def test_undecided_blanks_are_counted_and_thresholded_in_select():
     table = docs(["太素：□□□者，□刺之。" + "经文" * 20, "黄 桂枝五物汤主之。" + "经文" * 20])
     kept, _ = clean_documents(table, {})

@@ -32,7 +32,8 @@ counted in `lost_glyphs`; none -> a 「□」 is counted, a space is a space.
 A name that lost a glyph (kind `lost_name`): a text titled by one Han character T (「萆」, 「芎」,
 「黄」: 萆薢, 芎䓖, 黄芪 whose second glyph the source could not encode, the title line included)
 whose own body writes T before a blank (「与萆 相乱」, 「故名芎 。」) at least as often as T
-otherwise. Each such blank after T becomes a 「□」 and a 「□」 is written after the title T, so
+otherwise. Each such blank after T becomes a 「□」 and a 「□」 is written after the opening T (the
+blank there becomes it when the text opens 「萆 用根」 with no title line), so
 the entry no longer states its facts under a one-character name that is another word (黄 is no
 herb); the marks are then lost glyphs like any other: filled where the lexicon decides (「黄□」
 before a line end is 黄芪), else counted, once a row (one glyph of one name, however often named). A title T that the body uses mostly whole (鸡 in 鸡内金,
@@ -170,18 +171,14 @@ class Repairer:
         repairs: list[Repair] = []
         if self.automaton is not None:
             text, repairs = self._correct(text)
-        new_title = None
+        new_title, names = None, set()
         if title is not None:
-            text, repairs, new_title = _mark_lost_name(text, title, repairs)
+            text, repairs, new_title, names = _mark_lost_name(text, title, repairs)
         if not any(blank in text for blank in BLANKS):
             return Repaired(text, repairs, 0)
-        result = self._fill(text, repairs)
+        result = self._fill(text, repairs, names)
         if new_title is not None:
             result.title = result.text[: len(new_title)]
-            # The name's lost glyph is one glyph, however often the body names it.
-            filled = {r.offset for r in result.repairs if r.kind == "lost_glyph" and r.original == LOST_MARK}
-            marks = sum(r.kind == "lost_name" and r.offset not in filled for r in result.repairs)
-            result.lost_glyphs -= max(marks - 1, 0)
         return result
 
     def _correct(self, text: str) -> tuple[str, list[Repair]]:
@@ -208,8 +205,9 @@ class Repairer:
         pieces.append(text[last:])
         return "".join(pieces), repairs
 
-    def _fill(self, text: str, repairs: list[Repair]) -> Repaired:
+    def _fill(self, text: str, repairs: list[Repair], names: set[int] = frozenset()) -> Repaired:
         # Every 「□」 is a lost glyph unless a fill takes it; a blank no glyph can fill stays as it is.
+        # `names`: the 「□」 of a name's lost glyph (_mark_lost_name), counted once however many.
         lost = text.count(LOST_MARK)
         fills: list[tuple[int, str]] = []  # (position of the blank, replacement)
         for blank in self.fillable.finditer(text) if self.fillable is not None else ():
@@ -225,6 +223,7 @@ class Repairer:
                 fills.append((i, glyph + " " if separator else glyph))
             elif found or ch == LOST_MARK:
                 lost += 1
+        lost -= max(len(set(names) - {i for i, _ in fills}) - 1, 0)
         if not fills:
             return Repaired(text, repairs, lost)
         pieces, last, shift, moved = [], 0, 0, []
@@ -289,27 +288,37 @@ def lost_name_blanks(text: str, title: str) -> list[int]:
     return blanks if blanks and 2 * len(blanks) >= text.count(title, 1) else []
 
 
-def _mark_lost_name(text: str, title: str, repairs: list[Repair]) -> tuple[str, list[Repair], str | None]:
-    """The name's lost glyph written 「□」 after the opening title and in place of each blank
-    `lost_name_blanks` finds; earlier repairs' offsets moved past the inserted mark."""
+def _mark_lost_name(text: str, title: str, repairs: list[Repair]) -> tuple[str, list[Repair], str | None, set[int]]:
+    """The name's lost glyph written 「□」 after the opening title (in place of the blank there,
+    when the text opens 「萆 用根」 with no title line) and in place of each blank
+    `lost_name_blanks` finds; earlier repairs' offsets moved past an inserted mark. The last
+    item: where the name's 「□」 stand in the new text (those already 「□」 too)."""
     blanks = lost_name_blanks(text, title)
     if not blanks:
-        return text, repairs, None
+        return text, repairs, None, set()
     chars = list(text)
-    marks = [Repair(1, "", LOST_MARK, "lost_name")]
+    opening_blank = text[1:2] == " " and re.match(_AFTER_BLANK, text[2:3]) is not None
+    grow = 0 if opening_blank else 1
+    marks = [Repair(1, " " if opening_blank else "", LOST_MARK, "lost_name")]
     for i in blanks:
         if chars[i] == " ":
             chars[i] = LOST_MARK
-            marks.append(Repair(i + 1, " ", LOST_MARK, "lost_name"))
-    moved = [Repair(r.offset + (r.offset >= 1), r.original, r.replacement, r.kind) for r in repairs]
-    text = title + LOST_MARK + "".join(chars[1:])
-    return text, sorted(moved + marks, key=lambda r: r.offset), title + LOST_MARK
+            marks.append(Repair(i + grow, " ", LOST_MARK, "lost_name"))
+    moved = [Repair(r.offset + grow * (r.offset >= 1), r.original, r.replacement, r.kind) for r in repairs]
+    text = title + LOST_MARK + "".join(chars[1 + (not grow):])
+    names = {1} | {i + grow for i in blanks}
+    return text, sorted(moved + marks, key=lambda r: r.offset), title + LOST_MARK, names
+
+
+_UNDO_FIRST = {"lost_name": 1, "lost_glyph": 2}
 
 
 def undo(text: str, repairs: list[dict] | list[Repair]) -> str:
     """The text before the repairs (the `repairs` column of a row, in any order)."""
     items = [r.as_dict() if isinstance(r, Repair) else r for r in repairs]
-    for r in sorted(items, key=lambda r: r["offset"], reverse=True):
+    # At one offset a fill (lost_glyph) took the 「□」 a placeholder or a name's mark wrote: the
+    # later step is undone first, whatever order the repairs come in.
+    for r in sorted(items, key=lambda r: (r["offset"], _UNDO_FIRST.get(r["kind"], 0)), reverse=True):
         start = r["offset"]
         assert text[start : start + len(r["replacement"])] == r["replacement"], "repairs do not match the text"
         text = text[:start] + r["original"] + text[start + len(r["replacement"]) :]

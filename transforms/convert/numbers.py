@@ -3,8 +3,9 @@ numbers the scan lost found, so that no stated dose or size is wrong.
 
 The pharmacopoeia was scanned and read by OCR, which prints the digit 1 as `l` or `I` and 0 as
 `O` or `o` (「5～lOg」, 「取本品粉末lg」, 「每Iml含」, 「6.O%」), and drops some numbers altogether,
-leaving a range with an empty side (「～3g」, 「直径～，」, 「一次～」) or a unit with no number
-(「不得过%」). A slip is repaired only in a numeric context: a run of digits and look-alike
+leaving a range with an empty side (「～3g」, 「直径～，」, 「一次～」), a unit with no number
+(「不得过%」), a ratio with an empty part (「（30：6：5：为展开剂」), a concentration or amount
+with none (「每1ml含的溶液」, 「约，精密称定」, 「白矾各。」). A slip is repaired only in a numeric context: a run of digits and look-alike
 letters, not touching another Latin letter, that holds a digit or stands beside a range sign
 or before a unit. A lost number cannot be repaired: `lost_numbers` names what is missing, and
 a caller that states facts (the template answers of transforms/convert/conversion.py) rejects the text.
@@ -30,6 +31,12 @@ _EMPTY_RANGE_RIGHT = re.compile(rf"[{_RANGE}](?![0-9])")
 _BARE_UNIT = re.compile(rf"(?<=[\u4e00-\u9fff，。；：、（(])(?:%|(?:kg|mg|g|ml|cm|mm|μm)(?![A-Za-z]))")
 # A bound with nothing to bound: 「（一日量不超过）」.
 _EMPTY_BOUND = re.compile(r"(?:不超过|不得过|不得少于|不少于|不低于|不高于)(?=[，。；、）)]|$)")
+# A bracketed ratio with an empty part: 「（30：6：5：为展开剂」, 「（3：：1）」.
+_EMPTY_RATIO = re.compile(r"[（(][0-9.]+(?:[：:][0-9.]+)*[：:](?![0-9.])")
+# A concentration with no amount: 「制成每1ml含的溶液」.
+_EMPTY_CONTENT = re.compile(r"每[0-9.]+\s*(?:ml|mL|μl|g|mg)含(?=[的，。；、])")
+# An amount reduced to its qualifier: 「（过三号筛）约，精密称定」, 「用生姜、白矾各。」.
+_EMPTY_AMOUNT = re.compile(r"(?:(?<=[）)末品])约|(?<=[\u4e00-\u9fff])各)(?=[，。；、])")
 
 
 def repair_digits(text: str) -> tuple[str, int]:
@@ -63,9 +70,10 @@ def _numeric_context(match: re.Match) -> bool:
 
 def lost_numbers(text: str) -> list[str]:
     """Fragments (with a little context) where a number is missing: a range with an empty side,
-    a unit with no number, a bound with nothing after it. Empty when every number is there."""
+    a unit with no number, a bound with nothing after it, a ratio with an empty part, a
+    concentration, 约 or 各 with no amount. Empty when every number is there."""
     found = []
-    for pattern in (_EMPTY_RANGE_LEFT, _EMPTY_RANGE_RIGHT, _BARE_UNIT, _EMPTY_BOUND):
+    for pattern in (_EMPTY_RANGE_LEFT, _EMPTY_RANGE_RIGHT, _BARE_UNIT, _EMPTY_BOUND, _EMPTY_RATIO, _EMPTY_CONTENT, _EMPTY_AMOUNT):
         for match in pattern.finditer(text):
             found.append(text[max(0, match.start() - 4): match.end() + 3])
     return list(dict.fromkeys(found))
