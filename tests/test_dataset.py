@@ -64,6 +64,22 @@ def test_parts_gather_write_calls_into_row_groups(tmp_path):
     assert not columns["text"].has_dictionary_page and not columns["id"].has_dictionary_page
 
 
+def test_long_rows_make_row_groups_of_fewer_rows(tmp_path, monkeypatch):
+    """A row group is written once the pending rows hold ROW_GROUP_BYTES of data, however few."""
+    import schemas.dataset as dataset
+
+    monkeypatch.setattr(dataset, "ROW_GROUP_BYTES", 64 << 10)
+    table = _documents(300)
+    table = table.set_column(1, "text", pa.array([text * 20 for text in table.column("text").to_pylist()]))
+    with DatasetWriter(tmp_path / "stage", StageManifest(stage="test")) as writer:
+        for start in range(0, 300, 10):
+            writer.write(DOCUMENTS, table.slice(start, 10))
+        writer.commit()
+    metadata = pq.ParquetFile(tmp_path / "stage" / DOCUMENTS / "part-00000.parquet").metadata
+    assert 1 < metadata.num_row_groups < 30 and metadata.num_rows == 300
+    assert read_kind(tmp_path / "stage", DOCUMENTS).column("text").to_pylist() == table.column("text").to_pylist()
+
+
 def test_parquet_leaves_name_nested_columns_as_parquet_does(tmp_path):
     conversations = conform(pa.table({
         "id": ["c1"], "source": ["s"], "category": ["sft"],

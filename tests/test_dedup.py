@@ -43,6 +43,27 @@ def test_params_from_threshold_match_datasketch():
         minhash.MinHashParams.from_threshold(1.0)
 
 
+def test_bands_and_rows_are_datasketchs_choice_without_datasketch():
+    """`_band_errors` (Gauss-Legendre) gives datasketch's weighted errors to rounding, and the
+    choice equals `datasketch.lsh._optimal_param` over thresholds, weights and sizes, near ties
+    (decided by datasketch itself) included."""
+    from datasketch.lsh import _false_negative_probability, _false_positive_probability, _optimal_param
+
+    pairs, errors = minhash._band_errors(0.8, 128, 0.9)
+    integrated = [0.1 * _false_positive_probability(0.8, b, r) + 0.9 * _false_negative_probability(0.8, b, r) for b, r in pairs]
+    assert np.abs(errors - np.array(integrated)).max() < 1e-10
+    configs = [(t / 10, n, w) for t in range(1, 10) for n in (32, 128) for w in (0.1, 0.5, 0.9)]
+    configs += [(0.85, 32, 0.9), (0.9, 128, 0.5)]  # near ties: another choice within the margin
+    near = 0
+    for threshold, num_perm, weight in configs:
+        _, errors = minhash._band_errors(threshold, num_perm, weight)
+        ordered = np.sort(errors)
+        near += ordered[1] - ordered[0] <= minhash._BAND_ERROR_MARGIN
+        chosen = minhash._optimal_bands.__wrapped__(threshold, num_perm, weight)
+        assert chosen == _optimal_param(threshold, num_perm, 1.0 - weight, weight), (threshold, num_perm, weight)
+    assert near >= 2
+
+
 def test_signatures_are_the_same_in_another_process(passages):
     params = minhash.MinHashParams.from_threshold(0.8)
     here = minhash.signatures(passages[:20], params)

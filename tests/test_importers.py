@@ -155,6 +155,24 @@ def test_common_character_table_is_the_rule_for_each_code_point():
     assert (table[:-1] == np.array([_is_common(chr(cp)) for cp in range(0x10000)])).all()
 
 
+@needs_shared
+def test_least_utf8_score_never_exceeds_the_score():
+    import os
+
+    from transforms.ingest.importers.compression import read_bytes
+    from transforms.ingest.importers.encoding import SAMPLE_BYTES, _least_utf8_score, _score
+
+    samples = [read_bytes(path)[:SAMPLE_BYTES] for path in sorted(BOOKS.glob("*.txt"))[:40]]
+    samples += [os.urandom(size) for size in (1, 2, 3, 50, 4000)]
+    samples += [text.encode(encoding) * 20 for text, encoding in (
+        ("Ça va très bien", "latin-1"), ("日本語のテキスト", "shift_jis"), ("繁體中文", "big5"), ("中文", "utf-8"))]
+    samples += [b"\x80\xbf" + "中文".encode() + b"\xc0\xff", b"\xe4\xb8", b""]
+    for sample in samples:
+        assert _least_utf8_score(sample) <= _score(sample, "utf-8")
+    # The GB18030 books: the bound alone rules UTF-8 out, so their UTF-8 reading is skipped.
+    assert all(_least_utf8_score(sample) > _score(sample, "gb18030") for sample in samples[:40])
+
+
 def test_big5_and_utf8_are_detected(tmp_path):
     text = "<篇名>傷寒論\r\n書名：傷寒論\r\n作者：張機\r\n朝代：漢\r\n年份：\r\n<目錄>卷一\r\r\n\n<篇名>辨脈法\r\n\r\n內容：問曰：脈有陰陽，何謂也？答曰：凡脈大、浮、數、動、滑，此名陽也；脈沉、澀、弱、弦、微，此名陰也。 \r\n"
     big5 = tmp_path / "big5.txt"

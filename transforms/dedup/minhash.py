@@ -80,11 +80,46 @@ def _multipliers(tag: int, count: int) -> np.ndarray:
 
 @lru_cache(maxsize=64)
 def _optimal_bands(threshold: float, num_perm: int, false_negative_weight: float) -> tuple[int, int]:
-    # datasketch's own search: bands x rows minimising the weighted false positive and false
-    # negative probability mass on either side of the threshold.
+    """datasketch's choice (`datasketch.lsh._optimal_param`): bands x rows minimising the
+    weighted false positive and false negative probability mass on either side of the
+    threshold, the first (bands, rows) in its order among equals. Found here by `_band_errors`
+    (numpy); datasketch itself (its import loads scipy.integrate, about a CPU-second in a
+    fresh process) is asked only when another choice comes within _BAND_ERROR_MARGIN of the
+    best, where its numerical integration could order them otherwise."""
+    pairs, errors = _band_errors(threshold, num_perm, false_negative_weight)
+    best = int(np.argmin(errors))
+    if np.count_nonzero(errors <= errors[best] + _BAND_ERROR_MARGIN) == 1:
+        return pairs[best]
     from datasketch.lsh import _optimal_param
 
     return _optimal_param(threshold, num_perm, 1.0 - false_negative_weight, false_negative_weight)
+
+
+# Far above the error of datasketch's integration (scipy's quad: 1.5e-8 at most, absolute or
+# relative, on these integrals) and of the Gauss-Legendre sums, which are exact for them but
+# for rounding.
+_BAND_ERROR_MARGIN = 1e-6
+
+
+def _band_errors(threshold: float, num_perm: int, false_negative_weight: float) -> tuple[list[tuple[int, int]], np.ndarray]:
+    """Every (bands, rows) with bands x rows <= num_perm, in datasketch's order (bands, then
+    rows, ascending), and its weighted error: (1 - w) x the integral over [0, threshold] of
+    P(candidate | s) = 1 - (1 - s^rows)^bands, plus w x the integral over [threshold, 1] of
+    1 - P(candidate | s), w the false-negative weight. P is a polynomial of degree
+    bands x rows <= num_perm, so Gauss-Legendre quadrature with num_perm // 2 + 1 nodes gives
+    both integrals exactly but for rounding."""
+    pairs = [(b, r) for b in range(1, num_perm + 1) for r in range(1, num_perm // b + 1)]
+    bands = np.array([b for b, _ in pairs], np.float64)[:, None]
+    rows = np.array([r for _, r in pairs], np.float64)[:, None]
+    nodes, weights = np.polynomial.legendre.leggauss(num_perm // 2 + 1)
+
+    def integral(lo: float, hi: float, false_negative: bool) -> np.ndarray:
+        s = (hi - lo) / 2 * nodes + (hi + lo) / 2
+        candidate = 1.0 - (1.0 - s**rows) ** bands
+        return ((1.0 - candidate) if false_negative else candidate) @ weights * ((hi - lo) / 2)
+
+    errors = (1.0 - false_negative_weight) * integral(0.0, threshold, False) + false_negative_weight * integral(threshold, 1.0, True)
+    return pairs, errors
 
 
 @dataclass(frozen=True)
@@ -310,11 +345,14 @@ def _densify(signature: np.ndarray, filled: np.ndarray, has_shingles: np.ndarray
     if not len(empty):
         return
     first = _first_attempts(perms, seed)
-    targets = np.arange(perms)
+    # Each text's filled bins as one row: a bin's row of flags is read whole, not bin by bin.
+    by_text = filled.reshape(-1, perms)
+    texts = rows // perms
+    never = np.iinfo(np.int32).max
     for lo in range(0, len(empty), _TAIL_ROWS):
-        part_rows, part_bins = rows[lo : lo + _TAIL_ROWS], bins[lo : lo + _TAIL_ROWS]
-        attempts = np.where(filled[part_rows[:, None] + targets], first[part_bins], np.iinfo(np.int32).max)
-        signature[empty[lo : lo + _TAIL_ROWS]] = signature[part_rows + attempts.argmin(axis=1)]
+        part_texts, part_bins = texts[lo : lo + _TAIL_ROWS], bins[lo : lo + _TAIL_ROWS]
+        attempts = np.where(by_text[part_texts], first[part_bins], never)
+        signature[empty[lo : lo + _TAIL_ROWS]] = signature[rows[lo : lo + _TAIL_ROWS] + attempts.argmin(axis=1)]
 
 
 @lru_cache(maxsize=8)

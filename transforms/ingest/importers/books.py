@@ -224,7 +224,8 @@ def _code_points(text: str) -> np.ndarray:
 
 
 # Runs of whitespace at a line's end or start are short: a step per character over all the
-# lines still in one, for this many characters; a longer run is searched line by line.
+# lines still in one, for this many characters; the lines in longer runs then look up the
+# nearest character that is not whitespace.
 _STEPS = 8
 
 
@@ -238,9 +239,10 @@ def _rstripped(points: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.n
         moving = moving[ends[moving] > starts[moving]]
         if not len(moving):
             return ends
-    for i in moving.tolist():
-        filled = np.flatnonzero(~_WHITE.take(points[starts[i]:ends[i]], mode="clip"))
-        ends[i] = starts[i] + (filled[-1] + 1 if len(filled) else 0)
+    filled = np.flatnonzero(~_WHITE.take(points, mode="clip"))
+    last = np.searchsorted(filled, ends[moving]) - 1  # the last such character before the end
+    found = filled[np.maximum(last, 0)] if len(filled) else np.zeros(len(moving), np.int64)
+    ends[moving] = np.where((last >= 0) & (found >= starts[moving]), found + 1, starts[moving])
     return ends
 
 
@@ -254,9 +256,10 @@ def _lstripped(points: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.n
         moving = moving[starts[moving] < ends[moving]]
         if not len(moving):
             return starts
-    for i in moving.tolist():
-        filled = np.flatnonzero(~_WHITE.take(points[starts[i]:ends[i]], mode="clip"))
-        starts[i] = starts[i] + filled[0] if len(filled) else ends[i]
+    filled = np.flatnonzero(~_WHITE.take(points, mode="clip"))
+    first = np.searchsorted(filled, starts[moving])  # the first such character from the start
+    found = filled[np.minimum(first, len(filled) - 1)] if len(filled) else np.zeros(len(moving), np.int64)
+    starts[moving] = np.where((first < len(filled)) & (found < ends[moving]), found, ends[moving])
     return starts
 
 

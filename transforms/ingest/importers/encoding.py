@@ -202,7 +202,12 @@ def detect_legacy(data: bytes, candidates: tuple[str, ...] = CANDIDATES) -> tupl
     """The most plausible encoding for bytes that are not strictly UTF-8, and who chose it
     ("ours", or "charset-normalizer" where our best guess reads poorly and its guess reads better)."""
     sample = data[:SAMPLE_BYTES]
-    scores = {encoding: _score(sample, encoding) for encoding in candidates}
+    scores = {encoding: _score(sample, encoding) for encoding in candidates if encoding != "utf-8"}
+    if "utf-8" in candidates:
+        # Bytes that are not UTF-8 read slowly as UTF-8 (an escape each): read so only when the
+        # least its score can be does not already lose to another candidate's.
+        rivals = min(scores.values(), default=None)
+        scores["utf-8"] = _score(sample, "utf-8") if rivals is None or _least_utf8_score(sample) <= rivals else float("inf")
     best = min(candidates, key=lambda e: (scores[e], candidates.index(e)))
     if len(sample) >= MIN_DETECTOR_BYTES and _unsure(sample, best):
         import charset_normalizer
@@ -217,6 +222,19 @@ def detect_legacy(data: bytes, candidates: tuple[str, ...] = CANDIDATES) -> tupl
         if name and name not in CHINESE_FAMILY:
             return name, "charset-normalizer"
     return best, "ours"
+
+
+def _least_utf8_score(sample: bytes) -> float:
+    """A lower bound of _score(sample, "utf-8"): bytes no reading as UTF-8 decodes (C0, C1, F5-FF,
+    and a continuation byte with no lead byte before it: at the start or after an ASCII byte)
+    are each an escape, counted twice, over at most one character per byte."""
+    raw = np.frombuffer(sample, np.uint8)
+    if not len(raw):
+        return 0.0
+    continuation = (raw >= 0x80) & (raw < 0xC0)
+    invalid = int(np.count_nonzero((raw == 0xC0) | (raw == 0xC1) | (raw >= 0xF5)))
+    invalid += int(continuation[0]) + int(np.count_nonzero(continuation[1:] & (raw[:-1] < 0x80)))
+    return 2 * invalid / len(raw)
 
 
 def _unsure(sample: bytes, encoding: str) -> bool:
