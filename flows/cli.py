@@ -268,6 +268,19 @@ def _flow(module: str, name: str):
     return getattr(import_module(f"flows.{module}"), name)
 
 
+def ledger_text(summary: dict) -> str:
+    """A stage's ledger on one line, per kind: `in[+made made]→kept[ (-rejected)][ (written written)]`;
+    the written count is shown where it differs from kept (convert keeps a monograph it turned
+    wholly into conversations, and writes no document for it)."""
+    made, written = summary.get("rows_made") or {}, summary.get("rows_out") or {}
+    return ", ".join(
+        f"{kind} {summary['rows_in'].get(kind, 0)}" + (f"+{made[kind]} made" if made.get(kind) else "")
+        + f"→{summary['rows_kept'].get(kind, 0)}" + (f" (-{summary['rows_rejected'][kind]})" if summary["rows_rejected"].get(kind) else "")
+        + (f" ({written[kind]} written)" if kind in written and written[kind] != summary["rows_kept"].get(kind, 0) else "")
+        for kind in dict.fromkeys([*summary["rows_in"], *made])
+    )
+
+
 def _run(args, settle: bool = False, local_server: bool = False, engine_kind: str = "local") -> dict:
     """Run the flow `args` names; with `settle` (the command), the imports are settled first
     (`runtime.settle_heap`). On the shared local server (`local_server`), the flow runs without
@@ -342,12 +355,7 @@ def _print_result(flow: str, result: dict) -> None:
         return
     stages = result.get("stages", {flow: result})
     for name, summary in stages.items():
-        made = summary.get("rows_made") or {}
-        ledger = ", ".join(
-            f"{kind} {summary['rows_in'].get(kind, 0)}" + (f"+{made[kind]} made" if made.get(kind) else "")
-            + f"→{summary['rows_kept'].get(kind, 0)}" + (f" (-{summary['rows_rejected'][kind]})" if summary["rows_rejected"].get(kind) else "")
-            for kind in dict.fromkeys([*summary["rows_in"], *made])
-        )
+        ledger = ledger_text(summary)
         note = " [skipped: already done]" if summary.get("skipped") else ""
         print(f"{name:>14}: {ledger or '-'}{note}")
         for entry in (summary.get("stats") or {}).get("skipped_files", []):

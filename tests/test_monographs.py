@@ -208,3 +208,16 @@ def test_template_answers_follow_the_clean_policy_of_documents(shared_data):
     answers = {q: a for _, q, a in monograph_conversion(loads_meta(cleaned["meta"]), cleaned["text"])["pairs"]}
     assert answers["丁香的性味与归经是什么？"] == "丁香辛，温。归脾、胃、肺、肾经。"
     assert answers["丁香应当如何贮藏？"] == "置阴凉干燥处。咨询电话<phone>"
+
+
+def test_the_terminal_ledger_says_what_convert_wrote_where_it_differs_from_kept():
+    """The shared build's convert manifest: monographs converted wholly into conversations are
+    kept (accounted for) but written as no document, so the line says both."""
+    from flows.cli import ledger_text
+
+    summary = {"rows_in": {"conversations": 8214, "documents": 57007}, "rows_made": {"conversations": 4271},
+               "rows_kept": {"conversations": 12070, "documents": 57007}, "rows_rejected": {"conversations": 415, "documents": 0},
+               "rows_out": {"conversations": 12070, "documents": 56998}}
+    assert ledger_text(summary) == "conversations 8214+4271 made→12070 (-415), documents 57007→57007 (56998 written)"
+    summary["rows_out"]["documents"] = 57007
+    assert ledger_text(summary).endswith("documents 57007→57007")
