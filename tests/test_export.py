@@ -100,6 +100,25 @@ def test_the_folder_loads_with_datasets_at_one_shard_as_at_many(corpus, tmp_path
         assert loaded["train"].num_rows == rows and loaded["train"]["position"] == list(range(rows))
 
 
+def test_two_corpus_folders_of_one_name_do_not_share_a_datasets_cache(corpus, tmp_path, monkeypatch):
+    """Every build writes `<workdir>/corpus`: a second build's folder, loaded after the first with
+    the same cache, reads its own rows (with a fixed config name datasets served the first's)."""
+    other = tmp_path / "other-build" / "corpus"
+    params = {"weights": {"encyclopedia": 1, "sft": 1}, "sft_epochs": 1, "seed": 7, "shard_rows": 100_000}
+    run_sample([corpus.parent / "items"], other, params, StageManifest(stage="sample"), "test")
+    assert other.name == corpus.name
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    import datasets
+
+    ids = {folder: pa.concat_tables(pq.read_table(p, columns=["id"]) for p in sorted(folder.glob("part-*.parquet"))).column("id").to_pylist() for folder in (corpus, other)}
+    assert ids[corpus] != ids[other]
+    for folder in (corpus, other, corpus):
+        loaded = datasets.load_dataset(str(folder), split="train", cache_dir=str(tmp_path / "cache"))
+        assert loaded["id"] == ids[folder]
+
+
 def test_exports_in_trainer_formats_keep_the_order(corpus, tmp_path):
     out = tmp_path / "export"
     out.mkdir()

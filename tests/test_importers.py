@@ -129,7 +129,7 @@ def test_picture_only_chapter_is_rejected_and_repeats_are_named(all_books):
     repeated = [r for r in all_books["038-本草分经.txt"] if r.reason and r.reason.startswith("repeated_record:")]
     assert repeated
     first_ids = {r.row["id"] for r in all_books["038-本草分经.txt"] if r.reason is None}
-    assert all(r.reason.split(":", 1)[1] in first_ids for r in repeated)
+    assert all(r.reason.split(":", 1)[1].split(" (first as record ")[0] in first_ids for r in repeated)
 
 
 @needs_shared
@@ -345,7 +345,7 @@ def test_malformed_records_are_rejected_and_the_rest_import(tmp_path):
     assert [r.reason for r in records] == [
         None, "malformed:json", "malformed:not_object", "malformed:no_output", "malformed:no_shape",
         "malformed:not_string", "malformed:unpaired_turns", "malformed:no_output",
-        f"repeated_record:{records[0].row['id']}", None,
+        f"repeated_record:{records[0].row['id']} (first as record 1)", None,
     ]
     broken = records[1]
     assert broken.row["messages"] == [] and loads_meta(broken.row["meta"])["raw"] == lines[1]

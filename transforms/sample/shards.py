@@ -252,11 +252,16 @@ def _write_shard(folder, spill, number, shard_rows, row_group_rows, counter: Tok
 
 
 def dataset_card(corpus: dict) -> str:
-    """The folder's `.huggingface.yaml`: the shards are the `train` split of the default config."""
+    """The folder's `.huggingface.yaml`: the shards are the `train` split of the folder's one
+    config, named `corpus-<digest of the shards' sha256>`. `datasets` (5.x) keys its cache by the
+    folder's name, the config's name and the file pattern as written, so under a fixed name two
+    builds' `corpus` folders read each other's cached rows; a name that changes with the shards
+    gives each corpus its own cache and a rebuilt one a fresh one."""
+    digest = hashlib.sha256("".join(shard["sha256"] for shard in corpus["shards"]).encode()).hexdigest()[:16]
     return (
         "# Read by datasets.load_dataset(<this folder>) and the Hugging Face hub; figures: _corpus_manifest.json\n"
         "configs:\n"
-        "- config_name: default\n"
+        f"- config_name: corpus-{digest}\n"
         "  data_files:\n"
         "  - split: train\n"
         '    path: "part-*.parquet"\n'

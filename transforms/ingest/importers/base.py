@@ -177,13 +177,15 @@ def conversation(
 
 def reject_repeats(records: Iterable[Imported]) -> Iterator[Imported]:
     """Content ids repeat when one source holds the same record twice; the second and later
-    copies are rejected, naming the id they repeat."""
-    seen: set[str] = set()
-    for record in records:
+    copies are rejected as `repeated_record:<id> (first as record <n>)`, naming the id (theirs
+    too: ids are made from content) and where in the file the kept copy stands (n counts the
+    file's records from 1, rejected ones included)."""
+    first: dict[str, int] = {}
+    for number, record in enumerate(records, 1):
         if record.reason is None:
             record_id = record.row["id"]
-            if record_id in seen:
-                record.reason = f"repeated_record:{record_id}"
+            if record_id in first:
+                record.reason = f"repeated_record:{record_id} (first as record {first[record_id]})"
             else:
-                seen.add(record_id)
+                first[record_id] = number
         yield record
