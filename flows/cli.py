@@ -30,7 +30,15 @@ import threading
 from contextlib import nullcontext
 from pathlib import Path
 
-from .runtime import hold_collection, keep_summary_off_terminal, prepare_environment, quiet_failures_on_terminal, settle_heap, without_heartbeats
+from .runtime import (
+    hold_collection,
+    keep_summary_off_terminal,
+    loaded_classes,
+    prepare_environment,
+    quiet_failures_on_terminal,
+    settle_heap,
+    without_heartbeats,
+)
 
 from .pipeline_info import FLOWS
 
@@ -421,10 +429,7 @@ def _command(argv: list[str] | None) -> int:
         from .progress import enable_terminal
 
         enable_terminal()
-    from transforms.ingest.importers import SourceError
-
     from .locks import LockBusy
-    from transforms.ingest.importers import SourceRejected
 
     if not args.debug:
         quiet_failures_on_terminal()  # Prefect still records every failure, traceback included
@@ -435,7 +440,9 @@ def _command(argv: list[str] | None) -> int:
             if shared_server is not None:
                 shared_server.wait_ready()
             result = _run(args, settle=as_command, local_server=shared_server is not None, engine_kind=args.engine or config.engine.kind)
-    except (LockBusy, SourceError, SourceRejected) as exc:  # a busy work folder, an unreadable input file: the user's to fix
+    # A busy work folder, an unreadable input file: the user's to fix. The importers' errors are
+    # told by their classes only where a stage imported them (a stage command does not).
+    except (LockBusy, *loaded_classes("transforms.ingest.importers:SourceError", "transforms.ingest.importers:SourceRejected")) as exc:
         return _failed(args, exc, 2)
     except KeyboardInterrupt:
         print("flows: interrupted; finished stages are kept and a re-run resumes after them", file=sys.stderr)
