@@ -8,7 +8,7 @@ converter) comes back as 野狼.
 
 Placeholders (`PLACEHOLDERS`): the mark an upstream encoder wrote for a glyph it could not encode,
 「KT 」 with its space (「项背强KT KT ，无汗」 is 项背强几几, 「KTKT 」 the same without the first
-space; 1,403 marks in 118 of the 262 shared books), becomes a 「□」 (kind `placeholder`) and so
+space; 1,403 marks in 118 of the 261 shared books), becomes a 「□」 (kind `placeholder`) and so
 a lost glyph: filled below where the lexicon decides, else counted. A mark touching another
 letter or digit (「KTV」, 「OKT」) is left alone; one that follows another mark is a mark.
 
