@@ -127,6 +127,23 @@ def test_a_name_that_lost_a_glyph_is_not_kept_as_another_word(shared_data):
     assert all(len(title) == 1 for _, title in changed)
 
 
+def test_a_name_that_lost_its_first_glyph_is_marked_before_it(shared_data):
+    # 藁本 is titled 本 in 神农本草经, whose body says 「蔚香， 本也」; 本经逢原's 獐 (「发明 獐之性」:
+    # the blank separates the line's label) and 术 stay.
+    books = shared_data / "corpus" / "ancient-books"
+    titles = {}
+    for book in ("000-神农本草经.txt", "019-本经逢原.txt"):
+        for r in import_file(books / book, "book", "b", "books"):
+            if r.reason is None and r.row["title"] in ("本", "獐", "术"):
+                result = repairer().repair(r.row["text"], r.row["title"])
+                assert undo(result.text, result.repairs) == r.row["text"]
+                assert undo(result.text, list(reversed(result.repairs))) == r.row["text"]
+                titles[book[:3], r.row["title"]] = (result.title, result.text, result.lost_glyphs)
+    title, text, lost = titles["000", "本"]
+    assert title == "□本" and text.startswith("□本\n") and "蔚香，□本也" in text and lost == 1
+    assert titles["019", "獐"][0] is None and titles["000", "术"][0] is None
+
+
 def test_a_name_mark_is_counted_once_and_undone_in_any_order():
     # The body's name may already be a lost glyph (the encoder's 「KT 」, or 「□」): still one
     # glyph of one name. A text with no title line (「萆 用根」) has the name's blank in place of

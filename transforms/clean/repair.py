@@ -37,7 +37,10 @@ blank there becomes it when the text opens 「萆 用根」 with no title line),
 the entry no longer states its facts under a one-character name that is another word (黄 is no
 herb); the marks are then lost glyphs like any other: filled where the lexicon decides (「黄□」
 before a line end is 黄芪), else counted, once a row (one glyph of one name, however often named). A title T that the body uses mostly whole (鸡 in 鸡内金,
-鸡子 with one 「鸡 。」) is left alone.
+鸡子 with one 「鸡 。」) is left alone. The same holds for a glyph lost before T (藁本 titled 本,
+萹蓄 as 蓄: 「原文∶ 蓄，味辛」, 「蔚香， 本也」): a blank right after a Han character or a
+punctuation mark and before T marks it, unless the blank only separates a line's opening label
+(「发明 獐之性」); the title becomes 「□本」.
 
 Every repair is kept per row as (offset, original, replacement, kind), the offset in code points
 into the repaired text, so `undo` gives the text back exactly.
@@ -76,6 +79,9 @@ MAX_SIDE = 12
 _BLANK = re.compile("|".join(map(re.escape, BLANKS)))
 # What follows a blank that stands for a glyph: a Han character or the punctuation of a sentence.
 _AFTER_BLANK = "[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff，。、；：∶（）]"
+# What precedes a blank that stands for a name's first glyph, and a line's opening label.
+_BEFORE_BLANK = "[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff，。、；：∶（]"
+_LINE_LABEL = re.compile("[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]{1,4}")
 
 
 class RepairError(ValueError):
@@ -288,14 +294,40 @@ def lost_name_blanks(text: str, title: str) -> list[int]:
     return blanks if blanks and 2 * len(blanks) >= text.count(title, 1) else []
 
 
+def lost_name_blanks_before(text: str, title: str) -> list[int]:
+    """Where the body of `text` writes its one-character `title` after a blank that stands for
+    the name's lost first glyph (「原文∶ 蓄，」): the blanks' offsets, or [] as `lost_name_blanks`
+    decides; a blank that follows a line's opening label of 1-4 Han characters (「发明 獐」) is a
+    separator, not evidence."""
+    if len(title) != 1 or not _HAN.match(title) or not text.startswith(title):
+        return []
+    blanks = []
+    for m in re.compile(f"(?<={_BEFORE_BLANK}) {re.escape(title)}").finditer(text, 1):
+        line = text[text.rfind("\n", 0, m.start()) + 1 : m.start()]
+        if not _LINE_LABEL.fullmatch(line):
+            blanks.append(m.start())
+    return blanks if blanks and 2 * len(blanks) >= text.count(title, 1) else []
+
+
 def _mark_lost_name(text: str, title: str, repairs: list[Repair]) -> tuple[str, list[Repair], str | None, set[int]]:
     """The name's lost glyph written 「□」 after the opening title (in place of the blank there,
     when the text opens 「萆 用根」 with no title line) and in place of each blank
-    `lost_name_blanks` finds; earlier repairs' offsets moved past an inserted mark. The last
-    item: where the name's 「□」 stand in the new text (those already 「□」 too)."""
+    `lost_name_blanks` finds; else before the opening title and in place of each blank
+    `lost_name_blanks_before` finds. Earlier repairs' offsets moved past an inserted mark. The
+    last item: where the name's 「□」 stand in the new text (those already 「□」 too)."""
     blanks = lost_name_blanks(text, title)
     if not blanks:
-        return text, repairs, None, set()
+        before = lost_name_blanks_before(text, title)
+        if not before:
+            return text, repairs, None, set()
+        chars = list(text)
+        marks = [Repair(0, "", LOST_MARK, "lost_name")]
+        for i in before:
+            chars[i] = LOST_MARK
+            marks.append(Repair(i + 1, " ", LOST_MARK, "lost_name"))
+        moved = [Repair(r.offset + 1, r.original, r.replacement, r.kind) for r in repairs]
+        names = {0} | {i + 1 for i in before}
+        return LOST_MARK + "".join(chars), sorted(moved + marks, key=lambda r: r.offset), LOST_MARK + title, names
     chars = list(text)
     opening_blank = text[1:2] == " " and re.match(_AFTER_BLANK, text[2:3]) is not None
     grow = 0 if opening_blank else 1
