@@ -104,6 +104,8 @@ def test_every_section_becomes_a_question_a_text_line_or_a_rejected_answer(recor
 
 @pytest.mark.parametrize("text, fixed, repaired", [
     ("5～lOg。", "5～10g。", 1),
+    ("加甲醇10rnl，超声处理", "加甲醇10ml，超声处理", 1), ("直径60～112pm，长至230", "直径60～112μm，长至230", 1),
+    ("直径5～39um，脐点", "直径5～39μm，脐点", 1), ("宽1～2crn。", "宽1～2cm。", 1),
     ("取本品粉末lg，加三氯甲烷", "取本品粉末1g，加三氯甲烷", 1),
     ("每Iml含Img的溶液", "每1ml含1mg的溶液", 2),
     ("总灰分不得过6.O%", "总灰分不得过6.0%", 1),
@@ -126,6 +128,7 @@ def test_ocr_digit_slips_are_repaired_only_in_numeric_context(text, fixed, repai
     ("以石油醚（30～60°C)-乙酸乙酯-丙酮-甲酸（30：6：5：为展开剂", True), ("三乙胺（3：：1：：：1)为", True),
     ("加甲醇制成每1ml含的溶液，作为对照品溶液", True), ("取本品粉末（过三号筛）约，精密称定", True),
     ("天南星，用生姜、白矾各。", True),
+    ("呈披针形或卵状披针形，长1_5～6cm，", True), ("水分同药材，不得过16.%。", True), ("总灰分不得过.5.0%（附录", True),
     ("甲苯-乙酸乙酯-甲酸（5：4：1）为展开剂", False), ("制成每1ml含0.1mg的溶液", False),
     ("取本品粉末（过三号筛）约0.5g，精密称定", False), ("互相制约，各有所长。", False), ("白矾各12.5kg。", False),
 ])

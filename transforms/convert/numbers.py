@@ -31,6 +31,13 @@ _EMPTY_RANGE_RIGHT = re.compile(rf"[{_RANGE}](?![0-9])")
 _BARE_UNIT = re.compile(rf"(?<=[\u4e00-\u9fff，。；：、（(])(?:%|(?:kg|mg|g|ml|cm|mm|μm)(?![A-Za-z]))")
 # A bound with nothing to bound: 「（一日量不超过）」.
 _EMPTY_BOUND = re.compile(r"(?:不超过|不得过|不得少于|不少于|不低于|不高于)(?=[，。；、）)]|$)")
+# A decimal point the scan broke: an underscore for it (「1_5～6cm」), or a point with no digit on
+# one side (「不得过15.%」, 「不得过.5.0%」).
+_BROKEN_DECIMAL = re.compile(r"[0-9]_[0-9]|[0-9]\.(?![0-9])(?=[%a-zA-Zμ～~，。；、）)])|(?<![0-9A-Za-z])\.[0-9]")
+# Units the scan misread right after a number: rn for m (「10rnl」, 「6crn」), p or u for μ
+# (「直径60～112pm」, 「5～39um」: no picometre or bare u is a unit here).
+_UNIT_SLIPS = {"crn": "cm", "rnm": "mm", "rnl": "ml", "rng": "mg", "pm": "μm", "um": "μm"}
+_UNIT_SLIP = re.compile(r"(?<=[0-9])(crn|rnm|rnl|rng|pm|um)(?![A-Za-z])")
 # A bracketed ratio with an empty part: 「（30：6：5：为展开剂」, 「（3：：1）」.
 _EMPTY_RATIO = re.compile(r"[（(][0-9.]+(?:[：:][0-9.]+)*[：:](?![0-9.])")
 # A concentration with no amount: 「制成每1ml含的溶液」.
@@ -41,7 +48,8 @@ _EMPTY_AMOUNT = re.compile(r"(?:(?<=[）)末品])约|(?<=[\u4e00-\u9fff])各)(?=
 
 def repair_digits(text: str) -> tuple[str, int]:
     """The text with OCR digit look-alikes in numeric runs replaced by digits, and how many
-    runs changed. 「5～lOg」 -> 「5～10g」, 「lg」 -> 「1g」, 「Iml」 -> 「1ml」, 「6.O%」 -> 「6.0%」;
+    runs and units changed. 「5～lOg」 -> 「5～10g」, 「lg」 -> 「1g」, 「Iml」 -> 「1ml」, 「6.O%」 -> 「6.0%」,
+    and a unit misread right after a number: 「10rnl」 -> 「10ml」, 「6crn」 -> 「6cm」, 「112pm」 -> 「112μm」;
     letters inside words or formulas (Lour., H2O, l-BORNEOLUM) are left alone."""
     changed = 0
 
@@ -54,7 +62,14 @@ def repair_digits(text: str) -> tuple[str, int]:
         changed += 1
         return fixed
 
-    return _RUN.sub(fix, text), changed
+    text = _RUN.sub(fix, text)
+
+    def unit(match: re.Match) -> str:
+        nonlocal changed
+        changed += 1
+        return _UNIT_SLIPS[match.group(1)]
+
+    return _UNIT_SLIP.sub(unit, text), changed
 
 
 def _numeric_context(match: re.Match) -> bool:
@@ -71,9 +86,10 @@ def _numeric_context(match: re.Match) -> bool:
 def lost_numbers(text: str) -> list[str]:
     """Fragments (with a little context) where a number is missing: a range with an empty side,
     a unit with no number, a bound with nothing after it, a ratio with an empty part, a
-    concentration, 约 or 各 with no amount. Empty when every number is there."""
+    concentration, 约 or 各 with no amount, a broken decimal point (「1_5」, 「15.%」, 「.5」).
+    Empty when every number is there."""
     found = []
-    for pattern in (_EMPTY_RANGE_LEFT, _EMPTY_RANGE_RIGHT, _BARE_UNIT, _EMPTY_BOUND, _EMPTY_RATIO, _EMPTY_CONTENT, _EMPTY_AMOUNT):
+    for pattern in (_EMPTY_RANGE_LEFT, _EMPTY_RANGE_RIGHT, _BARE_UNIT, _EMPTY_BOUND, _EMPTY_RATIO, _EMPTY_CONTENT, _EMPTY_AMOUNT, _BROKEN_DECIMAL):
         for match in pattern.finditer(text):
             found.append(text[max(0, match.start() - 4): match.end() + 3])
     return list(dict.fromkeys(found))
