@@ -106,6 +106,7 @@ def test_every_section_becomes_a_question_a_text_line_or_a_rejected_answer(recor
     ("5～lOg。", "5～10g。", 1),
     ("加甲醇10rnl，超声处理", "加甲醇10ml，超声处理", 1), ("直径60～112pm，长至230", "直径60～112μm，长至230", 1),
     ("直径5～39um，脐点", "直径5～39μm，脐点", 1), ("宽1～2crn。", "宽1～2cm。", 1),
+    ("置紫外光灯（365rnm)下检视", "置紫外光灯（365rnm)下检视", 0),
     ("取本品粉末lg，加三氯甲烷", "取本品粉末1g，加三氯甲烷", 1),
     ("每Iml含Img的溶液", "每1ml含1mg的溶液", 2),
     ("总灰分不得过6.O%", "总灰分不得过6.0%", 1),
@@ -129,6 +130,7 @@ def test_ocr_digit_slips_are_repaired_only_in_numeric_context(text, fixed, repai
     ("加甲醇制成每1ml含的溶液，作为对照品溶液", True), ("取本品粉末（过三号筛）约，精密称定", True),
     ("天南星，用生姜、白矾各。", True),
     ("呈披针形或卵状披针形，长1_5～6cm，", True), ("水分同药材，不得过16.%。", True), ("总灰分不得过.5.0%（附录", True),
+    ("浓度为1.mg的溶液", True), ("含盐酸小檗碱（C20H17NO4.HCl）不得少于0.5%", False), ("1.Thin layer", False),
     ("甲苯-乙酸乙酯-甲酸（5：4：1）为展开剂", False), ("制成每1ml含0.1mg的溶液", False),
     ("取本品粉末（过三号筛）约0.5g，精密称定", False), ("互相制约，各有所长。", False), ("白矾各12.5kg。", False),
 ])

@@ -33,11 +33,16 @@ _BARE_UNIT = re.compile(rf"(?<=[\u4e00-\u9fff，。；：、（(])(?:%|(?:kg|mg|
 _EMPTY_BOUND = re.compile(r"(?:不超过|不得过|不得少于|不少于|不低于|不高于)(?=[，。；、）)]|$)")
 # A decimal point the scan broke: an underscore for it (「1_5～6cm」), or a point with no digit on
 # one side (「不得过15.%」, 「不得过.5.0%」).
-_BROKEN_DECIMAL = re.compile(r"[0-9]_[0-9]|[0-9]\.(?![0-9])(?=[%a-zA-Zμ～~，。；、）)])|(?<![0-9A-Za-z])\.[0-9]")
+# A point then a letter is a broken decimal only before a unit: 「1.mg」, not a formula's
+# 「C20H17NO4.HCl」 (its 「·」 normalised) or a list's 「1.Thin」.
+_BROKEN_DECIMAL = re.compile(
+    rf"[0-9]_[0-9]|[0-9]\.(?=[%μ～~，。；、）)]|{_UNITS}(?![A-Za-z]))|(?<![0-9A-Za-z])\.[0-9]"
+)
 # Units the scan misread right after a number: rn for m (「10rnl」, 「6crn」), p or u for μ
-# (「直径60～112pm」, 「5～39um」: no picometre or bare u is a unit here).
-_UNIT_SLIPS = {"crn": "cm", "rnm": "mm", "rnl": "ml", "rng": "mg", "pm": "μm", "um": "μm"}
-_UNIT_SLIP = re.compile(r"(?<=[0-9])(crn|rnm|rnl|rng|pm|um)(?![A-Za-z])")
+# (「直径60～112pm」, 「5～39um」: no picometre or bare u is a unit here). Not 「rnm」: it is as
+# likely nm as mm (「紫外光灯（365rnm)」 is 365nm), so it is left as the scan wrote it.
+_UNIT_SLIPS = {"crn": "cm", "rnl": "ml", "rng": "mg", "pm": "μm", "um": "μm"}
+_UNIT_SLIP = re.compile(r"(?<=[0-9])(crn|rnl|rng|pm|um)(?![A-Za-z])")
 # A bracketed ratio with an empty part: 「（30：6：5：为展开剂」, 「（3：：1）」.
 _EMPTY_RATIO = re.compile(r"[（(][0-9.]+(?:[：:][0-9.]+)*[：:](?![0-9.])")
 # A concentration with no amount: 「制成每1ml含的溶液」.
