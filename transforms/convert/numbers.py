@@ -42,7 +42,10 @@ _BROKEN_DECIMAL = re.compile(
 # (「直径60～112pm」, 「5～39um」: no picometre or bare u is a unit here). Not 「rnm」: it is as
 # likely nm as mm (「紫外光灯（365rnm)」 is 365nm), so it is left as the scan wrote it.
 _UNIT_SLIPS = {"crn": "cm", "rnl": "ml", "rng": "mg", "pm": "μm", "um": "μm"}
-_UNIT_SLIP = re.compile(r"(?<=[0-9])(crn|rnl|rng|pm|um)(?![A-Za-z])")
+# Where μ was read as 「1u」 (「3～451um」 is 45μm beside 「3～201um」 for 20μm) the number itself
+# is in doubt: such a 「1um」 is not mended but found as a lost number.
+_UNIT_SLIP = re.compile(r"(?<=[0-9])(crn|rnl|rng|pm|(?<![0-9]1)um)(?![A-Za-z])")
+_DOUBTFUL_MICRO = re.compile(r"(?<=[0-9])1um(?![A-Za-z])")
 # A bracketed ratio with an empty part: 「（30：6：5：为展开剂」, 「（3：：1）」.
 _EMPTY_RATIO = re.compile(r"[（(][0-9.]+(?:[：:][0-9.]+)*[：:](?![0-9.])")
 # A concentration with no amount: 「制成每1ml含的溶液」.
@@ -94,7 +97,7 @@ def lost_numbers(text: str) -> list[str]:
     concentration, 约 or 各 with no amount, a broken decimal point (「1_5」, 「15.%」, 「.5」).
     Empty when every number is there."""
     found = []
-    for pattern in (_EMPTY_RANGE_LEFT, _EMPTY_RANGE_RIGHT, _BARE_UNIT, _EMPTY_BOUND, _EMPTY_RATIO, _EMPTY_CONTENT, _EMPTY_AMOUNT, _BROKEN_DECIMAL):
+    for pattern in (_EMPTY_RANGE_LEFT, _EMPTY_RANGE_RIGHT, _BARE_UNIT, _EMPTY_BOUND, _EMPTY_RATIO, _EMPTY_CONTENT, _EMPTY_AMOUNT, _BROKEN_DECIMAL, _DOUBTFUL_MICRO):
         for match in pattern.finditer(text):
             found.append(text[max(0, match.start() - 4): match.end() + 3])
     return list(dict.fromkeys(found))
