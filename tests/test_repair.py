@@ -142,6 +142,7 @@ def test_a_name_that_lost_its_first_glyph_is_marked_before_it(shared_data):
     title, text, lost = titles["000", "本"]
     assert title == "□本" and text.startswith("□本\n") and "蔚香，□本也" in text and lost == 1
     assert titles["019", "獐"][0] is None and titles["000", "术"][0] is None
+    assert repairer().repair("序\n书成，海昌许 序于平度州署。", "序").title is None
 
 
 def test_a_name_mark_is_counted_once_and_undone_in_any_order():

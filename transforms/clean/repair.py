@@ -81,6 +81,9 @@ _BLANK = re.compile("|".join(map(re.escape, BLANKS)))
 _AFTER_BLANK = "[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff，。、；：∶（）]"
 # What precedes a blank that stands for a name's first glyph, and a line's opening label.
 _BEFORE_BLANK = "[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff，。、；：∶（]"
+# One-character headings of a book's front and back matter: whole words, never a truncated name
+# (产宝's 序 ends 「海昌许 序于平度州署」, a blank in its author's name).
+FRONT_MATTER = frozenset("序叙跋引")
 _LINE_LABEL = re.compile("[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]{1,4}")
 
 
@@ -288,7 +291,7 @@ def lost_name_blanks(text: str, title: str) -> list[int]:
     """Where the body of `text` writes its one-character `title` before a blank that stands for the
     name's lost glyph: the blanks' offsets, or [] when the title is not one Han character opening
     the text, or T stands whole in the body more often than before a blank (module doc)."""
-    if len(title) != 1 or not _HAN.match(title) or not text.startswith(title) or text[1:2] == LOST_MARK:
+    if len(title) != 1 or not _HAN.match(title) or title in FRONT_MATTER or not text.startswith(title) or text[1:2] == LOST_MARK:
         return []
     blanks = [m.start() + 1 for m in re.compile(re.escape(title) + f"(?: (?={_AFTER_BLANK})|{LOST_MARK})").finditer(text, 1)]
     return blanks if blanks and 2 * len(blanks) >= text.count(title, 1) else []
@@ -299,7 +302,7 @@ def lost_name_blanks_before(text: str, title: str) -> list[int]:
     the name's lost first glyph (「原文∶ 蓄，」): the blanks' offsets, or [] as `lost_name_blanks`
     decides; a blank that follows a line's opening label of 1-4 Han characters (「发明 獐」) is a
     separator, not evidence."""
-    if len(title) != 1 or not _HAN.match(title) or not text.startswith(title):
+    if len(title) != 1 or not _HAN.match(title) or title in FRONT_MATTER or not text.startswith(title):
         return []
     blanks = []
     for m in re.compile(f"(?<={_BEFORE_BLANK}) {re.escape(title)}").finditer(text, 1):
