@@ -287,14 +287,24 @@ class Repairer:
         return any(right[:n] in self.terms for n in range(2, min(len(right), self.max_term) + 1))
 
 
+def _names_itself(text: str, title: str) -> bool:
+    """Whether `text` opens with `title`, one Han character that is no front-matter heading."""
+    return len(title) == 1 and _HAN.match(title) is not None and title not in FRONT_MATTER and text.startswith(title)
+
+
+def _as_evidence(blanks: list[int], text: str, title: str) -> list[int]:
+    """`blanks` when the body writes T beside them at least as often as T otherwise, else []."""
+    return blanks if blanks and 2 * len(blanks) >= text.count(title, 1) else []
+
+
 def lost_name_blanks(text: str, title: str) -> list[int]:
     """Where the body of `text` writes its one-character `title` before a blank that stands for the
     name's lost glyph: the blanks' offsets, or [] when the title is not one Han character opening
     the text, or T stands whole in the body more often than before a blank (module doc)."""
-    if len(title) != 1 or not _HAN.match(title) or title in FRONT_MATTER or not text.startswith(title) or text[1:2] == LOST_MARK:
+    if not _names_itself(text, title) or text[1:2] == LOST_MARK:
         return []
-    blanks = [m.start() + 1 for m in re.compile(re.escape(title) + f"(?: (?={_AFTER_BLANK})|{LOST_MARK})").finditer(text, 1)]
-    return blanks if blanks and 2 * len(blanks) >= text.count(title, 1) else []
+    after = re.compile(re.escape(title) + f"(?: (?={_AFTER_BLANK})|{LOST_MARK})")
+    return _as_evidence([m.start() + 1 for m in after.finditer(text, 1)], text, title)
 
 
 def lost_name_blanks_before(text: str, title: str) -> list[int]:
@@ -302,14 +312,12 @@ def lost_name_blanks_before(text: str, title: str) -> list[int]:
     the name's lost first glyph (「原文∶ 蓄，」): the blanks' offsets, or [] as `lost_name_blanks`
     decides; a blank that follows a line's opening label of 1-4 Han characters (「发明 獐」) is a
     separator, not evidence."""
-    if len(title) != 1 or not _HAN.match(title) or title in FRONT_MATTER or not text.startswith(title):
+    if not _names_itself(text, title):
         return []
-    blanks = []
-    for m in re.compile(f"(?<={_BEFORE_BLANK}) {re.escape(title)}").finditer(text, 1):
-        line = text[text.rfind("\n", 0, m.start()) + 1 : m.start()]
-        if not _LINE_LABEL.fullmatch(line):
-            blanks.append(m.start())
-    return blanks if blanks and 2 * len(blanks) >= text.count(title, 1) else []
+    before = re.compile(f"(?<={_BEFORE_BLANK}) {re.escape(title)}")
+    blanks = [m.start() for m in before.finditer(text, 1)
+              if not _LINE_LABEL.fullmatch(text[text.rfind("\n", 0, m.start()) + 1 : m.start()])]
+    return _as_evidence(blanks, text, title)
 
 
 def _mark_lost_name(text: str, title: str, repairs: list[Repair]) -> tuple[str, list[Repair], str | None, set[int]]:
@@ -319,30 +327,29 @@ def _mark_lost_name(text: str, title: str, repairs: list[Repair]) -> tuple[str, 
     `lost_name_blanks_before` finds. Earlier repairs' offsets moved past an inserted mark. The
     last item: where the name's 「□」 stand in the new text (those already 「□」 too)."""
     blanks = lost_name_blanks(text, title)
-    if not blanks:
-        before = lost_name_blanks_before(text, title)
-        if not before:
+    if blanks:
+        # The mark after the title: inserted at 1, or in place of an opening blank there.
+        at = 1
+        inserted = not (text[1:2] == " " and re.match(_AFTER_BLANK, text[2:3]) is not None)
+    else:
+        blanks = lost_name_blanks_before(text, title)
+        if not blanks:
             return text, repairs, None, set()
-        chars = list(text)
-        marks = [Repair(0, "", LOST_MARK, "lost_name")]
-        for i in before:
-            chars[i] = LOST_MARK
-            marks.append(Repair(i + 1, " ", LOST_MARK, "lost_name"))
-        moved = [Repair(r.offset + 1, r.original, r.replacement, r.kind) for r in repairs]
-        names = {0} | {i + 1 for i in before}
-        return LOST_MARK + "".join(chars), sorted(moved + marks, key=lambda r: r.offset), LOST_MARK + title, names
+        at, inserted = 0, True
+    grow = int(inserted)
     chars = list(text)
-    opening_blank = text[1:2] == " " and re.match(_AFTER_BLANK, text[2:3]) is not None
-    grow = 0 if opening_blank else 1
-    marks = [Repair(1, " " if opening_blank else "", LOST_MARK, "lost_name")]
+    if not inserted:
+        chars[at] = LOST_MARK
+    marks = [Repair(at, "" if inserted else " ", LOST_MARK, "lost_name")]
     for i in blanks:
         if chars[i] == " ":
             chars[i] = LOST_MARK
             marks.append(Repair(i + grow, " ", LOST_MARK, "lost_name"))
-    moved = [Repair(r.offset + grow * (r.offset >= 1), r.original, r.replacement, r.kind) for r in repairs]
-    text = title + LOST_MARK + "".join(chars[1 + (not grow):])
-    names = {1} | {i + grow for i in blanks}
-    return text, sorted(moved + marks, key=lambda r: r.offset), title + LOST_MARK, names
+    if inserted:
+        chars.insert(at, LOST_MARK)
+    moved = [Repair(r.offset + grow * (r.offset >= at), r.original, r.replacement, r.kind) for r in repairs]
+    new_title = title + LOST_MARK if at == 1 else LOST_MARK + title
+    return "".join(chars), sorted(moved + marks, key=lambda r: r.offset), new_title, {at} | {i + grow for i in blanks}
 
 
 _UNDO_FIRST = {"lost_name": 1, "lost_glyph": 2}
