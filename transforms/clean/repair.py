@@ -84,6 +84,8 @@ _BEFORE_BLANK = "[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff，。、；：∶（]"
 # One-character headings of a book's front and back matter: whole words, never a truncated name
 # (产宝's 序 ends 「海昌许 序于平度州署」, a blank in its author's name).
 FRONT_MATTER = frozenset("序叙跋引")
+_AFTER_BLANK_CHAR = re.compile(_AFTER_BLANK)
+_BEFORE_BLANK_CHAR = re.compile(_BEFORE_BLANK)
 _LINE_LABEL = re.compile("[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]{1,4}")
 
 
@@ -303,8 +305,15 @@ def lost_name_blanks(text: str, title: str) -> list[int]:
     the text, or T stands whole in the body more often than before a blank (module doc)."""
     if not _names_itself(text, title) or text[1:2] == LOST_MARK:
         return []
-    after = re.compile(re.escape(title) + f"(?: (?={_AFTER_BLANK})|{LOST_MARK})")
-    return _as_evidence([m.start() + 1 for m in after.finditer(text, 1)], text, title)
+    # T then 「□」, or T then a space before a Han character or a sentence's punctuation.
+    blanks = []
+    at = text.find(title, 1)
+    while at >= 0:
+        follower = text[at + 1 : at + 2]
+        if follower == LOST_MARK or (follower == " " and _AFTER_BLANK_CHAR.match(text, at + 2)):
+            blanks.append(at + 1)
+        at = text.find(title, at + 1)
+    return _as_evidence(blanks, text, title)
 
 
 def lost_name_blanks_before(text: str, title: str) -> list[int]:
@@ -314,9 +323,14 @@ def lost_name_blanks_before(text: str, title: str) -> list[int]:
     separator, not evidence."""
     if not _names_itself(text, title):
         return []
-    before = re.compile(f"(?<={_BEFORE_BLANK}) {re.escape(title)}")
-    blanks = [m.start() for m in before.finditer(text, 1)
-              if not _LINE_LABEL.fullmatch(text[text.rfind("\n", 0, m.start()) + 1 : m.start()])]
+    # A space before T, after a Han character or a sentence's punctuation.
+    blanks = []
+    needle = " " + title
+    at = text.find(needle, 1)
+    while at >= 0:
+        if _BEFORE_BLANK_CHAR.match(text, at - 1) and not _LINE_LABEL.fullmatch(text[text.rfind("\n", 0, at) + 1 : at]):
+            blanks.append(at)
+        at = text.find(needle, at + 1)
     return _as_evidence(blanks, text, title)
 
 
@@ -330,7 +344,7 @@ def _mark_lost_name(text: str, title: str, repairs: list[Repair]) -> tuple[str, 
     if blanks:
         # The mark after the title: inserted at 1, or in place of an opening blank there.
         at = 1
-        inserted = not (text[1:2] == " " and re.match(_AFTER_BLANK, text[2:3]) is not None)
+        inserted = not (text[1:2] == " " and _AFTER_BLANK_CHAR.match(text[2:3]) is not None)
     else:
         blanks = lost_name_blanks_before(text, title)
         if not blanks:
