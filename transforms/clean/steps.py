@@ -30,7 +30,7 @@ from .entries import body_tags, opens_with_title_line, title_prefix
 from .langid import DEFAULT_MAX_CHARS, LanguageIdentifier
 from .lexicon import list_matcher
 from .normalize import normalize_batch_with_evidence
-from .repair import REPAIR_TYPE, repairer
+from .repair import REPAIR_TYPE, names_itself, repairer
 from .simplify import to_simplified
 from .tag_rules import quality_tags
 from .textstats import HAN, TextBatch
@@ -128,23 +128,35 @@ def _repair(
     scope = set(params.get("repair_categories") or ["books"])
     counts = stats.setdefault("repairs", {})
     by_entry = stats.setdefault("repairs_by_entry", {})
-    out_texts, out_repairs, out_lost = [], [], []
+    out_texts, out_lost = list(texts), [0] * len(texts)
+    out_repairs: list[list[dict]] = [[] for _ in texts]
     out_titles = list(titles) if titles is not None else None
     changed = False
     tool = repairer(_path(params.get("repair_lexicon")), _path(params.get("repair_corrections"))) if enabled else None
-    for text, category in zip(texts, categories):
-        if tool is None or category not in scope:
-            out_texts.append(text)
-            out_repairs.append([])
-            out_lost.append(text.count("□"))
-            continue
-        result = tool.repair(text, titles[len(out_texts)] if titles is not None else None)
+    in_scope = [tool is not None and category in scope for category in categories]
+    for i in [i for i, inside in enumerate(in_scope) if not inside]:
+        out_lost[i] = texts[i].count("□")
+    rows = [i for i, inside in enumerate(in_scope) if inside]
+    if not rows:
+        return out_texts, out_repairs, out_lost, None
+    # A row the screen passes and whose title is no name `repair` may mark comes back as it is,
+    # with no repairs and no lost glyph: only the others are repaired one by one.
+    screened = tool.may_repair(pa.array([texts[i] for i in rows], pa.string()))
+    one_character = [title is not None and len(title) == 1 for title in titles] if titles is not None else [False] * len(texts)
+    candidates = [i for i, screen in zip(rows, screened.tolist())
+                  if screen or (one_character[i] and names_itself(texts[i], titles[i]))]
+    if not candidates or candidates[0] != rows[0]:
+        # The counters every repaired row adds to, in the order the first row adds them.
+        counts["lost_glyphs_tagged"] = counts.get("lost_glyphs_tagged", 0)
+        counts["rows_repaired"] = counts.get("rows_repaired", 0)
+    for i in candidates:
+        result = tool.repair(texts[i], titles[i] if titles is not None else None)
         if result.title is not None:
-            out_titles[len(out_texts)] = result.title
+            out_titles[i] = result.title
             changed = True
-        out_texts.append(result.text)
-        out_repairs.append([r.as_dict() for r in result.repairs])
-        out_lost.append(result.lost_glyphs)
+        out_texts[i] = result.text
+        out_repairs[i] = [r.as_dict() for r in result.repairs]
+        out_lost[i] = result.lost_glyphs
         for r in result.repairs:
             counts[r.kind] = counts.get(r.kind, 0) + 1
             key = f"{r.original}->{r.replacement}"
