@@ -48,6 +48,8 @@ DOSE = r"[0-9一二三四五六七八九十百半两.]+\s*(?:克|g|钱|两|分|�
 # ○ is not among them: classical texts open paragraphs with it.
 BULLETS = ["•", "●", "■", "◆", "◇", "▪", "▶", "►", "·", "-", "*", "・", "★", "☆", "➢", "✓", "√", "→"]
 ELLIPSIS = r"(?:…|\.\.\.|。。。)$"
+# ELLIPSIS's endings: a line ends in one of them exactly when the pattern matches it.
+ELLIPSIS_ENDS = ("…", "...", "。。。")
 # OCR slips in numbers (lOOcm, 1O mg), and glyphs lost as a blank before punctuation (主诸 ，).
 # A blank between two Han characters is no evidence: formula lines list herbs that way.
 OCR_SLIP = r"[0-9][lIO]|[lIO][0-9]|\bl[O0]{1,3}"
@@ -123,7 +125,9 @@ def _lines(batch: TextBatch, params: dict) -> dict:
         rest[rest] = undecided_rest
     first = pc.utf8_slice_codeunits(lines, 0, 1)
     bullet = pc.is_in(first, value_set=pa.array(BULLETS)).to_numpy(zero_copy_only=False)
-    ellipsis = pc.match_substring_regex(lines, ELLIPSIS).to_numpy(zero_copy_only=False)
+    ellipsis = np.zeros(len(lines), bool)
+    for end in ELLIPSIS_ENDS:
+        ellipsis |= pc.ends_with(lines, end).to_numpy(zero_copy_only=False)
     # A title line says what a text is about; the line rules judge the lines under it.
     body = ~batch.title_line
     body_lines = batch.per_text_sum(body.astype(np.float64))
