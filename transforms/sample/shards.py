@@ -24,7 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from schemas import CATEGORIES, CONVERSATIONS, CORPUS, DOCUMENTS, SCHEMA_VERSION, nullable_schema
+from schemas import CATEGORIES, CONVERSATIONS, CORPUS, DOCUMENTS, SCHEMA_VERSION, SCHEMAS, nullable_schema
 from schemas.dataset import DatasetError, DatasetWriter, StageManifest, kind_files
 
 from .order import Codes, SamplingPlan, expand_copies, id_hashes, plan_order, sampling_curve, to_corpus_rows, with_positions
@@ -198,7 +198,11 @@ def _gather(inputs, spill: Path, plan: SamplingPlan, params, schema, shard_rows,
     try:
         item = 0
         for kind, file in _files(inputs):
-            for batch in pq.ParquetFile(file).iter_batches(batch_size=batch_rows):
+            parquet = pq.ParquetFile(file)
+            # Only the kind's own columns: the corpus row is made of them, the rest (clean's tags,
+            # a book's statistics) would be decoded to be dropped.
+            columns = [name for name in SCHEMAS[kind].names if name in parquet.schema_arrow.names]
+            for batch in parquet.iter_batches(batch_size=batch_rows, columns=columns):
                 rows = to_corpus_rows(batch, kind)
                 first, last = plan.starts[item], plan.starts[item + batch.num_rows]
                 copies_of_row = np.repeat(np.arange(batch.num_rows), np.diff(plan.starts[item : item + batch.num_rows + 1]))
