@@ -332,18 +332,21 @@ def _densify(signature: np.ndarray, filled: np.ndarray, has_shingles: np.ndarray
     A donor is a filled bin, whose value this never changes, so donors are read in place."""
     empty = np.flatnonzero(~filled)
     empty = empty[has_shingles[empty // perms]]
-    bins = empty % perms
-    rows = empty - bins
+    # At each attempt, how far the bin asked lies from the empty bin: the donor is the empty
+    # position plus the step of its bin. Only the positions still empty are carried over.
+    steps = _probe_table(perms, seed) - np.arange(perms, dtype=np.int64)
     for attempt in range(_WALKED_ATTEMPTS):
         if not len(empty):
             return
-        donor = rows + _probe_table(perms, seed)[attempt][bins]
+        donor = empty + steps[attempt][empty % perms]
         found = filled[donor]
-        signature[empty[found]] = signature[donor[found]]
-        missing = ~found
-        empty, rows, bins = empty[missing], rows[missing], bins[missing]
+        at = np.flatnonzero(found)
+        signature[empty[at]] = signature[donor[at]]
+        empty = empty[~found]
     if not len(empty):
         return
+    bins = empty % perms
+    rows = empty - bins
     first = _first_attempts(perms, seed)
     # Each text's filled bins as one row: a bin's row of flags is read whole, not bin by bin.
     by_text = filled.reshape(-1, perms)
