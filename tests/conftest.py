@@ -19,6 +19,12 @@ os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
 # should the session end without stopping it (a killed pytest).
 os.environ.setdefault("TCM_CORPUS_SERVER_IDLE_SECONDS", "120")
 
+# The Spark tests' JVMs (driver, executors, a standalone cluster's master and workers) live for
+# seconds to a few minutes and run small jobs: most of their CPU would go to the optimizing (C2)
+# compiler's threads, whose code such short runs rarely reach. The quick compiler alone does the
+# same work with less CPU; what the tests compare (rows, manifests, files) does not depend on it.
+SPARK_TEST_JAVA_OPTIONS = "-XX:TieredStopAtLevel=1"
+
 
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
