@@ -2,6 +2,7 @@
 
 `crawlers.run` starts from these and overrides the few that a corpus configuration may set
 (user agent, timeout, size limit, robots, concurrency, AutoThrottle, retries, state folder)."""
+from scrapy.settings import default_settings as _scrapy_defaults
 
 BOT_NAME = "tcm-corpus"
 SPIDER_MODULES = ["crawlers.spiders"]
@@ -42,6 +43,24 @@ TELNETCONSOLE_ENABLED = False
 # Scrapy's remote-control HTTP server (a loopback port and a job file holding its token for
 # each crawl): like the telnet console, nothing a corpus crawl uses.
 REMOTE_CONTROL_ENABLED = False
+
+# Scrapy imports every component named in EXTENSIONS or DOWNLOADER_MIDDLEWARES, even one set to
+# None there, so the parts a corpus crawl never uses are left out of the base lists instead: the
+# crawl process then never imports them (the remote control alone imports aiohttp, the cookie
+# middleware tldextract, together a fifth of the process's start).
+UNUSED_COMPONENTS = frozenset({
+    "scrapy.extensions.remote_control.RemoteControl",  # REMOTE_CONTROL_ENABLED is False
+    "scrapy.extensions.telnet.TelnetConsole",  # TELNETCONSOLE_ENABLED is False
+    "scrapy.extensions.feedexport.FeedExporter",  # pages go to the dataset, not to feeds
+    "scrapy.extensions.memdebug.MemoryDebugger",
+    "scrapy.downloadermiddlewares.cookies.CookiesMiddleware",  # COOKIES_ENABLED is False
+    "scrapy.downloadermiddlewares.httpcache.HttpCacheMiddleware",  # the crawl state is the cache
+})
+EXTENSIONS_BASE = {k: v for k, v in _scrapy_defaults.EXTENSIONS_BASE.items() if k not in UNUSED_COMPONENTS}
+DOWNLOADER_MIDDLEWARES_BASE = {k: v for k, v in _scrapy_defaults.DOWNLOADER_MIDDLEWARES_BASE.items() if k not in UNUSED_COMPONENTS}
+# The spider follows http(s) links only and Scrapy follows no redirect to another scheme: no
+# handler for data:, file:, s3: or ftp: URLs is loaded.
+DOWNLOAD_HANDLERS = {"data": None, "file": None, "s3": None, "ftp": None}
 LOG_LEVEL = "INFO"
 LOGSTATS_INTERVAL = 60.0
 

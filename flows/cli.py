@@ -425,6 +425,8 @@ def _command(argv: list[str] | None) -> int:
     except (ConfigError, UsageError) as exc:
         print(f"flows: error: {exc}", file=sys.stderr)
         return 2
+    if as_command:
+        _start_crawl_ahead(args, config)
     if not args.json:
         from .progress import enable_terminal
 
@@ -454,6 +456,25 @@ def _command(argv: list[str] | None) -> int:
     else:
         _print_result(args.flow, result)
     return 0
+
+
+def _start_crawl_ahead(args, config) -> None:
+    """For a flow that begins with a crawl, start the crawl's process now
+    (`crawlers.run.start_ahead`): its imports (Scrapy, Twisted, about a CPU-second) then run on
+    another core while this command imports Prefect and creates its flow runs. Not when the crawl
+    has written its output before (build-corpus or crawl would most likely skip it); a re-crawl
+    (refresh, `--recrawl`) always runs. A process left unused exits with this command."""
+    if args.flow not in ("build-corpus", "refresh", "crawl") or not any(s.kind == "crawl" for s in config.sources):
+        return
+    if args.flow == "build-corpus" or (args.flow == "crawl" and not args.recrawl):
+        from schemas.dataset import MANIFEST
+
+        output = Path(args.workdir) / "stages" / "crawl" if args.flow == "build-corpus" else Path(args.output)
+        if (output / MANIFEST).is_file():
+            return
+    from crawlers.run import start_ahead
+
+    start_ahead()
 
 
 def _use_shared_server():

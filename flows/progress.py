@@ -2,7 +2,9 @@
 
 A stage function reports `progress(kind, rows)` after each batch. `StageProgress` adds the rows
 up, and at most once per interval updates the stage's progress artifact (so the UI shows how
-far a long stage is) and, when enabled, redraws one carriage-return line on stdout. The bar is
+far a long stage is) and, when enabled, redraws one carriage-return line on stdout. The artifact
+is first written once the stage has run an interval: a stage that ends sooner (most of a small
+build's) writes it once, at 100 %, instead of creating it and updating it a moment later. The bar is
 enabled by `flows run` when stdout is a terminal; flow runs started by `flows serve` never draw
 it, so their logs stay clean.
 
@@ -121,6 +123,8 @@ class StageProgress:
         if final:
             self._write(percent, self.describe())
             return
+        if self.clock() - self.started < self.interval:
+            return  # a stage that ends within the interval gets one artifact, written by `finish`
         if self._publishing is not None and not self._publishing.done():
             return  # the API is slow: this update is skipped, a later one says more
         if self._publisher is None:

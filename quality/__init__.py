@@ -55,6 +55,10 @@ try:
 finally:
     _sys.meta_path.remove(_finder)
 
+from . import gx_hotpaths as _gx_hotpaths  # noqa: E402
+
+_gx_hotpaths.install()
+
 from .validate import ExpectationFailure, ValidationReport, validate_dataset, validate_kind  # noqa: E402,F401
 
 __all__ = ["ExpectationFailure", "ValidationReport", "validate_dataset", "validate_kind"]

@@ -104,6 +104,8 @@ def test_report_lists_conflicting_answers_with_examples(tmp_path, qr_conversatio
     index.add(selected)
     assert found["prompts"] == len(index.conflicts()) > 0, "two epochs of one row are no conflict; two answers are"
     assert found["rows"] == 2 * sum(index.rows[p] for p in index.conflicts())
+    # Small batches: the two copies of a row lie in different batches, their key found once.
+    assert corpus_conflicts(workdir / "corpus", batch_rows=7) == found
     figures = build_figures(workdir, found)
     page = render_html(figures)
     example = found["examples"][0]

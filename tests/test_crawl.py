@@ -565,3 +565,27 @@ def test_crawl_flow_resumes_recrawls_into_the_same_dataset_and_ingest_drops_repe
     ingest = ingest_flow(str(tmp_path / "ingest"), str(config), [str(output)])
     assert ingest["rows_in"] == {"pages": 2} and ingest["rows_kept"] == {"pages": 1}
     assert ingest["rejected_by_reason"] == {"repeated_record": 1}
+
+
+def test_a_crawl_process_started_ahead_runs_the_next_crawl(trouble_site, tmp_path):
+    from crawlers import run
+
+    server, base = trouble_site
+    run.start_ahead()
+    ahead = run._ahead
+    run.start_ahead()  # once: the waiting process is kept
+    assert run._ahead is ahead and ahead.process.poll() is None
+    before = len(server.requests)
+    manifest = run_crawl([{"name": "diary", "category": "web", "start_urls": [f"{base}/diary/1"], "max_pages": 2}],
+                         tmp_path / "pages", StageManifest(stage="crawl"), {"autothrottle": False})
+    assert run._ahead is None and ahead.process.returncode == 0
+    assert manifest.rows_out == {"pages": 2} and len(server.requests) > before
+    assert read_kind(tmp_path / "pages", "pages").num_rows == 2
+
+
+def test_a_crawl_process_given_no_crawl_exits_without_crawling(tmp_path):
+    from crawlers.run import CrawlProcess
+
+    process = CrawlProcess()
+    process.close()
+    assert process.process.returncode == 0 and not process.log_path.exists()

@@ -496,6 +496,28 @@ def test_progress_is_throttled_and_drawn_only_on_a_terminal():
     assert quiet.terminal is None
 
 
+def test_progress_artifact_waits_an_interval_so_a_short_stage_writes_it_once(monkeypatch):
+    now = [0.0]
+    short = StageProgress("select", total_rows=10, interval=1.0, clock=lambda: now[0])
+    written = []
+    monkeypatch.setattr(short, "_write", lambda percent, description: written.append(percent))
+    for t in (0.0, 0.4, 0.8):
+        now[0] = t
+        short("documents", 3)
+    short.finish()
+    assert written == [100.0]
+
+    now[0] = 0.0
+    long = StageProgress("clean", total_rows=10, interval=1.0, clock=lambda: now[0])
+    written = []
+    monkeypatch.setattr(long, "_write", lambda percent, description: written.append(percent))
+    for t in (0.0, 0.5, 1.2):
+        now[0] = t
+        long("documents", 3)
+    long.finish()
+    assert written == [90.0, 100.0]  # at 1.2 s, 9 of 10 rows; then the last
+
+
 def test_operations_config_errors_are_one_line():
     config = parse_config("", Path("."))
     assert [(s.flow, s.name) for s in config.operations.schedules] == [("refresh", "nightly"), ("build-corpus", "weekly")]

@@ -205,6 +205,97 @@ def test_results_json_and_data_docs_are_written(tmp_path):
     assert GOOD_DOCUMENTS[0]["id"] in html
 
 
+def _gx_original(run):
+    """`run()` with Great Expectations' own kwarg lookups and JSON conversion in place."""
+    from quality import gx_hotpaths
+
+    gx_hotpaths.uninstall()
+    try:
+        return run()
+    finally:
+        assert gx_hotpaths.install()
+
+
+@pytest.mark.parametrize("kind", [DOCUMENTS, CONVERSATIONS, "pages", CORPUS])
+def test_kwarg_lookups_answer_as_gx_does_for_every_suite_expectation(kind):
+    from great_expectations.expectations.expectation import Expectation
+
+    from quality import gx_hotpaths
+    from quality.suites import Options, build_suite
+
+    options = Options.from_mapping({"languages": ["zh"], "content_severity": "warning"})
+    runtime = {"result_format": {"result_format": "SUMMARY", "partial_unexpected_count": 20}}
+    # As GX validates them: each expectation rebuilt from its configuration with the batch id added.
+    expectations = []
+    for expectation in build_suite(kind, options, 7).expectations:
+        configuration = expectation.configuration
+        configuration.kwargs["batch_id"] = "tcm_corpus-" + kind
+        expectations.append(configuration.to_domain_obj())
+    assert expectations and Expectation._get_runtime_kwargs is gx_hotpaths.KWARG_LOOKUPS["_get_runtime_kwargs"]
+
+    def lookups():
+        looked_up = []
+        for expectation in expectations:
+            keys = (*expectation.domain_keys, *expectation.success_keys, *expectation.runtime_keys)
+            looked_up.append(
+                (
+                    expectation._get_domain_kwargs(),
+                    expectation._get_success_kwargs(),
+                    expectation._get_runtime_kwargs(),
+                    expectation._get_runtime_kwargs(runtime_configuration=runtime),
+                    [expectation._get_success_kwarg(key, "absent") for key in keys],
+                    expectation.configuration.type,
+                )
+            )
+        return looked_up
+
+    ours = lookups()
+    assert ours == _gx_original(lookups)
+    assert {looked_up[3]["result_format"]["result_format"] for looked_up in ours} == {"SUMMARY"}
+
+
+def test_json_conversion_answers_as_gx_does():
+    import datetime
+    import enum
+
+    import numpy as np
+
+    from great_expectations.core.id_dict import IDDict
+    from great_expectations.util import convert_to_json_serializable
+
+    from quality import gx_hotpaths
+
+    class Flag(str, enum.Enum):
+        ON = "on"
+
+    values = [
+        None, "参", 0, -7, True, False, 1.5, float("nan"), float("inf"), 10**30,
+        {1: None, "a": [1, (2, 3.0)], "s": {4}, "n": {"deep": [None, float("nan")]}},
+        [None, "x", {"k": ()}], (None,), set(), {},
+        np.int64(3), np.float32(0.25), np.bool_(True), Flag.ON, datetime.date(2026, 12, 1),
+        {"mixed": [np.int64(1), Flag.ON, {2: np.float64(2.5)}]},
+        IDDict({"column": "id", "row_condition": None, "condition_parser": None}),
+    ]
+    assert convert_to_json_serializable is gx_hotpaths.convert_to_json_serializable
+    ours = [gx_hotpaths.convert_to_json_serializable(value) for value in values]
+    theirs = _gx_original(lambda: [convert_to_json_serializable(value) for value in values])
+    assert json.dumps(ours, sort_keys=True) == json.dumps(theirs, sort_keys=True)
+    assert [type(value) for value in ours] == [type(value) for value in theirs]
+    metric_kwargs = IDDict({"column": "text_chars", "row_condition": None, "result_format": {"result_format": "SUMMARY"}})
+    assert metric_kwargs.to_id() == _gx_original(metric_kwargs.to_id)
+
+
+def test_results_json_is_the_result_gx_stores(tmp_path):
+    from quality.validate import QualityRun
+
+    run = QualityRun(results_dir=tmp_path)
+    report = run.validate(rows_of(DOCUMENTS, GOOD_DOCUMENTS + [GOOD_DOCUMENTS[0]]), DOCUMENTS)
+    _, identifier = run.reports[0]
+    stored = run.context.validation_results_store.get(identifier)
+    assert json.loads(Path(report.results_path).read_text(encoding="utf-8")) == json.loads(json.dumps(stored.to_json_dict(), default=str))
+    assert [r.success for r in stored.results].count(False) == 1
+
+
 def test_a_dataset_folder_is_validated_kind_by_kind(tmp_path):
     stage = tmp_path / "stages" / "convert"
     with DatasetWriter(stage, StageManifest(stage="convert")) as writer:

@@ -54,7 +54,9 @@ from importlib import resources
 from pathlib import Path
 from typing import Iterable
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 RESOURCES = "transforms.resources"
 CORRECTIONS_FILE = "corrections.tsv"
@@ -84,6 +86,8 @@ _BEFORE_BLANK = "[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff，。、；：∶（]"
 # One-character headings of a book's front and back matter: whole words, never a truncated name
 # (产宝's 序 ends 「海昌许 序于平度州署」, a blank in its author's name).
 FRONT_MATTER = frozenset("序叙跋引")
+_AFTER_BLANK_CHAR = re.compile(_AFTER_BLANK)
+_BEFORE_BLANK_CHAR = re.compile(_BEFORE_BLANK)
 _LINE_LABEL = re.compile("[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]{1,4}")
 
 
@@ -173,6 +177,25 @@ class Repairer:
         before_glyph = "".join(sorted(re.escape(c) for c in self.glyph_after if _HAN.fullmatch(c)))
         blanks = "".join(map(re.escape, BLANKS))
         self.fillable = re.compile(f"[{before_glyph}][{blanks}]") if before_glyph else None
+        # RE2 (pyarrow): what a text must hold for `repair` to change it or count a lost glyph in
+        # it, a one-character title aside: a correction's word or a placeholder, a 「□」, or a
+        # blank `fillable` finds. Every character spelled by its code point.
+        words = [_re2_literal(word) for word in self.corrections] + [_re2_literal(LOST_MARK)]
+        if self.fillable is not None:
+            after = "".join(_re2_literal(c) for c in sorted(self.glyph_after) if _HAN.fullmatch(c))
+            words.append(f"[{after}][{''.join(map(_re2_literal, BLANKS))}]")
+        self.screen = "|".join(words)
+
+    def may_repair(self, texts: pa.Array | pa.ChunkedArray) -> np.ndarray:
+        """Per text (bool): whether `repair` may change it or count a lost glyph in it, leaving
+        aside a title (`names_itself` tells which titles `repair` may mark). False is certain: a
+        text that holds no correction's word or placeholder, no 「□」 and no blank `fillable`
+        finds comes back from `repair` as it is, with no repairs and no lost glyph. One RE2 pass
+        over the batch instead of a call per text."""
+        if len(texts) == 0:
+            return np.zeros(0, bool)
+        found = pc.fill_null(pc.match_substring_regex(texts, self.screen), False)
+        return found.to_numpy(zero_copy_only=False).astype(bool, copy=False)
 
     def repair(self, text: str, title: str | None = None) -> Repaired:
         """`text` corrected, its name's lost glyph marked (when `title` is given, module doc) and its
@@ -287,6 +310,17 @@ class Repairer:
         return any(right[:n] in self.terms for n in range(2, min(len(right), self.max_term) + 1))
 
 
+def _re2_literal(text: str) -> str:
+    """`text` as an RE2 pattern that matches it alone: each character by its code point."""
+    return "".join(f"\\x{{{ord(c):x}}}" for c in text)
+
+
+def names_itself(text: str, title: str | None) -> bool:
+    """Whether `text` opens with `title`, one Han character that is no front-matter heading: the
+    titles whose lost glyph `repair` may mark (module doc)."""
+    return title is not None and _names_itself(text, title)
+
+
 def _names_itself(text: str, title: str) -> bool:
     """Whether `text` opens with `title`, one Han character that is no front-matter heading."""
     return len(title) == 1 and _HAN.match(title) is not None and title not in FRONT_MATTER and text.startswith(title)
@@ -303,8 +337,15 @@ def lost_name_blanks(text: str, title: str) -> list[int]:
     the text, or T stands whole in the body more often than before a blank (module doc)."""
     if not _names_itself(text, title) or text[1:2] == LOST_MARK:
         return []
-    after = re.compile(re.escape(title) + f"(?: (?={_AFTER_BLANK})|{LOST_MARK})")
-    return _as_evidence([m.start() + 1 for m in after.finditer(text, 1)], text, title)
+    # T then 「□」, or T then a space before a Han character or a sentence's punctuation.
+    blanks = []
+    at = text.find(title, 1)
+    while at >= 0:
+        follower = text[at + 1 : at + 2]
+        if follower == LOST_MARK or (follower == " " and _AFTER_BLANK_CHAR.match(text, at + 2)):
+            blanks.append(at + 1)
+        at = text.find(title, at + 1)
+    return _as_evidence(blanks, text, title)
 
 
 def lost_name_blanks_before(text: str, title: str) -> list[int]:
@@ -314,9 +355,14 @@ def lost_name_blanks_before(text: str, title: str) -> list[int]:
     separator, not evidence."""
     if not _names_itself(text, title):
         return []
-    before = re.compile(f"(?<={_BEFORE_BLANK}) {re.escape(title)}")
-    blanks = [m.start() for m in before.finditer(text, 1)
-              if not _LINE_LABEL.fullmatch(text[text.rfind("\n", 0, m.start()) + 1 : m.start()])]
+    # A space before T, after a Han character or a sentence's punctuation.
+    blanks = []
+    needle = " " + title
+    at = text.find(needle, 1)
+    while at >= 0:
+        if _BEFORE_BLANK_CHAR.match(text, at - 1) and not _LINE_LABEL.fullmatch(text[text.rfind("\n", 0, at) + 1 : at]):
+            blanks.append(at)
+        at = text.find(needle, at + 1)
     return _as_evidence(blanks, text, title)
 
 
@@ -330,7 +376,7 @@ def _mark_lost_name(text: str, title: str, repairs: list[Repair]) -> tuple[str, 
     if blanks:
         # The mark after the title: inserted at 1, or in place of an opening blank there.
         at = 1
-        inserted = not (text[1:2] == " " and re.match(_AFTER_BLANK, text[2:3]) is not None)
+        inserted = not (text[1:2] == " " and _AFTER_BLANK_CHAR.match(text[2:3]) is not None)
     else:
         blanks = lost_name_blanks_before(text, title)
         if not blanks:

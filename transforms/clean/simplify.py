@@ -268,5 +268,8 @@ def _changed_chars(before: str, after: str) -> int:
     if before == after:
         return 0
     if len(before) == len(after):
-        return sum(a != b for a, b in zip(before, after))
+        # Code points compared as arrays (a lone surrogate is a code point too).
+        ours = np.frombuffer(before.encode("utf-32-le", "surrogatepass"), np.uint32)
+        theirs = np.frombuffer(after.encode("utf-32-le", "surrogatepass"), np.uint32)
+        return int(np.count_nonzero(ours != theirs))
     return abs(len(before) - len(after)) or 1

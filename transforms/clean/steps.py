@@ -30,7 +30,7 @@ from .entries import body_tags, opens_with_title_line, title_prefix
 from .langid import DEFAULT_MAX_CHARS, LanguageIdentifier
 from .lexicon import list_matcher
 from .normalize import normalize_batch_with_evidence
-from .repair import REPAIR_TYPE, repairer
+from .repair import REPAIR_TYPE, names_itself, repairer
 from .simplify import to_simplified
 from .tag_rules import quality_tags
 from .textstats import HAN, TextBatch
@@ -49,19 +49,29 @@ def clean_documents(batch: pa.RecordBatch | pa.Table, params: dict, stats: dict 
     redact_kinds = pii_kinds(params)
     texts, traditional, reasons = [], [], []
     timer = _Timer(stats)
+    column = table.column("text")
+    raw_texts = column.to_pylist()
     with timer("normalize"):
-        normalized = _normalize([raw or "" for raw in table.column("text").to_pylist()], params, stats, DOCUMENTS)
+        normalized = _normalize([raw or "" for raw in raw_texts], params, stats, DOCUMENTS)
     with timer("pii"):
-        redacted, redactions = pii.redact_batch([text for text, _ in normalized], redact_kinds)
+        normalized_texts = [text for text, _ in normalized]
+        # The texts as Arrow strings follow the Python ones: only rows a step changed are encoded.
+        array = _arrow_texts(column, raw_texts, normalized_texts)
+        redacted, redactions = pii.redact_batch(normalized_texts, redact_kinds, array)
+        array = _arrow_texts(array, normalized_texts, redacted)
     with timer("repair"):
-        redacted, repairs, lost, titles = _repair(redacted, table.column("category").to_pylist(), params, stats, table.column("title").to_pylist())
+        before = redacted
+        redacted, repairs, lost, titles = _repair(
+            redacted, table.column("category").to_pylist(), params, stats, table.column("title").to_pylist(), array
+        )
+        array = _arrow_texts(array, before, redacted)
     for text, (_, is_traditional) in zip(redacted, normalized):
         texts.append(text)
         traditional.append(is_traditional)
         reasons.append(None if text.strip() else "empty")
     # Rejected rows keep the text as it came in, so nothing the stage changed is lost.
     original = table
-    table = table.set_column(table.schema.get_field_index("text"), "text", pa.array(texts, pa.string()))
+    table = table.set_column(table.schema.get_field_index("text"), "text", array)
     table = _with_column(table, "traditional", pa.array(traditional, pa.bool_()))
     table = _with_column(table, "repairs", pa.array(repairs, REPAIR_TYPE))
     table = _with_column(table, "lost_glyphs", pa.array(lost, pa.int32()))
@@ -77,6 +87,23 @@ def clean_documents(batch: pa.RecordBatch | pa.Table, params: dict, stats: dict 
     kept = _with_column(kept, "lost_glyphs_per_kchar", pa.array(per_kchar.astype(np.float32)))
     _add_counts(stats, "pii_redactions", redactions)
     return kept, rejected
+
+
+def _arrow_texts(base: pa.Array | pa.ChunkedArray, before: list[str | None], after: list[str]) -> pa.Array:
+    """`after` as one Arrow string array, given `base`, the Arrow array of `before` (the same
+    rows): a row whose text is the very object it was (a step that changes nothing gives its
+    input back) is taken from `base`, only the others are encoded."""
+    if isinstance(base, pa.ChunkedArray):
+        base = base.combine_chunks()
+    if base.type != pa.string():
+        base = base.cast(pa.string())
+    changed = [i for i, (old, new) in enumerate(zip(before, after)) if old is not new]
+    if not changed:
+        return base
+    index = np.arange(len(after), dtype=np.int64)
+    index[changed] = len(after) + np.arange(len(changed))
+    values = pa.array([after[i] for i in changed], pa.string())
+    return pa.concat_arrays([base, values]).take(pa.array(index))
 
 
 def _normalize(texts: list[str], params: dict, stats: dict, kind: str) -> list[tuple[str, bool]]:
@@ -117,34 +144,49 @@ def _normalize_titles(titles: list[str | None], params: dict) -> list[str | None
 
 
 def _repair(
-    texts: list[str], categories: list[str], params: dict, stats: dict, titles: list[str | None] | None = None
+    texts: list[str], categories: list[str], params: dict, stats: dict, titles: list[str | None] | None = None,
+    array: pa.Array | None = None,
 ) -> tuple[list[str], list[list[dict]], list[int], list[str | None] | None]:
     """Corrections, names' lost glyphs and lost-glyph filling (transforms.clean.repair) for rows of
     the categories in `repair_categories` (default books); every row gets its `lost_glyphs` count
     (in other categories: the 「□」 marks). Counts per kind and per correction go to
     stats["repairs"]. The last item: `titles` with those a lost_name mark changed (None when no
-    title changed)."""
+    title changed). `array`: the texts as an Arrow string array, when the caller holds them so."""
     enabled = params.get("repair", True)
     scope = set(params.get("repair_categories") or ["books"])
     counts = stats.setdefault("repairs", {})
     by_entry = stats.setdefault("repairs_by_entry", {})
-    out_texts, out_repairs, out_lost = [], [], []
+    out_texts, out_lost = list(texts), [0] * len(texts)
+    out_repairs: list[list[dict]] = [[] for _ in texts]
     out_titles = list(titles) if titles is not None else None
     changed = False
     tool = repairer(_path(params.get("repair_lexicon")), _path(params.get("repair_corrections"))) if enabled else None
-    for text, category in zip(texts, categories):
-        if tool is None or category not in scope:
-            out_texts.append(text)
-            out_repairs.append([])
-            out_lost.append(text.count("□"))
-            continue
-        result = tool.repair(text, titles[len(out_texts)] if titles is not None else None)
+    in_scope = [tool is not None and category in scope for category in categories]
+    for i in [i for i, inside in enumerate(in_scope) if not inside]:
+        out_lost[i] = texts[i].count("□")
+    rows = [i for i, inside in enumerate(in_scope) if inside]
+    if not rows:
+        return out_texts, out_repairs, out_lost, None
+    # A row the screen passes and whose title is no name `repair` may mark comes back as it is,
+    # with no repairs and no lost glyph: only the others are repaired one by one.
+    if array is None:
+        array = pa.array(texts, pa.string())
+    screened = tool.may_repair(array if len(rows) == len(texts) else array.take(pa.array(rows, pa.int64())))
+    one_character = [title is not None and len(title) == 1 for title in titles] if titles is not None else [False] * len(texts)
+    candidates = [i for i, screen in zip(rows, screened.tolist())
+                  if screen or (one_character[i] and names_itself(texts[i], titles[i]))]
+    if not candidates or candidates[0] != rows[0]:
+        # The counters every repaired row adds to, in the order the first row adds them.
+        counts["lost_glyphs_tagged"] = counts.get("lost_glyphs_tagged", 0)
+        counts["rows_repaired"] = counts.get("rows_repaired", 0)
+    for i in candidates:
+        result = tool.repair(texts[i], titles[i] if titles is not None else None)
         if result.title is not None:
-            out_titles[len(out_texts)] = result.title
+            out_titles[i] = result.title
             changed = True
-        out_texts.append(result.text)
-        out_repairs.append([r.as_dict() for r in result.repairs])
-        out_lost.append(result.lost_glyphs)
+        out_texts[i] = result.text
+        out_repairs[i] = [r.as_dict() for r in result.repairs]
+        out_lost[i] = result.lost_glyphs
         for r in result.repairs:
             counts[r.kind] = counts.get(r.kind, 0) + 1
             key = f"{r.original}->{r.replacement}"

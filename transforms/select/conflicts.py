@@ -39,25 +39,28 @@ def _digest(text: str) -> int:
 def conversation_keys(messages: Iterable[list[dict] | None]) -> list[tuple[int, int] | None]:
     """Per conversation, (prompt digest, answer digest), or None without a final answer: the
     digests of `prompt_and_answer`, with every turn of the batch put in match form by one
-    `match_keys` call."""
-    kept: list[list[dict] | None] = []
+    `match_keys` call. Conversations whose turns are equal as written (a corpus's fine-tuning
+    copies `<id>@<epoch>`, repeated prompts) are put in match form once."""
+    slots: list[int | None] = []  # per conversation, its distinct conversation's number
+    distinct: dict[tuple, int] = {}
     contents: list[str] = []
     for row in messages:
         turns = [m for m in (row or []) if m.get("role") != "system"]
         if len(turns) < 2 or turns[-1].get("role") != "assistant":
-            kept.append(None)
+            slots.append(None)
             continue
-        kept.append(turns)
-        contents.extend(m.get("content") or "" for m in turns)
+        written = tuple((m.get("role"), m.get("content") or "") for m in turns)
+        slot = distinct.get(written)
+        if slot is None:
+            slot = distinct[written] = len(distinct)
+            contents.extend(content for _, content in written)
+        slots.append(slot)
     forms = iter(match_keys(contents))
-    keys: list[tuple[int, int] | None] = []
-    for turns in kept:
-        if turns is None:
-            keys.append(None)
-            continue
-        prompt = "\n".join(f"{m.get('role')}:{next(forms)}" for m in turns[:-1])
-        keys.append((_digest(prompt), _digest(next(forms))))
-    return keys
+    found: list[tuple[int, int]] = []
+    for written in distinct:  # in slot order: dicts keep insertion order
+        prompt = "\n".join(f"{role}:{next(forms)}" for role, _ in written[:-1])
+        found.append((_digest(prompt), _digest(next(forms))))
+    return [None if slot is None else found[slot] for slot in slots]
 
 
 class ConflictingRows:
@@ -198,12 +201,40 @@ def corpus_conflicts(corpus, batch_rows: int = 8192, limit: int = 5) -> dict:
                 table = pa.Table.from_batches([batch])
                 yield table.filter(pa.compute.equal(table.column("format"), "chat"))
 
+    # A fine-tuning row's copies (`<id>@<epoch>`) lie apart in the shuffled shards: the key of
+    # each copy's turns is kept by a digest of the turns as written and found again for the next.
+    copy_keys: dict[bytes, tuple[int, int] | None] = {}
+
+    def keyed(table: pa.Table) -> list[tuple[int, int] | None]:
+        messages = table.column("messages").to_pylist()
+        keys: list[tuple[int, int] | None] = [None] * len(messages)
+        todo: list[int] = []
+        written: dict[int, bytes] = {}
+        for i, (row_id, row) in enumerate(zip(table.column("id").to_pylist(), messages)):
+            if row_id is not None and "@" in row_id:
+                written[i] = _written_digest(row)
+                if written[i] in copy_keys:
+                    keys[i] = copy_keys[written[i]]
+                    continue
+            todo.append(i)
+        for i, key in zip(todo, conversation_keys([messages[i] for i in todo])):
+            keys[i] = key
+            if i in written:
+                copy_keys[written[i]] = key
+        return keys
+
     index = AnswerIndex()
     for table in tables():
-        index.add(table)
+        index.add_keys(keyed(table))
     conflicts = index.conflicts()
     return {
         "prompts": len(conflicts),
         "rows": sum(index.rows[p] for p in conflicts),
-        "examples": conflict_examples(tables(), conflicts, limit) if conflicts else [],
+        "examples": keyed_conflict_examples(((table, keyed(table)) for table in tables()), conflicts, limit) if conflicts else [],
     }
+
+
+def _written_digest(messages: list[dict] | None) -> bytes:
+    """16 bytes naming a conversation's turns as written (roles and contents, in order)."""
+    text = "\x1e".join(f"{m.get('role')}\x1f{m.get('content') or ''}" for m in (messages or []))
+    return hashlib.blake2b(text.encode("utf-8"), digest_size=16).digest()
