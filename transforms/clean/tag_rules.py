@@ -48,6 +48,8 @@ DOSE = r"[0-9一二三四五六七八九十百半两.]+\s*(?:克|g|钱|两|分|�
 # ○ is not among them: classical texts open paragraphs with it.
 BULLETS = ["•", "●", "■", "◆", "◇", "▪", "▶", "►", "·", "-", "*", "・", "★", "☆", "➢", "✓", "√", "→"]
 ELLIPSIS = r"(?:…|\.\.\.|。。。)$"
+# ELLIPSIS's endings: a line ends in one of them exactly when the pattern matches it.
+ELLIPSIS_ENDS = ("…", "...", "。。。")
 # OCR slips in numbers (lOOcm, 1O mg), and glyphs lost as a blank before punctuation (主诸 ，).
 # A blank between two Han characters is no evidence: formula lines list herbs that way.
 OCR_SLIP = r"[0-9][lIO]|[lIO][0-9]|\bl[O0]{1,3}"
@@ -98,8 +100,8 @@ def _char_shares(batch: TextBatch, params: dict) -> dict:
 def _lines(batch: TextBatch, params: dict) -> dict:
     lines = batch.lines
     lengths = batch.line_lengths
-    last = pc.utf8_slice_codeunits(lines, -1)
-    ends = pc.is_in(last, value_set=pa.array(list(LINE_END))).to_numpy(zero_copy_only=False)
+    first, last = edge_chars(lines)
+    ends = np.isin(last, _LINE_END_POINTS)
     exempt = lengths <= HEADING_CHARS
     rest = ~(ends | exempt)
     if rest.any():
@@ -121,9 +123,10 @@ def _lines(batch: TextBatch, params: dict) -> dict:
             listed = np.fromiter((matcher.recognises_list(line) for line in candidates), bool, len(candidates))
             undecided_rest[undecided_rest] = ~listed
         rest[rest] = undecided_rest
-    first = pc.utf8_slice_codeunits(lines, 0, 1)
-    bullet = pc.is_in(first, value_set=pa.array(BULLETS)).to_numpy(zero_copy_only=False)
-    ellipsis = pc.match_substring_regex(lines, ELLIPSIS).to_numpy(zero_copy_only=False)
+    bullet = np.isin(first, _BULLET_POINTS)
+    ellipsis = np.zeros(len(lines), bool)
+    for end in ELLIPSIS_ENDS:
+        ellipsis |= pc.ends_with(lines, end).to_numpy(zero_copy_only=False)
     # A title line says what a text is about; the line rules judge the lines under it.
     body = ~batch.title_line
     body_lines = batch.per_text_sum(body.astype(np.float64))
@@ -137,6 +140,54 @@ def _lines(batch: TextBatch, params: dict) -> dict:
         "bullet_ratio": share(bullet),
         "ellipsis_ratio": share(ellipsis),
     }
+
+
+_LINE_END_POINTS = np.array([ord(c) for c in LINE_END], np.uint32)
+_BULLET_POINTS = np.array([ord(c) for c in BULLETS], np.uint32)
+
+
+def edge_chars(lines: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
+    """(first, last) code point of each line of a string array of non-empty lines (uint32),
+    decoded from the UTF-8 bytes around each line's ends: no string is sliced or copied. Raises
+    ValueError for an empty line or a null."""
+    if isinstance(lines, pa.ChunkedArray):
+        lines = lines.combine_chunks()
+    n = len(lines)
+    if n == 0:
+        return np.zeros(0, np.uint32), np.zeros(0, np.uint32)
+    if lines.null_count:
+        raise ValueError("edge_chars: a null line")
+    lines = lines.cast(pa.string()) if lines.type != pa.string() else lines
+    _, offsets_buffer, data_buffer = lines.buffers()
+    offsets = np.frombuffer(offsets_buffer, np.int32, n + 1, lines.offset * 4).astype(np.int64)
+    starts, ends = offsets[:-1], offsets[1:]
+    if (ends <= starts).any():
+        raise ValueError("edge_chars: an empty line")
+    data = np.frombuffer(data_buffer, np.uint8)
+    return _decode_at(data, starts), _decode_at(data, _char_start_before(data, ends, starts))
+
+
+def _char_start_before(data: np.ndarray, ends: np.ndarray, starts: np.ndarray) -> np.ndarray:
+    """Where the UTF-8 character that ends at each of `ends` opens: back over its continuation
+    bytes (10xxxxxx), at most three, never before the line's start."""
+    at = ends - 1
+    for _ in range(3):
+        back = (at > starts) & ((data[at] & 0xC0) == 0x80)
+        at = at - back
+    return at
+
+
+def _decode_at(data: np.ndarray, at: np.ndarray) -> np.ndarray:
+    """The code point of the UTF-8 character opening at each of `at` (valid UTF-8)."""
+    lead = data[at].astype(np.uint32)
+    size = np.where(lead < 0x80, 1, np.where(lead < 0xE0, 2, np.where(lead < 0xF0, 3, 4)))
+    point = np.where(size == 1, lead, np.where(size == 2, lead & 0x1F, np.where(size == 3, lead & 0x0F, lead & 0x07)))
+    last = len(data) - 1
+    for k in (1, 2, 3):
+        more = size > k
+        follow = data[np.minimum(at + k, last)].astype(np.uint32) & 0x3F
+        point = np.where(more, (point << 6) | follow, point)
+    return point.astype(np.uint32)
 
 
 def _dup_lines(batch: TextBatch, params: dict) -> dict:
