@@ -589,3 +589,31 @@ def test_a_crawl_process_given_no_crawl_exits_without_crawling(tmp_path):
     process = CrawlProcess()
     process.close()
     assert process.process.returncode == 0 and not process.log_path.exists()
+
+
+def test_a_command_starts_the_crawl_process_ahead_only_for_a_crawl_that_will_run(tmp_path, monkeypatch):
+    import argparse
+
+    import crawlers.run
+    from flows import cli
+    from flows.config import load_config, sample_config_path
+    from schemas.dataset import MANIFEST
+
+    started = []
+    monkeypatch.setattr(crawlers.run, "start_ahead", lambda: started.append(True))
+    sample = load_config(sample_config_path())  # has a crawl source
+    build = argparse.Namespace(flow="build-corpus", workdir=str(tmp_path / "build"), output=None, recrawl=False)
+    cli._start_crawl_ahead(build, sample)
+    assert started == [True]
+    crawled = tmp_path / "build" / "stages" / "crawl"
+    crawled.mkdir(parents=True)
+    (crawled / MANIFEST).write_text("{}", encoding="utf-8")
+    cli._start_crawl_ahead(build, sample)  # crawled before: build-corpus would skip the crawl
+    assert started == [True]
+    cli._start_crawl_ahead(argparse.Namespace(flow="crawl", workdir=None, output=str(crawled), recrawl=True), sample)
+    cli._start_crawl_ahead(argparse.Namespace(flow="refresh", workdir=str(tmp_path / "build"), output=None, recrawl=False), sample)
+    assert started == [True, True, True]  # a re-crawl always runs
+    cli._start_crawl_ahead(argparse.Namespace(flow="clean", workdir=None, output=str(tmp_path / "c"), recrawl=False), sample)
+    cli._start_crawl_ahead(build.__class__(flow="build-corpus", workdir=str(tmp_path / "other"), output=None, recrawl=False),
+                           load_config(None))  # no crawl source
+    assert started == [True, True, True]

@@ -1,15 +1,20 @@
 """The local Prefect server that `flows run` commands share (flows/local_server.py): started by
 the first command, used by the next, stopped by itself once no command has used it for the idle
-time, and by `flows server stop`; each on its own PREFECT_HOME."""
+time, and by `flows server stop`; each on its own PREFECT_HOME, holding a copy of the session's
+migrated database (a server that starts on a new database spends as long again migrating it)."""
 from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 import time
 import urllib.request
+from contextlib import closing
 from pathlib import Path
+
+import pytest
 
 from flows.local_server import _running, read_state, state_dir, status, stop
 
@@ -32,8 +37,18 @@ def alive(pid: int) -> bool:
     return _running(pid)
 
 
-def test_commands_share_one_server_which_stops_itself_when_idle(tmp_path):
+@pytest.fixture
+def home(tmp_path, prefect_home, shared_server) -> Path:
+    """A PREFECT_HOME of the test's own whose database is a copy of the session's (which the
+    session's running server has migrated), taken with SQLite's online backup."""
     home = tmp_path / "home"
+    home.mkdir()
+    with closing(sqlite3.connect(prefect_home / "prefect.db")) as source, closing(sqlite3.connect(home / "prefect.db")) as copy:
+        source.backup(copy)
+    return home
+
+
+def test_commands_share_one_server_which_stops_itself_when_idle(home):
     first = use_server(home, idle=4)
     second = use_server(home, idle=4)
     assert first["started_here"] and not second["started_here"]
@@ -48,8 +63,7 @@ def test_commands_share_one_server_which_stops_itself_when_idle(tmp_path):
     assert read_state(state_dir(home)) is None and not (state_dir(home) / "server.json").exists()
 
 
-def test_flows_server_stop_ends_it_and_the_next_command_starts_another(tmp_path):
-    home = tmp_path / "home"
+def test_flows_server_stop_ends_it_and_the_next_command_starts_another(home):
     first = use_server(home, idle=300)
     env = {**os.environ, "PREFECT_HOME": str(home)}
     stopped = subprocess.run([sys.executable, "-m", "flows", "server", "stop"], cwd=REPO, env=env, capture_output=True,

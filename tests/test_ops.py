@@ -116,9 +116,11 @@ def test_served_deployments_run_cancel_and_resume(api, tmp_path):
 
     workdir = tmp_path / "build"
     log = open(tmp_path / "serve.log", "w")
+    # The runner looks for runs to start (and runs to cancel) every second, not every ten: the
+    # test waits on each of its runs being picked up.
     serving = subprocess.Popen(
         [sys.executable, "-m", "flows", "serve", "--workdir", str(workdir)],
-        stdout=log, stderr=subprocess.STDOUT, env=api["env"], start_new_session=True,
+        stdout=log, stderr=subprocess.STDOUT, env={**api["env"], "PREFECT_RUNNER_POLL_FREQUENCY": "1"}, start_new_session=True,
     )
     try:
         with get_client(sync_client=True) as client:
@@ -159,7 +161,7 @@ def test_served_deployments_run_cancel_and_resume(api, tmp_path):
             stale = workdir / "stages" / f"convert.tmp-{_dead_pid()}"
             (stale / "documents").mkdir(parents=True)
 
-            second = run_deployment("build-corpus/tcm-corpus-sample", timeout=180)
+            second = run_deployment("build-corpus/tcm-corpus-sample", timeout=180, poll_interval=1)
             assert second.state.is_completed(), second.state
             assert not stale.exists()
             assert not list(workdir.rglob("*.tmp-*")), "no temporary folder is left"

@@ -134,15 +134,18 @@ def test_two_builds_in_one_workdir_never_run_at_once(tmp_path, prefect_home):
     first = flows_cli(*build, prefect_home=prefect_home, cwd=tmp_path, background=True)
     holder = wait_for_holder(lock_file, first.pid, first)
     assert holder["host"] == socket.gethostname() and holder["started"]
-    second = flows_cli(*build, prefect_home=prefect_home, cwd=tmp_path, timeout=120)
-    assert second.returncode == 2
-    one_error_line(second.stderr, "work folder w is in use by", f"pid {first.pid} on {holder['host']}", f"started {holder['started']}", "--wait")
-    # A stage run on its own into the same work folder waits for the same lock.
+    # A second build, and a stage run on its own into the same work folder (which takes the same
+    # lock), both started while the first runs.
+    second = flows_cli(*build, prefect_home=prefect_home, cwd=tmp_path, background=True)
     stage = flows_cli("run", "clean", "--input", "w/stages/ingest", "--output", "w/stages/clean-again",
-                      prefect_home=prefect_home, cwd=tmp_path, timeout=120)
-    assert stage.returncode == 2, stage.stderr[-3000:]  # busy; or, before the build wrote its ingest stage, no input yet
-    one_error_line(stage.stderr)
-    assert any(words in stage.stderr for words in ("is in use by", "does not exist", "holds no dataset")), stage.stderr
+                      prefect_home=prefect_home, cwd=tmp_path, background=True)
+    _, second_err = second.communicate(timeout=120)
+    assert second.returncode == 2
+    one_error_line(second_err, "work folder w is in use by", f"pid {first.pid} on {holder['host']}", f"started {holder['started']}", "--wait")
+    _, stage_err = stage.communicate(timeout=120)
+    assert stage.returncode == 2, stage_err[-3000:]  # busy; or, before the build wrote its ingest stage, no input yet
+    one_error_line(stage_err)
+    assert any(words in stage_err for words in ("is in use by", "does not exist", "holds no dataset")), stage_err
     waiting = flows_cli(*build, "--wait", prefect_home=prefect_home, cwd=tmp_path, background=True)
     out, err = first.communicate(timeout=400)
     assert first.returncode == 0, err[-3000:]

@@ -41,8 +41,11 @@ SAMPLE = {
 def spark_engine():
     from transforms.engines.spark import SparkEngine, build_session
 
+    from conftest import SPARK_TEST_JAVA_OPTIONS
+
     # Few shuffle partitions: the test data is small, and a task costs a second on a busy machine.
-    session = build_session("local[2]", {"spark.sql.shuffle.partitions": "2", "spark.default.parallelism": "2", "spark.ui.enabled": "false"})
+    session = build_session("local[2]", {"spark.sql.shuffle.partitions": "2", "spark.default.parallelism": "2", "spark.ui.enabled": "false",
+                                         "spark.driver.extraJavaOptions": SPARK_TEST_JAVA_OPTIONS})
     yield SparkEngine("local[2]", batch_rows=64, session=session)
     session.stop()
 

@@ -29,6 +29,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import SPARK_TEST_JAVA_OPTIONS
+
 REPO = Path(__file__).resolve().parent.parent
 BOOKS = ["118-增订医方歌诀.txt", "121-医方歌括.txt", "193-盘珠集胎产症治.txt"]
 # The Spark stages of build-corpus, in its order (crawl, ingest, convert, validate and export run
@@ -189,7 +191,7 @@ class Cluster:
         self.processes: dict[str, subprocess.Popen] = {}
         # Nothing of this checkout on the cluster's path: executors import what the driver ships.
         self.env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYSPARK_PYTHON", "SPARK_HOME")}
-        self.env.update({"SPARK_LOCAL_IP": "127.0.0.1", "SPARK_NO_DAEMONIZE": "1"})
+        self.env.update({"SPARK_LOCAL_IP": "127.0.0.1", "SPARK_NO_DAEMONIZE": "1", "SPARK_DAEMON_JAVA_OPTS": SPARK_TEST_JAVA_OPTIONS})
         self.port, self.ui_port = _free_port(), _free_port()
         self.master = f"spark://127.0.0.1:{self.port}"
 
@@ -200,6 +202,8 @@ class Cluster:
         )
 
     def start(self, workers: int = 2) -> None:
+        """Launch the master and `workers` workers; `wait_for_workers` waits for them to register."""
+        self.workers = workers
         self._start("master", "org.apache.spark.deploy.master.Master", "--host", "127.0.0.1", "--port", str(self.port), "--webui-port", str(self.ui_port))
         for n in range(workers):
             work = self.root / f"worker-{n}"
@@ -208,6 +212,9 @@ class Cluster:
                 f"worker-{n}", "org.apache.spark.deploy.worker.Worker", self.master, "--host", "127.0.0.1",
                 "--cores", "1", "--memory", "1g", "--work-dir", str(work), "--webui-port", str(_free_port()),
             )
+
+    def wait_for_workers(self) -> None:
+        workers = self.workers
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             try:
@@ -258,7 +265,7 @@ def cluster(tmp_path_factory, request):
         assert not cluster.alive_groups(), "a cluster process outlived the test"
 
     request.addfinalizer(tear_down)
-    cluster.start()
+    cluster.start()  # the JVMs start while the test prepares its input and runs the local engine
     return cluster
 
 
@@ -304,6 +311,7 @@ def test_build_stages_on_a_standalone_cluster_equal_the_local_engine_and_survive
     local = json.loads((tmp_path / "local.json").read_text(encoding="utf-8"))["manifests"]
     figures = {"local": {"wall_s": round(time.perf_counter() - started, 1), "cpu_s": round(_cpu_seconds() - cpu, 1)}}
 
+    cluster.wait_for_workers()
     worker = cluster.processes["worker-0"]
     record_path = tmp_path / "record.json"
     args = {
@@ -314,6 +322,7 @@ def test_build_stages_on_a_standalone_cluster_equal_the_local_engine_and_survive
             "spark.pyspark.python": sys.executable,
             "spark.executor.memory": "512m", "spark.executor.cores": "1", "spark.cores.max": "2",
             "spark.sql.shuffle.partitions": "2", "spark.default.parallelism": "2", "spark.ui.enabled": "false",
+            "spark.driver.extraJavaOptions": SPARK_TEST_JAVA_OPTIONS, "spark.executor.extraJavaOptions": SPARK_TEST_JAVA_OPTIONS,
         },
     }
     driver_env = {**os.environ, "PYTHONPATH": str(REPO), "SPARK_LOCAL_IP": "127.0.0.1"}
