@@ -42,6 +42,8 @@ _EMPTY = np.uint32(0xFFFFFFFF)
 # Characters hashed together: bounds the working arrays (about 80 bytes per character).
 _CHUNK_CHARS = 1 << 19
 _BAND_CHUNK_ROWS = 1 << 12
+# Values mixed at once by splitmix64 (512 KB of uint64): a block and its spare fit in a core's cache.
+_MIX_BLOCK = 1 << 16
 
 
 def _splitmix64(z: np.ndarray) -> np.ndarray:
@@ -54,15 +56,20 @@ def _splitmix64(z: np.ndarray) -> np.ndarray:
 
 def _splitmix64_inplace(z: np.ndarray) -> np.ndarray:
     """splitmix64's mixing steps on `z` (uint64, already offset by the golden-ratio constant),
-    in place: the same numbers as `_splitmix64`, without a temporary array per operation."""
-    shifted = np.empty_like(z)
+    in place: the same numbers as `_splitmix64`, without a temporary array per operation. A
+    block of _MIX_BLOCK values (rows of a 2-D array) at a time, so that the eight passes over it
+    stay in the cache."""
+    shifted = np.empty_like(z[:_MIX_BLOCK])
     with np.errstate(over="ignore"):
-        for shift, multiplier in ((30, 0xBF58476D1CE4E5B9), (27, 0x94D049BB133111EB)):
-            np.right_shift(z, _U64(shift), out=shifted)
-            np.bitwise_xor(z, shifted, out=z)
-            np.multiply(z, _U64(multiplier), out=z)
-        np.right_shift(z, _U64(31), out=shifted)
-        np.bitwise_xor(z, shifted, out=z)
+        for lo in range(0, len(z), _MIX_BLOCK):
+            block = z[lo : lo + _MIX_BLOCK]
+            spare = shifted[: len(block)]
+            for shift, multiplier in ((30, 0xBF58476D1CE4E5B9), (27, 0x94D049BB133111EB)):
+                np.right_shift(block, _U64(shift), out=spare)
+                np.bitwise_xor(block, spare, out=block)
+                np.multiply(block, _U64(multiplier), out=block)
+            np.right_shift(block, _U64(31), out=spare)
+            np.bitwise_xor(block, spare, out=block)
     return z
 
 
@@ -184,12 +191,16 @@ def _gram_hashes(keys: Sequence[str], ngram: int) -> tuple[np.ndarray, np.ndarra
         mixed[points == 0] = 0
     windows = len(points) - ngram + 1
     multipliers = _multipliers(1, ngram)
+    combined = np.empty(windows, _U64)
+    term = np.empty(min(windows, _MIX_BLOCK), _U64)
     with np.errstate(over="ignore"):
-        combined = mixed[:windows] * multipliers[0]
-        term = np.empty_like(combined)
-        for k in range(1, ngram):
-            np.multiply(mixed[k : k + windows], multipliers[k], out=term)
-            combined += term
+        for lo in range(0, windows, _MIX_BLOCK):  # a block at a time, as in _splitmix64_inplace
+            hi = min(lo + _MIX_BLOCK, windows)
+            block, spare = combined[lo:hi], term[: hi - lo]
+            np.multiply(mixed[lo:hi], multipliers[0], out=block)
+            for k in range(1, ngram):
+                np.multiply(mixed[lo + k : hi + k], multipliers[k], out=spare)
+                block += spare
     del mixed, term
     # The windows of text i are the counts[i] starting at its first character.
     starts = np.zeros(len(keys), np.int64)
@@ -285,9 +296,14 @@ def _signature_of_hashes(hashes: np.ndarray, counts: np.ndarray, params: MinHash
     signature = np.full(n * perms, _EMPTY, dtype=np.uint32)
     if not len(hashes):
         return signature.reshape(n, perms)
-    seeded = _splitmix64(hashes ^ _constants(2, 1, params.seed)[0])
+    # _splitmix64(hashes ^ seed constant) and each hash's bin, each step in place.
+    seeded = np.bitwise_xor(hashes, _constants(2, 1, params.seed)[0])
     with np.errstate(over="ignore"):
-        bins = ((seeded >> _U64(32)) * _U64(perms)) >> _U64(32)
+        seeded += _U64(0x9E3779B97F4A7C15)
+        _splitmix64_inplace(seeded)
+        bins = np.right_shift(seeded, _U64(32))
+        bins *= _U64(perms)
+        bins >>= _U64(32)
     slots = np.repeat(np.arange(n, dtype=np.int64) * perms, counts)
     slots += bins.view(np.int64)
     np.minimum.at(signature, slots, seeded.astype(np.uint32))
