@@ -100,12 +100,15 @@ def _decode_mixed(data: bytes) -> Decoded | None:
     a UTF-8 line with non-ASCII text beside lines that are not UTF-8 at all. A legacy line that
     happens to be valid UTF-8 (short GBK lines often are: `<目录>` is `<Ŀ¼>`) reads worse as
     UTF-8, so it stays legacy."""
-    ends = _line_ends(data)
-    utf8 = _utf8_lines(data, ends)
+    line_ends = _line_ends(data)
+    utf8 = _utf8_lines(data, line_ends)
     if not utf8:
         return None
+    # Where the UTF-8 lines start and end, as Python ints (only theirs: a legacy file has few).
+    at = np.fromiter(utf8, np.int64, len(utf8))
+    starts = dict(zip(utf8, np.where(at > 0, line_ends[at - 1], 0).tolist()))
+    ends = dict(zip(utf8, line_ends[at].tolist()))
     # The legacy lines, as the runs of the file between the UTF-8 lines.
-    starts = [0, *ends[:-1]]
     runs, last = [], 0
     for i in utf8:
         runs.append(data[last : starts[i]])
@@ -144,11 +147,11 @@ def _decode_mixed(data: bytes) -> Decoded | None:
     return Decoded("".join(parts), f"utf-8+{codecs.lookup(legacy).name}", replaced, "per-line")
 
 
-def _line_ends(data: bytes) -> list[int]:
-    """Where each line of `data` ends, its line break included: the lines of
-    data.splitlines(keepends=True), found from the bytes at once (\n, \r\n or a lone \r)."""
+def _line_ends(data: bytes) -> np.ndarray:
+    """Where each line of `data` ends, its line break included (int64, one per line): the lines
+    of data.splitlines(keepends=True), found from the bytes at once (\n, \r\n or a lone \r)."""
     if not data:
-        return []
+        return np.zeros(0, np.int64)
     raw = np.frombuffer(data, np.uint8)
     breaks = raw == 0x0A
     lone_cr = raw == 0x0D
@@ -156,18 +159,19 @@ def _line_ends(data: bytes) -> list[int]:
     ends = np.flatnonzero(breaks | lone_cr) + 1
     if not len(ends) or ends[-1] != len(data):
         ends = np.append(ends, len(data))
-    return ends.tolist()
+    return ends.astype(np.int64, copy=False)
 
 
-def _utf8_lines(data: bytes, ends: list[int]) -> dict[int, str]:
+def _utf8_lines(data: bytes, ends: np.ndarray) -> dict[int, str]:
     """{index: text} of the lines of `data` (`ends`: where each line ends, see _line_ends) that
     are valid UTF-8 with non-ASCII characters, in order. Byte rules over the whole file first mark
     the lines that cannot be UTF-8 (a continuation byte after an ASCII one, a lead byte not
     followed by a continuation, a byte UTF-8 never uses), which is nearly every line of a
     legacy file; only the other non-ASCII lines are decoded."""
-    if not ends:
+    if not len(ends):
         return {}
     raw = np.frombuffer(data, np.uint8)
+    ends = np.asarray(ends, np.int64)
     starts = np.empty(len(ends), np.int64)
     starts[0] = 0
     starts[1:] = ends[:-1]
@@ -180,7 +184,8 @@ def _utf8_lines(data: bytes, ends: list[int]) -> dict[int, str]:
     broken[:-1] |= lead[:-1] & ~continuation[1:]
     broken[-1:] |= lead[-1:]
     candidates = np.logical_or.reduceat(wide, starts) & ~np.logical_or.reduceat(broken, starts)
-    found = {i: _strict_utf8(data[starts[i] : ends[i]]) for i in np.flatnonzero(candidates).tolist()}
+    lines = np.flatnonzero(candidates)
+    found = {i: _strict_utf8(data[start:end]) for i, start, end in zip(lines.tolist(), starts[lines].tolist(), ends[lines].tolist())}
     return {i: text for i, text in found.items() if text is not None}
 
 
