@@ -211,10 +211,9 @@ def _check_pack(pack) -> None:
 
 def _check_paths(args, config) -> None:
     """No output may replace or lie inside what the run reads, nor be a file or a user's folder."""
-    from .paths import PathRefused, check_output, check_workdir
+    from .paths import PathRefused, check_output, check_workdir, source_paths
 
-    sources = [(f"source {s.name}'s path", s.path) for s in config.sources if s.path is not None]
-    sources += [(f"source {s.name}'s site_dir", s.site_dir) for s in config.sources if getattr(s, "site_dir", None) is not None]
+    sources = source_paths(config)
     try:
         if args.flow in WORKDIR_FLOWS:
             check_workdir(args.workdir, sources)

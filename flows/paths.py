@@ -5,7 +5,9 @@ A stage writes its output folder by renaming a finished temporary folder over it
 must not be, contain or lie inside anything the run reads (its `--input` datasets, the config's
 source paths), must not be a file, and, when it exists, must be a dataset this tool wrote (a
 folder with `_manifest.json`) or an empty folder. A work folder must not be a file, nor lie inside
-a source folder (a later ingest would read the build's own files).
+a source folder (a later ingest would read the build's own files), and no source may lie at or
+inside what a build writes in it (`WORKDIR_OUTPUTS`: a source folder `WORKDIR/corpus` would be
+replaced by the corpus shards).
 """
 from __future__ import annotations
 
@@ -14,6 +16,9 @@ from pathlib import Path
 from typing import Iterable
 
 MANIFEST = "_manifest.json"
+# What build-corpus and refresh write in a work folder: stage outputs, the corpus, the suites'
+# results, packed sequences, refreshed sources, the report and the work folder's lock.
+WORKDIR_OUTPUTS = ("stages", "corpus", "quality", "packed", "refresh", "report.html", ".tcm-corpus.lock")
 
 
 class PathRefused(ValueError):
@@ -72,4 +77,17 @@ def check_workdir(workdir: str | os.PathLike, sources: Iterable[tuple[str, str |
         source = _real(path)
         if source.is_dir() and _within(real, source):
             raise PathRefused(f"--workdir {given} lies inside {what} {path}: the build would read its own files as input; choose a work folder outside it")
+        for name in WORKDIR_OUTPUTS:
+            if _within(source, real / name):
+                raise PathRefused(
+                    f"--workdir {given}: {what} {path} lies at {given / name}, where the build writes its {name}; "
+                    "the build would replace what it reads: choose a work folder that does not hold the sources"
+                )
     return real
+
+
+def source_paths(config) -> list[tuple[str, str | os.PathLike]]:
+    """(what, path) of every path a config's sources read: a source's `path`, a crawl's `site_dir`."""
+    paths = [(f"source {s.name}'s path", s.path) for s in config.sources if s.path is not None]
+    paths += [(f"source {s.name}'s site_dir", s.site_dir) for s in config.sources if getattr(s, "site_dir", None) is not None]
+    return paths

@@ -76,8 +76,18 @@ def case_ingested(tmp_path_factory, prefect_home) -> Path:
     (["run", "ingest", "--config", "build.toml", "--output", "books"], ["is the same folder as source b's path"]),
     (["run", "ingest", "--config", "build.toml", "--output", "books/out"], ["lies inside source b's path"]),
     (["run", "build-corpus", "--config", "build.toml", "--workdir", "books/build"], ["lies inside source b's path"]),
+    # A source where the build writes its corpus: the shards would replace the books.
+    (["run", "build-corpus", "--config", "corpus-source.toml", "--workdir", "."], ["source b's path", "lies at corpus, where the build writes its corpus"]),
+    (["run", "refresh", "--config", "corpus-source.toml", "--workdir", "."], ["where the build writes its corpus"]),
 ])
 def test_an_output_that_would_replace_its_input_is_refused_before_any_work(case_ingested, prefect_home, args, words):
+    if "corpus-source.toml" in args:
+        (case_ingested / "corpus").mkdir(exist_ok=True)
+        for book in (case_ingested / "books").iterdir():
+            shutil.copy(book, case_ingested / "corpus")
+        config = (case_ingested / "build.toml").read_text(encoding="utf-8")
+        assert 'path = "books"' in config
+        (case_ingested / "corpus-source.toml").write_text(config.replace('path = "books"', 'path = "corpus"'), encoding="utf-8")
     before = listing(case_ingested)
     run = flows_cli(*args, prefect_home=prefect_home, cwd=case_ingested, timeout=120)
     assert run.returncode == 2
@@ -339,3 +349,19 @@ def test_a_refused_model_stops_at_once_with_the_key_masked(tmp_path, monkeypatch
         assert word in message
     assert secret not in message and "***" in message
     assert "\n" not in message
+
+
+def test_a_deployed_build_checks_its_work_folder_as_the_command_does(tmp_path, prefect_harness):
+    """A build started from the Prefect UI or a deployment is not checked by the CLI: the flow
+    refuses a work folder whose corpus/ is a source before it writes anything."""
+    from flows.build import build_corpus
+    from flows.paths import PathRefused
+
+    (tmp_path / "corpus").mkdir()
+    shutil.copy(BOOK, tmp_path / "corpus")
+    (tmp_path / "build.toml").write_text(TINY.replace('path = "books"', 'path = "corpus"'), encoding="utf-8")
+    assert 'path = "corpus"' in (tmp_path / "build.toml").read_text(encoding="utf-8")
+    before = listing(tmp_path)
+    with pytest.raises(PathRefused, match="where the build writes its corpus"):
+        build_corpus(config=str(tmp_path / "build.toml"), workdir=str(tmp_path))
+    assert listing(tmp_path) == before, "the books are where they were, and nothing was written"

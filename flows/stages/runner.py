@@ -19,7 +19,7 @@ from transforms import stages
 from transforms.engines.local import LocalEngine, worker_cpu_seconds
 
 from ..plain_flow import flow
-from ..config import BuildConfig, TaskControl, load_config
+from ..config import BuildConfig, TaskControl, load_config, sample_config_path
 from ..pipeline_info import FLOWS
 from ..locks import hold, output_lock_file, workdir_lock_file
 from ..progress import StageProgress, input_rows
@@ -145,12 +145,17 @@ def _log_takeover(message: str) -> None:
 
 
 def _holding_workdir(flow_body: Callable) -> Callable:
-    """Run a flow over a work folder (its `workdir` parameter) holding the folder's lock."""
+    """Run a flow over a work folder (its `workdir` parameter) holding the folder's lock, once
+    `paths.check_workdir` passes for its config's sources (a deployed run is checked as a command
+    is; raises `paths.PathRefused` before anything is written)."""
 
     @functools.wraps(flow_body)
     def holding(*args, **kwargs):
+        from ..paths import check_workdir, source_paths
+
         bound = inspect.signature(flow_body).bind(*args, **kwargs)
         bound.apply_defaults()
+        check_workdir(bound.arguments["workdir"], source_paths(load_config(bound.arguments.get("config") or sample_config_path())))
         root = Path(bound.arguments["workdir"]).resolve()
         with hold(workdir_lock_file(root), f"work folder {root}", on_takeover=_log_takeover):
             return flow_body(*args, **kwargs)

@@ -205,9 +205,18 @@ def _gram_hashes(keys: Sequence[str], ngram: int) -> tuple[np.ndarray, np.ndarra
     # The windows of text i are the counts[i] starting at its first character.
     starts = np.zeros(len(keys), np.int64)
     np.cumsum(lengths[:-1] + (ngram - 1), out=starts[1:])
-    some = counts > 0
-    edges = np.bincount(starts[some], minlength=windows + 1) - np.bincount((starts + counts)[some], minlength=windows + 1)
-    owned = np.cumsum(edges[:windows]) > 0
+    # The others (a few per text, where a window reaches past its text's end) are found from
+    # the gaps between one text's windows and the next text's first character.
+    gap_starts = starts + counts
+    ends = np.empty_like(starts)
+    ends[:-1] = starts[1:]
+    ends[-1:] = windows
+    np.minimum(ends, windows, out=ends)
+    gaps = ends - gap_starts
+    skipped = np.arange(int(gaps.sum()), dtype=np.int64)
+    skipped += np.repeat(gap_starts - (np.cumsum(gaps) - gaps), gaps)
+    owned = np.ones(windows, dtype=bool)
+    owned[skipped] = False
     return _splitmix64_inplace(np.add(combined[owned], _U64(0x9E3779B97F4A7C15))), counts
 
 
