@@ -497,25 +497,20 @@ def test_progress_is_throttled_and_drawn_only_on_a_terminal():
 
 
 def test_progress_artifact_waits_an_interval_so_a_short_stage_writes_it_once(monkeypatch):
-    now = [0.0]
-    short = StageProgress("select", total_rows=10, interval=1.0, clock=lambda: now[0])
-    written = []
-    monkeypatch.setattr(short, "_write", lambda percent, description: written.append(percent))
-    for t in (0.0, 0.4, 0.8):
-        now[0] = t
-        short("documents", 3)
-    short.finish()
-    assert written == [100.0]
+    def written_at(stage: str, times: tuple[float, ...]) -> list[float]:
+        """The percentages a 10-row stage's artifact is written with, 3 rows at each time."""
+        now = [0.0]
+        progress = StageProgress(stage, total_rows=10, interval=1.0, clock=lambda: now[0])
+        written = []
+        monkeypatch.setattr(progress, "_write", lambda percent, description: written.append(percent))
+        for t in times:
+            now[0] = t
+            progress("documents", 3)
+        progress.finish()
+        return written
 
-    now[0] = 0.0
-    long = StageProgress("clean", total_rows=10, interval=1.0, clock=lambda: now[0])
-    written = []
-    monkeypatch.setattr(long, "_write", lambda percent, description: written.append(percent))
-    for t in (0.0, 0.5, 1.2):
-        now[0] = t
-        long("documents", 3)
-    long.finish()
-    assert written == [90.0, 100.0]  # at 1.2 s, 9 of 10 rows; then the last
+    assert written_at("select", (0.0, 0.4, 0.8)) == [100.0]
+    assert written_at("clean", (0.0, 0.5, 1.2)) == [90.0, 100.0]  # at 1.2 s, 9 of 10 rows; then the last
 
 
 def test_operations_config_errors_are_one_line():
