@@ -172,9 +172,8 @@ def _repair(
     if array is None:
         array = pa.array(texts, pa.string())
     screened = tool.may_repair(array if len(rows) == len(texts) else array.take(pa.array(rows, pa.int64())))
-    one_character = [title is not None and len(title) == 1 for title in titles] if titles is not None else [False] * len(texts)
     candidates = [i for i, screen in zip(rows, screened.tolist())
-                  if screen or (one_character[i] and names_itself(texts[i], titles[i]))]
+                  if screen or (titles is not None and names_itself(texts[i], titles[i]))]
     if not candidates or candidates[0] != rows[0]:
         # The counters every repaired row adds to, in the order the first row adds them.
         counts["lost_glyphs_tagged"] = counts.get("lost_glyphs_tagged", 0)

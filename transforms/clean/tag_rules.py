@@ -47,8 +47,7 @@ VERSE_LINE = r"^(?:\p{Han}{3,7}[ ，,、；;。！？]+)+\p{Han}{3,7}[。！？�
 DOSE = r"[0-9一二三四五六七八九十百半两.]+\s*(?:克|g|钱|两|分|枚|个|片|升|合|斤|铢|毫升|ml|mg|粒|条|只|匙|钱匕)"
 # ○ is not among them: classical texts open paragraphs with it.
 BULLETS = ["•", "●", "■", "◆", "◇", "▪", "▶", "►", "·", "-", "*", "・", "★", "☆", "➢", "✓", "√", "→"]
-ELLIPSIS = r"(?:…|\.\.\.|。。。)$"
-# ELLIPSIS's endings: a line ends in one of them exactly when the pattern matches it.
+# What an ellipsis line ends in.
 ELLIPSIS_ENDS = ("…", "...", "。。。")
 # OCR slips in numbers (lOOcm, 1O mg), and glyphs lost as a blank before punctuation (主诸 ，).
 # A blank between two Han characters is no evidence: formula lines list herbs that way.

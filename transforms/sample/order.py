@@ -216,17 +216,12 @@ def to_corpus_rows(table: pa.Table | pa.RecordBatch, kind: str) -> pa.Table:
     for name in extras:
         has_extra |= table.column(name).is_valid().to_numpy(zero_copy_only=False)
     if has_extra.any():
-        # Column by column (no dict per row read from Arrow): each row's meta updated with its
-        # extras that are not null, in their order.
-        mask = pa.array(has_extra)
-        chosen = table.select(["meta", *extras]).filter(mask)
         moved = []
-        values = [chosen.column(name).to_pylist() for name in extras]
-        for meta, *row in zip(chosen.column("meta").to_pylist(), *values):
-            meta = loads_meta(meta)
-            meta.update({name: value for name, value in zip(extras, row) if value is not None})
+        for row in table.select(["meta", *extras]).filter(pa.array(has_extra)).to_pylist():
+            meta = loads_meta(row.pop("meta"))
+            meta.update({k: v for k, v in row.items() if v is not None})
             moved.append(dumps_meta(meta))
-        metas = pc.replace_with_mask(_one_chunk(metas), mask, pa.array(moved, pa.string()))
+        metas = pc.replace_with_mask(_one_chunk(metas), pa.array(has_extra), pa.array(moved, pa.string()))
     return pa.table(
         {
             "id": table.column("id"),
